@@ -1,0 +1,280 @@
+//! Elixir terms to MessagePack and back.
+//!
+//! | Elixir                         | MessagePack            | back to Elixir              |
+//! |--------------------------------|------------------------|-----------------------------|
+//! | `nil`, `true`, `false`         | nil, bool              | same                        |
+//! | other atoms                    | str                    | binary (never an atom)      |
+//! | integers in i64 or u64 range   | int                    | integer                     |
+//! | floats                         | float 64               | float; NaN/±inf as atoms    |
+//! | UTF-8 binaries                 | str                    | binary                      |
+//! | other binaries                 | bin                    | binary                      |
+//! | lists, tuples                  | array                  | list                        |
+//! | maps                           | map                    | map                         |
+//! | ext type T                     | —                      | `{:msgpack_ext, T, binary}` |
+//!
+//! Pids, references, ports, funs, improper lists, bitstrings and integers
+//! beyond 64 bits are refused with an [`EncodeError`] naming where they were.
+
+use crate::atoms;
+use rustler::types::tuple::make_tuple;
+use rustler::{Binary, Encoder, Env, Term, TermType};
+use snakepit_wire::msgpack::{write_bin, write_str, DecodeError, Reader, Token};
+use std::fmt::Write as _;
+
+/// Containers nested deeper than this are refused. It bounds the recursion
+/// on scheduler stacks (small, fixed-size) as well as on our own threads.
+pub const MAX_DEPTH: usize = 256;
+
+/// Strings and binaries at least this long are returned as sub-binaries of
+/// the frame instead of copies.
+const SUB_BINARY_MIN: usize = 4096;
+
+/// Why a term could not be encoded.
+#[derive(Debug)]
+pub enum EncodeError {
+    /// A value with no MessagePack form; `path` says where it is.
+    Unsupported { what: String, path: String },
+    /// The encoded size passed the caller's budget (not an error for the
+    /// user: the caller retries on a dirty scheduler or reports the size).
+    OverBudget,
+}
+
+impl EncodeError {
+    fn at(self, segment: impl FnOnce(&mut String)) -> Self {
+        match self {
+            EncodeError::Unsupported { what, path } => {
+                let mut seg = String::new();
+                segment(&mut seg);
+                EncodeError::Unsupported {
+                    what,
+                    path: seg + &path,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn unsupported(what: impl Into<String>) -> Self {
+        EncodeError::Unsupported {
+            what: what.into(),
+            path: String::new(),
+        }
+    }
+}
+
+/// Encodes `term` onto `out`. Stops with [`EncodeError::OverBudget`] as soon as
+/// `out` grows past `budget` bytes.
+pub fn encode(term: Term, out: &mut Vec<u8>, budget: usize) -> Result<(), EncodeError> {
+    encode_at(term, out, budget, 0)
+}
+
+fn encode_at(
+    term: Term,
+    out: &mut Vec<u8>,
+    budget: usize,
+    depth: usize,
+) -> Result<(), EncodeError> {
+    if depth > MAX_DEPTH {
+        return Err(EncodeError::unsupported(format!(
+            "data nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    match term.get_type() {
+        TermType::Atom => encode_atom(term, out),
+        TermType::Integer => {
+            if let Ok(i) = term.decode::<i64>() {
+                rmp::encode::write_sint(out, i).expect("Vec write");
+            } else if let Ok(u) = term.decode::<u64>() {
+                rmp::encode::write_uint(out, u).expect("Vec write");
+            } else {
+                return Err(EncodeError::unsupported(
+                    "an integer outside the 64-bit range",
+                ));
+            }
+            Ok(())
+        }
+        TermType::Float => {
+            let f: f64 = term.decode().expect("float term");
+            rmp::encode::write_f64(out, f).expect("Vec write");
+            Ok(())
+        }
+        TermType::Binary => {
+            let bin = Binary::from_term(term)
+                .map_err(|_| EncodeError::unsupported("a bitstring that is not whole bytes"))?;
+            let bytes = bin.as_slice();
+            if out.len() + bytes.len() > budget {
+                return Err(EncodeError::OverBudget);
+            }
+            if std::str::from_utf8(bytes).is_ok() {
+                write_str(out, bytes);
+            } else {
+                write_bin(out, bytes);
+            }
+            Ok(())
+        }
+        TermType::List => {
+            let len = term
+                .list_length()
+                .map_err(|_| EncodeError::unsupported("an improper list"))?;
+            rmp::encode::write_array_len(out, len as u32).expect("Vec write");
+            let mut rest = term;
+            for i in 0..len {
+                let (head, tail) = rest.list_get_cell().expect("proper list");
+                encode_at(head, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                rest = tail;
+            }
+            check_budget(out, budget)
+        }
+        TermType::Tuple => {
+            let items = rustler::types::tuple::get_tuple(term).expect("tuple term");
+            rmp::encode::write_array_len(out, items.len() as u32).expect("Vec write");
+            for (i, item) in items.into_iter().enumerate() {
+                encode_at(item, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+            }
+            check_budget(out, budget)
+        }
+        TermType::Map => {
+            let len = term.map_size().expect("map term");
+            rmp::encode::write_map_len(out, len as u32).expect("Vec write");
+            let iter = rustler::types::map::MapIterator::new(term).expect("map term");
+            for (key, value) in iter {
+                encode_at(key, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                encode_at(value, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+            }
+            check_budget(out, budget)
+        }
+        TermType::Pid => Err(EncodeError::unsupported("a pid")),
+        TermType::Port => Err(EncodeError::unsupported("a port")),
+        TermType::Ref => Err(EncodeError::unsupported("a reference")),
+        TermType::Fun => Err(EncodeError::unsupported("a function")),
+        TermType::Unknown => Err(EncodeError::unsupported("a term of unknown type")),
+    }
+}
+
+fn check_budget(out: &[u8], budget: usize) -> Result<(), EncodeError> {
+    if out.len() > budget {
+        Err(EncodeError::OverBudget)
+    } else {
+        Ok(())
+    }
+}
+
+fn encode_atom(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    if term == atoms::nil().to_term(term.get_env()) {
+        rmp::encode::write_nil(out).expect("Vec write");
+    } else if term == atoms::true_().to_term(term.get_env()) {
+        rmp::encode::write_bool(out, true).expect("Vec write");
+    } else if term == atoms::false_().to_term(term.get_env()) {
+        rmp::encode::write_bool(out, false).expect("Vec write");
+    } else {
+        let name = term.atom_to_string().expect("atom term");
+        write_str(out, name.as_bytes());
+    }
+    Ok(())
+}
+
+fn index(s: &mut String, i: usize) {
+    let _ = write!(s, "[{i}]");
+}
+
+fn key_path(s: &mut String, key: Term) {
+    if let Ok(k) = key.decode::<&str>() {
+        let _ = write!(s, "[{k:?}]");
+    } else if key.get_type() == TermType::Atom {
+        let _ = write!(s, "[:{}]", key.atom_to_string().unwrap_or_default());
+    } else if let Ok(i) = key.decode::<i64>() {
+        let _ = write!(s, "[{i}]");
+    } else {
+        s.push_str("[<key>]");
+    }
+}
+
+/// Decodes one MessagePack item into a term.
+///
+/// `frame` is the whole frame as a binary of `env`, so long strings and
+/// binaries become sub-binaries of it; `pos` is where the item starts.
+/// Returns the term and the position after the item.
+pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeError> {
+    let mut reader = Reader::at(frame.as_slice(), pos);
+    decode_item(env, &frame, &mut reader, 0)
+}
+
+fn decode_item<'a>(
+    env: Env<'a>,
+    frame: &Binary<'a>,
+    r: &mut Reader,
+    depth: usize,
+) -> Result<Term<'a>, DecodeError> {
+    if depth > MAX_DEPTH {
+        // Reported as malformed: a worker never legitimately nests this deep.
+        return Err(DecodeError::BadMarker {
+            at: r.position(),
+            byte: 0,
+        });
+    }
+    Ok(match r.next_token()? {
+        Token::Nil => atoms::nil().encode(env),
+        Token::Bool(b) => b.encode(env),
+        Token::Int(i) => i.encode(env),
+        Token::UInt(u) => u.encode(env),
+        Token::Float(f) => float_term(env, f),
+        Token::Str(range) | Token::Bin(range) => bytes_term(env, frame, range),
+        Token::Array(n) => {
+            let mut items = Vec::with_capacity(n.min(65_536));
+            for _ in 0..n {
+                items.push(decode_item(env, frame, r, depth + 1)?);
+            }
+            items.encode(env)
+        }
+        Token::Map(n) => {
+            let mut keys = Vec::with_capacity(n.min(65_536));
+            let mut values = Vec::with_capacity(n.min(65_536));
+            for _ in 0..n {
+                keys.push(decode_item(env, frame, r, depth + 1)?);
+                values.push(decode_item(env, frame, r, depth + 1)?);
+            }
+            match Term::map_from_term_arrays(env, &keys, &values) {
+                Ok(map) => map,
+                // Duplicate keys: the last one wins, as in Python.
+                Err(_) => keys
+                    .into_iter()
+                    .zip(values)
+                    .fold(Term::map_new(env), |m, (k, v)| {
+                        m.map_put(k, v).expect("map term")
+                    }),
+            }
+        }
+        Token::Ext(ty, range) => {
+            let data = bytes_term(env, frame, range);
+            make_tuple(
+                env,
+                &[atoms::msgpack_ext().encode(env), ty.encode(env), data],
+            )
+        }
+    })
+}
+
+fn float_term(env: Env, f: f64) -> Term {
+    if f.is_nan() {
+        atoms::nan().encode(env)
+    } else if f == f64::INFINITY {
+        atoms::infinity().encode(env)
+    } else if f == f64::NEG_INFINITY {
+        atoms::neg_infinity().encode(env)
+    } else {
+        f.encode(env)
+    }
+}
+
+fn bytes_term<'a>(env: Env<'a>, frame: &Binary<'a>, range: std::ops::Range<usize>) -> Term<'a> {
+    if range.len() >= SUB_BINARY_MIN {
+        frame
+            .make_subbinary(range.start, range.len())
+            .expect("range within frame")
+            .encode(env)
+    } else {
+        let mut bin = rustler::NewBinary::new(env, range.len());
+        bin.as_mut_slice().copy_from_slice(&frame.as_slice()[range]);
+        Binary::from(bin).encode(env)
+    }
+}

@@ -1,0 +1,306 @@
+//! Snakepit's native core, loaded as `Elixir.Snakepit.Native`.
+//!
+//! It owns the worker OS processes, their pipes and the threads that serve
+//! them (`worker.rs`, `writer.rs`), a pool's queue and dispatch (`pool.rs`),
+//! and the term <-> MessagePack codec (`codec.rs`). The wire format itself is
+//! the `snakepit_wire` crate. Results go to callers as plain messages
+//! `{tag, :ok | :error, payload}`.
+//!
+//! Every NIF here returns in microseconds on a normal scheduler, except the
+//! two marked dirty: spawning (fork/exec) and encoding large arguments.
+//!
+//! Bump [`ABI_VERSION`] whenever a NIF's name, arity or return shape changes;
+//! `Snakepit.Native` refuses a library built for another version.
+
+mod atoms;
+mod codec;
+mod pool;
+mod worker;
+mod writer;
+
+use pool::{Cancel, Closed, PoolConfig, PoolCore, Request};
+use rustler::types::tuple::make_tuple;
+use rustler::{Binary, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
+use snakepit_wire::{frame, protocol};
+use std::sync::Arc;
+use worker::WorkerSpec;
+
+/// Must equal `@abi_version` in `lib/snakepit/native.ex`.
+const ABI_VERSION: u32 = 1;
+
+/// Largest encoded request built on a normal scheduler; bigger ones are
+/// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
+const SCHEDULER_ENCODE_BUDGET: usize = 256 * 1024;
+
+/// The handle Elixir holds. Dropping the last reference (or the owner
+/// process dying) shuts the pool down and kills its workers.
+pub struct PoolHandle {
+    core: Arc<PoolCore>,
+}
+
+#[rustler::resource_impl]
+impl Resource for PoolHandle {
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: rustler::Monitor) {
+        shutdown_off_scheduler(&self.core);
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        shutdown_off_scheduler(&self.core);
+    }
+}
+
+/// Replies can only be sent from a scheduler thread with the caller's env,
+/// which resource callbacks do not have: do the shutdown on a thread.
+fn shutdown_off_scheduler(core: &Arc<PoolCore>) {
+    let core = Arc::clone(core);
+    let _ = std::thread::Builder::new()
+        .name("snakepit-shutdown".into())
+        .spawn(move || core.shutdown());
+}
+
+#[rustler::nif]
+fn abi_version() -> u32 {
+    ABI_VERSION
+}
+
+#[rustler::nif]
+fn pool_new(env: Env, owner: LocalPid, max_frame: usize) -> NifResult<Term> {
+    if max_frame == 0 || max_frame > u32::MAX as usize {
+        return Err(rustler::Error::BadArg);
+    }
+    let core = Arc::new(PoolCore::new(owner, PoolConfig { max_frame }));
+    let handle = ResourceArc::new(PoolHandle { core });
+    handle.monitor(Some(env), &owner);
+    Ok(handle.encode(env))
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn pool_start_worker<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolHandle>,
+    id: u64,
+    program: String,
+    argv: Vec<String>,
+    vars: Vec<(String, String)>,
+    cwd: Option<String>,
+) -> Term<'a> {
+    if pool.core.is_closed() || pool.core.has_worker(id) {
+        let why = if pool.core.is_closed() {
+            "the pool is closed"
+        } else {
+            "a worker with this id is running"
+        };
+        return (atoms::error(), why).encode(env);
+    }
+    let spec = WorkerSpec {
+        id,
+        program,
+        args: argv,
+        env: vars,
+        cwd,
+    };
+    match worker::spawn(&pool.core, spec) {
+        Ok(w) => (atoms::ok(), w.os_pid).encode(env),
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
+}
+
+#[rustler::nif]
+fn pool_stop_worker(pool: ResourceArc<PoolHandle>, id: u64) -> rustler::Atom {
+    if pool.core.stop_worker(id) {
+        atoms::ok()
+    } else {
+        atoms::not_found()
+    }
+}
+
+#[rustler::nif]
+fn pool_kill_worker(pool: ResourceArc<PoolHandle>, id: u64) -> rustler::Atom {
+    match pool.core.worker(id) {
+        Some(w) => {
+            w.kill();
+            atoms::ok()
+        }
+        None => atoms::not_found(),
+    }
+}
+
+#[rustler::nif]
+fn pool_close(env: Env, pool: ResourceArc<PoolHandle>) -> rustler::Atom {
+    pool.core.close(Some(env));
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn pool_kill_all(pool: ResourceArc<PoolHandle>) -> rustler::Atom {
+    pool.core.kill_all();
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn pool_stats<'a>(env: Env<'a>, pool: ResourceArc<PoolHandle>) -> Term<'a> {
+    pool.core.stats(env)
+}
+
+#[rustler::nif]
+fn pool_workers<'a>(env: Env<'a>, pool: ResourceArc<PoolHandle>) -> Term<'a> {
+    pool.core.workers(env)
+}
+
+/// Queues a call. Returns `{:ok, request_id}`, `{:error, {category, message,
+/// details}}`, or `:dirty` when the args are too large to encode here.
+#[rustler::nif]
+fn submit<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolHandle>,
+    tag: Term<'a>,
+    tool: Binary<'a>,
+    call_args: Term<'a>,
+    session_id: Option<Binary<'a>>,
+) -> Term<'a> {
+    submit_with_budget(
+        env,
+        &pool,
+        tag,
+        tool,
+        call_args,
+        session_id,
+        SCHEDULER_ENCODE_BUDGET,
+    )
+}
+
+/// `submit/5` for arguments too large to encode on a normal scheduler.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn submit_dirty<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolHandle>,
+    tag: Term<'a>,
+    tool: Binary<'a>,
+    call_args: Term<'a>,
+    session_id: Option<Binary<'a>>,
+) -> Term<'a> {
+    submit_with_budget(env, &pool, tag, tool, call_args, session_id, usize::MAX)
+}
+
+fn submit_with_budget<'a>(
+    env: Env<'a>,
+    pool: &PoolHandle,
+    tag: Term<'a>,
+    tool: Binary<'a>,
+    args: Term<'a>,
+    session_id: Option<Binary<'a>>,
+    budget: usize,
+) -> Term<'a> {
+    let core = &pool.core;
+    let max_frame = core.config.max_frame;
+    let id = core.next_request_id();
+    let mut buf = protocol::begin_call(
+        id,
+        tool.as_slice(),
+        session_id.as_ref().map(|s| s.as_slice()),
+        64,
+    );
+    // Stop encoding a little past the frame limit: that is enough to refuse it.
+    let limit = budget.min(max_frame.saturating_add(frame::HEADER_LEN + 1));
+    match codec::encode(args, &mut buf, limit) {
+        Ok(()) => {}
+        Err(codec::EncodeError::OverBudget) if limit == budget => {
+            return atoms::dirty().encode(env);
+        }
+        Err(codec::EncodeError::OverBudget) => {
+            return frame_too_large(env, buf.len() - frame::HEADER_LEN, max_frame);
+        }
+        Err(codec::EncodeError::Unsupported { what, path }) => {
+            let message = if path.is_empty() {
+                format!("cannot send {what} to a worker")
+            } else {
+                format!("cannot send {what} (at args{path}) to a worker")
+            };
+            let details = Term::map_new(env)
+                .map_put(atoms::path(), format!("args{path}"))
+                .expect("map");
+            return error_tuple(env, atoms::validation(), message, details);
+        }
+    }
+    if frame::finish(&mut buf, max_frame).is_err() {
+        return frame_too_large(env, buf.len() - frame::HEADER_LEN, max_frame);
+    }
+    let req = Request::new(id, env.pid(), tag, buf);
+    match core.submit(req) {
+        Ok(()) => (atoms::ok(), id).encode(env),
+        Err(Closed) => error_tuple(
+            env,
+            atoms::pool(),
+            "the pool was stopped".into(),
+            Term::map_new(env),
+        ),
+    }
+}
+
+fn frame_too_large(env: Env, size: usize, max_frame: usize) -> Term {
+    let details = Term::map_new(env)
+        .map_put(atoms::bytes(), size)
+        .and_then(|m| m.map_put(atoms::limit(), max_frame))
+        .expect("map");
+    error_tuple(
+        env,
+        atoms::validation(),
+        format!("the request is larger than max_frame_bytes ({max_frame} bytes)"),
+        details,
+    )
+}
+
+fn error_tuple<'a>(
+    env: Env<'a>,
+    category: rustler::Atom,
+    message: String,
+    details: Term<'a>,
+) -> Term<'a> {
+    let err = make_tuple(env, &[category.encode(env), message.encode(env), details]);
+    (atoms::error(), err).encode(env)
+}
+
+/// After a timeout: `:cancelled` (no reply will come) or `:replied` (the reply
+/// is in the caller's mailbox or about to be).
+#[rustler::nif]
+fn cancel(pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
+    match pool.core.cancel(request_id) {
+        Cancel::Cancelled => atoms::cancelled(),
+        Cancel::Replied => atoms::replied(),
+    }
+}
+
+/// Encodes a term as a worker would receive it and decodes it back, without
+/// a worker: lets tests check the codec directly.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    let mut buf = Vec::new();
+    match codec::encode(term, &mut buf, usize::MAX) {
+        Ok(()) => {
+            let mut bin = rustler::OwnedBinary::new(buf.len());
+            bin.as_mut_slice().copy_from_slice(&buf);
+            let bin = bin.release(env);
+            match codec::decode(env, bin, 0) {
+                Ok(t) => (atoms::ok(), t).encode(env),
+                Err(e) => (atoms::error(), e.to_string()).encode(env),
+            }
+        }
+        Err(codec::EncodeError::Unsupported { what, path }) => {
+            (atoms::error(), format!("{what} at {path}")).encode(env)
+        }
+        Err(codec::EncodeError::OverBudget) => unreachable!("no budget"),
+    }
+}
+
+/// Decodes raw MessagePack bytes into a term (for tests of the decoder).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn codec_decode<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
+    match codec::decode(env, data, 0) {
+        Ok(t) => (atoms::ok(), t).encode(env),
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
+}
+
+rustler::init!("Elixir.Snakepit.Native");

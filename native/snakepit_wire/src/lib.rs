@@ -1,0 +1,10 @@
+//! Snakepit's wire format, with no dependency on the Erlang VM so that it can
+//! be unit-tested, fuzzed and reused by workers written in Rust.
+//!
+//! - [`frame`]: 4-byte big-endian length prefix, size limits.
+//! - [`msgpack`]: a zero-copy pull reader for MessagePack.
+//! - [`protocol`]: the `[kind, id, body]` envelope and frame builders.
+
+pub mod frame;
+pub mod msgpack;
+pub mod protocol;

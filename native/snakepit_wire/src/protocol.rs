@@ -1,0 +1,262 @@
+//! The envelope every frame shares: a MessagePack array `[kind, id, body]`.
+//!
+//! `kind` is a short string naming the frame, `id` the request it belongs to
+//! (0 for frames that belong to no request), `body` depends on the kind.
+//! `docs/protocol.md` is the reference for each kind's body.
+
+use crate::frame;
+use crate::msgpack::{write_str, DecodeError, Reader, Token};
+use std::fmt;
+
+/// Version of the protocol spoken by this crate; a worker announces its own
+/// in its `ready` frame and the host refuses a mismatch.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// worker → host, once at start: protocol version, pid, tools.
+    Ready,
+    /// host → worker: run a tool.
+    Call,
+    /// worker → host: a call's return value.
+    Result,
+    /// worker → host: a call failed (or, with id 0, the worker could not start).
+    Error,
+    /// host → worker: the caller gave up on a call.
+    Cancel,
+    /// worker → host: one item of a streaming call.
+    Chunk,
+    /// worker → host: a streaming call has ended.
+    Done,
+    /// worker → host: a structured log record.
+    Log,
+    /// both ways: liveness probe and its echo.
+    Heartbeat,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Ready,
+        Kind::Call,
+        Kind::Result,
+        Kind::Error,
+        Kind::Cancel,
+        Kind::Chunk,
+        Kind::Done,
+        Kind::Log,
+        Kind::Heartbeat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ready => "ready",
+            Kind::Call => "call",
+            Kind::Result => "result",
+            Kind::Error => "error",
+            Kind::Cancel => "cancel",
+            Kind::Chunk => "chunk",
+            Kind::Done => "done",
+            Kind::Log => "log",
+            Kind::Heartbeat => "heartbeat",
+        }
+    }
+
+    pub fn parse(name: &[u8]) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str().as_bytes() == name)
+    }
+}
+
+/// A frame that does not follow the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProtocolError {
+    Malformed(DecodeError),
+    NotAnEnvelope,
+    UnknownKind(String),
+    TrailingBytes,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::Malformed(e) => write!(f, "malformed frame: {e}"),
+            ProtocolError::NotAnEnvelope => {
+                write!(f, "frame is not a [kind, id, body] array")
+            }
+            ProtocolError::UnknownKind(k) => write!(f, "unknown frame kind {k:?}"),
+            ProtocolError::TrailingBytes => write!(f, "bytes left over after the frame body"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl From<DecodeError> for ProtocolError {
+    fn from(e: DecodeError) -> Self {
+        ProtocolError::Malformed(e)
+    }
+}
+
+/// A parsed envelope; the body is left in place, starting at `body`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Envelope {
+    pub kind: Kind,
+    pub id: u64,
+    /// Offset of the body within the frame.
+    pub body: usize,
+}
+
+/// Reads the envelope of a frame and checks that exactly one body follows.
+pub fn parse_envelope(frame: &[u8]) -> Result<Envelope, ProtocolError> {
+    let mut r = Reader::new(frame);
+    if r.next_token()? != Token::Array(3) {
+        return Err(ProtocolError::NotAnEnvelope);
+    }
+    let kind = match r.next_token()? {
+        Token::Str(range) => {
+            let name = r.slice(range);
+            Kind::parse(name).ok_or_else(|| {
+                ProtocolError::UnknownKind(String::from_utf8_lossy(name).into_owned())
+            })?
+        }
+        _ => return Err(ProtocolError::NotAnEnvelope),
+    };
+    let id = match r.next_token()? {
+        Token::Int(i) if i >= 0 => i as u64,
+        Token::UInt(u) => u,
+        _ => return Err(ProtocolError::NotAnEnvelope),
+    };
+    let body = r.position();
+    r.skip()?;
+    if !r.is_done() {
+        return Err(ProtocolError::TrailingBytes);
+    }
+    Ok(Envelope { kind, id, body })
+}
+
+/// Starts a frame with its length prefix and envelope; the caller writes the
+/// body and then calls [`frame::finish`].
+pub fn begin_frame(kind: Kind, id: u64, capacity: usize) -> Vec<u8> {
+    let mut buf = frame::begin(capacity + 16);
+    rmp::encode::write_array_len(&mut buf, 3).expect("Vec write");
+    write_str(&mut buf, kind.as_str().as_bytes());
+    rmp::encode::write_uint(&mut buf, id).expect("Vec write");
+    buf
+}
+
+/// Starts a `call` frame up to its `args` value: the body is the map
+/// `{"tool": tool, "session_id": session_id | nil, "args": ...}` and the
+/// caller appends the encoded args, then calls [`frame::finish`].
+pub fn begin_call(id: u64, tool: &[u8], session_id: Option<&[u8]>, capacity: usize) -> Vec<u8> {
+    let mut buf = begin_frame(Kind::Call, id, capacity + tool.len() + 32);
+    rmp::encode::write_map_len(&mut buf, 3).expect("Vec write");
+    write_str(&mut buf, b"tool");
+    write_str(&mut buf, tool);
+    write_str(&mut buf, b"session_id");
+    match session_id {
+        Some(s) => write_str(&mut buf, s),
+        None => rmp::encode::write_nil(&mut buf).expect("Vec write"),
+    }
+    write_str(&mut buf, b"args");
+    buf
+}
+
+/// A complete frame with a nil body, e.g. `cancel` or `heartbeat`.
+pub fn control_frame(kind: Kind, id: u64) -> Vec<u8> {
+    let mut buf = begin_frame(kind, id, 1);
+    rmp::encode::write_nil(&mut buf).expect("Vec write");
+    frame::finish(&mut buf, frame::DEFAULT_MAX_FRAME).expect("tiny frame");
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::HEADER_LEN;
+
+    #[test]
+    fn every_kind_parses_back_from_its_name() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str().as_bytes()), Some(k));
+        }
+        assert_eq!(Kind::parse(b"nope"), None);
+    }
+
+    #[test]
+    fn control_frames_have_a_nil_body() {
+        let f = control_frame(Kind::Cancel, 77);
+        assert_eq!(
+            u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+            f.len() - 4
+        );
+        let env = parse_envelope(&f[HEADER_LEN..]).unwrap();
+        assert_eq!((env.kind, env.id), (Kind::Cancel, 77));
+        assert_eq!(f[HEADER_LEN + env.body], 0xc0);
+    }
+
+    #[test]
+    fn call_frames_carry_tool_session_and_args() {
+        let mut f = begin_call(u64::MAX, b"predict", Some(b"s-1"), 8);
+        rmp::encode::write_sint(&mut f, -5).unwrap();
+        frame::finish(&mut f, 1024).unwrap();
+        let body = &f[HEADER_LEN..];
+        let env = parse_envelope(body).unwrap();
+        assert_eq!((env.kind, env.id), (Kind::Call, u64::MAX));
+        let mut r = Reader::at(body, env.body);
+        assert_eq!(r.next_token().unwrap(), Token::Map(3));
+        let mut fields = vec![];
+        for _ in 0..3 {
+            let Token::Str(k) = r.next_token().unwrap() else {
+                panic!()
+            };
+            let key = String::from_utf8(r.slice(k).to_vec()).unwrap();
+            let value = match r.next_token().unwrap() {
+                Token::Str(v) => String::from_utf8(r.slice(v).to_vec()).unwrap(),
+                other => format!("{other:?}"),
+            };
+            fields.push((key, value));
+        }
+        assert_eq!(
+            fields,
+            vec![
+                ("tool".into(), "predict".into()),
+                ("session_id".into(), "s-1".into()),
+                ("args".into(), "Int(-5)".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_frames_that_are_not_envelopes() {
+        let mut buf = vec![];
+        rmp::encode::write_array_len(&mut buf, 2).unwrap();
+        assert_eq!(parse_envelope(&buf), Err(ProtocolError::NotAnEnvelope));
+
+        let mut buf = vec![];
+        rmp::encode::write_array_len(&mut buf, 3).unwrap();
+        write_str(&mut buf, b"bogus");
+        assert_eq!(
+            parse_envelope(&buf),
+            Err(ProtocolError::UnknownKind("bogus".into()))
+        );
+
+        let mut buf = begin_frame(Kind::Result, 1, 0)[HEADER_LEN..].to_vec();
+        rmp::encode::write_nil(&mut buf).unwrap();
+        rmp::encode::write_nil(&mut buf).unwrap();
+        assert_eq!(parse_envelope(&buf), Err(ProtocolError::TrailingBytes));
+
+        let mut buf = vec![];
+        rmp::encode::write_array_len(&mut buf, 3).unwrap();
+        write_str(&mut buf, b"result");
+        rmp::encode::write_sint(&mut buf, -1).unwrap();
+        rmp::encode::write_nil(&mut buf).unwrap();
+        assert_eq!(parse_envelope(&buf), Err(ProtocolError::NotAnEnvelope));
+
+        assert!(matches!(
+            parse_envelope(&[0x93, 0xa6]),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+}
