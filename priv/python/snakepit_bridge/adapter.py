@@ -1,0 +1,106 @@
+"""What users write: an adapter class whose ``@tool`` methods Elixir can call.
+
+    from snakepit_bridge import BaseAdapter, tool
+
+    class MyAdapter(BaseAdapter):
+        @tool
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+One instance lives as long as its worker process, so it can hold state
+(a loaded model, a connection) across calls. ``Snakepit.execute("add",
+%{a: 1, b: 2})`` calls ``add(a=1, b=2)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Dict, Optional, TypeVar, overload
+
+__all__ = ["BaseAdapter", "tool", "load_adapter", "AdapterLoadError"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TOOL_ATTR = "__snakepit_tool__"
+
+
+@overload
+def tool(fn: F) -> F: ...
+@overload
+def tool(*, name: Optional[str] = None) -> Callable[[F], F]: ...
+
+
+def tool(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
+    """Marks a method as callable from Elixir, under its own name or ``name``."""
+
+    def mark(f: F) -> F:
+        setattr(f, _TOOL_ATTR, name or f.__name__)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+class BaseAdapter:
+    """Base class for adapters. Subclasses add ``@tool`` methods.
+
+    Built in: ``ping`` and ``describe``. Override ``close`` to release
+    resources when the worker stops.
+    """
+
+    def tools(self) -> Dict[str, Callable[..., Any]]:
+        """Tool name -> bound method, for every ``@tool`` in the class tree."""
+        found: Dict[str, Callable[..., Any]] = {}
+        for klass in reversed(type(self).__mro__):
+            for attr, value in vars(klass).items():
+                tool_name = getattr(value, _TOOL_ATTR, None)
+                if tool_name is not None:
+                    found[tool_name] = getattr(self, attr)
+        return found
+
+    @tool
+    def ping(self) -> str:
+        """Answers "pong": a cheap liveness check."""
+        return "pong"
+
+    @tool
+    def describe(self) -> Dict[str, Any]:
+        """The adapter's tools with their signatures and docs."""
+        tools = {}
+        for name, fn in sorted(self.tools().items()):
+            sig = _signature(fn)
+            tools[name] = {
+                "signature": str(sig),
+                "parameters": list(sig.parameters),
+                "doc": inspect.getdoc(fn) or "",
+            }
+        return {"adapter": f"{type(self).__module__}.{type(self).__qualname__}", "tools": tools}
+
+    def close(self) -> None:
+        """Called once when the worker stops. Does nothing by default."""
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The signature with string annotations resolved where they can be."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:
+        return inspect.signature(fn)
+
+
+class AdapterLoadError(Exception):
+    """The adapter named on the command line could not be loaded."""
+
+
+def load_adapter(path: str) -> BaseAdapter:
+    """Imports ``pkg.module.ClassName`` and instantiates it with no arguments."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise AdapterLoadError(f"adapter {path!r} is not of the form 'package.module.ClassName'")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise AdapterLoadError(f"module {module_name!r} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, BaseAdapter)):
+        raise AdapterLoadError(f"{path!r} is not a subclass of snakepit_bridge.BaseAdapter")
+    return cls()

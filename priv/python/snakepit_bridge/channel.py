@@ -1,0 +1,75 @@
+"""Length-prefixed frames over a pair of pipes.
+
+A frame is a 4-byte big-endian length followed by a MessagePack array
+``[kind, id, body]`` (see docs/protocol.md). Reads happen on one thread;
+writes may come from several (results, log records), so they take a lock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import Any, Optional, Tuple
+
+from . import codec
+
+Frame = Tuple[str, int, Any]
+
+HEADER_LEN = 4
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class Channel:
+    """Reads frames from ``in_fd`` and writes frames to ``out_fd``."""
+
+    def __init__(self, in_fd: int, out_fd: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._reader = io.open(in_fd, "rb", buffering=64 * 1024, closefd=False)
+        self._out_fd = out_fd
+        self._lock = threading.Lock()
+        self.max_frame = max_frame
+
+    def read_raw(self) -> Optional[bytes]:
+        """The next frame's MessagePack bytes, or None at a clean end of stream."""
+        header = self._reader.read(HEADER_LEN)
+        if not header:
+            return None
+        if len(header) < HEADER_LEN:
+            raise ProtocolError("stream closed inside a frame header")
+        size = int.from_bytes(header, "big")
+        if size > self.max_frame:
+            raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+        body = self._reader.read(size)
+        if len(body) < size:
+            raise ProtocolError("stream closed inside a frame")
+        return body
+
+    def write(self, kind: str, request_id: int, body: Any) -> None:
+        """Encodes and writes one frame. Raises if the body cannot be encoded
+        or the frame is over the size limit; nothing is written then."""
+        payload = codec.packb([kind, request_id, body])
+        self.write_encoded(payload)
+
+    def write_encoded(self, payload: bytes) -> None:
+        if len(payload) > self.max_frame:
+            raise ValueError(
+                f"reply of {len(payload)} bytes exceeds the frame limit of {self.max_frame} bytes"
+            )
+        data = [len(payload).to_bytes(HEADER_LEN, "big"), payload]
+        with self._lock:
+            _writev_all(self._out_fd, data)
+
+
+def _writev_all(fd: int, parts: list) -> None:
+    views = [memoryview(p) for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]

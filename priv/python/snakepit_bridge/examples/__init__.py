@@ -1,0 +1,1 @@
+"""Example adapters shipped with Snakepit."""

@@ -1,0 +1,207 @@
+"""The worker loop: handshake, then one call at a time until stdin closes.
+
+Every ``call`` frame gets exactly one ``result`` or ``error`` frame with the
+same id. Errors carry a ``kind`` the host maps to an error category:
+
+- ``exception``: the tool raised (``type``, ``message``, ``traceback``);
+- ``unknown_tool``: no tool of that name;
+- ``bad_arguments``: the args do not fit the tool's signature;
+- ``bad_request``: the call frame itself is not usable;
+- ``unencodable_result``: the tool returned something MessagePack can't hold;
+- ``adapter_load`` (id 0, before ``ready``): the adapter failed to load.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+from . import codec
+from .adapter import BaseAdapter, load_adapter
+from .channel import Channel, ProtocolError
+
+__all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
+
+PROTOCOL_VERSION = 1
+
+
+def error_body(
+    kind: str,
+    exc: Optional[BaseException] = None,
+    *,
+    message: Optional[str] = None,
+    tool: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The body of an ``error`` frame."""
+    body: Dict[str, Any] = {"kind": kind, "tool": tool}
+    if exc is not None:
+        body["type"] = type(exc).__name__
+        body["message"] = message if message is not None else str(exc)
+        body["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    else:
+        body["type"] = None
+        body["message"] = message or kind
+        body["traceback"] = None
+    return body
+
+
+class LogForwarder(logging.Handler):
+    """Sends Python log records to Elixir's Logger as ``log`` frames."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            body = {
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": self.format(record),
+            }
+            self.channel.write("log", 0, body)
+        except Exception:  # logging must never break the worker
+            self.handleError(record)
+
+
+class Worker:
+    """Serves one adapter over one channel."""
+
+    def __init__(self, adapter: BaseAdapter, channel: Channel) -> None:
+        self.adapter = adapter
+        self.channel = channel
+        self.tools: Dict[str, Callable[..., Any]] = adapter.tools()
+
+    def handshake(self, adapter_path: str) -> None:
+        self.channel.write(
+            "ready",
+            0,
+            {
+                "protocol": PROTOCOL_VERSION,
+                "pid": os.getpid(),
+                "adapter": adapter_path,
+                "tools": sorted(self.tools),
+                "codec": codec.NAME,
+                "python": sys.version.split()[0],
+            },
+        )
+
+    def run(self) -> None:
+        """Serves frames until stdin closes."""
+        while True:
+            raw = self.channel.read_raw()
+            if raw is None:
+                return
+            self.handle(raw)
+
+    def handle(self, raw: bytes) -> None:
+        try:
+            frame = codec.unpackb(raw)
+            kind, request_id, body = frame
+        except Exception as exc:
+            request_id = _salvage_id(raw)
+            if request_id:
+                self._reply_error(request_id, error_body("bad_request", exc, message=f"undecodable call: {exc}"))
+            return
+        if kind == "call":
+            self.call(request_id, body)
+        elif kind == "heartbeat":
+            self.channel.write("heartbeat", request_id, None)
+        # "cancel" arrives only after the call it names has been answered
+        # (calls run one at a time on this thread), so there is nothing to do.
+
+    def call(self, request_id: int, body: Any) -> None:
+        if not isinstance(body, dict):
+            self._reply_error(request_id, error_body("bad_request", message="call body is not a map"))
+            return
+        name = body.get("tool")
+        args = body.get("args")
+        fn = self.tools.get(name) if isinstance(name, str) else None
+        if fn is None:
+            known = ", ".join(sorted(self.tools))
+            msg = f"unknown tool {name!r}; this adapter has: {known}"
+            self._reply_error(request_id, error_body("unknown_tool", message=msg, tool=_text(name)))
+            return
+        if args is None:
+            args = {}
+        if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+            msg = "args must be a map with string keys (they become keyword arguments)"
+            self._reply_error(request_id, error_body("bad_arguments", message=msg, tool=name))
+            return
+        try:
+            result = fn(**args)
+        except TypeError as exc:
+            # The call itself failed to bind (missing/extra kwargs), or the
+            # tool raised TypeError from inside; only the first is bad_arguments.
+            kind = "exception" if _binds(fn, args) else "bad_arguments"
+            self._reply_error(request_id, error_body(kind, exc, tool=name))
+            return
+        except Exception as exc:
+            self._reply_error(request_id, error_body("exception", exc, tool=name))
+            return
+        try:
+            payload = codec.packb(["result", request_id, result])
+            self.channel.write_encoded(payload)
+        except Exception as exc:
+            msg = f"the result of tool {name!r} cannot be sent: {exc}"
+            self._reply_error(request_id, error_body("unencodable_result", exc, message=msg, tool=name))
+
+    def _reply_error(self, request_id: int, body: Dict[str, Any]) -> None:
+        self.channel.write("error", request_id, body)
+
+
+def _binds(fn: Callable[..., Any], args: Dict[str, Any]) -> bool:
+    try:
+        inspect.signature(fn).bind(**args)
+        return True
+    except TypeError:
+        return False
+    except ValueError:  # no signature available (builtins)
+        return True
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _salvage_id(raw: bytes) -> int:
+    """The id of a frame whose body cannot be decoded, if its envelope can."""
+    try:
+        import msgpack
+
+        unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, use_list=False)
+        unpacker.feed(raw)
+        unpacker.read_array_header()
+        unpacker.skip()
+        request_id = unpacker.unpack()
+        return request_id if isinstance(request_id, int) else 0
+    except Exception:
+        return 0
+
+
+def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
+    """Loads the adapter, sends ``ready`` and serves calls. Returns the exit code."""
+    channel = Channel(in_fd, out_fd)
+    try:
+        adapter = load_adapter(adapter_path)
+    except Exception as exc:
+        channel.write("error", 0, error_body("adapter_load", exc, message=f"cannot load adapter {adapter_path!r}: {exc}"))
+        return 3
+    root = logging.getLogger()
+    root.addHandler(LogForwarder(channel))
+    if root.level == logging.WARNING:  # untouched default
+        root.setLevel(logging.INFO)
+    worker = Worker(adapter, channel)
+    worker.handshake(adapter_path)
+    try:
+        worker.run()
+    except ProtocolError as exc:
+        print(f"snakepit_bridge: {exc}", file=sys.stderr)
+        return 4
+    finally:
+        adapter.close()
+    return 0

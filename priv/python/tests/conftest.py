@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Tuple
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PRIV_PYTHON = HERE.parent
+TEST_ADAPTERS = PRIV_PYTHON.parent.parent / "test" / "support" / "python"
+
+for p in (str(PRIV_PYTHON), str(TEST_ADAPTERS)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from snakepit_bridge import codec  # noqa: E402
+
+
+class WorkerProcess:
+    """A real `python -m snakepit_bridge` process driven over its pipes."""
+
+    def __init__(self, adapter: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(PRIV_PYTHON), str(TEST_ADAPTERS)])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snakepit_bridge", "--adapter", adapter],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+
+    def send(self, kind: str, request_id: int, body: Any) -> None:
+        self.send_raw(codec.packb([kind, request_id, body]))
+
+    def send_raw(self, payload: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(len(payload).to_bytes(4, "big") + payload)
+        self.proc.stdin.flush()
+
+    def recv(self) -> Optional[Tuple[str, int, Any]]:
+        assert self.proc.stdout is not None
+        header = self.proc.stdout.read(4)
+        if not header:
+            return None
+        body = self.proc.stdout.read(int.from_bytes(header, "big"))
+        kind, request_id, payload = codec.unpackb(body)
+        return kind, request_id, payload
+
+    def recv_skipping_logs(self) -> Optional[Tuple[str, int, Any]]:
+        while True:
+            frame = self.recv()
+            if frame is None or frame[0] != "log":
+                return frame
+
+    def call(self, request_id: int, tool: str, args: Any = None) -> Tuple[str, int, Any]:
+        self.send("call", request_id, {"tool": tool, "args": args or {}, "session_id": None})
+        frame = self.recv_skipping_logs()
+        assert frame is not None
+        return frame
+
+    def close(self) -> Tuple[int, bytes]:
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=10)
+        return code, self.proc.stderr.read()
+
+
+@pytest.fixture
+def worker() -> Iterator[WorkerProcess]:
+    w = WorkerProcess("snakepit_test_adapters.TestAdapter")
+    ready = w.recv()
+    assert ready is not None and ready[0] == "ready"
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+        w.proc.wait()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Any]:
+    started: List[WorkerProcess] = []
+
+    def _spawn(adapter: str) -> WorkerProcess:
+        w = WorkerProcess(adapter)
+        started.append(w)
+        return w
+
+    yield _spawn
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()

@@ -1,0 +1,70 @@
+"""Adapters and tools, without a process."""
+
+from __future__ import annotations
+
+import pytest
+
+from snakepit_bridge import BaseAdapter, tool
+from snakepit_bridge.adapter import AdapterLoadError, load_adapter
+from snakepit_bridge.examples.demo import DemoAdapter
+
+
+class Parent(BaseAdapter):
+    @tool
+    def shared(self) -> str:
+        return "parent"
+
+    @tool(name="renamed")
+    def original(self, x: int, *, scale: int = 2) -> int:
+        """Scales x."""
+        return x * scale
+
+
+class Child(Parent):
+    @tool
+    def shared(self) -> str:
+        return "child"
+
+
+def test_tools_are_collected_across_the_class_tree_with_overrides():
+    tools = Child().tools()
+    assert set(tools) == {"ping", "describe", "shared", "renamed"}
+    assert tools["shared"]() == "child"
+    assert tools["renamed"](x=3) == 6
+
+
+def test_describe_gives_signatures_and_docs():
+    info = Parent().describe()
+    assert info["adapter"].endswith("test_adapter.Parent")
+    assert info["tools"]["renamed"]["signature"] == "(x: int, *, scale: int = 2) -> int"
+    assert info["tools"]["renamed"]["parameters"] == ["x", "scale"]
+    assert info["tools"]["renamed"]["doc"] == "Scales x."
+
+
+def test_load_adapter_by_dotted_path():
+    adapter = load_adapter("snakepit_bridge.examples.demo.DemoAdapter")
+    assert isinstance(adapter, DemoAdapter)
+    assert adapter.tools()["word_count"](text="a b a") == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize(
+    "path, fragment",
+    [
+        ("NoDots", "not of the form"),
+        ("snakepit_bridge.examples.demo.Missing", "has no attribute 'Missing'"),
+        ("snakepit_bridge.adapter.tool", "not a subclass"),
+    ],
+)
+def test_load_adapter_errors_say_what_is_wrong(path, fragment):
+    with pytest.raises(AdapterLoadError, match=fragment):
+        load_adapter(path)
+
+
+def test_importing_the_package_has_no_side_effects():
+    import subprocess
+    import sys
+
+    code = "import sys, snakepit_bridge, snakepit_bridge.examples.demo; print(sys.stdout.fileno())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": sys.path[0]}, check=True)
+    assert out.stdout.strip() == "1" and out.stderr == ""

@@ -1,0 +1,124 @@
+"""The worker process end to end, over real pipes."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from snakepit_bridge import PROTOCOL_VERSION, codec
+
+
+def test_handshake_announces_protocol_pid_and_tools(spawn):
+    w = spawn("snakepit_test_adapters.TestAdapter")
+    kind, request_id, body = w.recv()
+    assert (kind, request_id) == ("ready", 0)
+    assert body["protocol"] == PROTOCOL_VERSION
+    assert body["pid"] == w.proc.pid
+    assert {"echo", "ping", "describe", "boom"} <= set(body["tools"])
+    assert body["codec"] == codec.NAME
+
+
+def test_call_returns_result_with_same_id(worker):
+    assert worker.call(41, "add", {"a": 1, "b": 2}) == ("result", 41, 3)
+    assert worker.call(42, "ping") == ("result", 42, "pong")
+
+
+def test_state_lives_as_long_as_the_worker(worker):
+    assert [worker.call(i, "count")[2] for i in range(1, 4)] == [1, 2, 3]
+
+
+def test_values_round_trip(worker):
+    values = [None, True, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, "héllo ✓", b"\xff\x00", [], {}, [1, [2, {"k": "v"}]], {1: "int key"}]
+    for i, v in enumerate(values, start=1):
+        assert worker.call(i, "echo", {"value": v}) == ("result", i, v)
+
+
+def test_non_finite_floats_are_sent_as_floats(worker):
+    kind, _, body = worker.call(1, "non_finite")
+    assert kind == "result"
+    assert math.isnan(body["nan"]) and body["inf"] == math.inf and body["ninf"] == -math.inf
+
+
+def test_exception_returns_type_message_and_traceback(worker):
+    kind, request_id, body = worker.call(7, "boom", {"message": "bad input"})
+    assert (kind, request_id) == ("error", 7)
+    assert body["kind"] == "exception"
+    assert body["type"] == "ValueError"
+    assert body["message"] == "bad input"
+    assert "Traceback" in body["traceback"] and "raise ValueError(message)" in body["traceback"]
+
+
+def test_unknown_tool_lists_the_known_ones(worker):
+    kind, _, body = worker.call(1, "nope")
+    assert kind == "error" and body["kind"] == "unknown_tool"
+    assert "'nope'" in body["message"] and "echo" in body["message"]
+
+
+def test_missing_and_extra_arguments_are_bad_arguments(worker):
+    _, _, missing = worker.call(1, "add", {"a": 1})
+    _, _, extra = worker.call(2, "add", {"a": 1, "b": 2, "c": 3})
+    assert missing["kind"] == "bad_arguments" and "'b'" in missing["message"]
+    assert extra["kind"] == "bad_arguments" and "'c'" in extra["message"]
+
+
+def test_type_error_raised_inside_a_tool_is_an_exception(worker):
+    _, _, body = worker.call(1, "inner_type_error")
+    assert body["kind"] == "exception" and body["type"] == "TypeError"
+
+
+def test_unencodable_result_is_an_error_not_a_crash(worker):
+    kind, _, body = worker.call(1, "huge_int")
+    assert kind == "error" and body["kind"] == "unencodable_result"
+    assert worker.call(2, "ping") == ("result", 2, "pong")
+
+
+def test_print_goes_to_stderr_not_the_protocol(worker):
+    assert worker.call(1, "noisy", {"text": "hi"}) == ("result", 1, "hi")
+    assert worker.call(2, "ping") == ("result", 2, "pong")
+    code, stderr = worker.close()
+    assert code == 0
+    assert b"printed: hi" in stderr and b"raw fd 1 write" in stderr
+
+
+def test_python_logging_becomes_log_frames(worker):
+    worker.send("call", 1, {"tool": "log", "args": {"level": "warning", "message": "careful"}})
+    kind, _, body = worker.recv()
+    assert kind == "log"
+    assert body["level"] == "warning" and body["message"] == "careful"
+    assert worker.recv() == ("result", 1, True)
+
+
+def test_heartbeat_is_echoed_and_stale_cancel_ignored(worker):
+    worker.send("cancel", 99, None)
+    worker.send("heartbeat", 5, None)
+    assert worker.recv() == ("heartbeat", 5, None)
+
+
+def test_undecodable_call_gets_an_error_with_its_id(worker):
+    payload = b"\x93\xa4call\x09\xc1"  # 0xc1 is never valid MessagePack
+    worker.send_raw(payload)
+    kind, request_id, body = worker.recv()
+    assert (kind, request_id) == ("error", 9)
+    assert body["kind"] == "bad_request"
+
+
+def test_exits_cleanly_when_stdin_closes(worker):
+    code, _ = worker.close()
+    assert code == 0
+
+
+def test_unimportable_adapter_reports_before_ready_and_exits(spawn):
+    w = spawn("snakepit_test_broken.Adapter")
+    kind, request_id, body = w.recv()
+    assert (kind, request_id) == ("error", 0)
+    assert body["kind"] == "adapter_load"
+    assert body["type"] == "ModuleNotFoundError"
+    assert "snakepit_module_that_does_not_exist" in body["message"]
+    assert w.proc.wait(timeout=10) == 3
+
+
+def test_adapter_that_is_not_a_base_adapter_is_refused(spawn):
+    w = spawn("os.path")
+    kind, _, body = w.recv()
+    assert kind == "error" and body["kind"] == "adapter_load"
+    assert "not of the form" not in body["message"]
