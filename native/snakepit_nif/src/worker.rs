@@ -10,6 +10,7 @@
 use crate::atoms;
 use crate::pool::PoolCore;
 use crate::writer::Writer;
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustler::env::OwnedEnv;
 use rustler::types::tuple::make_tuple;
@@ -146,13 +147,17 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
         core.add_worker(Arc::clone(&worker));
         let stderr_core = Arc::clone(core);
         let id = spec.id;
+        let (stderr_done_tx, stderr_done) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
             .name(format!("snakepit-e{}", spec.id))
             .stack_size(256 * 1024)
-            .spawn(move || forward_stderr(&stderr_core, id, stderr))?;
-        Ok::<_, io::Error>(worker)
+            .spawn(move || {
+                forward_stderr(&stderr_core, id, stderr);
+                let _ = stderr_done_tx.send(());
+            })?;
+        Ok::<_, io::Error>((worker, stderr_done))
     })();
-    let worker = match started {
+    let (worker, stderr_done) = match started {
         Ok(w) => w,
         Err(e) => {
             let _ = child.kill();
@@ -166,7 +171,7 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
         .name(format!("snakepit-r{}", spec.id))
         // Decoding recurses up to codec::MAX_DEPTH levels.
         .stack_size(8 * 1024 * 1024)
-        .spawn(move || read_loop(&reader_core, &reader_worker, stdout, child));
+        .spawn(move || read_loop(&reader_core, &reader_worker, stdout, child, stderr_done));
     if let Err(e) = spawned {
         // The closure (and the Child in it) is gone; kill by pid.
         worker.kill();
@@ -177,7 +182,13 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
 
 /// Reads frames until stdout ends or the worker breaks the protocol, then
 /// reaps the process and reports the exit.
-fn read_loop(core: &Arc<PoolCore>, worker: &Arc<Worker>, stdout: impl Read, child: Child) {
+fn read_loop(
+    core: &Arc<PoolCore>,
+    worker: &Arc<Worker>,
+    stdout: impl Read,
+    child: Child,
+    stderr_done: Receiver<()>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let protocol_error = loop {
         let frame = frame::read_frame(&mut reader, core.config.max_frame, FrameBuf::new);
@@ -197,6 +208,10 @@ fn read_loop(core: &Arc<PoolCore>, worker: &Arc<Worker>, stdout: impl Read, chil
         }
     };
     let exit = reap(worker, child, protocol_error);
+    // Let the last of its stderr reach the owner before the exit does (the
+    // owner quotes it when a worker dies before its handshake). Bounded: a
+    // grandchild that left the process group may hold stderr open.
+    let _ = stderr_done.recv_timeout(Duration::from_millis(500));
     core.on_worker_down(worker, &exit);
 }
 

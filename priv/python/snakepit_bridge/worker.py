@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional
 
 from . import codec
 from .adapter import BaseAdapter, load_adapter
-from .channel import Channel, ProtocolError
+from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
@@ -185,11 +185,12 @@ def _salvage_id(raw: bytes) -> int:
 
 def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     """Loads the adapter, sends ``ready`` and serves calls. Returns the exit code."""
-    channel = Channel(in_fd, out_fd)
+    max_frame = int(os.environ.get("SNAKEPIT_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME))
+    channel = Channel(in_fd, out_fd, max_frame)
     try:
         adapter = load_adapter(adapter_path)
     except Exception as exc:
-        channel.write("error", 0, error_body("adapter_load", exc, message=f"cannot load adapter {adapter_path!r}: {exc}"))
+        channel.write("error", 0, error_body("adapter_load", exc))
         return 3
     root = logging.getLogger()
     root.addHandler(LogForwarder(channel))

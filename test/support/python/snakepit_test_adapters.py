@@ -81,6 +81,7 @@ class TestAdapter(BaseAdapter):
         os._exit(code)
 
     @tool
-    def kill_self(self, sig: str = "SIGKILL") -> None:
+    def kill_self(self, sig: str = "SIGKILL", after_ms: int = 0) -> None:
+        time.sleep(after_ms / 1000)
         os.kill(os.getpid(), getattr(signal, sig))
         time.sleep(10)

@@ -1,0 +1,284 @@
+defmodule Snakepit do
+  @moduledoc """
+  Run Python (or any external program) from Elixir through pools of
+  long-lived worker processes.
+
+      # config/config.exs
+      config :snakepit,
+        pools: [default: [adapter: "snakepit_bridge.examples.demo.DemoAdapter", size: 2]]
+
+      iex> Snakepit.execute("add", %{a: 1, b: 2})
+      {:ok, 3}
+
+  Every call returns `{:ok, result}` or `{:error, %Snakepit.Error{}}`: a
+  Python exception (with its traceback), a timeout, a dead worker, bad input.
+  Never a hang, never someone else's reply, never an exception in the caller
+  (use `execute!/3` for that).
+
+  ## What crosses the pipe
+
+  Arguments and results travel as MessagePack:
+
+  | Elixir                          | Python                 | back in Elixir              |
+  |---------------------------------|------------------------|-----------------------------|
+  | `nil`, `true`, `false`          | `None`, `True`, `False`| same                        |
+  | integers (64-bit signed or unsigned) | `int`             | integer                     |
+  | floats                          | `float`                | float; NaN and ±inf as `:nan`, `:infinity`, `:neg_infinity` |
+  | UTF-8 binaries, other atoms     | `str`                  | binary                      |
+  | other binaries                  | `bytes`                | binary                      |
+  | lists, tuples                   | `list`                 | list                        |
+  | maps                            | `dict`                 | map                         |
+
+  Map keys come back as binaries (`%{a: 1}` returns as `%{"a" => 1}`):
+  atoms are never created from worker data. Pids, references, functions,
+  ports and integers beyond 64 bits are refused with a `:validation` error
+  that names where in the arguments they were.
+
+  ## Pools
+
+  Pools are started by Snakepit's application from `config :snakepit, pools:`,
+  or by you with `{Snakepit.Pool, opts}` in a supervision tree. See
+  `Snakepit.Pool` for the design and `Snakepit.Config` for the options.
+  """
+
+  alias Snakepit.{Error, Native, Pool}
+
+  @default_timeout 30_000
+  # After a timeout, `cancel` may report that the reply was already sent; it
+  # is then in the mailbox or arriving. This bounds that wait, defensively.
+  @reply_in_flight_wait 5_000
+
+  @typedoc "Options of `execute/3`."
+  @type execute_opt ::
+          {:pool, atom()}
+          | {:timeout, timeout()}
+          | {:session_id, String.t() | nil}
+
+  @doc """
+  Calls `command` (a tool of the pool's adapter) with `args` as keyword
+  arguments, in a free worker of the pool.
+
+  Options:
+  - `:pool` - the pool's name (default `:default`);
+  - `:timeout` - milliseconds to wait for the answer, queueing included,
+    or `:infinity` (default `#{@default_timeout}`). On timeout the worker
+    is told to cancel and the caller gets a `:timeout` error; a late
+    answer is dropped, never delivered;
+  - `:session_id` - a string passed to the worker with the call.
+
+  `args` is a map (or a keyword list); its keys become the tool's keyword
+  argument names.
+
+      iex> Snakepit.execute("add", %{a: 1, b: 2})
+      {:ok, 3}
+      iex> {:error, error} = Snakepit.execute("nope", %{})
+      iex> error.category
+      :validation
+  """
+  @spec execute(String.t() | atom(), map() | keyword(), [execute_opt()]) ::
+          {:ok, term()} | {:error, Error.t()}
+  def execute(command, args \\ %{}, opts \\ []) do
+    pool = Keyword.get(opts, :pool, :default)
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    session_id = Keyword.get(opts, :session_id)
+
+    with {:ok, {handle, counters}} <- fetch_pool(pool),
+         {:ok, tool} <- check_command(command),
+         {:ok, args} <- check_args(args),
+         :ok <- check_timeout(timeout),
+         :ok <- check_session(session_id) do
+      call(handle, counters, tool, args, session_id, timeout)
+    end
+  end
+
+  # make_ref/0 and the receive stay in one function so the VM only scans
+  # messages that arrived after the ref was made (the receive optimization).
+  defp call(handle, counters, tool, args, session_id, timeout) do
+    tag = make_ref()
+
+    submitted =
+      case Native.submit(handle, tag, tool, args, session_id) do
+        :dirty -> Native.submit_dirty(handle, tag, tool, args, session_id)
+        other -> other
+      end
+
+    case submitted do
+      {:ok, request_id} ->
+        receive do
+          {^tag, :ok, result} -> {:ok, result}
+          {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+        after
+          timeout ->
+            case Native.cancel(handle, request_id) do
+              :cancelled ->
+                Pool.count_timeout(counters)
+
+                {:error,
+                 Error.timeout("no answer from #{inspect(tool)} within #{timeout} ms", %{
+                   tool: tool,
+                   timeout: timeout
+                 })}
+
+              :replied ->
+                receive do
+                  {^tag, :ok, result} -> {:ok, result}
+                  {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+                after
+                  @reply_in_flight_wait ->
+                    {:error,
+                     Error.transport("the reply to #{inspect(tool)} was lost", %{tool: tool})}
+                end
+            end
+        end
+
+      {:error, reason} ->
+        {:error, Error.from_native(reason)}
+    end
+  end
+
+  @doc """
+  Like `execute/3`, but returns the result or raises `Snakepit.Error`.
+
+      iex> Snakepit.execute!("add", %{a: 2, b: 3})
+      5
+  """
+  @spec execute!(String.t() | atom(), map() | keyword(), [execute_opt()]) :: term()
+  def execute!(command, args \\ %{}, opts \\ []) do
+    case execute(command, args, opts) do
+      {:ok, result} -> result
+      {:error, error} -> raise error
+    end
+  end
+
+  @doc """
+  Waits until every worker of `pool` has started, up to `timeout` ms.
+
+      iex> Snakepit.await_ready(:default, 10_000)
+      :ok
+  """
+  @spec await_ready(atom(), timeout()) :: :ok | {:error, Error.t()}
+  def await_ready(pool \\ :default, timeout \\ @default_timeout) do
+    Pool.await_ready(pool, timeout)
+  end
+
+  @doc """
+  Counters of a pool: workers by state, queue length, requests and their
+  outcomes. Read without going through any process.
+
+      iex> stats = Snakepit.get_stats()
+      iex> stats.workers
+      2
+      iex> Map.take(stats, [:queued, :busy])
+      %{queued: 0, busy: 0}
+
+  Keys: `:workers`, `:idle`, `:busy`, `:starting`, `:stopping`, `:queued`,
+  `:requests` (accepted calls), `:completed` (answered with a result),
+  `:python_errors`, `:worker_errors`, `:transport_errors`, `:cancelled`
+  (given up by their callers), `:timeouts`, `:restarts`.
+  Returns `{:error, %Snakepit.Error{category: :pool}}` for an unknown pool.
+  """
+  @spec get_stats(atom()) :: map() | {:error, Error.t()}
+  def get_stats(pool \\ :default) do
+    with {:ok, {handle, counters}} <- fetch_pool(pool) do
+      Map.merge(Native.pool_stats(handle), Pool.counters(counters))
+    end
+  end
+
+  @doc """
+  The workers of a pool, ordered by id: `:worker_id`, `:os_pid`, `:state`
+  (`:starting | :idle | :busy | :stopping`), `:requests` served and
+  `:age_ms`.
+
+      iex> [first | _] = Snakepit.list_workers()
+      iex> Map.keys(first) |> Enum.sort()
+      [:age_ms, :os_pid, :requests, :state, :worker_id]
+  """
+  @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
+  def list_workers(pool \\ :default) do
+    with {:ok, {handle, _}} <- fetch_pool(pool) do
+      Native.pool_workers(handle)
+    end
+  end
+
+  @doc """
+  Runs `fun` with Snakepit's configured pools started and ready, then stops
+  them (and every worker process) before returning `fun`'s result. For
+  scripts and `mix run`:
+
+      Snakepit.run_as_script(fn -> Snakepit.execute!("add", %{a: 1, b: 2}) end)
+
+  Options: `:timeout` for the pools to become ready (default `30_000`),
+  `:halt` to stop the VM afterwards with status 0, or 1 if `fun` raised
+  (default `false`).
+  """
+  @spec run_as_script((() -> result), keyword()) :: result when result: term()
+  def run_as_script(fun, opts \\ []) when is_function(fun, 0) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+
+    try do
+      for {name, _} <- Application.get_env(:snakepit, :pools, []) do
+        :ok = await_ready(name, timeout)
+      end
+
+      fun.()
+    rescue
+      e ->
+        if Keyword.get(opts, :halt, false) do
+          IO.puts(:stderr, Exception.format(:error, e, __STACKTRACE__))
+          _ = Application.stop(:snakepit)
+          System.halt(1)
+        end
+
+        reraise e, __STACKTRACE__
+    after
+      _ = Application.stop(:snakepit)
+      if Keyword.get(opts, :halt, false), do: System.halt(0)
+    end
+  end
+
+  defp fetch_pool(pool) do
+    case Pool.lookup(pool) do
+      nil -> {:error, Error.pool("no pool named #{inspect(pool)} is running", %{pool: pool})}
+      found -> {:ok, found}
+    end
+  end
+
+  defp check_command(command) when is_binary(command), do: {:ok, command}
+
+  defp check_command(command) when is_atom(command) and command not in [nil, true, false],
+    do: {:ok, Atom.to_string(command)}
+
+  defp check_command(command),
+    do:
+      {:error,
+       Error.validation("the command must be a string or an atom, got: #{inspect(command)}")}
+
+  defp check_args(args) when is_map(args), do: {:ok, args}
+
+  defp check_args(args) when is_list(args) do
+    if Keyword.keyword?(args),
+      do: {:ok, Map.new(args)},
+      else:
+        {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
+  end
+
+  defp check_args(args),
+    do: {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
+
+  defp check_timeout(:infinity), do: :ok
+  defp check_timeout(t) when is_integer(t) and t >= 0, do: :ok
+
+  defp check_timeout(t),
+    do:
+      {:error,
+       Error.validation(
+         "the :timeout must be a non-negative integer or :infinity, got: #{inspect(t)}"
+       )}
+
+  defp check_session(nil), do: :ok
+  defp check_session(s) when is_binary(s), do: :ok
+
+  defp check_session(s),
+    do: {:error, Error.validation("the :session_id must be a string or nil, got: #{inspect(s)}")}
+end

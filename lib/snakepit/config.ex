@@ -1,0 +1,183 @@
+defmodule Snakepit.Config do
+  @moduledoc """
+  Pool options: their meaning, defaults, and validation.
+
+  A pool is configured with a keyword list, either as a child spec
+  (`{Snakepit.Pool, name: :ml, adapter: "my_pkg.model.Adapter"}`) or in
+  `config :snakepit, pools: [default: [adapter: "..."]]`.
+
+  | option             | default                    | meaning                                          |
+  |--------------------|----------------------------|--------------------------------------------------|
+  | `:name`            | `:default`                 | atom naming the pool in `Snakepit.execute/3`     |
+  | `:adapter`         | required                   | `"pkg.module.ClassName"` of a `BaseAdapter`      |
+  | `:size`            | `System.schedulers_online()` | number of worker processes                     |
+  | `:python`          | `"python3"`                | interpreter: a path, or a name on the `PATH`     |
+  | `:python_path`     | `[]`                       | directories prepended to `PYTHONPATH`            |
+  | `:env`             | `[]`                       | extra environment, `[{"NAME", "value"}]` or a map |
+  | `:cwd`             | `nil` (the BEAM's cwd)     | working directory of the workers                 |
+  | `:max_frame_bytes` | `67_108_864` (64 MiB)      | largest message in either direction              |
+  | `:startup_timeout` | `30_000`                   | ms to wait for the first worker's handshake      |
+
+  Snakepit's own `priv/python` is always on the workers' `PYTHONPATH`, so
+  `snakepit_bridge` needs no install.
+
+      iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", size: 2)
+      iex> {config.name, config.size, config.python, config.max_frame_bytes}
+      {:default, 2, "python3", 67108864}
+
+      iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", size: 0)
+      iex> error.message
+      "invalid pool option :size: expected a positive integer, got: 0"
+  """
+
+  alias Snakepit.Error
+
+  @type t :: %__MODULE__{
+          name: atom(),
+          adapter: String.t(),
+          size: pos_integer(),
+          python: String.t(),
+          python_path: [String.t()],
+          env: [{String.t(), String.t()}],
+          cwd: String.t() | nil,
+          max_frame_bytes: pos_integer(),
+          startup_timeout: pos_integer()
+        }
+
+  @enforce_keys [:adapter]
+  defstruct name: :default,
+            adapter: nil,
+            size: 1,
+            python: "python3",
+            python_path: [],
+            env: [],
+            cwd: nil,
+            max_frame_bytes: 64 * 1024 * 1024,
+            startup_timeout: 30_000
+
+  @max_frame_limit 0xFFFF_FFFF
+  @known [
+    :name,
+    :adapter,
+    :size,
+    :python,
+    :python_path,
+    :env,
+    :cwd,
+    :max_frame_bytes,
+    :startup_timeout
+  ]
+
+  @doc "The option names a pool accepts."
+  @spec known_options() :: [atom()]
+  def known_options, do: @known
+
+  @doc """
+  Validates pool options and fills in defaults.
+
+  Returns `{:error, %Snakepit.Error{category: :validation}}` naming the first
+  bad option.
+  """
+  @spec validate(keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def validate(opts) when is_list(opts) do
+    if Keyword.keyword?(opts) do
+      with :ok <- check_unknown(opts),
+           {:ok, adapter} <- fetch_required(opts, :adapter) do
+        defaults = %__MODULE__{adapter: adapter, size: System.schedulers_online()}
+
+        Enum.reduce_while(opts, {:ok, defaults}, fn {key, value}, {:ok, acc} ->
+          case check(key, value) do
+            {:ok, value} -> {:cont, {:ok, Map.put(acc, key, value)}}
+            {:error, expected} -> {:halt, {:error, invalid(key, expected, value)}}
+          end
+        end)
+      end
+    else
+      {:error, Error.validation("pool options must be a keyword list, got: #{inspect(opts)}")}
+    end
+  end
+
+  def validate(other) do
+    {:error, Error.validation("pool options must be a keyword list, got: #{inspect(other)}")}
+  end
+
+  defp check_unknown(opts) do
+    case Enum.find(Keyword.keys(opts), &(&1 not in @known)) do
+      nil ->
+        :ok
+
+      key ->
+        {:error,
+         Error.validation(
+           "unknown pool option #{inspect(key)}; known options: " <>
+             Enum.map_join(@known, ", ", &inspect/1),
+           %{option: key}
+         )}
+    end
+  end
+
+  defp fetch_required(opts, key) do
+    case Keyword.fetch(opts, key) do
+      {:ok, value} ->
+        {:ok, value}
+
+      :error ->
+        {:error, Error.validation("missing required pool option #{inspect(key)}", %{option: key})}
+    end
+  end
+
+  defp invalid(key, expected, value) do
+    Error.validation(
+      "invalid pool option #{inspect(key)}: expected #{expected}, got: #{inspect(value)}",
+      %{option: key}
+    )
+  end
+
+  defp check(:name, v) when is_atom(v) and v not in [nil, true, false], do: {:ok, v}
+  defp check(:name, _), do: {:error, "an atom"}
+
+  defp check(:adapter, v) when is_binary(v) do
+    if String.match?(v, ~r/^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$/),
+      do: {:ok, v},
+      else: {:error, ~s(a dotted Python path like "my_pkg.module.ClassName")}
+  end
+
+  defp check(:adapter, _), do: {:error, ~s(a dotted Python path like "my_pkg.module.ClassName")}
+
+  defp check(:size, v) when is_integer(v) and v > 0, do: {:ok, v}
+  defp check(:size, _), do: {:error, "a positive integer"}
+
+  defp check(:python, v) when is_binary(v) and v != "", do: {:ok, v}
+  defp check(:python, _), do: {:error, "a non-empty string"}
+
+  defp check(:python_path, v) when is_list(v) do
+    if Enum.all?(v, &is_binary/1), do: {:ok, v}, else: {:error, "a list of directory strings"}
+  end
+
+  defp check(:python_path, _), do: {:error, "a list of directory strings"}
+
+  defp check(:env, v) when is_map(v), do: check(:env, Map.to_list(v))
+
+  defp check(:env, v) when is_list(v) do
+    if Enum.all?(v, &env_pair?/1),
+      do: {:ok, Enum.map(v, fn {k, val} -> {to_string(k), to_string(val)} end)},
+      else: {:error, ~s(a list of {"NAME", "value"} string pairs or a map)}
+  end
+
+  defp check(:env, _), do: {:error, ~s(a list of {"NAME", "value"} string pairs or a map)}
+
+  defp check(:cwd, nil), do: {:ok, nil}
+  defp check(:cwd, v) when is_binary(v), do: {:ok, v}
+  defp check(:cwd, _), do: {:error, "a directory string or nil"}
+
+  defp check(:max_frame_bytes, v) when is_integer(v) and v > 0 and v <= @max_frame_limit,
+    do: {:ok, v}
+
+  defp check(:max_frame_bytes, _), do: {:error, "an integer from 1 to #{@max_frame_limit}"}
+
+  defp check(:startup_timeout, v) when is_integer(v) and v > 0, do: {:ok, v}
+  defp check(:startup_timeout, _), do: {:error, "a positive integer (milliseconds)"}
+
+  defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
+  defp env_pair?(_), do: false
+end

@@ -1,0 +1,125 @@
+defmodule Snakepit.Error do
+  @moduledoc """
+  The one error type of Snakepit: every failed call returns
+  `{:error, %Snakepit.Error{}}`, and `Snakepit.execute!/3` raises it.
+
+  Errors are data. Match on `:category` to decide what to do:
+
+  | category        | meaning                                                        |
+  |-----------------|----------------------------------------------------------------|
+  | `:python_error` | the tool raised; `python_traceback` has the traceback          |
+  | `:validation`   | the call was refused before running: unknown tool, arguments   |
+  |                 | that do not fit the tool, or a value that cannot be sent       |
+  | `:timeout`      | no answer within the call's `:timeout`                         |
+  | `:worker`       | the worker process died during the call (`details` has its     |
+  |                 | exit `:status` or `:signal`)                                   |
+  | `:pool`         | the pool is unknown, stopped, or not started                   |
+  | `:transport`    | the worker broke the wire protocol (garbage on stdout, a frame |
+  |                 | over the size limit); it is replaced                           |
+
+  `:transport` takes the place of the gRPC-based Snakepit's `:grpc_error`
+  category and `grpc_status` field: workers here speak MessagePack frames
+  over pipes, so there is no gRPC status to report.
+
+      iex> error = Snakepit.Error.python_error("ValueError", "bad input", "Traceback ...")
+      iex> {error.category, error.message, error.details.exception_type}
+      {:python_error, "ValueError: bad input", "ValueError"}
+      iex> to_string(Snakepit.Error.timeout("no answer within 50 ms"))
+      "[timeout] no answer within 50 ms"
+  """
+
+  @typedoc "What kind of failure this is; see the table above."
+  @type category :: :worker | :timeout | :python_error | :validation | :pool | :transport
+
+  @type t :: %__MODULE__{
+          category: category(),
+          message: String.t(),
+          details: map(),
+          python_traceback: String.t() | nil
+        }
+
+  defexception category: :worker, message: "", details: %{}, python_traceback: nil
+
+  @doc """
+  A Python exception: the message becomes `"Type: message"` and
+  `details.exception_type` is set.
+
+      iex> Snakepit.Error.python_error("KeyError", "'x'", nil, %{tool: "lookup"}).details
+      %{exception_type: "KeyError", tool: "lookup"}
+  """
+  @spec python_error(String.t(), String.t(), String.t() | nil, map()) :: t()
+  def python_error(type, message, traceback, details \\ %{}) do
+    %__MODULE__{
+      category: :python_error,
+      message: "#{type}: #{message}",
+      details: Map.put(details, :exception_type, type),
+      python_traceback: traceback
+    }
+  end
+
+  @doc """
+  The call was refused before it ran.
+
+      iex> Snakepit.Error.validation("unknown tool \\"nope\\"").category
+      :validation
+  """
+  @spec validation(String.t(), map()) :: t()
+  def validation(message, details \\ %{}), do: new(:validation, message, details)
+
+  @doc "No answer in time."
+  @spec timeout(String.t(), map()) :: t()
+  def timeout(message, details \\ %{}), do: new(:timeout, message, details)
+
+  @doc "The worker process failed."
+  @spec worker(String.t(), map()) :: t()
+  def worker(message, details \\ %{}), do: new(:worker, message, details)
+
+  @doc "The pool is unknown, stopped or not able to serve."
+  @spec pool(String.t(), map()) :: t()
+  def pool(message, details \\ %{}), do: new(:pool, message, details)
+
+  @doc "The worker broke the wire protocol."
+  @spec transport(String.t(), map()) :: t()
+  def transport(message, details \\ %{}), do: new(:transport, message, details)
+
+  defp new(category, message, details) do
+    %__MODULE__{category: category, message: message, details: details}
+  end
+
+  @doc false
+  # Turns the payload of a native `{tag, :error, payload}` reply, or of a
+  # NIF's `{:error, payload}`, into an error.
+  @spec from_native(term()) :: t()
+  def from_native({:python, %{} = body}), do: from_python(body)
+
+  def from_native({category, message, details})
+      when category in [:worker, :transport, :pool, :validation] do
+    new(category, message, details)
+  end
+
+  def from_native(other), do: transport("unexpected reply from the native core: #{inspect(other)}")
+
+  @doc false
+  # A worker's `error` frame body (string keys, from Python).
+  @spec from_python(map()) :: t()
+  def from_python(body) do
+    kind = body["kind"]
+    details = %{kind: kind, tool: body["tool"]}
+    message = body["message"] || "unknown error"
+
+    case kind do
+      k when k in ["unknown_tool", "bad_arguments", "bad_request"] ->
+        %__MODULE__{
+          new(:validation, message, details)
+          | python_traceback: body["traceback"]
+        }
+
+      _ ->
+        python_error(body["type"] || "Error", message, body["traceback"], details)
+    end
+  end
+
+  defimpl String.Chars do
+    def to_string(%{category: category, message: message}), do: "[#{category}] #{message}"
+  end
+end

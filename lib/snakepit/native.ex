@@ -1,0 +1,85 @@
+defmodule Snakepit.Native do
+  @moduledoc false
+  # The Rust NIF (native/snakepit_nif). Each function here is a stub replaced
+  # when the library loads; its doc lives in native/snakepit_nif/src/lib.rs.
+  #
+  # Loading never fails the module: if the library is missing or stale, the
+  # stubs raise an error that says why and how to fix it, instead of a bare
+  # :nif_not_loaded.
+
+  @on_load :load
+  @abi_version 1
+  @status_key {__MODULE__, :load_status}
+
+  @doc false
+  def load do
+    path = :filename.join(:code.priv_dir(:snakepit), ~c"native/libsnakepit_nif")
+
+    status =
+      case :erlang.load_nif(path, 0) do
+        :ok -> check_abi(path)
+        {:error, {:reload, _}} -> :ok
+        {:error, {reason, text}} -> {:error, load_failure(path, reason, text)}
+      end
+
+    :persistent_term.put(@status_key, status)
+    :ok
+  end
+
+  defp check_abi(path) do
+    case abi_version() do
+      @abi_version ->
+        :ok
+
+      other ->
+        {:error,
+         "Snakepit's native library at #{path}.so is stale: it implements ABI #{other}, " <>
+           "this code expects #{@abi_version}. Rebuild it with `mix compile --force` " <>
+           "(or `mix deps.compile snakepit --force` in an app that depends on Snakepit)."}
+    end
+  end
+
+  defp load_failure(path, reason, text) do
+    hint =
+      if reason == :load_failed and not File.exists?("#{path}.so") do
+        "The library does not exist: it is built by `mix compile`, which needs cargo " <>
+          "(Rust >= 1.91). Run `mix compile` (or `mix deps.compile snakepit` in an app " <>
+          "that depends on Snakepit)."
+      else
+        "Rebuild it with `mix compile --force`."
+      end
+
+    "Snakepit's native library could not be loaded from #{path}.so (#{reason}: #{text}). " <>
+      hint
+  end
+
+  @doc "`:ok`, or `{:error, message}` saying why the NIF is not loaded and how to fix it."
+  @spec status() :: :ok | {:error, String.t()}
+  def status, do: :persistent_term.get(@status_key, {:error, "Snakepit.Native was never loaded"})
+
+  # Stubs call :erlang.nif_error/1 directly: dialyzer knows such functions
+  # are replaced at load time. The reason carries the explanation.
+  defp why do
+    case status() do
+      {:error, message} -> {:snakepit_nif_not_loaded, message}
+      :ok -> :snakepit_nif_not_loaded
+    end
+  end
+
+  @doc false
+  def abi_version, do: :erlang.nif_error(:not_loaded)
+
+  def pool_new(_owner, _max_frame), do: :erlang.nif_error(why())
+  def pool_start_worker(_pool, _id, _program, _argv, _env, _cwd), do: :erlang.nif_error(why())
+  def pool_stop_worker(_pool, _id), do: :erlang.nif_error(why())
+  def pool_kill_worker(_pool, _id), do: :erlang.nif_error(why())
+  def pool_close(_pool), do: :erlang.nif_error(why())
+  def pool_kill_all(_pool), do: :erlang.nif_error(why())
+  def pool_stats(_pool), do: :erlang.nif_error(why())
+  def pool_workers(_pool), do: :erlang.nif_error(why())
+  def submit(_pool, _tag, _tool, _args, _session_id), do: :erlang.nif_error(why())
+  def submit_dirty(_pool, _tag, _tool, _args, _session_id), do: :erlang.nif_error(why())
+  def cancel(_pool, _request_id), do: :erlang.nif_error(why())
+  def codec_roundtrip(_term), do: :erlang.nif_error(why())
+  def codec_decode(_binary), do: :erlang.nif_error(why())
+end

@@ -1,0 +1,453 @@
+defmodule Snakepit.Pool do
+  @moduledoc """
+  A supervised pool of long-lived worker processes running one Python adapter.
+
+      children = [
+        {Snakepit.Pool, name: :ml, size: 4, adapter: "my_pkg.model.Adapter",
+         python_path: ["/srv/ml"]}
+      ]
+
+  Options are documented in `Snakepit.Config`. Call the pool with
+  `Snakepit.execute/3`.
+
+  ## Design
+
+  A pool has two halves, and only one of them is a process.
+
+  The **data plane** is native (Rust, `native/snakepit_nif`): the worker OS
+  processes, their pipes, the threads that serve them, the FIFO queue of
+  waiting calls and the choice of a free worker. `Snakepit.execute/3` runs in
+  the caller's own process: it encodes the call, hands it to the native pool
+  (a few microseconds, never blocking) and waits in `receive` for a message
+  tagged with a reference it made. No GenServer sits on that path, so calls
+  from many processes proceed in parallel and the pool has no mailbox to
+  back up.
+
+  The **control plane** is this GenServer. It owns the native pool (which
+  dies with it: the native side monitors this process and kills the workers
+  if it goes away), starts workers, restarts them with backoff when they
+  exit, forwards what they print to `Logger`, and answers `await_ready/2`.
+  The native side reports to it with messages
+  `{:snakepit_worker, worker_id, event, data}`.
+
+  The native handle is published in `:persistent_term` under the pool's name,
+  which is how callers find it without a process lookup.
+
+  ## Startup
+
+  All workers are spawned at once. `start_link/1` returns when the first of
+  them has finished its handshake, so a pool whose adapter cannot be imported
+  fails to start with the Python error in its message, instead of being
+  restarted forever by its supervisor. Calls made while other workers are
+  still starting wait in the queue; `Snakepit.await_ready/2` waits for all.
+
+  ## Stopping
+
+  On shutdown the pool stops taking calls, answers queued ones with a
+  `:pool` error, closes every worker's stdin (the bridge exits at EOF after
+  its current call), waits up to 5 s, then kills what is left, process
+  groups included.
+  """
+
+  use GenServer
+  require Logger
+
+  alias Snakepit.{Config, Error, Native}
+
+  @shutdown_wait 5_000
+  @max_backoff 10_000
+  @protocol_version 1
+  # Indices into the pool's :counters (read by Snakepit.get_stats/1).
+  @restarts 1
+  @timeouts 2
+
+  @doc false
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: {__MODULE__, Keyword.get(opts, :name, :default)},
+      start: {__MODULE__, :start_link, [opts]},
+      shutdown: @shutdown_wait + 1_000
+    }
+  end
+
+  @doc """
+  Starts a pool and links it to the caller. See `Snakepit.Config` for options.
+
+  Returns `{:error, %Snakepit.Error{}}` for invalid options and for a pool
+  whose first worker cannot start (the Python error is in the message).
+  """
+  @spec start_link(keyword()) :: GenServer.on_start() | {:error, Error.t()}
+  def start_link(opts) do
+    with {:ok, config} <- Config.validate(opts),
+         :ok <- native_ready(),
+         {:ok, python} <- find_python(config.python) do
+      GenServer.start_link(__MODULE__, %{config | python: python}, name: via(config.name))
+    end
+  end
+
+  @doc """
+  The native handle and counters of a running pool, or `nil`.
+  """
+  @spec lookup(atom()) :: {reference(), :counters.counters_ref()} | nil
+  def lookup(name), do: :persistent_term.get({__MODULE__, name}, nil)
+
+  @doc false
+  @spec count_timeout(:counters.counters_ref()) :: :ok
+  def count_timeout(counters), do: :counters.add(counters, @timeouts, 1)
+
+  @doc false
+  @spec counters(:counters.counters_ref()) :: %{
+          restarts: non_neg_integer(),
+          timeouts: non_neg_integer()
+        }
+  def counters(ref) do
+    %{restarts: :counters.get(ref, @restarts), timeouts: :counters.get(ref, @timeouts)}
+  end
+
+  @doc """
+  Waits until every worker of the pool has finished its handshake.
+  """
+  @spec await_ready(atom(), timeout()) :: :ok | {:error, Error.t()}
+  def await_ready(name, timeout) do
+    GenServer.call(via(name), :await_ready, timeout)
+  catch
+    :exit, {:timeout, _} ->
+      {:error,
+       Error.timeout("pool #{inspect(name)} was not ready within #{timeout} ms", %{pool: name})}
+
+    :exit, {:noproc, _} ->
+      {:error, Error.pool("no pool named #{inspect(name)} is running", %{pool: name})}
+  end
+
+  defp via(name), do: {:via, Registry, {Snakepit.Registry, name}}
+
+  defp native_ready do
+    case Native.status() do
+      :ok -> :ok
+      {:error, message} -> {:error, Error.pool(message)}
+    end
+  end
+
+  defp find_python(python) do
+    found = if String.contains?(python, "/"), do: python, else: System.find_executable(python)
+
+    if found && File.exists?(found) do
+      {:ok, found}
+    else
+      {:error,
+       Error.validation(
+         "invalid pool option :python: #{inspect(python)} was not found" <>
+           if(String.contains?(python, "/"), do: "", else: " on the PATH"),
+         %{option: :python}
+       )}
+    end
+  end
+
+  ## Server
+
+  @impl true
+  def init(config) do
+    Process.flag(:trap_exit, true)
+    handle = Native.pool_new(self(), config.max_frame_bytes)
+
+    state = %{
+      config: config,
+      handle: handle,
+      counters: :counters.new(2, [:write_concurrency]),
+      phase: :starting,
+      next_id: 1,
+      # worker id => %{slot, os_pid, status, stderr_tail}
+      workers: %{},
+      # slot => consecutive failures, for backoff
+      failures: Map.new(1..config.size, &{&1, 0}),
+      waiting: [],
+      startup_error: nil
+    }
+
+    state = Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot) end)
+    deadline = System.monotonic_time(:millisecond) + config.startup_timeout
+
+    case await_first_worker(state, deadline) do
+      {:ok, state} ->
+        :persistent_term.put({__MODULE__, config.name}, {handle, state.counters})
+        {:ok, %{state | phase: :running}}
+
+      {:error, error, state} ->
+        Native.pool_close(handle)
+        Native.pool_kill_all(handle)
+        _ = drain_exits(state, 1_000)
+        {:stop, error}
+    end
+  end
+
+  defp await_first_worker(%{startup_error: %Error{} = error} = state, _deadline),
+    do: {:error, error, state}
+
+  defp await_first_worker(state, deadline) do
+    if Enum.any?(state.workers, fn {_, w} -> w.status == :ready end) do
+      {:ok, state}
+    else
+      wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+      receive do
+        {:snakepit_worker, _id, _event, _data} = msg ->
+          await_first_worker(handle_event(msg, state), deadline)
+      after
+        wait ->
+          error =
+            Error.pool(
+              "pool #{inspect(state.config.name)} could not start: no worker finished its " <>
+                "handshake within #{state.config.startup_timeout} ms (:startup_timeout)",
+              %{pool: state.config.name}
+            )
+
+          {:error, error, state}
+      end
+    end
+  end
+
+  @impl true
+  def handle_call(:await_ready, from, state) do
+    if all_ready?(state),
+      do: {:reply, :ok, state},
+      else: {:noreply, %{state | waiting: [from | state.waiting]}}
+  end
+
+  @impl true
+  def handle_info({:snakepit_worker, _id, _event, _data} = msg, state) do
+    {:noreply, msg |> handle_event(state) |> reply_if_ready()}
+  end
+
+  def handle_info({:restart, slot}, state) do
+    {:noreply, start_worker(state, slot)}
+  end
+
+  def handle_info({:EXIT, _pid, reason}, state) do
+    {:stop, reason, state}
+  end
+
+  @impl true
+  def terminate(_reason, state) do
+    :persistent_term.erase({__MODULE__, state.config.name})
+    Native.pool_close(state.handle)
+    state = drain_exits(state, @shutdown_wait)
+
+    if map_size(state.workers) > 0 do
+      Native.pool_kill_all(state.handle)
+      drain_exits(state, 1_000)
+    end
+
+    :ok
+  end
+
+  ## Worker events
+
+  defp start_worker(state, slot) do
+    %{config: config} = state
+    id = state.next_id
+    priv_python = Path.join(:code.priv_dir(:snakepit), "python")
+    python_path = config.python_path ++ [priv_python] ++ List.wrap(System.get_env("PYTHONPATH"))
+
+    env =
+      [
+        {"PYTHONPATH", Enum.join(python_path, ":")},
+        {"PYTHONUNBUFFERED", "1"},
+        {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
+        {"SNAKEPIT_POOL", to_string(config.name)},
+        {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
+      ] ++ config.env
+
+    argv = ["-m", "snakepit_bridge", "--adapter", config.adapter]
+    state = %{state | next_id: id + 1}
+
+    case Native.pool_start_worker(state.handle, id, config.python, argv, env, config.cwd) do
+      {:ok, os_pid} ->
+        worker = %{
+          slot: slot,
+          os_pid: os_pid,
+          status: :starting,
+          stderr_tail: [],
+          startup_error: nil
+        }
+
+        %{state | workers: Map.put(state.workers, id, worker)}
+
+      {:error, reason} ->
+        message = "could not spawn #{config.python} for pool #{inspect(config.name)}: #{reason}"
+        Logger.error("[snakepit] " <> message)
+
+        if state.phase == :starting do
+          %{state | startup_error: Error.pool(message, %{pool: config.name})}
+        else
+          schedule_restart(state, slot)
+        end
+    end
+  end
+
+  defp handle_event({:snakepit_worker, id, event, data}, state) do
+    case Map.fetch(state.workers, id) do
+      {:ok, worker} -> worker_event(event, data, id, worker, state)
+      :error -> state
+    end
+  end
+
+  defp worker_event(:ready, info, id, worker, state) do
+    case info do
+      %{"protocol" => @protocol_version} ->
+        failures = Map.put(state.failures, worker.slot, 0)
+        put_worker(%{state | failures: failures}, id, %{worker | status: :ready})
+
+      _ ->
+        Logger.error(
+          "[snakepit] worker #{id} of pool #{inspect(state.config.name)} speaks protocol " <>
+            "#{inspect(info["protocol"])}, expected #{@protocol_version}; stopping it"
+        )
+
+        Native.pool_kill_worker(state.handle, id)
+        state
+    end
+  end
+
+  defp worker_event(:startup_error, body, id, worker, state) do
+    error = startup_error(state, body)
+    Logger.error("[snakepit] worker #{id}: #{error.message}")
+    state = put_worker(state, id, %{worker | startup_error: error})
+
+    if state.phase == :starting and is_nil(state.startup_error),
+      do: %{state | startup_error: error},
+      else: state
+  end
+
+  defp worker_event(:exit, details, id, worker, state) do
+    state = %{state | workers: Map.delete(state.workers, id)}
+    log_exit(state, id, worker, details)
+
+    cond do
+      state.phase == :stopping ->
+        state
+
+      state.phase == :starting and worker.status != :ready ->
+        %{state | startup_error: state.startup_error || early_exit_error(state, worker, details)}
+
+      true ->
+        :counters.add(state.counters, @restarts, 1)
+        schedule_restart(state, worker.slot)
+    end
+  end
+
+  defp worker_event(:stderr, chunk, id, worker, state) do
+    lines = chunk |> String.split("\n", trim: true)
+    prefix = "[snakepit #{state.config.name}/#{id}] "
+
+    Enum.each(
+      lines,
+      &Logger.info(prefix <> &1, snakepit_pool: state.config.name, snakepit_worker: id)
+    )
+
+    tail = Enum.take(Enum.reverse(lines) ++ worker.stderr_tail, 20)
+    put_worker(state, id, %{worker | stderr_tail: tail})
+  end
+
+  defp worker_event(:log, body, id, _worker, state) do
+    level = log_level(body["level"])
+    message = "[snakepit #{state.config.name}/#{id}] #{body["logger"]}: #{body["message"]}"
+    Logger.log(level, message, snakepit_pool: state.config.name, snakepit_worker: id)
+    state
+  end
+
+  defp put_worker(state, id, worker), do: %{state | workers: Map.put(state.workers, id, worker)}
+
+  defp log_level("debug"), do: :debug
+  defp log_level("info"), do: :info
+  defp log_level("warning"), do: :warning
+  defp log_level(_), do: :error
+
+  defp startup_error(state, body) do
+    error = Error.from_python(body)
+
+    %{
+      error
+      | category: :pool,
+        message:
+          "pool #{inspect(state.config.name)} could not start its workers: " <>
+            "adapter #{inspect(state.config.adapter)} failed to load: #{error.message}",
+        details: Map.put(error.details, :pool, state.config.name)
+    }
+  end
+
+  defp early_exit_error(state, worker, details) do
+    case worker.startup_error do
+      %Error{} = error ->
+        error
+
+      nil ->
+        output = worker.stderr_tail |> Enum.reverse() |> Enum.join("\n")
+
+        Error.pool(
+          "pool #{inspect(state.config.name)} could not start: worker #{describe_exit(details)} " <>
+            "before its handshake" <> if(output == "", do: "", else: ". Its stderr:\n" <> output),
+          Map.put(details, :pool, state.config.name)
+        )
+    end
+  end
+
+  defp log_exit(state, id, worker, details) do
+    if state.phase == :running do
+      Logger.warning(
+        "[snakepit] worker #{id} (os pid #{worker.os_pid}) of pool #{inspect(state.config.name)} " <>
+          describe_exit(details) <> if(details[:reason], do: ": #{details[:reason]}", else: "")
+      )
+    end
+  end
+
+  defp describe_exit(%{signal: signal}) when is_integer(signal),
+    do: "was killed by signal #{signal}"
+
+  defp describe_exit(%{status: status}) when is_integer(status), do: "exited with status #{status}"
+  defp describe_exit(_), do: "exited"
+
+  defp schedule_restart(state, slot) do
+    failures = Map.update(state.failures, slot, 1, &(&1 + 1))
+    delay = min(50 * Integer.pow(2, failures[slot] - 1), @max_backoff)
+    Process.send_after(self(), {:restart, slot}, delay)
+    %{state | failures: failures}
+  end
+
+  defp all_ready?(state) do
+    map_size(state.workers) == state.config.size and
+      Enum.all?(state.workers, fn {_, w} -> w.status == :ready end)
+  end
+
+  defp reply_if_ready(%{waiting: []} = state), do: state
+
+  defp reply_if_ready(state) do
+    if all_ready?(state) do
+      Enum.each(state.waiting, &GenServer.reply(&1, :ok))
+      %{state | waiting: []}
+    else
+      state
+    end
+  end
+
+  # Processes worker events until every worker has exited or time is up.
+  defp drain_exits(state, timeout) do
+    state = %{state | phase: :stopping}
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_drain(state, deadline)
+  end
+
+  defp do_drain(state, deadline) do
+    if map_size(state.workers) == 0 do
+      state
+    else
+      wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+      receive do
+        {:snakepit_worker, _, _, _} = msg -> do_drain(handle_event(msg, state), deadline)
+      after
+        wait -> state
+      end
+    end
+  end
+end

@@ -1,0 +1,162 @@
+defmodule Mix.Tasks.Compile.SnakepitNative do
+  # Defined here, not under lib/: a compiler must exist before lib/ is compiled.
+  @moduledoc """
+  Builds Snakepit's Rust NIF with cargo and installs it as
+  `priv/native/libsnakepit_nif.so`.
+
+  Cargo runs only when a file under `native/` (or the workspace's `Cargo.toml`
+  / `Cargo.lock`) is newer than the installed library. The new library is
+  written beside the old one and renamed over it: overwriting a loaded shared
+  object in place can crash the VM.
+
+  Environment: `SNAKEPIT_CARGO` names the cargo binary (default: `cargo` on
+  the PATH, then `~/.cargo/bin/cargo`).
+  """
+  use Mix.Task.Compiler
+
+  @lib "libsnakepit_nif.so"
+
+  @impl true
+  def run(_args) do
+    root = Path.dirname(__ENV__.file)
+    installed = Path.join([root, "priv", "native", @lib])
+
+    if stale?(root, installed) do
+      build(root, installed)
+      {:ok, []}
+    else
+      {:noop, []}
+    end
+  end
+
+  @impl true
+  def clean do
+    File.rm_rf!(Path.join([Path.dirname(__ENV__.file), "priv", "native"]))
+    :ok
+  end
+
+  defp stale?(root, installed) do
+    case File.stat(installed, time: :posix) do
+      {:ok, %{mtime: built}} -> Enum.any?(sources(root), &(mtime(&1) > built))
+      {:error, _} -> true
+    end
+  end
+
+  defp sources(root) do
+    Path.wildcard(Path.join(root, "native/**/*.{rs,toml}")) ++
+      Enum.map(["Cargo.toml", "Cargo.lock"], &Path.join(root, &1))
+  end
+
+  defp mtime(path) do
+    case File.stat(path, time: :posix) do
+      {:ok, %{mtime: t}} -> t
+      {:error, _} -> 0
+    end
+  end
+
+  defp build(root, installed) do
+    cargo = cargo!()
+    args = ["build", "--release", "--locked", "-p", "snakepit_nif"]
+    Mix.shell().info("Compiling Snakepit native core (cargo #{Enum.join(args, " ")})")
+
+    case System.cmd(cargo, args, cd: root, stderr_to_stdout: true) do
+      {_out, 0} ->
+        install(Path.join([root, "target", "release", @lib]), installed)
+
+      {out, status} ->
+        Mix.raise("""
+        cargo failed (exit #{status}) building Snakepit's native core:
+
+        #{out}
+        """)
+    end
+  end
+
+  defp install(built, installed) do
+    File.mkdir_p!(Path.dirname(installed))
+    tmp = installed <> ".tmp#{System.unique_integer([:positive])}"
+    File.cp!(built, tmp)
+    File.rename!(tmp, installed)
+  end
+
+  defp cargo! do
+    candidates = [
+      System.get_env("SNAKEPIT_CARGO"),
+      System.find_executable("cargo"),
+      Path.expand("~/.cargo/bin/cargo")
+    ]
+
+    Enum.find(candidates, &(&1 && File.exists?(&1))) ||
+      Mix.raise("""
+      Snakepit needs cargo (Rust >= 1.91) to build its native core, and none was found.
+      Install Rust with rustup (https://rustup.rs) or set SNAKEPIT_CARGO to the cargo binary.
+      """)
+  end
+end
+
+defmodule Snakepit.MixProject do
+  use Mix.Project
+
+  @version "0.1.0"
+
+  def project do
+    [
+      app: :snakepit,
+      version: @version,
+      elixir: "~> 1.14",
+      description:
+        "Pools of long-lived Python (or any) worker processes, driven through a Rust NIF",
+      compilers: [:snakepit_native] ++ Mix.compilers(),
+      elixirc_paths: elixirc_paths(Mix.env()),
+      start_permanent: Mix.env() == :prod,
+      deps: [],
+      aliases: [dialyzer: &dialyzer/1],
+      preferred_cli_env: [dialyzer: :dev]
+    ]
+  end
+
+  def application do
+    [extra_applications: [:logger], mod: {Snakepit.Application, []}]
+  end
+
+  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib"]
+
+  # `mix dialyzer`: OTP's dialyzer (no dialyxir here), with the PLT of OTP and
+  # Elixir cached under _build. Fails when dialyzer reports anything.
+  defp dialyzer(_args) do
+    Mix.Task.run("compile", [])
+    elixir_ebin = :code.lib_dir(:elixir, :ebin) |> to_string()
+    logger_ebin = :code.lib_dir(:logger, :ebin) |> to_string()
+    otp = System.otp_release()
+    plt = Path.join(Mix.Project.build_path(), "snakepit-otp#{otp}-elixir#{System.version()}.plt")
+
+    unless File.exists?(plt) do
+      Mix.shell().info("Building the dialyzer PLT (once, ~1 min): #{plt}")
+
+      run_dialyzer!(
+        ["-pa", elixir_ebin, "--build_plt", "--output_plt", plt, "--apps"] ++
+          ~w(erts kernel stdlib compiler crypto) ++ [elixir_ebin, logger_ebin],
+        "building the PLT"
+      )
+    end
+
+    run_dialyzer!(
+      ["-pa", elixir_ebin, "--plt", plt, "--no_check_plt"] ++
+        ~w(-Wunmatched_returns -Werror_handling -Wunknown) ++
+        [Mix.Project.compile_path()],
+      "analysis"
+    )
+  end
+
+  defp run_dialyzer!(args, what) do
+    dialyzer =
+      System.find_executable("dialyzer") ||
+        Mix.raise("dialyzer not found (apt-get install erlang-dialyzer)")
+
+    case System.cmd(dialyzer, args, into: IO.stream(:stdio, :line), stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {_, status} -> Mix.raise("dialyzer #{what} failed (exit #{status})")
+    end
+  end
+end

@@ -1,0 +1,7 @@
+defmodule Snakepit.DocTest do
+  # The examples in the docs run against the :default pool started in test_helper.exs.
+  use ExUnit.Case, async: true
+  doctest Snakepit
+  doctest Snakepit.Error
+  doctest Snakepit.Config
+end

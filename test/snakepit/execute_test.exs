@@ -1,0 +1,230 @@
+defmodule Snakepit.ExecuteTest do
+  # Snakepit.execute/3 against real Python workers over real pipes.
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+
+  alias Snakepit.{Error, TestPools}
+
+  setup_all do
+    opts = TestPools.opts(size: 2)
+    start_supervised!({Snakepit.Pool, opts})
+    :ok = Snakepit.await_ready(opts[:name], 30_000)
+    %{pool: opts[:name]}
+  end
+
+  defp exec(ctx, tool, args \\ %{}, opts \\ []),
+    do: Snakepit.execute(tool, args, Keyword.put_new(opts, :pool, ctx.pool))
+
+  describe "values through Python and back" do
+    test "every type in the mapping round-trips", ctx do
+      values = [
+        nil,
+        true,
+        false,
+        0,
+        -1,
+        2 ** 63 - 1,
+        -(2 ** 63),
+        2 ** 64 - 1,
+        3.25,
+        -1.0e-10,
+        "",
+        "unicode: héllo ✓ 日本語 🐍",
+        <<255, 254, 0, 128>>,
+        [],
+        %{},
+        [1, "two", 3.0, nil, [true]],
+        %{"nested" => %{"deeper" => [%{"x" => 1}]}, "list" => [[], %{}]},
+        %{1 => "int key", "s" => "str key"}
+      ]
+
+      for v <- values do
+        assert exec(ctx, "echo", %{value: v}) == {:ok, v}, "for #{inspect(v)}"
+      end
+    end
+
+    test "Python sees str for UTF-8 and bytes for other binaries", ctx do
+      assert exec(ctx, "types", %{value: "text"}) == {:ok, "str"}
+      assert exec(ctx, "types", %{value: <<0xFF>>}) == {:ok, "bytes"}
+      assert exec(ctx, "types", %{value: {1, 2}}) == {:ok, "list"}
+      assert exec(ctx, "types", %{value: 2 ** 64 - 1}) == {:ok, "int"}
+    end
+
+    test "atoms arrive as strings and map keys come back as binaries", ctx do
+      assert exec(ctx, "echo", %{value: %{key: :val}}) == {:ok, %{"key" => "val"}}
+    end
+
+    test "non-finite floats come back as atoms", ctx do
+      assert exec(ctx, "non_finite") ==
+               {:ok, %{"nan" => :nan, "inf" => :infinity, "ninf" => :neg_infinity}}
+    end
+
+    test "large binaries in both directions", ctx do
+      big = :crypto.strong_rand_bytes(1_000_000)
+      assert exec(ctx, "echo", %{value: big}) == {:ok, big}
+      assert {:ok, out} = exec(ctx, "make_bytes", %{n: 3_000_000})
+      assert byte_size(out) == 3_000_000
+      assert binary_part(out, 0, 4) == <<0, 1, 2, 3>>
+    end
+
+    test "a keyword list works as args, and an atom as the command", ctx do
+      assert Snakepit.execute(:add, [a: 1, b: 2], pool: ctx.pool) == {:ok, 3}
+    end
+  end
+
+  describe "errors" do
+    test "a Python exception carries its type, message and traceback", ctx do
+      assert {:error, %Error{} = e} = exec(ctx, "boom", %{message: "bad input"})
+      assert e.category == :python_error
+      assert e.message == "ValueError: bad input"
+      assert e.details.exception_type == "ValueError"
+      assert e.details.tool == "boom"
+      assert e.python_traceback =~ "Traceback (most recent call last)"
+      assert e.python_traceback =~ "raise ValueError(message)"
+    end
+
+    test "an unknown tool is a validation error that lists the tools", ctx do
+      assert {:error, %Error{category: :validation, message: msg}} = exec(ctx, "nope")
+      assert msg =~ "unknown tool 'nope'"
+      assert msg =~ "echo"
+    end
+
+    test "missing or extra arguments are validation errors", ctx do
+      assert {:error, %Error{category: :validation} = e} = exec(ctx, "add", %{a: 1})
+      assert e.message =~ "missing 1 required positional argument: 'b'"
+      assert {:error, %Error{category: :validation} = e} = exec(ctx, "add", %{a: 1, b: 2, c: 3})
+      assert e.message =~ "unexpected keyword argument 'c'"
+    end
+
+    test "a TypeError raised inside a tool stays a Python error", ctx do
+      assert {:error, %Error{category: :python_error, message: "TypeError: " <> _}} =
+               exec(ctx, "inner_type_error")
+    end
+
+    test "unencodable args are refused before reaching the worker, with their path", ctx do
+      for {bad, where} <- [
+            {self(), "args[:value]"},
+            {make_ref(), "args[:value]"},
+            {fn -> 1 end, "args[:value]"},
+            {2 ** 64, "args[:value]"},
+            {[ok: 1, bad: [1, self()]], "args[:value][1][1][1]"}
+          ] do
+        assert {:error, %Error{category: :validation} = e} = exec(ctx, "echo", %{value: bad})
+        assert e.details.path == where, "for #{inspect(bad)}: #{e.message}"
+        assert e.message =~ "cannot send"
+      end
+
+      assert exec(ctx, "add", %{a: 1, b: 1}) == {:ok, 2}
+    end
+
+    test "a result Python cannot encode is an error, and the worker carries on", ctx do
+      assert {:error, %Error{category: :python_error} = e} = exec(ctx, "huge_int")
+      assert e.message =~ "cannot be sent"
+      assert exec(ctx, "add", %{a: 1, b: 1}) == {:ok, 2}
+    end
+
+    test "bad calls are refused with validation errors", ctx do
+      assert {:error, %Error{category: :validation}} = Snakepit.execute(123, %{}, pool: ctx.pool)
+      assert {:error, %Error{category: :validation}} = Snakepit.execute("echo", [1], pool: ctx.pool)
+      assert {:error, %Error{category: :validation}} = exec(ctx, "echo", %{}, timeout: -1)
+      assert {:error, %Error{category: :validation}} = exec(ctx, "echo", %{}, session_id: 5)
+      assert {:error, %Error{category: :pool}} = Snakepit.execute("echo", %{}, pool: :no_such_pool)
+    end
+
+    test "execute!/3 returns the result or raises the error", ctx do
+      assert Snakepit.execute!("add", %{a: 2, b: 2}, pool: ctx.pool) == 4
+
+      assert_raise Error, "ValueError: boom", fn ->
+        Snakepit.execute!("boom", %{}, pool: ctx.pool)
+      end
+    end
+  end
+
+  describe "timeouts" do
+    test "a timeout is an error, the late result is dropped, and the pool keeps serving", ctx do
+      before = Snakepit.get_stats(ctx.pool)
+      assert {:error, %Error{category: :timeout} = e} = exec(ctx, "sleep", %{ms: 300}, timeout: 50)
+      assert e.details.timeout == 50
+
+      # Two more calls are served while the stuck call finishes; the
+      # late result must never reach this process.
+      assert exec(ctx, "add", %{a: 1, b: 2}) == {:ok, 3}
+      assert exec(ctx, "sleep", %{ms: 400}) == {:ok, 400}
+      refute_received {_, :ok, 300}
+      stats = Snakepit.get_stats(ctx.pool)
+      assert stats.timeouts > before.timeouts
+      assert stats.cancelled > before.cancelled
+    end
+
+    test "a call that times out while queued never reaches a worker", ctx do
+      tasks = for _ <- 1..2, do: Task.async(fn -> exec(ctx, "sleep", %{ms: 300}) end)
+      # Both workers are busy; this call waits in the queue and gives up there.
+      Process.sleep(50)
+      assert {:error, %Error{category: :timeout}} = exec(ctx, "count", %{}, timeout: 20)
+      assert Enum.map(tasks, &Task.await/1) == [{:ok, 300}, {:ok, 300}]
+      assert exec(ctx, "echo", %{value: "after"}) == {:ok, "after"}
+    end
+  end
+
+  test "many concurrent callers on a 2-worker pool each get their own answer", ctx do
+    results =
+      1..64
+      |> Task.async_stream(
+        fn i ->
+          value = %{"caller" => i, "payload" => :binary.copy(<<i>>, i * 100)}
+          {i, exec(ctx, "echo", %{value: value})}
+        end,
+        max_concurrency: 16,
+        timeout: 30_000
+      )
+      |> Enum.map(fn {:ok, r} -> r end)
+
+    for {i, result} <- results do
+      assert {:ok, %{"caller" => ^i, "payload" => payload}} = result
+      assert payload == :binary.copy(<<i>>, i * 100)
+    end
+  end
+
+  test "print() inside a tool reaches Logger, tagged with the worker, not the protocol", ctx do
+    log =
+      capture_log(fn ->
+        assert exec(ctx, "noisy", %{text: "hello from python"}) == {:ok, "hello from python"}
+        # The log line travels separately from the result: wait for it.
+        assert eventually(fn -> exec(ctx, "echo", %{value: 1}) == {:ok, 1} end)
+        Process.sleep(100)
+      end)
+
+    assert log =~ ~r/\[snakepit #{ctx.pool}\/\d+\] printed: hello from python/
+    assert log =~ "raw fd 1 write"
+  end
+
+  test "Python logging reaches Logger at its level", ctx do
+    log =
+      capture_log(fn ->
+        assert exec(ctx, "log", %{level: "warning", message: "careful now"}) == {:ok, true}
+        Process.sleep(100)
+      end)
+
+    assert log =~ "[warning]"
+    assert log =~ "snakepit_test: careful now"
+  end
+
+  test "stats and the worker list describe the pool", ctx do
+    assert {:ok, _} = exec(ctx, "count")
+    stats = Snakepit.get_stats(ctx.pool)
+    assert stats.workers == 2
+    assert stats.requests >= 1 and stats.completed >= 1
+    workers = Snakepit.list_workers(ctx.pool)
+    assert [%{worker_id: _, os_pid: pid, state: _, requests: _, age_ms: _} | _] = workers
+    assert length(workers) == 2
+    assert TestPools.os_alive?(pid)
+  end
+
+  defp eventually(fun, tries \\ 50) do
+    cond do
+      fun.() -> true
+      tries == 0 -> false
+      true -> eventually(fun, tries - 1)
+    end
+  end
+end

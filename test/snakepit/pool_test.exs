@@ -1,0 +1,199 @@
+defmodule Snakepit.PoolTest do
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+
+  alias Snakepit.{Error, TestPools}
+
+  # OS processes give no message when they end; poll /proc, bounded.
+  defp wait_until(fun, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Stream.repeatedly(fn ->
+      fun.() or
+        (System.monotonic_time(:millisecond) > deadline and
+           flunk("condition not met in #{timeout} ms")) or
+        (Process.sleep(10) && false)
+    end)
+    |> Enum.find(& &1)
+  end
+
+  defp os_pids(pool), do: Enum.map(Snakepit.list_workers(pool), & &1.os_pid)
+
+  describe "options" do
+    test "invalid options are refused with an error naming the option" do
+      assert {:error, %Error{category: :validation} = e} =
+               Snakepit.Pool.start_link(TestPools.opts(size: 0))
+
+      assert e.message == "invalid pool option :size: expected a positive integer, got: 0"
+      assert e.details.option == :size
+
+      assert {:error, %Error{message: "missing required pool option :adapter"}} =
+               Snakepit.Pool.start_link(name: :x)
+
+      assert {:error, %Error{message: "unknown pool option :sise" <> _}} =
+               Snakepit.Pool.start_link(TestPools.opts(sise: 2))
+
+      assert {:error, %Error{details: %{option: :adapter}}} =
+               Snakepit.Pool.start_link(TestPools.opts(adapter: "not a path"))
+
+      assert {:error, %Error{details: %{option: :max_frame_bytes}}} =
+               Snakepit.Pool.start_link(TestPools.opts(max_frame_bytes: 2 ** 40))
+
+      assert {:error, %Error{details: %{option: :env}}} =
+               Snakepit.Pool.start_link(TestPools.opts(env: [{"A", 1.5}]))
+    end
+
+    test "a python that does not exist is named in the error" do
+      assert {:error, %Error{details: %{option: :python}} = e} =
+               Snakepit.Pool.start_link(TestPools.opts(python: "python_does_not_exist_3"))
+
+      assert e.message =~ "\"python_does_not_exist_3\" was not found on the PATH"
+    end
+  end
+
+  describe "startup" do
+    test "an adapter that cannot be imported fails the start with the Python error" do
+      Process.flag(:trap_exit, true)
+
+      log =
+        capture_log(fn ->
+          assert {:error, %Error{} = e} =
+                   Snakepit.Pool.start_link(TestPools.opts(adapter: "snakepit_test_broken.Adapter"))
+
+          send(self(), {:error_was, e})
+        end)
+
+      assert_received {:error_was, e}
+      assert e.category == :pool
+      assert e.message =~ "failed to load"
+
+      assert e.message =~
+               "ModuleNotFoundError: No module named 'snakepit_module_that_does_not_exist'"
+
+      assert e.python_traceback =~ "import snakepit_module_that_does_not_exist"
+      assert log =~ "failed to load"
+    end
+
+    test "an interpreter that exits before the handshake fails the start with its stderr" do
+      Process.flag(:trap_exit, true)
+      script = Path.join(System.tmp_dir!(), "fake_python_#{System.unique_integer([:positive])}")
+      File.write!(script, "#!/bin/sh\necho 'fake interpreter refuses' >&2\nexit 9\n")
+      File.chmod!(script, 0o755)
+
+      capture_log(fn ->
+        assert {:error, %Error{category: :pool} = e} =
+                 Snakepit.Pool.start_link(TestPools.opts(python: script))
+
+        send(self(), {:error_was, e})
+      end)
+
+      assert_received {:error_was, e}
+      assert e.message =~ "before its handshake"
+      assert e.message =~ "fake interpreter refuses"
+    end
+
+    test "await_ready waits for every worker; unknown pools are an error" do
+      opts = TestPools.opts(size: 3)
+      start_supervised!({Snakepit.Pool, opts})
+      assert Snakepit.await_ready(opts[:name], 30_000) == :ok
+      assert Snakepit.get_stats(opts[:name]).idle == 3
+      assert {:error, %Error{category: :pool}} = Snakepit.await_ready(:no_such_pool, 100)
+    end
+
+    test "workers get the configured env and cwd, and their own worker id" do
+      cwd = System.tmp_dir!()
+      opts = TestPools.opts(size: 1, env: %{"SNAKEPIT_TEST_VAR" => "from elixir"}, cwd: cwd)
+      start_supervised!({Snakepit.Pool, opts})
+      [%{os_pid: os_pid}] = Snakepit.list_workers(opts[:name])
+      environ = File.read!("/proc/#{os_pid}/environ") |> String.split(<<0>>)
+      assert "SNAKEPIT_TEST_VAR=from elixir" in environ
+      assert "SNAKEPIT_WORKER_ID=1" in environ
+      assert File.read_link!("/proc/#{os_pid}/cwd") == Path.expand(cwd)
+    end
+  end
+
+  describe "workers that die" do
+    test "a worker dying mid-call answers its caller with :worker and is replaced" do
+      opts = TestPools.opts(size: 1)
+      start_supervised!({Snakepit.Pool, opts})
+      pool = opts[:name]
+      [old] = os_pids(pool)
+
+      log =
+        capture_log(fn ->
+          assert {:error, %Error{category: :worker} = e} =
+                   Snakepit.execute("exit_now", %{code: 3}, pool: pool)
+
+          assert e.details.os_pid == old
+          assert e.message =~ "exited during the call"
+          # The queue holds calls until the replacement is up.
+          assert Snakepit.execute("add", %{a: 1, b: 2}, pool: pool) == {:ok, 3}
+        end)
+
+      assert log =~ "exited"
+      [new] = os_pids(pool)
+      assert new != old
+      stats = Snakepit.get_stats(pool)
+      assert stats.restarts == 1 and stats.worker_errors == 1
+    end
+
+    test "calls queued behind a dying worker are served by its replacement" do
+      opts = TestPools.opts(size: 1)
+      start_supervised!({Snakepit.Pool, opts})
+      pool = opts[:name]
+
+      capture_log(fn ->
+        killer =
+          Task.async(fn ->
+            Snakepit.execute("kill_self", %{sig: "SIGKILL", after_ms: 300}, pool: pool)
+          end)
+
+        wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+
+        queued =
+          for i <- 1..5, do: Task.async(fn -> Snakepit.execute("echo", %{value: i}, pool: pool) end)
+
+        assert {:error, %Error{category: :worker}} = Task.await(killer)
+        assert Enum.map(queued, &Task.await(&1, 10_000)) == Enum.map(1..5, &{:ok, &1})
+      end)
+    end
+  end
+
+  describe "stopping" do
+    test "stopping a pool answers queued calls, finishes the running one, and leaves no process" do
+      opts = TestPools.opts(size: 1)
+      start_supervised!({Snakepit.Pool, opts}, id: :stopping)
+      pool = opts[:name]
+      [os_pid] = os_pids(pool)
+
+      running = Task.async(fn -> Snakepit.execute("sleep", %{ms: 300}, pool: pool) end)
+      wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+      queued = Task.async(fn -> Snakepit.execute("echo", %{value: 1}, pool: pool) end)
+      wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
+
+      :ok = stop_supervised(:stopping)
+
+      assert Task.await(running) == {:ok, 300}
+      assert {:error, %Error{category: :pool}} = Task.await(queued)
+      refute TestPools.os_alive?(os_pid)
+      assert {:error, %Error{category: :pool}} = Snakepit.execute("echo", %{}, pool: pool)
+    end
+
+    test "if the pool process is killed outright, its workers die and callers get answers" do
+      Process.flag(:trap_exit, true)
+      opts = TestPools.opts(size: 2)
+      {:ok, pid} = Snakepit.Pool.start_link(opts)
+      pool = opts[:name]
+      :ok = Snakepit.await_ready(pool, 30_000)
+      pids = os_pids(pool)
+
+      caller = Task.async(fn -> Snakepit.execute("sleep", %{ms: 5_000}, pool: pool) end)
+      wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+      Process.exit(pid, :kill)
+
+      assert {:error, %Error{category: category}} = Task.await(caller)
+      assert category in [:worker, :pool]
+      wait_until(fn -> not Enum.any?(pids, &TestPools.os_alive?/1) end)
+    end
+  end
+end

@@ -1,0 +1,27 @@
+defmodule Snakepit.TestPools do
+  @moduledoc false
+  # Options for pools running the test adapters in test/support/python.
+
+  @python_dir Path.expand("python", __DIR__)
+
+  def opts(extra \\ []) do
+    Keyword.merge(
+      [
+        name: :"test_pool_#{System.unique_integer([:positive])}",
+        size: 2,
+        adapter: "snakepit_test_adapters.TestAdapter",
+        python_path: [@python_dir]
+      ],
+      extra
+    )
+  end
+
+  def os_alive?(os_pid), do: File.exists?("/proc/#{os_pid}") and not zombie?(os_pid)
+
+  defp zombie?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> stat |> String.split(") ") |> List.last() |> String.starts_with?("Z")
+      _ -> false
+    end
+  end
+end
