@@ -174,8 +174,8 @@ defmodule Snakepit.Pool do
         {:ok, %{state | phase: :running}}
 
       {:error, error, state} ->
-        Native.pool_close(handle)
-        Native.pool_kill_all(handle)
+        :ok = Native.pool_close(handle)
+        :ok = Native.pool_kill_all(handle)
         _ = drain_exits(state, 1_000)
         {:stop, error}
     end
@@ -229,13 +229,14 @@ defmodule Snakepit.Pool do
 
   @impl true
   def terminate(_reason, state) do
-    :persistent_term.erase({__MODULE__, state.config.name})
-    Native.pool_close(state.handle)
+    _ = :persistent_term.erase({__MODULE__, state.config.name})
+    :ok = Native.pool_close(state.handle)
     state = drain_exits(state, @shutdown_wait)
 
     if map_size(state.workers) > 0 do
-      Native.pool_kill_all(state.handle)
-      drain_exits(state, 1_000)
+      :ok = Native.pool_kill_all(state.handle)
+      _ = drain_exits(state, 1_000)
+      :ok
     end
 
     :ok

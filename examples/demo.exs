@@ -1,0 +1,57 @@
+# The demo behind `scripts/demo`: a pool of 2 Python workers running the
+# bundled adapter (priv/python/snakepit_bridge/examples/demo.py).
+#
+#   mix run --no-start examples/demo.exs
+
+Application.put_env(:snakepit, :pools,
+  default: [adapter: "snakepit_bridge.examples.demo.DemoAdapter", size: 2]
+)
+
+Snakepit.run_as_script(fn ->
+  IO.puts("Snakepit demo: 2 Python workers running snakepit_bridge.examples.demo.DemoAdapter\n")
+
+  IO.puts("add(a: 1, b: 2)            => #{inspect(Snakepit.execute("add", %{a: 1, b: 2}))}")
+
+  IO.puts(
+    "word_count(\"a b a\")        => #{inspect(Snakepit.execute("word_count", %{text: "a b a"}))}"
+  )
+
+  IO.puts("fibonacci(n: 10)           => #{inspect(Snakepit.execute!("fibonacci", %{n: 10}))}")
+
+  {:error, error} = Snakepit.execute("add", %{a: 1, b: "two"})
+  IO.puts("add(a: 1, b: \"two\")        => {:error, #{error}}")
+
+  IO.puts(
+    "  its Python traceback ends with: " <>
+      (error.python_traceback |> String.split("\n", trim: true) |> List.last())
+  )
+
+  {:error, error} = Snakepit.execute("nope", %{})
+  IO.puts("nope()                     => {:error, #{error}}")
+
+  {:ok, info} = Snakepit.execute("describe", %{})
+  IO.puts("\ndescribe() lists the tools:")
+
+  for {name, %{"signature" => sig}} <- info["tools"] do
+    IO.puts("  #{name}#{sig}")
+  end
+
+  IO.puts("\n100 concurrent callers share the 2 workers; each worker keeps its own state:")
+
+  answers =
+    1..100
+    |> Task.async_stream(fn _ -> Snakepit.execute("counter", %{}) end, max_concurrency: 100)
+    |> Enum.count(&match?({:ok, {:ok, n}} when is_integer(n), &1))
+
+  IO.puts("  #{answers} of 100 answered")
+
+  stats = Snakepit.get_stats()
+
+  IO.puts(
+    "\nget_stats(): " <> inspect(Map.take(stats, [:workers, :requests, :completed, :python_errors]))
+  )
+
+  for w <- Snakepit.list_workers() do
+    IO.puts("  worker #{w.worker_id}: os pid #{w.os_pid}, #{w.requests} requests, #{w.state}")
+  end
+end)
