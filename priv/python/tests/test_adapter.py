@@ -63,8 +63,10 @@ def test_load_adapter_errors_say_what_is_wrong(path, fragment):
 def test_importing_the_package_has_no_side_effects():
     import subprocess
     import sys
+    from pathlib import Path
 
+    priv_python = str(Path(__file__).resolve().parent.parent)
     code = "import sys, snakepit_bridge, snakepit_bridge.examples.demo; print(sys.stdout.fileno())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": sys.path[0]}, check=True)
+                         env={"PYTHONPATH": priv_python}, check=True)
     assert out.stdout.strip() == "1" and out.stderr == ""
