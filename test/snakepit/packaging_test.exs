@@ -1,0 +1,68 @@
+defmodule Snakepit.PackagingTest do
+  # How users consume Snakepit: as a path dependency of their own Mix app,
+  # and what they see when the native library is missing. Runs real `mix` and
+  # `elixir` OS processes.
+  use ExUnit.Case, async: true
+
+  @root Path.expand("../..", __DIR__)
+
+  defp tmp_dir(name) do
+    dir = Path.join(System.tmp_dir!(), "#{name}_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    dir
+  end
+
+  @tag timeout: 180_000
+  test "a Mix app with {:snakepit, path: ...} builds, loads the NIF and calls Python" do
+    app = tmp_dir("snakepit_user_app")
+
+    File.write!(Path.join(app, "mix.exs"), """
+    defmodule UserApp.MixProject do
+      use Mix.Project
+      def project, do: [app: :user_app, version: "0.1.0", deps: [{:snakepit, path: #{inspect(@root)}}]]
+      def application, do: [extra_applications: [:logger]]
+    end
+    """)
+
+    File.mkdir_p!(Path.join(app, "config"))
+
+    File.write!(Path.join(app, "config/config.exs"), """
+    import Config
+    config :snakepit, pools: [default: [adapter: "snakepit_bridge.examples.demo.DemoAdapter", size: 1]]
+    """)
+
+    script = ~s|:ok = Snakepit.await_ready(); IO.inspect(Snakepit.execute("add", %{a: 20, b: 22}))|
+
+    {out, status} =
+      System.cmd("mix", ["run", "-e", script],
+        cd: app,
+        stderr_to_stdout: true,
+        env: [{"MIX_ENV", "dev"}, {"MIX_BUILD_PATH", nil}, {"MIX_DEPS_PATH", nil}]
+      )
+
+    assert status == 0, out
+    assert out =~ "{:ok, 42}"
+  end
+
+  test "without the native library, a pool refuses to start and says how to fix it" do
+    # Snakepit's compiled code, laid out as an app with an empty priv/.
+    lib = tmp_dir("snakepit_no_nif")
+    ebin = Path.join(lib, "snakepit/ebin")
+    File.mkdir_p!(ebin)
+    File.mkdir_p!(Path.join(lib, "snakepit/priv"))
+    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
+
+    script = """
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+    IO.inspect(Snakepit.Native.status(), label: "status")
+    {:error, e} = Snakepit.Pool.start_link(adapter: "m.A")
+    IO.puts("error: " <> e.message)
+    """
+
+    {out, 0} = System.cmd("elixir", ["-pa", ebin, "-e", script], stderr_to_stdout: true)
+    assert out =~ "status: {:error"
+    assert out =~ "error: Snakepit's native library could not be loaded"
+    assert out =~ "The library does not exist: it is built by `mix compile`"
+  end
+end
