@@ -351,12 +351,14 @@ impl PoolCore {
                     let next = self.release(&mut st, worker.id);
                     (req, next)
                 };
-                // Keep the worker busy first, then deliver.
-                if let Some((w, f)) = next {
-                    let _ = w.writer.send(f);
-                }
+                // Deliver first: writing the next request wakes the worker,
+                // and on a busy machine the kernel then preempts this thread
+                // at once, which would hold the reply back for a whole slice.
                 if !req.cancelled {
                     deliver(req, envelope, frame);
+                }
+                if let Some((w, f)) = next {
+                    let _ = w.writer.send(f);
                 }
                 Ok(())
             }
