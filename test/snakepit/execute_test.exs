@@ -209,6 +209,14 @@ defmodule Snakepit.ExecuteTest do
     assert log =~ "snakepit_test: careful now"
   end
 
+  test "built-in ping and describe", ctx do
+    assert exec(ctx, "ping") == {:ok, "pong"}
+    assert {:ok, %{"adapter" => adapter, "tools" => tools}} = exec(ctx, "describe")
+    assert adapter == "snakepit_test_adapters.TestAdapter"
+    assert tools["add"]["signature"] == "(a: Any, b: Any) -> Any"
+    assert tools["sleep"]["parameters"] == ["ms"]
+  end
+
   test "stats and the worker list describe the pool", ctx do
     assert {:ok, _} = exec(ctx, "count")
     stats = Snakepit.get_stats(ctx.pool)

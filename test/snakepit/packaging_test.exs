@@ -32,7 +32,17 @@ defmodule Snakepit.PackagingTest do
     config :snakepit, pools: [default: [adapter: "snakepit_bridge.examples.demo.DemoAdapter", size: 1]]
     """)
 
-    script = ~s|:ok = Snakepit.await_ready(); IO.inspect(Snakepit.execute("add", %{a: 20, b: 22}))|
+    # run_as_script/2 starts the configured pools, runs the function, and
+    # stops them: no worker process may be left when it returns.
+    script = """
+    result = Snakepit.run_as_script(fn ->
+      pids = Enum.map(Snakepit.list_workers(), & &1.os_pid)
+      {Snakepit.execute("add", %{a: 20, b: 22}), pids}
+    end)
+    {answer, pids} = result
+    IO.inspect(answer)
+    IO.puts("left alive: " <> inspect(Enum.filter(pids, &File.exists?("/proc/\#{&1}"))))
+    """
 
     {out, status} =
       System.cmd("mix", ["run", "-e", script],
@@ -43,6 +53,7 @@ defmodule Snakepit.PackagingTest do
 
     assert status == 0, out
     assert out =~ "{:ok, 42}"
+    assert out =~ "left alive: []"
   end
 
   test "without the native library, a pool refuses to start and says how to fix it" do

@@ -109,6 +109,28 @@ defmodule Snakepit.PoolTest do
       assert "SNAKEPIT_TEST_VAR=from elixir" in environ
       assert "SNAKEPIT_WORKER_ID=1" in environ
       assert File.read_link!("/proc/#{os_pid}/cwd") == Path.expand(cwd)
+      # Its own session and process group, so one signal reaches its children too.
+      [_, after_comm] = String.split(File.read!("/proc/#{os_pid}/stat"), ") ")
+      [_state, _ppid, pgid, sid | _] = String.split(after_comm)
+      assert {String.to_integer(pgid), String.to_integer(sid)} == {os_pid, os_pid}
+    end
+
+    test "frames over :max_frame_bytes are refused in both directions" do
+      opts = TestPools.opts(size: 1, max_frame_bytes: 4_096)
+      start_supervised!({Snakepit.Pool, opts})
+      pool = opts[:name]
+
+      assert {:error, %Error{category: :validation} = e} =
+               Snakepit.execute("echo", %{value: :binary.copy("x", 5_000)}, pool: pool)
+
+      assert e.message =~ "larger than max_frame_bytes (4096 bytes)"
+      assert e.details.limit == 4_096
+
+      assert {:error, %Error{category: :python_error} = e} =
+               Snakepit.execute("make_bytes", %{n: 5_000}, pool: pool)
+
+      assert e.message =~ "exceeds the frame limit of 4096 bytes"
+      assert Snakepit.execute("make_bytes", %{n: 3_000}, pool: pool) |> elem(0) == :ok
     end
   end
 

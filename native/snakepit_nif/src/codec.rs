@@ -193,7 +193,6 @@ fn key_path(s: &mut String, key: Term) {
 ///
 /// `frame` is the whole frame as a binary of `env`, so long strings and
 /// binaries become sub-binaries of it; `pos` is where the item starts.
-/// Returns the term and the position after the item.
 pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeError> {
     let mut reader = Reader::at(frame.as_slice(), pos);
     decode_item(env, &frame, &mut reader, 0)

@@ -210,7 +210,8 @@ fn submit_with_budget<'a>(
             return atoms::dirty().encode(env);
         }
         Err(codec::EncodeError::OverBudget) => {
-            return frame_too_large(env, buf.len() - frame::HEADER_LEN, max_frame);
+            // Encoding stopped early, so the full size is unknown.
+            return frame_too_large(env, None, max_frame);
         }
         Err(codec::EncodeError::Unsupported { what, path }) => {
             let message = if path.is_empty() {
@@ -225,7 +226,7 @@ fn submit_with_budget<'a>(
         }
     }
     if frame::finish(&mut buf, max_frame).is_err() {
-        return frame_too_large(env, buf.len() - frame::HEADER_LEN, max_frame);
+        return frame_too_large(env, Some(buf.len() - frame::HEADER_LEN), max_frame);
     }
     let req = Request::new(id, env.pid(), tag, buf);
     match core.submit(req) {
@@ -239,11 +240,14 @@ fn submit_with_budget<'a>(
     }
 }
 
-fn frame_too_large(env: Env, size: usize, max_frame: usize) -> Term {
-    let details = Term::map_new(env)
-        .map_put(atoms::bytes(), size)
-        .and_then(|m| m.map_put(atoms::limit(), max_frame))
+/// `size` is the encoded size when it is known (encoding may stop early).
+fn frame_too_large(env: Env, size: Option<usize>, max_frame: usize) -> Term {
+    let mut details = Term::map_new(env)
+        .map_put(atoms::limit(), max_frame)
         .expect("map");
+    if let Some(size) = size {
+        details = details.map_put(atoms::bytes(), size).expect("map");
+    }
     error_tuple(
         env,
         atoms::validation(),

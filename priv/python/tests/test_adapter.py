@@ -70,3 +70,21 @@ def test_importing_the_package_has_no_side_effects():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": priv_python}, check=True)
     assert out.stdout.strip() == "1" and out.stderr == ""
+
+
+def test_msgpack_fallback_codec_round_trips_like_ormsgpack():
+    """With ormsgpack missing, the bridge falls back to msgpack, same wire format."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    priv_python = str(Path(__file__).resolve().parent.parent)
+    code = (
+        "import sys; sys.modules['ormsgpack'] = None\n"
+        "from snakepit_bridge import codec\n"
+        "v = [None, True, 2**64 - 1, -(2**63), 1.5, 'h\\u00e9', b'\\xff', [], {1: {'k': [2]}}]\n"
+        "assert codec.NAME == 'msgpack', codec.NAME\n"
+        "assert codec.unpackb(codec.packb(v)) == v\n"
+        "assert codec.packb({'a': {1, 2}}) == codec.packb({'a': [1, 2]})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": priv_python}, check=True)
