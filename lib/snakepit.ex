@@ -105,7 +105,7 @@ defmodule Snakepit do
     case submitted do
       {:ok, request_id} ->
         receive do
-          {^tag, :ok, result} -> {:ok, result}
+          {^tag, status, frame, offset} -> answer(status, frame, offset)
           {^tag, :error, reason} -> {:error, Error.from_native(reason)}
         after
           timeout ->
@@ -121,7 +121,7 @@ defmodule Snakepit do
 
               :replied ->
                 receive do
-                  {^tag, :ok, result} -> {:ok, result}
+                  {^tag, status, frame, offset} -> answer(status, frame, offset)
                   {^tag, :error, reason} -> {:error, Error.from_native(reason)}
                 after
                   @reply_in_flight_wait ->
@@ -133,6 +133,24 @@ defmodule Snakepit do
 
       {:error, reason} ->
         {:error, Error.from_native(reason)}
+    end
+  end
+
+  # The NIF sends a worker's answer as the raw frame; it is decoded here, in
+  # the caller (see native/snakepit_nif/src/codec.rs for why).
+  defp answer(status, frame, offset) do
+    case {status, Native.decode_frame(frame, offset)} do
+      {:result, {:ok, result}} ->
+        {:ok, result}
+
+      {:python_error, {:ok, %{} = body}} ->
+        {:error, Error.from_python(body)}
+
+      {_, {:error, why}} ->
+        {:error, Error.transport("the worker's answer could not be decoded: #{why}")}
+
+      {_, {:ok, other}} ->
+        {:error, Error.transport("the worker sent a malformed error: #{inspect(other)}")}
     end
   end
 

@@ -90,8 +90,6 @@ defmodule Snakepit.Error do
   # Turns the payload of a native `{tag, :error, payload}` reply, or of a
   # NIF's `{:error, payload}`, into an error.
   @spec from_native(term()) :: t()
-  def from_native({:python, %{} = body}), do: from_python(body)
-
   def from_native({category, message, details})
       when category in [:worker, :transport, :pool, :validation] do
     new(category, message, details)

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 1
+  @abi_version 2
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -81,5 +81,17 @@ defmodule Snakepit.Native do
   def submit_dirty(_pool, _tag, _tool, _args, _session_id), do: :erlang.nif_error(why())
   def cancel(_pool, _request_id), do: :erlang.nif_error(why())
   def codec_roundtrip(_term), do: :erlang.nif_error(why())
-  def codec_decode(_binary), do: :erlang.nif_error(why())
+  def decode(_binary, _offset), do: :erlang.nif_error(why())
+  def decode_dirty(_binary, _offset), do: :erlang.nif_error(why())
+
+  # Frames above this size are decoded on a dirty scheduler.
+  @dirty_decode_bytes 64 * 1024
+
+  @doc false
+  # Decodes the MessagePack item at `offset` of a frame the NIF sent us.
+  @spec decode_frame(binary(), non_neg_integer()) :: {:ok, term()} | {:error, String.t()}
+  def decode_frame(frame, offset) when byte_size(frame) > @dirty_decode_bytes,
+    do: decode_dirty(frame, offset)
+
+  def decode_frame(frame, offset), do: decode(frame, offset)
 end

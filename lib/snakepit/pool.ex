@@ -288,10 +288,21 @@ defmodule Snakepit.Pool do
 
   defp handle_event({:snakepit_worker, id, event, data}, state) do
     case Map.fetch(state.workers, id) do
-      {:ok, worker} -> worker_event(event, data, id, worker, state)
+      {:ok, worker} -> worker_event(event, decode_body(data), id, worker, state)
       :error -> state
     end
   end
+
+  # Frame-carrying events hold the raw frame; bodies are decoded here, in a
+  # process (see native/snakepit_nif/src/codec.rs for why).
+  defp decode_body({:msgpack, frame, offset}) do
+    case Native.decode_frame(frame, offset) do
+      {:ok, body} -> body
+      {:error, _} -> nil
+    end
+  end
+
+  defp decode_body(data), do: data
 
   defp worker_event(:ready, info, id, worker, state) do
     case info do

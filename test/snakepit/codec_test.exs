@@ -5,6 +5,7 @@ defmodule Snakepit.CodecTest do
   alias Snakepit.Native
 
   defp roundtrip(term), do: Native.codec_roundtrip(term)
+  defp decode(bin), do: Native.decode_frame(bin, 0)
 
   test "scalars keep their value" do
     for v <- [nil, true, false, 0, -1, 127, 128, -33, 255, 65_536, 1.5, -0.25, 1.0e300] do
@@ -70,24 +71,41 @@ defmodule Snakepit.CodecTest do
     nan = <<0xCB, 0x7F, 0xF8, 0::48>>
     inf = <<0xCB, 0x7F, 0xF0, 0::48>>
     ninf = <<0xCB, 0xFF, 0xF0, 0::48>>
-    assert Native.codec_decode(nan) == {:ok, :nan}
-    assert Native.codec_decode(inf) == {:ok, :infinity}
-    assert Native.codec_decode(ninf) == {:ok, :neg_infinity}
-    assert Native.codec_decode(<<0xCA, 1.5::float-32>>) == {:ok, 1.5}
+    assert decode(nan) == {:ok, :nan}
+    assert decode(inf) == {:ok, :infinity}
+    assert decode(ninf) == {:ok, :neg_infinity}
+    assert decode(<<0xCA, 1.5::float-32>>) == {:ok, 1.5}
   end
 
   test "ext values decode to a tagged tuple; malformed input is an error" do
-    assert Native.codec_decode(<<0xD4, 5, 42>>) == {:ok, {:msgpack_ext, 5, <<42>>}}
-    assert {:error, msg} = Native.codec_decode(<<0xC1>>)
+    assert decode(<<0xD4, 5, 42>>) == {:ok, {:msgpack_ext, 5, <<42>>}}
+    assert {:error, msg} = decode(<<0xC1>>)
     assert msg =~ "invalid MessagePack marker 0xc1"
-    assert {:error, _} = Native.codec_decode(<<0xDB, 255, 255, 255, 255>>)
+    assert {:error, _} = decode(<<0xDB, 255, 255, 255, 255>>)
+  end
+
+  test "large maps, and duplicate keys (the last wins, as in Python)" do
+    big = Map.new(1..5_000, &{"k#{&1}", &1})
+    assert roundtrip(big) == {:ok, big}
+
+    # 40 entries with the same key, then one more: more than 32 entries is
+    # where enif_make_map_from_arrays would build a corrupt map.
+    entries = IO.iodata_to_binary(for(i <- 1..40, do: <<0xA1, ?a, i>>)) <> <<0xA1, ?b, 0>>
+    assert {:ok, map} = decode(<<0xDE, 41::16>> <> entries)
+    assert map == %{"a" => 40, "b" => 0}
+    assert map_size(map) == 2 and map["a"] == 40
+  end
+
+  test "decoding starts at the given offset and checks it" do
+    assert Native.decode_frame(<<0xC0, 0xC3>>, 1) == {:ok, true}
+    assert {:error, _} = Native.decode_frame(<<0xC0>>, 5)
   end
 
   test "map keys from a worker are never turned into atoms" do
     # {"brand_new_key_xyz": 1}
     key = "brand_new_key_#{System.unique_integer([:positive])}"
     bin = <<0x81, 0xA0 + byte_size(key)>> <> key <> <<1>>
-    assert {:ok, %{^key => 1}} = Native.codec_decode(bin)
+    assert {:ok, %{^key => 1}} = decode(bin)
     assert_raise ArgumentError, fn -> String.to_existing_atom(key) end
   end
 end

@@ -1,7 +1,6 @@
 defmodule Snakepit.ExecuteTest do
   # Snakepit.execute/3 against real Python workers over real pipes.
   use ExUnit.Case, async: true
-  import ExUnit.CaptureLog
 
   alias Snakepit.{Error, TestPools}
 
@@ -35,7 +34,8 @@ defmodule Snakepit.ExecuteTest do
         %{},
         [1, "two", 3.0, nil, [true]],
         %{"nested" => %{"deeper" => [%{"x" => 1}]}, "list" => [[], %{}]},
-        %{1 => "int key", "s" => "str key"}
+        %{1 => "int key", "s" => "str key"},
+        Map.new(1..20_000, &{"key#{&1}", [&1, "v#{&1}", &1 * 1.5]})
       ]
 
       for v <- values do
@@ -150,7 +150,7 @@ defmodule Snakepit.ExecuteTest do
       # late result must never reach this process.
       assert exec(ctx, "add", %{a: 1, b: 2}) == {:ok, 3}
       assert exec(ctx, "sleep", %{ms: 400}) == {:ok, 400}
-      refute_received {_, :ok, 300}
+      refute_received {_, :result, _, _}
       stats = Snakepit.get_stats(ctx.pool)
       assert stats.timeouts > before.timeouts
       assert stats.cancelled > before.cancelled
@@ -159,7 +159,7 @@ defmodule Snakepit.ExecuteTest do
     test "a call that times out while queued never reaches a worker", ctx do
       tasks = for _ <- 1..2, do: Task.async(fn -> exec(ctx, "sleep", %{ms: 300}) end)
       # Both workers are busy; this call waits in the queue and gives up there.
-      Process.sleep(50)
+      TestPools.wait_until(fn -> Snakepit.get_stats(ctx.pool).busy == 2 end)
       assert {:error, %Error{category: :timeout}} = exec(ctx, "count", %{}, timeout: 20)
       assert Enum.map(tasks, &Task.await/1) == [{:ok, 300}, {:ok, 300}]
       assert exec(ctx, "echo", %{value: "after"}) == {:ok, "after"}
@@ -185,28 +185,33 @@ defmodule Snakepit.ExecuteTest do
     end
   end
 
-  test "print() inside a tool reaches Logger, tagged with the worker, not the protocol", ctx do
-    log =
-      capture_log(fn ->
-        assert exec(ctx, "noisy", %{text: "hello from python"}) == {:ok, "hello from python"}
-        # The log line travels separately from the result: wait for it.
-        assert eventually(fn -> exec(ctx, "echo", %{value: 1}) == {:ok, 1} end)
-        Process.sleep(100)
-      end)
+  describe "logging" do
+    setup do
+      id = Snakepit.TestLogForwarder.attach(self())
+      on_exit(fn -> Snakepit.TestLogForwarder.detach(id) end)
+    end
 
-    assert log =~ ~r/\[snakepit #{ctx.pool}\/\d+\] printed: hello from python/
-    assert log =~ "raw fd 1 write"
+    test "print() inside a tool reaches Logger, tagged with the worker, not the protocol", ctx do
+      assert exec(ctx, "noisy", %{text: "hello from python"}) == {:ok, "hello from python"}
+      prefix = "[snakepit #{ctx.pool}/"
+      assert_log(:info, &(String.starts_with?(&1, prefix) and &1 =~ "printed: hello from python"))
+      assert_log(:info, &(String.starts_with?(&1, prefix) and &1 =~ "raw fd 1 write"))
+    end
+
+    test "Python logging reaches Logger at its level", ctx do
+      assert exec(ctx, "log", %{level: "warning", message: "careful now"}) == {:ok, true}
+      assert_log(:warning, &(&1 =~ "snakepit_test: careful now"))
+    end
   end
 
-  test "Python logging reaches Logger at its level", ctx do
-    log =
-      capture_log(fn ->
-        assert exec(ctx, "log", %{level: "warning", message: "careful now"}) == {:ok, true}
-        Process.sleep(100)
-      end)
-
-    assert log =~ "[warning]"
-    assert log =~ "snakepit_test: careful now"
+  # Waits for a log event of `level` whose message satisfies `match?`.
+  defp assert_log(level, match?) do
+    receive do
+      {:log, ^level, message} ->
+        if match?.(message), do: :ok, else: assert_log(level, match?)
+    after
+      5_000 -> flunk("no matching #{level} log line within 5 s")
+    end
   end
 
   test "built-in ping and describe", ctx do
@@ -226,13 +231,5 @@ defmodule Snakepit.ExecuteTest do
     assert [%{worker_id: _, os_pid: pid, state: _, requests: _, age_ms: _} | _] = workers
     assert length(workers) == 2
     assert TestPools.os_alive?(pid)
-  end
-
-  defp eventually(fun, tries \\ 50) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> eventually(fun, tries - 1)
-    end
   end
 end

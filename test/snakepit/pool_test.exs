@@ -4,18 +4,7 @@ defmodule Snakepit.PoolTest do
 
   alias Snakepit.{Error, TestPools}
 
-  # OS processes give no message when they end; poll /proc, bounded.
-  defp wait_until(fun, timeout \\ 5_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Stream.repeatedly(fn ->
-      fun.() or
-        (System.monotonic_time(:millisecond) > deadline and
-           flunk("condition not met in #{timeout} ms")) or
-        (Process.sleep(10) && false)
-    end)
-    |> Enum.find(& &1)
-  end
+  import Snakepit.TestPools, only: [wait_until: 1]
 
   defp os_pids(pool), do: Enum.map(Snakepit.list_workers(pool), & &1.os_pid)
 

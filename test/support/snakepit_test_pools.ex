@@ -16,6 +16,29 @@ defmodule Snakepit.TestPools do
     )
   end
 
+  @doc """
+  Polls `fun` every 10 ms until it returns true, for conditions that send no
+  message (OS processes, pool counters). Fails after `timeout` ms.
+  """
+  def wait_until(fun, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait(fun, deadline, timeout)
+  end
+
+  defp do_wait(fun, deadline, timeout) do
+    cond do
+      fun.() ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        ExUnit.Assertions.flunk("condition not met within #{timeout} ms")
+
+      true ->
+        Process.sleep(10)
+        do_wait(fun, deadline, timeout)
+    end
+  end
+
   def os_alive?(os_pid), do: File.exists?("/proc/#{os_pid}") and not zombie?(os_pid)
 
   defp zombie?(os_pid) do

@@ -10,6 +10,10 @@ rustler::atoms! {
     infinity,
     neg_infinity,
     msgpack_ext,
+    msgpack,
+    // replies: {tag, :result | :python_error, frame, offset} | {tag, :error, reason}
+    result,
+    python_error,
     // submit/cancel
     dirty,
     cancelled,

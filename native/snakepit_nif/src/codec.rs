@@ -14,6 +14,12 @@
 //!
 //! Pids, references, ports, funs, improper lists, bitstrings and integers
 //! beyond 64 bits are refused with an [`EncodeError`] naming where they were.
+//!
+//! Decoding runs only in a process env, on a (normal or dirty) scheduler of
+//! the process that asked: never on the pool's own threads. OTP 25 crashes
+//! when a thread that is not a scheduler builds a large map
+//! (erlang/otp#8208, fixed only in 27.3 and later patch releases), and
+//! charging the work to the caller is fairer anyway.
 
 use crate::atoms;
 use rustler::types::tuple::make_tuple;
@@ -232,16 +238,21 @@ fn decode_item<'a>(
                 keys.push(decode_item(env, frame, r, depth + 1)?);
                 values.push(decode_item(env, frame, r, depth + 1)?);
             }
-            match Term::map_from_term_arrays(env, &keys, &values) {
-                Ok(map) => map,
-                // Duplicate keys: the last one wins, as in Python.
-                Err(_) => keys
-                    .into_iter()
+            // enif_make_map_from_arrays does not reject duplicate keys among
+            // more than 32 and then builds a corrupt map (erlang/otp#10975),
+            // so duplicates are looked for here; the last one wins, as in Python.
+            let built = if has_duplicates(&keys) {
+                None
+            } else {
+                Term::map_from_term_arrays(env, &keys, &values).ok()
+            };
+            built.unwrap_or_else(|| {
+                keys.into_iter()
                     .zip(values)
                     .fold(Term::map_new(env), |m, (k, v)| {
                         m.map_put(k, v).expect("map term")
-                    }),
-            }
+                    })
+            })
         }
         Token::Ext(ty, range) => {
             let data = bytes_term(env, frame, range);
@@ -251,6 +262,16 @@ fn decode_item<'a>(
             )
         }
     })
+}
+
+fn has_duplicates(keys: &[Term]) -> bool {
+    if keys.len() <= 32 {
+        // Small maps: enif_make_map_from_arrays detects duplicates itself.
+        return false;
+    }
+    let mut sorted: Vec<&Term> = keys.iter().collect();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|w| w[0] == w[1])
 }
 
 fn float_term(env: Env, f: f64) -> Term {

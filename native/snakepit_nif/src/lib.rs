@@ -26,7 +26,7 @@ use std::sync::Arc;
 use worker::WorkerSpec;
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 1;
+const ABI_VERSION: u32 = 2;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -298,10 +298,26 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     }
 }
 
-/// Decodes raw MessagePack bytes into a term (for tests of the decoder).
+/// Decodes the MessagePack item at `offset` of `data` into a term, in the
+/// calling process. Replies carry raw frames and callers decode them here:
+/// terms are never built on the pool's own threads (see `codec.rs`).
+/// For frames up to 64 KiB; larger ones go to `decode_dirty/2`.
+#[rustler::nif]
+fn decode<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
+    decode_at(env, data, offset)
+}
+
+/// `decode/2` on a dirty CPU scheduler, for large frames.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn codec_decode<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
-    match codec::decode(env, data, 0) {
+fn decode_dirty<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
+    decode_at(env, data, offset)
+}
+
+fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
+    if offset > data.len() {
+        return (atoms::error(), "offset beyond the data").encode(env);
+    }
+    match codec::decode(env, data, offset) {
         Ok(t) => (atoms::ok(), t).encode(env),
         Err(e) => (atoms::error(), e.to_string()).encode(env),
     }

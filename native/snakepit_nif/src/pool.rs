@@ -13,7 +13,6 @@
 //! requests between those places; decoding and sending happen outside it.
 
 use crate::atoms;
-use crate::codec;
 use crate::worker::{ExitInfo, Worker};
 use parking_lot::Mutex;
 use rustler::env::{OwnedEnv, SavedTerm};
@@ -62,6 +61,8 @@ impl Request {
     ///
     /// `from` is the calling process's env when on a scheduler thread (inside
     /// a NIF), `None` on the pool's own threads.
+    /// `build` returns the status and a tuple of payload elements, which
+    /// are appended to the message after the tag and status.
     pub fn reply<F>(self, from: Option<Env>, build: F)
     where
         F: for<'a> FnOnce(Env<'a>) -> (rustler::Atom, Term<'a>),
@@ -71,7 +72,9 @@ impl Request {
         } = self;
         env.run(|e| {
             let (status, payload) = build(e);
-            let msg = make_tuple(e, &[tag.load(e), status.encode(e), payload]);
+            let mut items = vec![tag.load(e), status.encode(e)];
+            items.extend(rustler::types::tuple::get_tuple(payload).expect("payload tuple"));
+            let msg = make_tuple(e, &items);
             send_raw(from, &caller, e, msg);
         });
     }
@@ -92,7 +95,7 @@ impl Request {
     {
         self.reply(from, |e| {
             let err = make_tuple(e, &[category.encode(e), message.encode(e), details(e)]);
-            (atoms::error(), err)
+            (atoms::error(), make_tuple(e, &[err]))
         });
     }
 }
@@ -429,13 +432,13 @@ impl PoolCore {
         });
     }
 
-    /// Sends `{:snakepit_worker, id, event, body}` to the owner, decoding the
-    /// body from the frame (from a pool thread).
+    /// Sends `{:snakepit_worker, id, event, {:msgpack, frame, body_offset}}`
+    /// to the owner, which decodes the body itself (see `codec.rs`).
     fn notify_with_body(&self, id: u64, event: rustler::Atom, frame: OwnedBinary, body: usize) {
         let mut env = OwnedEnv::new();
         let _ = env.send_and_clear(&self.owner, |e| {
-            let bin = frame.release(e);
-            let body = codec::decode(e, bin, body).unwrap_or_else(|_| atoms::nil().encode(e));
+            let frame = frame.release(e).encode(e);
+            let body = make_tuple(e, &[atoms::msgpack().encode(e), frame, body.encode(e)]);
             make_tuple(
                 e,
                 &[
@@ -571,27 +574,16 @@ impl PoolCore {
     }
 }
 
-/// Decodes a `result` or `error` body in the request's own env and sends it.
+/// Sends `{tag, :result | :python_error, frame, body_offset}`: the caller
+/// decodes the body itself (see `codec.rs` for why not here).
 fn deliver(req: Request, envelope: Envelope, frame: OwnedBinary) {
     req.reply(None, move |e| {
-        let bin = frame.release(e);
-        match codec::decode(e, bin, envelope.body) {
-            Ok(body) if envelope.kind == Kind::Result => (atoms::ok(), body),
-            Ok(body) => (
-                atoms::error(),
-                make_tuple(e, &[atoms::python().encode(e), body]),
-            ),
-            Err(err) => (
-                atoms::error(),
-                make_tuple(
-                    e,
-                    &[
-                        atoms::transport().encode(e),
-                        format!("the worker's reply could not be decoded: {err}").encode(e),
-                        Term::map_new(e),
-                    ],
-                ),
-            ),
-        }
+        let status = if envelope.kind == Kind::Result {
+            atoms::result()
+        } else {
+            atoms::python_error()
+        };
+        let bin = frame.release(e).encode(e);
+        (status, make_tuple(e, &[bin, envelope.body.encode(e)]))
     });
 }
