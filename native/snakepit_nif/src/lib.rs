@@ -3,8 +3,10 @@
 //! It owns the worker OS processes, their pipes and the threads that serve
 //! them (`worker.rs`, `writer.rs`), a pool's queue and dispatch (`pool.rs`),
 //! and the term <-> MessagePack codec (`codec.rs`). The wire format itself is
-//! the `snakepit_wire` crate. Results go to callers as plain messages
-//! `{tag, :ok | :error, payload}`.
+//! the `snakepit_wire` crate. Answers go to callers as plain messages:
+//! `{tag, :result | :python_error, frame, body_offset}` carrying the worker's
+//! raw frame, which the caller decodes with `decode/2` in its own process, or
+//! `{tag, :error, {category, message, details}}` for failures found here.
 //!
 //! Every NIF here returns in microseconds on a normal scheduler, except the
 //! two marked dirty: spawning (fork/exec) and encoding large arguments.
