@@ -189,10 +189,12 @@ defmodule Snakepit do
       iex> Map.take(stats, [:queued, :busy])
       %{queued: 0, busy: 0}
 
-  Keys: `:workers`, `:idle`, `:busy`, `:starting`, `:stopping`, `:queued`,
-  `:requests` (accepted calls), `:completed` (answered with a result),
-  `:python_errors`, `:worker_errors`, `:transport_errors`, `:cancelled`
-  (given up by their callers), `:timeouts`, `:restarts`.
+  Keys: `:workers`, `:idle`, `:busy`, `:starting`, `:stopping`, `:queued`
+  (waiting for a worker), `:in_flight` (written to workers), `:requests`
+  (accepted calls), `:completed` (answered with a result), `:python_errors`,
+  `:worker_errors`, `:transport_errors`, `:cancelled` (given up by their
+  callers), `:requeued` (queued again after their worker died before
+  starting them), `:timeouts`, `:restarts`.
   Returns `{:error, %Snakepit.Error{category: :pool}}` for an unknown pool.
   """
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
@@ -204,12 +206,12 @@ defmodule Snakepit do
 
   @doc """
   The workers of a pool, ordered by id: `:worker_id`, `:os_pid`, `:state`
-  (`:starting | :idle | :busy | :stopping`), `:requests` served and
-  `:age_ms`.
+  (`:starting | :idle | :busy | :stopping`), `:in_flight` (calls written to
+  it), `:requests` served and `:age_ms`.
 
       iex> [first | _] = Snakepit.list_workers()
       iex> Map.keys(first) |> Enum.sort()
-      [:age_ms, :os_pid, :requests, :state, :worker_id]
+      [:age_ms, :in_flight, :os_pid, :requests, :state, :worker_id]
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 2
+  @abi_version 3
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -69,7 +69,7 @@ defmodule Snakepit.Native do
   @doc false
   def abi_version, do: :erlang.nif_error(:not_loaded)
 
-  def pool_new(_owner, _max_frame), do: :erlang.nif_error(why())
+  def pool_new(_owner, _max_frame, _pipeline_depth), do: :erlang.nif_error(why())
   def pool_start_worker(_pool, _id, _program, _argv, _env, _cwd), do: :erlang.nif_error(why())
   def pool_stop_worker(_pool, _id), do: :erlang.nif_error(why())
   def pool_kill_worker(_pool, _id), do: :erlang.nif_error(why())

@@ -149,7 +149,7 @@ defmodule Snakepit.Pool do
   @impl true
   def init(config) do
     Process.flag(:trap_exit, true)
-    handle = Native.pool_new(self(), config.max_frame_bytes)
+    handle = Native.pool_new(self(), config.max_frame_bytes, config.pipeline_depth)
 
     state = %{
       config: config,

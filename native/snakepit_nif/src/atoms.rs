@@ -46,6 +46,8 @@ rustler::atoms! {
     idle,
     busy,
     stopping,
+    in_flight,
+    requeued,
     workers,
     queued,
     completed,

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use worker::WorkerSpec;
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 2;
+const ABI_VERSION: u32 = 3;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -68,11 +68,15 @@ fn abi_version() -> u32 {
 }
 
 #[rustler::nif]
-fn pool_new(env: Env, owner: LocalPid, max_frame: usize) -> NifResult<Term> {
-    if max_frame == 0 || max_frame > u32::MAX as usize {
+fn pool_new(env: Env, owner: LocalPid, max_frame: usize, pipeline_depth: usize) -> NifResult<Term> {
+    if max_frame == 0 || max_frame > u32::MAX as usize || pipeline_depth == 0 {
         return Err(rustler::Error::BadArg);
     }
-    let core = Arc::new(PoolCore::new(owner, PoolConfig { max_frame }));
+    let config = PoolConfig {
+        max_frame,
+        pipeline_depth,
+    };
+    let core = Arc::new(PoolCore::new(owner, config));
     let handle = ResourceArc::new(PoolHandle { core });
     handle.monitor(Some(env), &owner);
     Ok(handle.encode(env))

@@ -1,8 +1,8 @@
 //! A pool's dispatch state: its workers, the FIFO queue of waiting requests,
 //! and the rule that gives every request exactly one answer.
 //!
-//! A request lives in exactly one place: the queue, or the `Busy` slot of the
-//! worker running it. It leaves in one of two ways:
+//! A request lives in exactly one place: the queue, or the `in_flight` list of
+//! the worker it was written to. It leaves in one of two ways:
 //! - [`PoolCore::cancel`] removes it under the lock; then no reply is ever sent;
 //! - a thread (a worker's reader, or `close`) takes it under the lock and then
 //!   sends its one reply.
@@ -10,7 +10,14 @@
 //! So after a caller's timeout, `cancel` answers `cancelled` (nothing will
 //! arrive) or `replied` (the reply is in the mailbox or on its way), and the
 //! caller never finds a stray reply later. The lock is held only to move
-//! requests between those places; decoding and sending happen outside it.
+//! requests between those places; writing and sending happen outside it.
+//!
+//! Dispatch: the queue is strictly FIFO. A request goes to an idle worker
+//! first; with `pipeline_depth` > 1, it may also be written to a busy worker
+//! that has fewer than that many requests in flight, so the worker finds its
+//! next call in its pipe instead of waiting a round trip for it. A worker
+//! runs its calls one at a time, in order, so when one dies, the requests
+//! behind its running call never started and are queued again at the front.
 
 use crate::atoms;
 use crate::worker::{ExitInfo, Worker};
@@ -28,6 +35,8 @@ use std::time::Instant;
 pub struct PoolConfig {
     /// Largest frame accepted in either direction, in bytes.
     pub max_frame: usize,
+    /// Most requests written to one worker at a time (1: no pipelining).
+    pub pipeline_depth: usize,
 }
 
 /// One call on its way through the pool.
@@ -37,7 +46,8 @@ pub struct Request {
     /// Holds the caller's tag; the reply is built and sent from here.
     env: OwnedEnv,
     tag: SavedTerm,
-    /// The encoded `call` frame; empty once handed to a worker.
+    /// The encoded `call` frame; empty once written to an idle worker (kept
+    /// when written behind a running call, in case it must be requeued).
     frame: Vec<u8>,
     /// The caller gave up while the worker was running it; drop the reply.
     cancelled: bool,
@@ -117,21 +127,30 @@ fn send_raw(from: Option<Env>, to: &LocalPid, msg_env: Env, msg: Term) {
     }
 }
 
-enum SlotState {
-    /// Spawned, handshake not yet received.
-    Starting,
-    Idle,
-    Busy(Request),
-    /// stdin closed; it finishes what it runs, then exits.
-    Stopping,
-}
-
 struct Slot {
     worker: Arc<Worker>,
-    state: SlotState,
-    requests: u64,
-    /// Leaves the rotation once its current call (if any) is answered.
+    /// Handshake received.
+    ready: bool,
+    /// stdin closed: takes no new requests, finishes those it has.
     stopping: bool,
+    /// Requests written to the worker: the first is running, the others wait
+    /// in its pipe. Never longer than `pipeline_depth`.
+    in_flight: VecDeque<Request>,
+    requests: u64,
+}
+
+impl Slot {
+    fn state(&self) -> rustler::Atom {
+        if !self.in_flight.is_empty() {
+            atoms::busy()
+        } else if self.stopping {
+            atoms::stopping()
+        } else if !self.ready {
+            atoms::starting()
+        } else {
+            atoms::idle()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -142,14 +161,81 @@ struct Stats {
     worker_errors: u64,
     transport_errors: u64,
     cancelled: u64,
+    requeued: u64,
 }
 
 struct PoolState {
     workers: HashMap<u64, Slot>,
+    /// Ready workers with nothing in flight, longest idle first.
     idle: VecDeque<u64>,
     queue: VecDeque<Request>,
     closed: bool,
     stats: Stats,
+}
+
+/// Workers whose stdin has frames enqueued, to flush once the lock is released.
+type Writes = Vec<Arc<Worker>>;
+
+impl PoolState {
+    /// Moves queued requests to workers (idle ones first, then, when
+    /// pipelining, the least loaded one with room) and returns the frames to
+    /// write. Keeps the invariant: while the queue is not empty, no worker
+    /// that takes requests has room.
+    fn fill(&mut self, depth: usize) -> Writes {
+        let mut writes: Writes = Vec::new();
+        while !self.queue.is_empty() {
+            let target = match self.idle.pop_front() {
+                Some(id) => id,
+                None if depth > 1 => match self.roomiest(depth) {
+                    Some(id) => id,
+                    None => break,
+                },
+                None => break,
+            };
+            let mut req = self.queue.pop_front().expect("queue not empty");
+            let slot = self.workers.get_mut(&target).expect("target has a slot");
+            // A request written behind a running call keeps its bytes: if the
+            // worker dies first, it is queued again and written elsewhere.
+            let frame = if slot.in_flight.is_empty() {
+                std::mem::take(&mut req.frame)
+            } else {
+                req.frame.clone()
+            };
+            slot.in_flight.push_back(req);
+            // Enqueued under the pool's lock, so frames reach each pipe in the
+            // order of `in_flight`. A closed stdin means the worker is gone:
+            // its reader answers or requeues what it had.
+            let _ = slot.worker.writer.enqueue(frame);
+            if !writes.iter().any(|w| w.id == target) {
+                writes.push(Arc::clone(&slot.worker));
+            }
+        }
+        writes
+    }
+
+    /// The busy worker with the fewest requests in flight, below `depth`.
+    fn roomiest(&self, depth: usize) -> Option<u64> {
+        self.workers
+            .iter()
+            .filter(|(_, s)| s.ready && !s.stopping && s.in_flight.len() < depth)
+            .min_by_key(|(id, s)| (s.in_flight.len(), **id))
+            .map(|(id, _)| *id)
+    }
+
+    /// After a worker's in-flight list shrank: idle again, or stopping.
+    fn settle(&mut self, id: u64) {
+        if let Some(slot) = self.workers.get(&id) {
+            if slot.ready && !slot.stopping && slot.in_flight.is_empty() {
+                self.idle.push_back(id);
+            }
+        }
+    }
+}
+
+fn write_all(writes: Writes) {
+    for worker in writes {
+        worker.writer.flush();
+    }
 }
 
 /// What a pool's threads and NIFs share.
@@ -197,25 +283,18 @@ impl PoolCore {
         self.state.lock().closed
     }
 
-    /// Hands a request to an idle worker, or queues it.
-    pub fn submit(&self, mut req: Request) -> Result<(), Closed> {
-        let mut st = self.state.lock();
-        if st.closed {
-            return Err(Closed);
-        }
-        st.stats.requests += 1;
-        let Some(id) = st.idle.pop_front() else {
+    /// Queues a request behind those already waiting and dispatches what can be.
+    pub fn submit(&self, req: Request) -> Result<(), Closed> {
+        let writes = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(Closed);
+            }
+            st.stats.requests += 1;
             st.queue.push_back(req);
-            return Ok(());
+            st.fill(self.config.pipeline_depth)
         };
-        let frame = std::mem::take(&mut req.frame);
-        let slot = st.workers.get_mut(&id).expect("idle worker has a slot");
-        slot.state = SlotState::Busy(req);
-        let worker = Arc::clone(&slot.worker);
-        drop(st);
-        // A failed write means the worker is gone: its reader sees EOF and
-        // answers the request with the exit status.
-        let _ = worker.writer.send(frame);
+        write_all(writes);
         Ok(())
     }
 
@@ -227,18 +306,18 @@ impl PoolCore {
             st.stats.cancelled += 1;
             return Cancel::Cancelled;
         }
-        let running = st
-            .workers
-            .values_mut()
-            .find_map(|slot| match &mut slot.state {
-                SlotState::Busy(req) if req.id == request_id && !req.cancelled => {
-                    req.cancelled = true;
-                    Some(Arc::clone(&slot.worker))
-                }
-                _ => None,
-            });
-        match running {
+        let written = st.workers.values_mut().find_map(|slot| {
+            let req = slot
+                .in_flight
+                .iter_mut()
+                .find(|r| r.id == request_id && !r.cancelled)?;
+            req.cancelled = true;
+            Some(Arc::clone(&slot.worker))
+        });
+        match written {
             Some(worker) => {
+                // The worker still answers it (that frees its place); the
+                // answer is dropped.
                 st.stats.cancelled += 1;
                 drop(st);
                 let _ = worker
@@ -257,9 +336,10 @@ impl PoolCore {
             worker.id,
             Slot {
                 worker,
-                state: SlotState::Starting,
-                requests: 0,
+                ready: false,
                 stopping: false,
+                in_flight: VecDeque::new(),
+                requests: 0,
             },
         );
     }
@@ -276,28 +356,6 @@ impl PoolCore {
             .map(|s| Arc::clone(&s.worker))
     }
 
-    /// Marks a worker idle (or gives it the next queued request) and writes
-    /// that request outside the lock.
-    fn release(&self, st: &mut PoolState, id: u64) -> Option<(Arc<Worker>, Vec<u8>)> {
-        let slot = st.workers.get_mut(&id)?;
-        if slot.stopping {
-            slot.state = SlotState::Stopping;
-            return None;
-        }
-        match st.queue.pop_front() {
-            Some(mut next) => {
-                let frame = std::mem::take(&mut next.frame);
-                slot.state = SlotState::Busy(next);
-                Some((Arc::clone(&slot.worker), frame))
-            }
-            None => {
-                slot.state = SlotState::Idle;
-                st.idle.push_back(id);
-                None
-            }
-        }
-    }
-
     /// Handles one frame from a worker. An `Err` means the worker broke the
     /// protocol; its reader then treats it as broken.
     pub fn on_frame(
@@ -306,53 +364,51 @@ impl PoolCore {
         envelope: Envelope,
         frame: OwnedBinary,
     ) -> Result<(), String> {
+        let depth = self.config.pipeline_depth;
         match envelope.kind {
             Kind::Ready => {
-                let next = {
+                let writes = {
                     let mut st = self.state.lock();
-                    match st.workers.get(&worker.id).map(|s| &s.state) {
-                        Some(SlotState::Starting) => {}
-                        _ => return Err("sent a second ready frame".into()),
+                    let slot = st
+                        .workers
+                        .get_mut(&worker.id)
+                        .ok_or("sent ready after removal")?;
+                    if slot.ready {
+                        return Err("sent a second ready frame".into());
                     }
-                    self.release(&mut st, worker.id)
+                    slot.ready = true;
+                    st.settle(worker.id);
+                    st.fill(depth)
                 };
                 self.notify_with_body(worker.id, atoms::ready(), frame, envelope.body);
-                if let Some((w, f)) = next {
-                    let _ = w.writer.send(f);
-                }
+                write_all(writes);
                 Ok(())
             }
             Kind::Result | Kind::Error if envelope.id != 0 => {
-                let (req, next) = {
+                let (req, writes) = {
                     let mut st = self.state.lock();
                     let slot = st
                         .workers
                         .get_mut(&worker.id)
                         .ok_or("answered after removal")?;
-                    let req = match std::mem::replace(&mut slot.state, SlotState::Idle) {
-                        SlotState::Busy(req) if req.id == envelope.id => req,
-                        SlotState::Stopping => {
-                            // Stopping while busy keeps no request; answer
-                            // frames of the call it was running are dropped.
-                            slot.state = SlotState::Stopping;
-                            return Ok(());
-                        }
-                        other => {
-                            slot.state = other;
+                    match slot.in_flight.front() {
+                        Some(running) if running.id == envelope.id => {}
+                        _ => {
                             return Err(format!(
                                 "answered request {} that it was not running",
                                 envelope.id
-                            ));
+                            ))
                         }
-                    };
+                    }
+                    let req = slot.in_flight.pop_front().expect("checked above");
                     slot.requests += 1;
                     if envelope.kind == Kind::Result {
                         st.stats.completed += 1;
                     } else {
                         st.stats.python_errors += 1;
                     }
-                    let next = self.release(&mut st, worker.id);
-                    (req, next)
+                    st.settle(worker.id);
+                    (req, st.fill(depth))
                 };
                 // Deliver first: writing the next request wakes the worker,
                 // and on a busy machine the kernel then preempts this thread
@@ -360,9 +416,7 @@ impl PoolCore {
                 if !req.cancelled {
                     deliver(req, envelope, frame);
                 }
-                if let Some((w, f)) = next {
-                    let _ = w.writer.send(f);
-                }
+                write_all(writes);
                 Ok(())
             }
             Kind::Error => {
@@ -386,27 +440,39 @@ impl PoolCore {
         }
     }
 
-    /// The worker's process is gone: answer its call, forget it, tell the owner.
+    /// The worker's process is gone: answer its running call, queue again the
+    /// ones behind it (they never started), forget it, tell the owner.
     pub fn on_worker_down(&self, worker: &Worker, exit: &ExitInfo) {
-        let (req, last_gone) = {
+        let (running, writes, last_gone) = {
             let mut st = self.state.lock();
-            let slot = st.workers.remove(&worker.id);
             st.idle.retain(|&id| id != worker.id);
-            let req = match slot.map(|s| s.state) {
-                Some(SlotState::Busy(req)) => {
-                    if exit.protocol_error.is_some() {
-                        st.stats.transport_errors += 1;
-                    } else {
-                        st.stats.worker_errors += 1;
-                    }
-                    Some(req)
+            let mut in_flight = st
+                .workers
+                .remove(&worker.id)
+                .map(|s| s.in_flight)
+                .unwrap_or_default();
+            let running = in_flight.pop_front();
+            if running.is_some() {
+                if exit.protocol_error.is_some() {
+                    st.stats.transport_errors += 1;
+                } else {
+                    st.stats.worker_errors += 1;
                 }
-                _ => None,
-            };
+            }
+            for req in in_flight.into_iter().rev().filter(|r| !r.cancelled) {
+                debug_assert!(
+                    !req.frame.is_empty(),
+                    "prefetched requests keep their frame"
+                );
+                st.stats.requeued += 1;
+                st.queue.push_front(req);
+            }
             let last_gone = st.closed && st.workers.is_empty();
-            (req, last_gone)
+            let writes = st.fill(self.config.pipeline_depth);
+            (running, writes, last_gone)
         };
-        if let Some(req) = req.filter(|r| !r.cancelled) {
+        write_all(writes);
+        if let Some(req) = running.filter(|r| !r.cancelled) {
             let category = if exit.protocol_error.is_some() {
                 atoms::transport()
             } else {
@@ -460,13 +526,19 @@ impl PoolCore {
     }
 
     /// Stops taking requests, answers the queued ones, and closes every
-    /// worker's stdin so each exits after its current call.
+    /// worker's stdin so each exits after the calls it has.
     pub fn close(&self, from: Option<Env>) {
         let workers: Vec<Arc<Worker>> = {
             let mut st = self.state.lock();
             st.closed = true;
             st.idle.clear();
-            st.workers.values().map(|s| Arc::clone(&s.worker)).collect()
+            st.workers
+                .values_mut()
+                .map(|s| {
+                    s.stopping = true;
+                    Arc::clone(&s.worker)
+                })
+                .collect()
         };
         self.fail_queue(from, "the pool was stopped");
         for w in workers {
@@ -475,7 +547,7 @@ impl PoolCore {
     }
 
     /// Closes stdin of one worker; it leaves the rotation now and exits after
-    /// its current call.
+    /// the calls it has.
     pub fn stop_worker(&self, id: u64) -> bool {
         let worker = {
             let mut st = self.state.lock();
@@ -484,10 +556,6 @@ impl PoolCore {
                 return false;
             };
             slot.stopping = true;
-            // A busy worker stays Busy so its caller still gets the answer.
-            if !matches!(slot.state, SlotState::Busy(_)) {
-                slot.state = SlotState::Stopping;
-            }
             Arc::clone(&slot.worker)
         };
         worker.writer.close();
@@ -516,22 +584,26 @@ impl PoolCore {
 
     pub fn stats<'a>(&self, env: Env<'a>) -> Term<'a> {
         let st = self.state.lock();
-        let (mut starting, mut busy, mut stopping) = (0u64, 0u64, 0u64);
+        let (mut starting, mut busy, mut stopping, mut in_flight) = (0u64, 0u64, 0u64, 0u64);
         for slot in st.workers.values() {
-            match slot.state {
-                SlotState::Starting => starting += 1,
-                SlotState::Busy(_) => busy += 1,
-                SlotState::Stopping => stopping += 1,
-                SlotState::Idle => {}
+            in_flight += slot.in_flight.len() as u64;
+            let state = slot.state();
+            if state == atoms::starting() {
+                starting += 1;
+            } else if state == atoms::busy() {
+                busy += 1;
+            } else if state == atoms::stopping() {
+                stopping += 1;
             }
         }
         let s = &st.stats;
-        let pairs: [(rustler::Atom, u64); 12] = [
+        let pairs: [(rustler::Atom, u64); 14] = [
             (atoms::workers(), st.workers.len() as u64),
             (atoms::idle(), st.idle.len() as u64),
             (atoms::busy(), busy),
             (atoms::starting(), starting),
             (atoms::stopping(), stopping),
+            (atoms::in_flight(), in_flight),
             (atoms::queued(), st.queue.len() as u64),
             (atoms::requests(), s.requests),
             (atoms::completed(), s.completed),
@@ -539,6 +611,7 @@ impl PoolCore {
             (atoms::worker_errors(), s.worker_errors),
             (atoms::transport_errors(), s.transport_errors),
             (atoms::cancelled(), s.cancelled),
+            (atoms::requeued(), s.requeued),
         ];
         pairs.iter().fold(Term::map_new(env), |m, (k, v)| {
             m.map_put(k.encode(env), v.encode(env)).expect("map")
@@ -552,19 +625,14 @@ impl PoolCore {
         let list: Vec<Term<'a>> = slots
             .into_iter()
             .map(|slot| {
-                let state = match slot.state {
-                    SlotState::Starting => atoms::starting(),
-                    SlotState::Idle => atoms::idle(),
-                    SlotState::Busy(_) => atoms::busy(),
-                    SlotState::Stopping => atoms::stopping(),
-                };
                 let age = Instant::now()
                     .duration_since(slot.worker.started)
                     .as_millis() as u64;
                 Term::map_new(env)
                     .map_put(atoms::worker_id(), slot.worker.id)
                     .and_then(|m| m.map_put(atoms::os_pid(), slot.worker.os_pid))
-                    .and_then(|m| m.map_put(atoms::state(), state))
+                    .and_then(|m| m.map_put(atoms::state(), slot.state()))
+                    .and_then(|m| m.map_put(atoms::in_flight(), slot.in_flight.len()))
                     .and_then(|m| m.map_put(atoms::requests(), slot.requests))
                     .and_then(|m| m.map_put(atoms::age_ms(), age))
                     .expect("map")

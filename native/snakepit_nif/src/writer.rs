@@ -1,35 +1,43 @@
 //! The write end of a worker's stdin.
 //!
-//! A frame is first written inline with one non-blocking `write(2)`: for the
-//! usual small request into an empty pipe that is the whole frame, with no
-//! thread to wake. Whatever does not fit (a large frame, a full pipe) goes to
-//! this worker's writer thread, which finishes it with blocking writes. Frames
-//! stay in order: while the thread has anything pending, new frames queue
-//! behind it instead of being written inline. So no caller, and in particular
-//! no scheduler thread, ever waits on the pipe.
+//! Frames are first *enqueued*, in order, by the pool under its lock (no
+//! syscall there), then *flushed* by whoever enqueued them once the lock is
+//! released. Whatever thread flushes writes from the front of the queue, so
+//! bytes reach the pipe in the order the pool assigned them, whichever thread
+//! gets there first.
+//!
+//! A flush makes non-blocking `write(2)` calls: for the usual small frame
+//! into an empty pipe that is the whole frame, with no thread to wake. When
+//! the pipe is full, the rest is left to this worker's writer thread, which
+//! finishes with blocking writes; until it is done, flushes leave the queue
+//! to it. So no caller, and in particular no scheduler thread, ever waits on
+//! the pipe.
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 struct State {
-    /// Frames handed to the thread and not yet fully written.
-    pending: usize,
-    /// The fd, until the writer is closed. Only used under this lock.
+    /// Frames not yet fully written, in order.
+    pending: VecDeque<Vec<u8>>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// The writer thread is draining `pending`; flushes leave it alone.
+    thread_draining: bool,
+    /// Close the fd once `pending` is empty.
+    close_when_drained: bool,
+    /// The fd, until the writer is closed.
     fd: Option<OwnedFd>,
 }
 
 /// Shared handle to a worker's stdin.
 pub struct Writer {
     state: Mutex<State>,
-    tx: Sender<Job>,
-}
-
-enum Job {
-    Write(Vec<u8>, usize),
-    Close,
+    /// Wakes the writer thread; `None` asks it to exit.
+    wake: Sender<Option<()>>,
 }
 
 /// The stdin is closed (the worker is gone or being stopped).
@@ -40,80 +48,138 @@ impl Writer {
     /// Takes ownership of `fd`, makes it non-blocking and starts the thread.
     pub fn spawn(fd: OwnedFd, name: String) -> io::Result<Arc<Writer>> {
         set_nonblocking(fd.as_raw_fd())?;
-        let (tx, rx) = unbounded();
+        let (wake, woken) = bounded(1);
         let writer = Arc::new(Writer {
             state: Mutex::new(State {
-                pending: 0,
+                pending: VecDeque::new(),
+                offset: 0,
+                thread_draining: false,
+                close_when_drained: false,
                 fd: Some(fd),
             }),
-            tx,
+            wake,
         });
         let thread_writer = Arc::clone(&writer);
         std::thread::Builder::new()
             .name(name)
             .stack_size(256 * 1024)
-            .spawn(move || thread_writer.run(rx))?;
+            .spawn(move || thread_writer.run(woken))?;
         Ok(writer)
     }
 
-    /// Sends a complete frame. Never blocks on the pipe.
-    pub fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
+    /// Adds a frame (or several, back to back) behind those already queued.
+    /// No syscall: safe to call under the pool's lock.
+    pub fn enqueue(&self, frame: Vec<u8>) -> Result<(), Closed> {
         let mut state = self.state.lock();
-        let fd = state.fd.as_ref().ok_or(Closed)?.as_raw_fd();
-        let mut written = 0;
-        if state.pending == 0 {
-            match write_some(fd, &frame) {
-                Ok(n) if n == frame.len() => return Ok(()),
-                Ok(n) => written = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        if state.fd.is_none() || state.close_when_drained {
+            return Err(Closed);
+        }
+        state.pending.push_back(frame);
+        Ok(())
+    }
+
+    /// Writes queued frames without blocking, many per `writev(2)`; hands
+    /// the rest to the thread if the pipe fills up.
+    pub fn flush(&self) {
+        let mut state = self.state.lock();
+        if state.thread_draining {
+            return;
+        }
+        let Some(fd) = state.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        while !state.pending.is_empty() {
+            match writev_some(fd, &state.pending, state.offset) {
+                Ok(n) => {
+                    consume(&mut state, n);
+                    if !state.pending.is_empty() {
+                        // The pipe took only part: it is full.
+                        self.hand_to_thread(&mut state);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.hand_to_thread(&mut state);
+                    return;
+                }
                 Err(_) => {
                     // Broken pipe: the reader thread sees EOF and reports the exit.
                     state.fd = None;
-                    return Err(Closed);
+                    state.pending.clear();
+                    return;
                 }
             }
         }
-        state.pending += 1;
-        drop(state);
-        self.tx.send(Job::Write(frame, written)).map_err(|_| Closed)
+        if state.close_when_drained {
+            state.fd = None;
+        }
     }
 
-    /// Closes stdin once pending frames are written: the worker sees EOF and exits.
+    /// `enqueue` then `flush`, for frames sent outside the pool's lock.
+    pub fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
+        self.enqueue(frame)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Closes stdin once queued frames are written: the worker sees EOF and exits.
     pub fn close(&self) {
-        let _ = self.tx.send(Job::Close);
+        let mut state = self.state.lock();
+        state.close_when_drained = true;
+        if state.pending.is_empty() && !state.thread_draining {
+            state.fd = None;
+        }
+        drop(state);
+        self.flush();
     }
 
-    /// Closes stdin now, dropping pending frames.
+    /// Closes stdin now, dropping queued frames, and ends the thread.
     pub fn close_now(&self) {
-        self.state.lock().fd = None;
-        let _ = self.tx.send(Job::Close);
+        let mut state = self.state.lock();
+        state.fd = None;
+        state.pending.clear();
+        drop(state);
+        let _ = self.wake.send(None);
     }
 
-    fn run(&self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            match job {
-                Job::Write(frame, offset) => {
-                    // Take a duplicate so the blocking write holds no lock.
-                    let fd = self
-                        .state
-                        .lock()
-                        .fd
-                        .as_ref()
-                        .and_then(|fd| fd.try_clone().ok());
-                    let ok = match fd {
-                        Some(fd) => write_all_blocking(fd.as_raw_fd(), &frame[offset..]).is_ok(),
-                        None => false,
-                    };
-                    let mut state = self.state.lock();
-                    state.pending -= 1;
-                    if !ok {
-                        state.fd = None;
+    fn hand_to_thread(&self, state: &mut State) {
+        state.thread_draining = true;
+        let _ = self.wake.try_send(Some(()));
+    }
+
+    fn run(&self, woken: Receiver<Option<()>>) {
+        while let Ok(Some(())) = woken.recv() {
+            self.drain();
+        }
+    }
+
+    /// Writes every queued frame with blocking writes, holding the lock only
+    /// between frames.
+    fn drain(&self) {
+        loop {
+            let (fd, frame, offset) = {
+                let mut state = self.state.lock();
+                let fd = state.fd.as_ref().and_then(|f| f.try_clone().ok());
+                match (fd, state.pending.pop_front()) {
+                    (Some(fd), Some(frame)) => {
+                        let offset = std::mem::take(&mut state.offset);
+                        (fd, frame, offset)
+                    }
+                    _ => {
+                        state.thread_draining = false;
+                        if state.close_when_drained {
+                            state.fd = None;
+                        }
+                        return;
                     }
                 }
-                Job::Close => {
-                    self.state.lock().fd = None;
-                    return;
-                }
+            };
+            if write_all_blocking(fd.as_raw_fd(), &frame[offset..]).is_err() {
+                let mut state = self.state.lock();
+                state.fd = None;
+                state.pending.clear();
+                state.thread_draining = false;
+                return;
             }
         }
     }
@@ -140,6 +206,50 @@ fn write_some(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
+        }
+    }
+}
+
+/// Most frames gathered into one `writev(2)`.
+const MAX_IOV: usize = 64;
+
+fn writev_some(fd: RawFd, frames: &VecDeque<Vec<u8>>, offset: usize) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = frames
+        .iter()
+        .take(MAX_IOV)
+        .enumerate()
+        .map(|(i, f)| {
+            let part = if i == 0 { &f[offset..] } else { &f[..] };
+            libc::iovec {
+                iov_base: part.as_ptr() as *mut libc::c_void,
+                iov_len: part.len(),
+            }
+        })
+        .collect();
+    loop {
+        // SAFETY: every iovec points into a frame borrowed for this call.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Drops `n` written bytes from the front of the queue.
+fn consume(state: &mut State, mut n: usize) {
+    while n > 0 {
+        let left = state.pending.front().expect("wrote queued bytes").len() - state.offset;
+        if n >= left {
+            n -= left;
+            state.pending.pop_front();
+            state.offset = 0;
+        } else {
+            state.offset += n;
+            n = 0;
         }
     }
 }

@@ -1,0 +1,84 @@
+defmodule Snakepit.PipelineTest do
+  # pipeline_depth > 1: calls written to a busy worker's pipe ahead of time.
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+  import Snakepit.TestPools, only: [wait_until: 1]
+
+  alias Snakepit.{Error, TestPools}
+
+  defp start_pool(opts) do
+    opts = TestPools.opts(opts)
+    start_supervised!({Snakepit.Pool, opts})
+    :ok = Snakepit.await_ready(opts[:name], 30_000)
+    opts[:name]
+  end
+
+  defp call_async(pool, tool, args, opts \\ []) do
+    Task.async(fn -> Snakepit.execute(tool, args, [pool: pool] ++ opts) end)
+  end
+
+  test "up to pipeline_depth calls are written to a worker, the rest wait in the queue" do
+    pool = start_pool(size: 1, pipeline_depth: 3)
+    first = call_async(pool, "sleep", %{ms: 300})
+    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+    more = for i <- 1..3, do: call_async(pool, "echo", %{value: i})
+    wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
+
+    assert %{in_flight: 3, queued: 1, busy: 1} = Snakepit.get_stats(pool)
+    assert [%{in_flight: 3}] = Snakepit.list_workers(pool)
+    assert Task.await(first) == {:ok, 300}
+    assert Enum.map(more, &Task.await/1) == [ok: 1, ok: 2, ok: 3]
+  end
+
+  test "many callers each get their own answer with pipelining" do
+    pool = start_pool(size: 2, pipeline_depth: 4)
+
+    1..400
+    |> Task.async_stream(
+      fn i -> {i, Snakepit.execute("echo", %{value: [i, "#{i}"]}, pool: pool)} end,
+      max_concurrency: 32,
+      timeout: 30_000
+    )
+    |> Enum.each(fn {:ok, {i, answer}} -> assert answer == {:ok, [i, "#{i}"]} end)
+
+    assert %{in_flight: 0, queued: 0, completed: 400} = Snakepit.get_stats(pool)
+  end
+
+  test "calls written behind a call whose worker dies are queued again, not failed" do
+    pool = start_pool(size: 1, pipeline_depth: 3)
+
+    capture_log(fn ->
+      doomed = call_async(pool, "kill_self", %{sig: "SIGKILL", after_ms: 300})
+      wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+      behind = for i <- 1..2, do: call_async(pool, "echo", %{value: i})
+      wait_until(fn -> Snakepit.get_stats(pool).in_flight == 3 end)
+
+      assert {:error, %Error{category: :worker}} = Task.await(doomed)
+      assert Enum.map(behind, &Task.await(&1, 10_000)) == [ok: 1, ok: 2]
+    end)
+
+    assert %{requeued: 2, worker_errors: 1} = Snakepit.get_stats(pool)
+  end
+
+  test "a call cancelled while waiting in a worker's pipe never answers its caller" do
+    pool = start_pool(size: 1, pipeline_depth: 2)
+    running = call_async(pool, "sleep", %{ms: 300})
+    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+
+    assert {:error, %Error{category: :timeout}} =
+             Snakepit.execute("echo", %{value: :late}, pool: pool, timeout: 50)
+
+    assert Task.await(running) == {:ok, 300}
+    # The worker still ran the cancelled call; its answer was dropped.
+    assert Snakepit.execute("echo", %{value: :next}, pool: pool) == {:ok, "next"}
+    refute_received {_, :result, _, _}
+    assert %{in_flight: 0, cancelled: 1} = Snakepit.get_stats(pool)
+  end
+
+  test "pipeline_depth is validated" do
+    for bad <- [0, 65, 1.5, :many] do
+      assert {:error, %Error{details: %{option: :pipeline_depth}}} =
+               Snakepit.Pool.start_link(TestPools.opts(pipeline_depth: bad))
+    end
+  end
+end
