@@ -5,8 +5,9 @@
 # Both candidates run `python3 -m snakepit_bridge` with the demo adapter's
 # `echo` tool, 2 workers each, and are measured interleaved (A B A B ...) in
 # several rounds so that background noise hits both alike. Figures are
-# medians over rounds; ratios are Snakepit / Port (latency: lower is better
-# for Snakepit below 1.0; throughput: higher is better above 1.0).
+# medians over rounds; ratios are Snakepit / Port (latency: below 1.0 means
+# Snakepit is faster; throughput: above 1.0 means Snakepit is faster).
+# Throughput also runs a Snakepit pool with `pipeline_depth: 4`.
 
 Code.require_file("support/msgpack.exs", __DIR__)
 Code.require_file("support/port_pool.exs", __DIR__)
@@ -21,12 +22,18 @@ defmodule Bench.Roundtrip do
 
     {:ok, _} = Snakepit.Pool.start_link(name: :bench, size: 2, adapter: @adapter)
     :ok = Snakepit.await_ready(:bench, 30_000)
+
+    {:ok, _} =
+      Snakepit.Pool.start_link(name: :bench_p4, size: 2, adapter: @adapter, pipeline_depth: 4)
+
+    :ok = Snakepit.await_ready(:bench_p4, 30_000)
     env = [{"PYTHONPATH", Path.join(:code.priv_dir(:snakepit), "python")}]
     ports = List.to_tuple(for _ <- 1..2, do: elem(Bench.PortPool.start(@adapter, env), 1))
     next = :atomics.new(1, [])
 
     candidates = [
       {"snakepit", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :bench) end},
+      {"snakepit_p4", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :bench_p4) end},
       {"port",
        fn args ->
          port = elem(ports, rem(:atomics.add_get(next, 1, 1), 2))
@@ -47,8 +54,12 @@ defmodule Bench.Roundtrip do
     IO.puts(row(["payload", "snakepit p50", "snakepit p99", "port p50", "port p99", "p50 ratio"]))
     IO.puts(row(List.duplicate("---", 6)))
 
+    # Latency with one caller: pipelining changes nothing there, so the
+    # default pool and the Port only.
+    latency_candidates = Enum.reject(candidates, fn {name, _} -> name == "snakepit_p4" end)
+
     for {label, args, n} <- payloads do
-      samples = interleave(rounds, candidates, fn call -> latencies(call, args, n) end)
+      samples = interleave(rounds, latency_candidates, fn call -> latencies(call, args, n) end)
       s = samples |> Map.fetch!("snakepit") |> List.flatten() |> Enum.sort()
       p = samples |> Map.fetch!("port") |> List.flatten() |> Enum.sort()
 
@@ -65,8 +76,13 @@ defmodule Bench.Roundtrip do
     end
 
     IO.puts("\n## Throughput, tiny call, 2 workers (calls/s; median of rounds)\n")
-    IO.puts(row(["callers", "snakepit", "port", "snakepit / port"]))
-    IO.puts(row(List.duplicate("---", 4)))
+    IO.puts("snakepit_p4 is the same pool with `pipeline_depth: 4`.\n")
+
+    IO.puts(
+      row(["callers", "snakepit", "snakepit_p4", "port", "snakepit / port", "snakepit_p4 / port"])
+    )
+
+    IO.puts(row(List.duplicate("---", 6)))
 
     for callers <- [1, 8, 64] do
       samples =
@@ -75,8 +91,19 @@ defmodule Bench.Roundtrip do
         end)
 
       s = median(samples["snakepit"])
+      s4 = median(samples["snakepit_p4"])
       p = median(samples["port"])
-      IO.puts(row(["#{callers}", "#{round(s)}", "#{round(p)}", ratio(s, p)]))
+
+      IO.puts(
+        row([
+          "#{callers}",
+          "#{round(s)}",
+          "#{round(s4)}",
+          "#{round(p)}",
+          ratio(s, p),
+          ratio(s4, p)
+        ])
+      )
     end
 
     IO.puts("\nload average after the run: #{loadavg()}")

@@ -166,7 +166,8 @@ struct Stats {
 
 struct PoolState {
     workers: HashMap<u64, Slot>,
-    /// Ready workers with nothing in flight, longest idle first.
+    /// Ready workers with nothing in flight. Taken most recently idle first
+    /// (LIFO): at low load the same warm worker keeps serving.
     idle: VecDeque<u64>,
     queue: VecDeque<Request>,
     closed: bool,
@@ -177,14 +178,15 @@ struct PoolState {
 type Writes = Vec<Arc<Worker>>;
 
 impl PoolState {
-    /// Moves queued requests to workers (idle ones first, then, when
+    /// Moves queued requests to workers (idle ones first, the most recently
+    /// idle of them first, then, when
     /// pipelining, the least loaded one with room) and returns the frames to
     /// write. Keeps the invariant: while the queue is not empty, no worker
     /// that takes requests has room.
     fn fill(&mut self, depth: usize) -> Writes {
         let mut writes: Writes = Vec::new();
         while !self.queue.is_empty() {
-            let target = match self.idle.pop_front() {
+            let target = match self.idle.pop_back() {
                 Some(id) => id,
                 None if depth > 1 => match self.roomiest(depth) {
                     Some(id) => id,
