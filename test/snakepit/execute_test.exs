@@ -157,11 +157,13 @@ defmodule Snakepit.ExecuteTest do
     end
 
     test "a call that times out while queued never reaches a worker", ctx do
-      tasks = for _ <- 1..2, do: Task.async(fn -> exec(ctx, "sleep", %{ms: 300}) end)
+      {gate, release} = TestPools.gate()
+      tasks = for _ <- 1..2, do: Task.async(fn -> exec(ctx, "block_until", %{path: gate}) end)
       # Both workers are busy; this call waits in the queue and gives up there.
       TestPools.wait_until(fn -> Snakepit.get_stats(ctx.pool).busy == 2 end)
       assert {:error, %Error{category: :timeout}} = exec(ctx, "count", %{}, timeout: 20)
-      assert Enum.map(tasks, &Task.await/1) == [{:ok, 300}, {:ok, 300}]
+      release.()
+      assert Enum.map(tasks, &Task.await/1) == [{:ok, "released"}, {:ok, "released"}]
       assert exec(ctx, "echo", %{value: "after"}) == {:ok, "after"}
     end
   end

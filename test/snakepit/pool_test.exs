@@ -177,15 +177,25 @@ defmodule Snakepit.PoolTest do
       pool = opts[:name]
       [os_pid] = os_pids(pool)
 
-      running = Task.async(fn -> Snakepit.execute("sleep", %{ms: 300}, pool: pool) end)
+      {gate, release} = TestPools.gate()
+      running = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
       wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
       queued = Task.async(fn -> Snakepit.execute("echo", %{value: 1}, pool: pool) end)
       wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
-      :ok = stop_supervised(:stopping)
+      # Stopping waits for the running call: release it once the stop is
+      # under way (the pool unpublishes its handle first thing).
+      releaser =
+        Task.async(fn ->
+          wait_until(fn -> Snakepit.Pool.lookup(pool) == nil end)
+          release.()
+        end)
 
-      assert Task.await(running) == {:ok, 300}
+      :ok = stop_supervised(:stopping)
+      Task.await(releaser)
+
       assert {:error, %Error{category: :pool}} = Task.await(queued)
+      assert Task.await(running) == {:ok, "released"}
       refute TestPools.os_alive?(os_pid)
       assert {:error, %Error{category: :pool}} = Snakepit.execute("echo", %{}, pool: pool)
     end

@@ -39,6 +39,16 @@ defmodule Snakepit.TestPools do
     end
   end
 
+  @doc """
+  A gate for the `block_until` test tool: `{path, release}` where calls of
+  `block_until(path)` return once `release.()` has been called.
+  """
+  def gate do
+    path = Path.join(System.tmp_dir!(), "snakepit_gate_#{System.unique_integer([:positive])}")
+    ExUnit.Callbacks.on_exit(fn -> File.rm(path) end)
+    {path, fn -> File.write!(path, "") end}
+  end
+
   def os_alive?(os_pid), do: File.exists?("/proc/#{os_pid}") and not zombie?(os_pid)
 
   defp zombie?(os_pid) do

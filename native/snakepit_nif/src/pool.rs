@@ -358,14 +358,17 @@ impl PoolCore {
             .map(|s| Arc::clone(&s.worker))
     }
 
-    /// Handles one frame from a worker. An `Err` means the worker broke the
-    /// protocol; its reader then treats it as broken.
+    /// Handles one frame from a worker. `Ok(true)` means the frame left the
+    /// worker idle with nothing queued: a moment when its reader may briefly
+    /// poll for the next answer instead of sleeping (see `worker.rs`). An
+    /// `Err` means the worker broke the protocol; its reader then treats it
+    /// as broken.
     pub fn on_frame(
         &self,
         worker: &Worker,
         envelope: Envelope,
         frame: OwnedBinary,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let depth = self.config.pipeline_depth;
         match envelope.kind {
             Kind::Ready => {
@@ -384,10 +387,10 @@ impl PoolCore {
                 };
                 self.notify_with_body(worker.id, atoms::ready(), frame, envelope.body);
                 write_all(writes);
-                Ok(())
+                Ok(false)
             }
             Kind::Result | Kind::Error if envelope.id != 0 => {
-                let (req, writes) = {
+                let (req, writes, now_idle) = {
                     let mut st = self.state.lock();
                     let slot = st
                         .workers
@@ -410,7 +413,12 @@ impl PoolCore {
                         st.stats.python_errors += 1;
                     }
                     st.settle(worker.id);
-                    (req, st.fill(depth))
+                    let writes = st.fill(depth);
+                    let now_idle = st
+                        .workers
+                        .get(&worker.id)
+                        .is_some_and(|s| s.in_flight.is_empty());
+                    (req, writes, now_idle)
                 };
                 // Deliver first: writing the next request wakes the worker,
                 // and on a busy machine the kernel then preempts this thread
@@ -419,18 +427,18 @@ impl PoolCore {
                     deliver(req, envelope, frame);
                 }
                 write_all(writes);
-                Ok(())
+                Ok(now_idle)
             }
             Kind::Error => {
                 // id 0: the worker could not start (e.g. the adapter failed to import).
                 self.notify_with_body(worker.id, atoms::startup_error(), frame, envelope.body);
-                Ok(())
+                Ok(false)
             }
             Kind::Log => {
                 self.notify_with_body(worker.id, atoms::log(), frame, envelope.body);
-                Ok(())
+                Ok(false)
             }
-            Kind::Heartbeat => Ok(()),
+            Kind::Heartbeat => Ok(false),
             Kind::Chunk | Kind::Done | Kind::Result => Err(format!(
                 "sent a {} frame this host does not expect",
                 envelope.kind.as_str()

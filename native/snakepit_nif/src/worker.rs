@@ -20,7 +20,7 @@ use snakepit_wire::protocol;
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,12 +185,17 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
 fn read_loop(
     core: &Arc<PoolCore>,
     worker: &Arc<Worker>,
-    stdout: impl Read,
+    stdout: ChildStdout,
     child: Child,
     stderr_done: Receiver<()>,
 ) {
+    let fd = stdout.as_raw_fd();
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut spin = false;
     let protocol_error = loop {
+        if spin && reader.buffer().is_empty() {
+            spin_until_readable(fd, SPIN);
+        }
         let frame = frame::read_frame(&mut reader, core.config.max_frame, FrameBuf::new);
         let frame = match frame {
             Ok(f) => f.0,
@@ -203,8 +208,9 @@ fn read_loop(
             Ok(env) => env,
             Err(e) => break Some(e.to_string()),
         };
-        if let Err(e) = core.on_frame(worker, envelope, frame) {
-            break Some(e);
+        match core.on_frame(worker, envelope, frame) {
+            Ok(now_idle) => spin = now_idle,
+            Err(e) => break Some(e),
         }
     };
     let exit = reap(worker, child, protocol_error);
@@ -213,6 +219,35 @@ fn read_loop(
     // grandchild that left the process group may hold stderr open.
     let _ = stderr_done.recv_timeout(Duration::from_millis(500));
     core.on_worker_down(worker, &exit);
+}
+
+/// How long a reader polls for the next frame before sleeping in read(2).
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Polls `fd`, yielding the CPU between polls, for up to `limit`. Used only when the last answer left
+/// the worker idle with nothing queued (low load, so a CPU is likely free):
+/// a caller that just got its answer often sends the next call at once, and
+/// that answer then arrives before a sleeping thread would even be woken
+/// (tens of µs on machines whose idle vCPUs halt). Under load the worker is
+/// refilled from the queue at once and the reader sleeps as usual, leaving
+/// the CPU to the workers.
+fn spin_until_readable(fd: std::os::fd::RawFd, limit: Duration) {
+    let start = Instant::now();
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while start.elapsed() < limit {
+        // SAFETY: one valid pollfd, zero timeout.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+            return;
+        }
+        // Let any runnable thread on this CPU (a scheduler, a worker) go
+        // first: the poll only uses time the CPU would otherwise idle.
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
 }
 
 /// Waits for the process to end (killing it if it broke the protocol or

@@ -45,6 +45,16 @@ class TestAdapter(BaseAdapter):
         return ms
 
     @tool
+    def block_until(self, path: str, timeout_ms: int = 10_000) -> str:
+        """Blocks until `path` exists (the test creates it to release the call)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear")
+            time.sleep(0.002)
+        return "released"
+
+    @tool
     def noisy(self, text: str) -> str:
         print(f"printed: {text}")
         os.write(1, b"raw fd 1 write\n")
