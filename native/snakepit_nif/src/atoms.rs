@@ -24,7 +24,6 @@ rustler::atoms! {
     transport,
     pool,
     validation,
-    python,
     // worker events: {:snakepit_worker, id, event, data}
     snakepit_worker,
     ready,
