@@ -67,23 +67,21 @@ impl Request {
         }
     }
 
-    /// Sends `{tag, status, payload}` to the caller, consuming the request.
+    /// Sends `{tag, ...}` to the caller, consuming the request: `build`
+    /// returns the elements that follow the tag.
     ///
     /// `from` is the calling process's env when on a scheduler thread (inside
     /// a NIF), `None` on the pool's own threads.
-    /// `build` returns the status and a tuple of payload elements, which
-    /// are appended to the message after the tag and status.
     pub fn reply<F>(self, from: Option<Env>, build: F)
     where
-        F: for<'a> FnOnce(Env<'a>) -> (rustler::Atom, Term<'a>),
+        F: for<'a> FnOnce(Env<'a>) -> Vec<Term<'a>>,
     {
         let Request {
             env, tag, caller, ..
         } = self;
         env.run(|e| {
-            let (status, payload) = build(e);
-            let mut items = vec![tag.load(e), status.encode(e)];
-            items.extend(rustler::types::tuple::get_tuple(payload).expect("payload tuple"));
+            let mut items = vec![tag.load(e)];
+            items.extend(build(e));
             let msg = make_tuple(e, &items);
             send_raw(from, &caller, e, msg);
         });
@@ -105,7 +103,7 @@ impl Request {
     {
         self.reply(from, |e| {
             let err = make_tuple(e, &[category.encode(e), message.encode(e), details(e)]);
-            (atoms::error(), make_tuple(e, &[err]))
+            vec![atoms::error().encode(e), err]
         });
     }
 }
@@ -203,11 +201,19 @@ impl PoolState {
             } else {
                 req.frame.clone()
             };
-            slot.in_flight.push_back(req);
             // Enqueued under the pool's lock, so frames reach each pipe in the
-            // order of `in_flight`. A closed stdin means the worker is gone:
-            // its reader answers or requeues what it had.
-            let _ = slot.worker.writer.enqueue(frame);
+            // order of `in_flight`.
+            if let Err(frame) = slot.worker.writer.enqueue(frame) {
+                // Its stdin is closed: the worker is on its way out (its reader
+                // reports the exit). The request never reached it: put it
+                // back and take this worker out of the rotation.
+                slot.stopping = true;
+                req.frame = frame;
+                self.queue.push_front(req);
+                self.idle.retain(|&id| id != target);
+                continue;
+            }
+            slot.in_flight.push_back(req);
             if !writes.iter().any(|w| w.id == target) {
                 writes.push(Arc::clone(&slot.worker));
             }
@@ -661,7 +667,7 @@ fn deliver(req: Request, envelope: Envelope, frame: OwnedBinary) {
         } else {
             atoms::python_error()
         };
-        let bin = frame.release(e).encode(e);
-        (status, make_tuple(e, &[bin, envelope.body.encode(e)]))
+        let frame = frame.release(e).encode(e);
+        vec![status.encode(e), frame, envelope.body.encode(e)]
     });
 }

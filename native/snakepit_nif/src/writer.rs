@@ -68,11 +68,12 @@ impl Writer {
     }
 
     /// Adds a frame (or several, back to back) behind those already queued.
-    /// No syscall: safe to call under the pool's lock.
-    pub fn enqueue(&self, frame: Vec<u8>) -> Result<(), Closed> {
+    /// No syscall: safe to call under the pool's lock. A closed stdin hands
+    /// the frame back.
+    pub fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
         let mut state = self.state.lock();
         if state.fd.is_none() || state.close_when_drained {
-            return Err(Closed);
+            return Err(frame);
         }
         state.pending.push_back(frame);
         Ok(())
@@ -117,7 +118,7 @@ impl Writer {
 
     /// `enqueue` then `flush`, for frames sent outside the pool's lock.
     pub fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
-        self.enqueue(frame)?;
+        self.enqueue(frame).map_err(|_| Closed)?;
         self.flush();
         Ok(())
     }
