@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from . import codec
 
@@ -64,7 +64,7 @@ class Channel:
             _writev_all(self._out_fd, data)
 
 
-def _writev_all(fd: int, parts: list) -> None:
+def _writev_all(fd: int, parts: List[bytes]) -> None:
     views = [memoryview(p) for p in parts]
     while views:
         written = os.writev(fd, views)

@@ -6,7 +6,7 @@ bytes, non-string map keys allowed, sets and array-likes sent as arrays.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 __all__ = ["NAME", "packb", "unpackb"]
 
@@ -37,10 +37,10 @@ try:
 
     NAME = "ormsgpack"
 except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
-    import msgpack
+    import msgpack  # type: ignore[import-untyped]
 
     def packb(obj: Any) -> bytes:
-        return msgpack.packb(obj, use_bin_type=True, default=_default)
+        return cast(bytes, msgpack.packb(obj, use_bin_type=True, default=_default))
 
     def unpackb(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)

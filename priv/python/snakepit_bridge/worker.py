@@ -171,7 +171,7 @@ def _text(value: Any) -> Optional[str]:
 def _salvage_id(raw: bytes) -> int:
     """The id of a frame whose body cannot be decoded, if its envelope can."""
     try:
-        import msgpack
+        import msgpack  # type: ignore[import-untyped]
 
         unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, use_list=False)
         unpacker.feed(raw)
