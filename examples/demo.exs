@@ -3,6 +3,10 @@
 #
 #   mix run --no-start examples/demo.exs
 
+# Quiet OTP's notice when the demo stops the application at the end.
+Logger.configure(level: :info)
+:logger.set_application_level(:kernel, :warning)
+
 Application.put_env(:snakepit, :pools,
   default: [adapter: "snakepit_bridge.examples.demo.DemoAdapter", size: 2]
 )
