@@ -56,6 +56,31 @@ defmodule Snakepit.PackagingTest do
     assert out =~ "left alive: []"
   end
 
+  test "a library built for another ABI is refused as stale, with how to rebuild it" do
+    # Snakepit's code laid out as an app whose priv/ holds the real library, with
+    # Snakepit.Native recompiled to expect another ABI version.
+    lib = tmp_dir("snakepit_stale_nif")
+    ebin = Path.join(lib, "snakepit/ebin")
+    File.mkdir_p!(ebin)
+    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
+    File.ln_s!(Path.join(@root, "priv"), Path.join(lib, "snakepit/priv"))
+
+    source =
+      File.read!(Path.join(@root, "lib/snakepit/native.ex"))
+      |> String.replace(~r/@abi_version \d+/, "@abi_version 999")
+
+    # Compiled by a separate `elixirc`, so this VM's Snakepit.Native is untouched.
+    patched = Path.join(lib, "native.ex")
+    File.write!(patched, source)
+    {_, 0} = System.cmd("elixirc", ["-o", ebin, patched], stderr_to_stdout: true)
+
+    script = ~s|IO.inspect(Snakepit.Native.status(), label: "status")|
+    {out, 0} = System.cmd("elixir", ["-pa", ebin, "-e", script], stderr_to_stdout: true)
+    assert out =~ "is stale"
+    assert out =~ "this code expects 999"
+    assert out =~ "mix compile --force"
+  end
+
   test "without the native library, a pool refuses to start and says how to fix it" do
     # Snakepit's compiled code, laid out as an app with an empty priv/.
     lib = tmp_dir("snakepit_no_nif")
