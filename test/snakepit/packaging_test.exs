@@ -13,6 +13,22 @@ defmodule Snakepit.PackagingTest do
     dir
   end
 
+  # Snakepit's compiled code laid out as an app in a temp dir, for a separate
+  # `elixir -pa ebin`: its priv/ is a link to the real one, or empty.
+  defp snakepit_app(name, priv) do
+    lib = tmp_dir(name)
+    ebin = Path.join(lib, "snakepit/ebin")
+    File.mkdir_p!(ebin)
+    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
+
+    case priv do
+      :real_priv -> File.ln_s!(Path.join(@root, "priv"), Path.join(lib, "snakepit/priv"))
+      :empty_priv -> File.mkdir_p!(Path.join(lib, "snakepit/priv"))
+    end
+
+    {lib, ebin}
+  end
+
   @tag timeout: 180_000
   test "a Mix app with {:snakepit, path: ...} builds, loads the NIF and calls Python" do
     app = tmp_dir("snakepit_user_app")
@@ -57,13 +73,9 @@ defmodule Snakepit.PackagingTest do
   end
 
   test "a library built for another ABI is refused as stale, with how to rebuild it" do
-    # Snakepit's code laid out as an app whose priv/ holds the real library, with
-    # Snakepit.Native recompiled to expect another ABI version.
-    lib = tmp_dir("snakepit_stale_nif")
-    ebin = Path.join(lib, "snakepit/ebin")
-    File.mkdir_p!(ebin)
-    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
-    File.ln_s!(Path.join(@root, "priv"), Path.join(lib, "snakepit/priv"))
+    # Snakepit's code with the real library, and Snakepit.Native recompiled to
+    # expect another ABI version.
+    {lib, ebin} = snakepit_app("snakepit_stale_nif", :real_priv)
 
     source =
       File.read!(Path.join(@root, "lib/snakepit/native.ex"))
@@ -82,12 +94,8 @@ defmodule Snakepit.PackagingTest do
   end
 
   test "without the native library, a pool refuses to start and says how to fix it" do
-    # Snakepit's compiled code, laid out as an app with an empty priv/.
-    lib = tmp_dir("snakepit_no_nif")
-    ebin = Path.join(lib, "snakepit/ebin")
-    File.mkdir_p!(ebin)
-    File.mkdir_p!(Path.join(lib, "snakepit/priv"))
-    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
+    # Snakepit's compiled code with an empty priv/.
+    {_lib, ebin} = snakepit_app("snakepit_no_nif", :empty_priv)
 
     script = """
     {:ok, _} = Application.ensure_all_started(:snakepit)

@@ -92,12 +92,7 @@ fn pool_start_worker<'a>(
     vars: Vec<(String, String)>,
     cwd: Option<String>,
 ) -> Term<'a> {
-    if pool.core.is_closed() || pool.core.has_worker(id) {
-        let why = if pool.core.is_closed() {
-            "the pool is closed"
-        } else {
-            "a worker with this id is running"
-        };
+    if let Some(why) = pool.core.refuse_worker(id) {
         return (atoms::error(), why).encode(env);
     }
     let spec = WorkerSpec {

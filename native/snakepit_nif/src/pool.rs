@@ -287,8 +287,16 @@ impl PoolCore {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
+    /// Why a worker with this id cannot be started now, if it cannot.
+    pub fn refuse_worker(&self, id: u64) -> Option<&'static str> {
+        let st = self.state.lock();
+        if st.closed {
+            Some("the pool is closed")
+        } else if st.workers.contains_key(&id) {
+            Some("a worker with this id is running")
+        } else {
+            None
+        }
     }
 
     /// Queues a request behind those already waiting and dispatches what can be.
@@ -350,10 +358,6 @@ impl PoolCore {
                 requests: 0,
             },
         );
-    }
-
-    pub fn has_worker(&self, id: u64) -> bool {
-        self.state.lock().workers.contains_key(&id)
     }
 
     pub fn worker(&self, id: u64) -> Option<Arc<Worker>> {

@@ -254,11 +254,13 @@ fn spin_until_readable(fd: std::os::fd::RawFd, limit: Duration) {
 /// lingers after closing stdout), kills what is left of its group, and
 /// returns how it ended.
 fn reap(worker: &Worker, mut child: Child, protocol_error: Option<String>) -> ExitInfo {
-    if protocol_error.is_some() || !wait_exit(worker.os_pid, Duration::from_millis(2000)) {
-        worker.kill();
+    // A broken worker is killed at once; one that closed stdout gets a moment
+    // to exit by itself (so its own status is reported). Either way one
+    // SIGKILL to the group then takes the leader if it still runs and every
+    // child it left; the unreaped leader keeps the pgid from being reused.
+    if protocol_error.is_none() {
+        wait_exit(worker.os_pid, Duration::from_millis(2000));
     }
-    // The leader is dead but not yet reaped, so the pgid cannot be reused:
-    // kill whatever children it left in its group, then reap it.
     worker.kill();
     let status = {
         let mut alive = worker.alive.lock();
@@ -274,13 +276,13 @@ fn reap(worker: &Worker, mut child: Child, protocol_error: Option<String>) -> Ex
     }
 }
 
-/// True once `pid` has exited (without reaping it), false after `timeout`.
-fn wait_exit(pid: u32, timeout: Duration) -> bool {
+/// Waits until `pid` has exited (without reaping it), or `timeout` passes.
+fn wait_exit(pid: u32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     // SAFETY: pidfd_open returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
     if pidfd < 0 {
-        return false;
+        return; // already gone
     }
     // SAFETY: pidfd is a fresh fd we own.
     let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) };
@@ -293,11 +295,8 @@ fn wait_exit(pid: u32, timeout: Duration) -> bool {
         };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
-        if n > 0 {
-            return true;
-        }
-        if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
         }
     }
 }
