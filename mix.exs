@@ -1,28 +1,29 @@
 defmodule Mix.Tasks.Compile.SnakepitNative do
   # Defined here, not under lib/: a compiler must exist before lib/ is compiled.
   @moduledoc """
-  Builds Snakepit's Rust NIF with cargo and installs it as
-  `priv/native/libsnakepit_nif.so`.
+  Builds Snakepit's Rust crates with cargo and installs the NIF as
+  `priv/native/libsnakepit_nif.so` and the worker shepherd as
+  `priv/native/snakepit_shepherd`.
 
   Cargo runs only when a file under `native/` (or the workspace's `Cargo.toml`
-  / `Cargo.lock`) is newer than the installed library. The new library is
-  written beside the old one and renamed over it: overwriting a loaded shared
-  object in place can crash the VM.
+  / `Cargo.lock`) is newer than an installed file. Each new file is written
+  beside the old one and renamed over it: overwriting a loaded shared object
+  (or a running executable) in place can crash it.
 
   Environment: `SNAKEPIT_CARGO` names the cargo binary (default: `cargo` on
   the PATH, then `~/.cargo/bin/cargo`).
   """
   use Mix.Task.Compiler
 
-  @lib "libsnakepit_nif.so"
+  @artifacts ["libsnakepit_nif.so", "snakepit_shepherd"]
 
   @impl true
   def run(_args) do
     root = Path.dirname(__ENV__.file)
-    installed = Path.join([root, "priv", "native", @lib])
+    installed = Enum.map(@artifacts, &Path.join([root, "priv", "native", &1]))
 
-    if stale?(root, installed) do
-      build(root, installed)
+    if Enum.any?(installed, &stale?(root, &1)) do
+      build(root)
       {:ok, []}
     else
       {:noop, []}
@@ -54,14 +55,16 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     end
   end
 
-  defp build(root, installed) do
+  defp build(root) do
     cargo = cargo!()
-    args = ["build", "--release", "--locked", "-p", "snakepit_nif"]
+    args = ["build", "--release", "--locked", "-p", "snakepit_nif", "-p", "snakepit_shepherd"]
     Mix.shell().info("Compiling Snakepit native core (cargo #{Enum.join(args, " ")})")
 
     case System.cmd(cargo, args, cd: root, stderr_to_stdout: true) do
       {_out, 0} ->
-        install(Path.join([root, "target", "release", @lib]), installed)
+        for name <- @artifacts do
+          install(Path.join([root, "target", "release", name]), Path.join([root, "priv", "native", name]))
+        end
 
       {out, status} ->
         Mix.raise("""
@@ -76,6 +79,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     File.mkdir_p!(Path.dirname(installed))
     tmp = installed <> ".tmp#{System.unique_integer([:positive])}"
     File.cp!(built, tmp)
+    File.chmod!(tmp, File.stat!(built).mode)
     File.rename!(tmp, installed)
   end
 

@@ -52,6 +52,7 @@ defmodule Snakepit do
   @type execute_opt ::
           {:pool, atom()}
           | {:timeout, timeout()}
+          | {:queue_timeout, timeout()}
           | {:session_id, String.t() | nil}
 
   @doc """
@@ -63,7 +64,12 @@ defmodule Snakepit do
   - `:timeout` - milliseconds to wait for the answer, queueing included,
     or `:infinity` (default `#{@default_timeout}`). On timeout the worker
     is told to cancel and the caller gets a `:timeout` error; a late
-    answer is dropped, never delivered;
+    answer is dropped, never delivered (see "Timeouts and cancellation" in
+    `Snakepit.Config`);
+  - `:queue_timeout` - milliseconds the call may wait for a free worker
+    (default: the pool's `:queue_timeout`, itself `:infinity` by default).
+    Past it the call leaves the queue with a `:timeout` error whose details
+    have `queue: true`;
   - `:session_id` - a string passed to the worker with the call.
 
   `args` is a map (or a keyword list); its keys become the tool's keyword
@@ -82,18 +88,20 @@ defmodule Snakepit do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     session_id = Keyword.get(opts, :session_id)
 
-    with {:ok, {handle, counters}} <- fetch_pool(pool),
+    with {:ok, {handle, counters, pool_queue_timeout}} <- fetch_pool(pool),
          {:ok, tool} <- check_command(command),
          {:ok, args} <- check_args(args),
-         :ok <- check_timeout(timeout),
+         :ok <- check_timeout(:timeout, timeout),
+         queue_timeout = Keyword.get(opts, :queue_timeout, pool_queue_timeout),
+         :ok <- check_timeout(:queue_timeout, queue_timeout),
          :ok <- check_session(session_id) do
-      call(handle, counters, tool, args, session_id, timeout)
+      call(handle, counters, tool, args, session_id, timeout, queue_timeout)
     end
   end
 
   # make_ref/0 and the receive stay in one function so the VM only scans
   # messages that arrived after the ref was made (the receive optimization).
-  defp call(handle, counters, tool, args, session_id, timeout) do
+  defp call(handle, counters, tool, args, session_id, timeout, queue_timeout) do
     tag = make_ref()
 
     submitted =
@@ -104,35 +112,68 @@ defmodule Snakepit do
 
     case submitted do
       {:ok, request_id} ->
+        first_wait = min(queue_timeout, timeout)
+
         receive do
           {^tag, status, frame, offset} -> answer(status, frame, offset)
           {^tag, :error, reason} -> {:error, Error.from_native(reason)}
         after
-          timeout ->
-            case Native.cancel(handle, request_id) do
-              :cancelled ->
-                Pool.count_timeout(counters)
-
-                {:error,
-                 Error.timeout("no answer from #{inspect(tool)} within #{timeout} ms", %{
-                   tool: tool,
-                   timeout: timeout
-                 })}
-
-              :replied ->
-                receive do
-                  {^tag, status, frame, offset} -> answer(status, frame, offset)
-                  {^tag, :error, reason} -> {:error, Error.from_native(reason)}
-                after
-                  @reply_in_flight_wait ->
-                    {:error,
-                     Error.transport("the reply to #{inspect(tool)} was lost", %{tool: tool})}
-                end
+          first_wait ->
+            if first_wait == timeout do
+              timed_out(handle, counters, tag, request_id, tool, timeout)
+            else
+              queue_timed_out(handle, counters, tag, request_id, tool, timeout, queue_timeout)
             end
         end
 
       {:error, reason} ->
         {:error, Error.from_native(reason)}
+    end
+  end
+
+  # The call waited `queue_timeout` ms: it leaves the queue, unless a worker
+  # has it already; then it gets the rest of its `timeout`.
+  defp queue_timed_out(handle, counters, tag, request_id, tool, timeout, queue_timeout) do
+    if Native.dequeue(handle, request_id) do
+      Pool.count_timeout(counters, :queue)
+
+      {:error,
+       Error.timeout(
+         "no worker was free for #{inspect(tool)} within #{queue_timeout} ms (:queue_timeout)",
+         %{tool: tool, timeout: queue_timeout, queue: true}
+       )}
+    else
+      rest = if timeout == :infinity, do: :infinity, else: timeout - queue_timeout
+
+      receive do
+        {^tag, status, frame, offset} -> answer(status, frame, offset)
+        {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+      after
+        rest -> timed_out(handle, counters, tag, request_id, tool, timeout)
+      end
+    end
+  end
+
+  defp timed_out(handle, counters, tag, request_id, tool, timeout) do
+    case Native.cancel(handle, request_id) do
+      replied when replied == :replied ->
+        receive do
+          {^tag, status, frame, offset} -> answer(status, frame, offset)
+          {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+        after
+          @reply_in_flight_wait ->
+            {:error, Error.transport("the reply to #{inspect(tool)} was lost", %{tool: tool})}
+        end
+
+      cancelled when cancelled in [:cancelled, :running] ->
+        Pool.count_timeout(counters, :call)
+
+        {:error,
+         Error.timeout("no answer from #{inspect(tool)} within #{timeout} ms", %{
+           tool: tool,
+           timeout: timeout,
+           queue: cancelled == :cancelled
+         })}
     end
   end
 
@@ -194,28 +235,44 @@ defmodule Snakepit do
   (accepted calls), `:completed` (answered with a result), `:python_errors`,
   `:worker_errors`, `:transport_errors`, `:cancelled` (given up by their
   callers), `:requeued` (queued again after their worker died before
-  starting them), `:timeouts`, `:restarts`.
+  starting them), `:rejected` (refused because the queue held `:max_queue`
+  calls), `:timeouts` (calls that timed out), `:queue_timeouts` (calls that
+  left the queue at their `:queue_timeout`), `:restarts` (workers replaced
+  after a crash), `:recycles` (workers replaced by `:max_requests`,
+  `:max_age` or `:max_memory_mb`), and `:errors`, the error answers by
+  category: `%{python: _, worker: _, transport: _, timeout: _, pool: _}`.
   Returns `{:error, %Snakepit.Error{category: :pool}}` for an unknown pool.
   """
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ :default) do
-    with {:ok, {handle, counters}} <- fetch_pool(pool) do
-      Map.merge(Native.pool_stats(handle), Pool.counters(counters))
+    with {:ok, {handle, counters, _}} <- fetch_pool(pool) do
+      stats = Map.merge(Native.pool_stats(handle), Pool.counters(counters))
+
+      errors = %{
+        python: stats.python_errors,
+        worker: stats.worker_errors,
+        transport: stats.transport_errors,
+        timeout: stats.timeouts + stats.queue_timeouts,
+        pool: stats.rejected
+      }
+
+      Map.put(stats, :errors, errors)
     end
   end
 
   @doc """
   The workers of a pool, ordered by id: `:worker_id`, `:os_pid`, `:state`
   (`:starting | :idle | :busy | :stopping`), `:in_flight` (calls written to
-  it), `:requests` served and `:age_ms`.
+  it), `:requests` served, `:age_ms`, and `:rss_bytes` (resident memory of
+  the worker process, from `/proc`; `nil` if it cannot be read).
 
       iex> [first | _] = Snakepit.list_workers()
       iex> Map.keys(first) |> Enum.sort()
-      [:age_ms, :in_flight, :os_pid, :requests, :state, :worker_id]
+      [:age_ms, :in_flight, :os_pid, :requests, :rss_bytes, :state, :worker_id]
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do
-    with {:ok, {handle, _}} <- fetch_pool(pool) do
+    with {:ok, {handle, _, _}} <- fetch_pool(pool) do
       Native.pool_workers(handle)
     end
   end
@@ -286,14 +343,14 @@ defmodule Snakepit do
   defp check_args(args),
     do: {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
 
-  defp check_timeout(:infinity), do: :ok
-  defp check_timeout(t) when is_integer(t) and t >= 0, do: :ok
+  defp check_timeout(_, :infinity), do: :ok
+  defp check_timeout(_, t) when is_integer(t) and t >= 0, do: :ok
 
-  defp check_timeout(t),
+  defp check_timeout(key, t),
     do:
       {:error,
        Error.validation(
-         "the :timeout must be a non-negative integer or :infinity, got: #{inspect(t)}"
+         "the #{inspect(key)} must be a non-negative integer or :infinity, got: #{inspect(t)}"
        )}
 
   defp check_session(nil), do: :ok

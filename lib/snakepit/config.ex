@@ -18,6 +18,50 @@ defmodule Snakepit.Config do
   | `:max_frame_bytes` | `67_108_864` (64 MiB)      | largest message in either direction              |
   | `:startup_timeout` | `30_000`                   | ms to wait for the first worker's handshake      |
   | `:pipeline_depth`  | `1`                        | most calls written to one worker at a time       |
+  | `:queue_timeout`   | `:infinity`                | ms a call may wait for a worker (per call too)   |
+  | `:max_queue`       | `10_000`                   | most calls waiting; past it calls fail at once   |
+  | `:cancel_grace`    | `2_000`                    | ms a worker gets to stop a timed-out call        |
+  | `:heartbeat_interval` | `5_000`                 | ms between heartbeats, or `:infinity` for none   |
+  | `:heartbeat_misses` | `3`                       | unanswered heartbeats in a row before a kill     |
+  | `:max_requests`    | `:infinity`                | calls a worker serves before it is recycled      |
+  | `:max_age`         | `:infinity`                | ms a worker lives before it is recycled          |
+  | `:max_memory_mb`   | `:infinity`                | resident memory (MiB) past which it is recycled  |
+  | `:startup_batch_size` | `8`                     | workers starting at the same time                |
+  | `:max_start_failures` | `5`                     | failed starts in a row before the pool gives up  |
+  | `:shutdown_timeout` | `5_000`                   | ms stopping waits for running calls              |
+
+  ### Timeouts and cancellation
+
+  A call's `:timeout` (see `Snakepit.execute/3`) counts from the call,
+  queueing included; `:queue_timeout` bounds the part spent waiting for a
+  worker. Past either, the caller gets a `:timeout` error. A call that timed
+  out while running is cancelled: the bridge raises
+  `snakepit_bridge.CallCancelled` in the tool (this interrupts Python code,
+  not a blocking C call), and a worker that is still busy with it
+  `:cancel_grace` ms later is killed and replaced. A caller that dies
+  gives up its call the same way. Its late answer is never delivered.
+
+  ### Health and recycling
+
+  Every `:heartbeat_interval` ms each ready worker gets a heartbeat on its
+  control pipe, answered by a thread of the bridge even while a call runs.
+  A worker that misses `:heartbeat_misses` in a row (frozen, or stuck in C
+  code holding the GIL) is killed and replaced. Workers are also recycled,
+  drained of their calls first, after `:max_requests` calls, `:max_age` ms,
+  or once their resident memory passes `:max_memory_mb` (checked every
+  second; age and memory recycle one worker at a time, so capacity never
+  drops by more than one).
+
+  ### Starting and stopping
+
+  Workers start `:startup_batch_size` at a time, so a large pool does not
+  fork-storm a small machine. A worker that exits before its handshake is
+  restarted with backoff (50 ms doubling to 10 s); after
+  `:max_start_failures` failures in a row the pool stops with an error.
+  Stopping a pool answers queued calls with a `:pool` error, lets running
+  ones finish for up to `:shutdown_timeout` ms, then sends SIGTERM to each
+  worker's process group, and SIGKILL a second later. Each worker's shepherd
+  then kills anything the worker started, however deeply nested.
 
   ### Pipelining
 
@@ -56,7 +100,18 @@ defmodule Snakepit.Config do
           cwd: String.t() | nil,
           max_frame_bytes: pos_integer(),
           startup_timeout: pos_integer(),
-          pipeline_depth: pos_integer()
+          pipeline_depth: pos_integer(),
+          queue_timeout: timeout(),
+          max_queue: pos_integer(),
+          cancel_grace: non_neg_integer(),
+          heartbeat_interval: timeout(),
+          heartbeat_misses: pos_integer(),
+          max_requests: pos_integer() | :infinity,
+          max_age: pos_integer() | :infinity,
+          max_memory_mb: pos_integer() | :infinity,
+          startup_batch_size: pos_integer(),
+          max_start_failures: pos_integer(),
+          shutdown_timeout: non_neg_integer()
         }
 
   @enforce_keys [:adapter]
@@ -69,7 +124,18 @@ defmodule Snakepit.Config do
             cwd: nil,
             max_frame_bytes: 64 * 1024 * 1024,
             startup_timeout: 30_000,
-            pipeline_depth: 1
+            pipeline_depth: 1,
+            queue_timeout: :infinity,
+            max_queue: 10_000,
+            cancel_grace: 2_000,
+            heartbeat_interval: 5_000,
+            heartbeat_misses: 3,
+            max_requests: :infinity,
+            max_age: :infinity,
+            max_memory_mb: :infinity,
+            startup_batch_size: 8,
+            max_start_failures: 5,
+            shutdown_timeout: 5_000
 
   @max_frame_limit 0xFFFF_FFFF
   @known [
@@ -82,7 +148,18 @@ defmodule Snakepit.Config do
     :cwd,
     :max_frame_bytes,
     :startup_timeout,
-    :pipeline_depth
+    :pipeline_depth,
+    :queue_timeout,
+    :max_queue,
+    :cancel_grace,
+    :heartbeat_interval,
+    :heartbeat_misses,
+    :max_requests,
+    :max_age,
+    :max_memory_mb,
+    :startup_batch_size,
+    :max_start_failures,
+    :shutdown_timeout
   ]
 
   @doc "The option names a pool accepts."
@@ -197,6 +274,36 @@ defmodule Snakepit.Config do
 
   defp check(:startup_timeout, v) when is_integer(v) and v > 0, do: {:ok, v}
   defp check(:startup_timeout, _), do: {:error, "a positive integer (milliseconds)"}
+
+  defp check(key, :infinity)
+       when key in [:queue_timeout, :heartbeat_interval, :max_requests, :max_age, :max_memory_mb],
+       do: {:ok, :infinity}
+
+  defp check(key, v)
+       when key in [
+              :queue_timeout,
+              :max_queue,
+              :heartbeat_interval,
+              :heartbeat_misses,
+              :max_requests,
+              :max_age,
+              :max_memory_mb,
+              :startup_batch_size,
+              :max_start_failures
+            ] and is_integer(v) and v > 0,
+       do: {:ok, v}
+
+  defp check(key, _)
+       when key in [:queue_timeout, :heartbeat_interval, :max_requests, :max_age, :max_memory_mb],
+       do: {:error, "a positive integer or :infinity"}
+
+  defp check(key, v) when key in [:cancel_grace, :shutdown_timeout] and is_integer(v) and v >= 0,
+    do: {:ok, v}
+
+  defp check(key, _) when key in [:cancel_grace, :shutdown_timeout],
+    do: {:error, "a non-negative integer (milliseconds)"}
+
+  defp check(_key, _), do: {:error, "a positive integer"}
 
   defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
   defp env_pair?(_), do: false

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 3
+  @abi_version 4
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -53,6 +53,10 @@ defmodule Snakepit.Native do
       hint
   end
 
+  @doc "Path of the shepherd executable that runs each worker (native/snakepit_shepherd)."
+  @spec shepherd() :: String.t()
+  def shepherd, do: Path.join(:code.priv_dir(:snakepit), "native/snakepit_shepherd")
+
   @doc "`:ok`, or `{:error, message}` saying why the NIF is not loaded and how to fix it."
   @spec status() :: :ok | {:error, String.t()}
   def status, do: :persistent_term.get(@status_key, {:error, "Snakepit.Native was never loaded"})
@@ -69,17 +73,25 @@ defmodule Snakepit.Native do
   @doc false
   def abi_version, do: :erlang.nif_error(:not_loaded)
 
-  def pool_new(_owner, _max_frame, _pipeline_depth), do: :erlang.nif_error(why())
+  def pool_new(_owner, _opts), do: :erlang.nif_error(why())
   def pool_start_worker(_pool, _id, _program, _argv, _env, _cwd), do: :erlang.nif_error(why())
   def pool_stop_worker(_pool, _id), do: :erlang.nif_error(why())
-  def pool_kill_worker(_pool, _id), do: :erlang.nif_error(why())
+  def pool_recycle_worker(_pool, _id, _why), do: :erlang.nif_error(why())
+  def pool_kill_worker(_pool, _id, _why), do: :erlang.nif_error(why())
   def pool_close(_pool), do: :erlang.nif_error(why())
+  def pool_terminate_all(_pool), do: :erlang.nif_error(why())
   def pool_kill_all(_pool), do: :erlang.nif_error(why())
+  def pool_heartbeat(_pool, _max_missed), do: :erlang.nif_error(why())
+  def pool_expire(_pool, _worker_id, _request_id), do: :erlang.nif_error(why())
   def pool_stats(_pool), do: :erlang.nif_error(why())
   def pool_workers(_pool), do: :erlang.nif_error(why())
   def submit(_pool, _tag, _tool, _args, _session_id), do: :erlang.nif_error(why())
   def submit_dirty(_pool, _tag, _tool, _args, _session_id), do: :erlang.nif_error(why())
   def cancel(_pool, _request_id), do: :erlang.nif_error(why())
+  def dequeue(_pool, _request_id), do: :erlang.nif_error(why())
+  def reap_orphans, do: :erlang.nif_error(why())
+  def marked_processes(_mark), do: :erlang.nif_error(why())
+  def owner_mark, do: :erlang.nif_error(why())
   def codec_roundtrip(_term), do: :erlang.nif_error(why())
   def decode(_binary, _offset), do: :erlang.nif_error(why())
   def decode_dirty(_binary, _offset), do: :erlang.nif_error(why())

@@ -35,18 +35,32 @@ defmodule Snakepit.Pool do
 
   ## Startup
 
-  All workers are spawned at once. `start_link/1` returns when the first of
-  them has finished its handshake, so a pool whose adapter cannot be imported
-  fails to start with the Python error in its message, instead of being
-  restarted forever by its supervisor. Calls made while other workers are
-  still starting wait in the queue; `Snakepit.await_ready/2` waits for all.
+  Workers are spawned `:startup_batch_size` at a time; each handshake lets
+  the next one start. `start_link/1` returns when the first worker has
+  finished its handshake, so a pool whose adapter cannot be imported fails
+  to start with the Python error in its message, instead of being restarted
+  forever by its supervisor. Calls made while other workers are still
+  starting wait in the queue; `Snakepit.await_ready/2` waits for all.
+
+  ## Failures
+
+  The native side answers the calls of a worker that dies; this process
+  restarts it with backoff (50 ms doubling to 10 s, reset by a handshake).
+  A slot whose worker fails to start `:max_start_failures` times in a row
+  stops the pool. It also drives the timers of the data plane: heartbeats
+  (`Snakepit.Native.pool_heartbeat/2`), the grace period of cancelled calls
+  (the native side reports each with a `:cancelled` event), and recycling
+  by age and memory.
 
   ## Stopping
 
   On shutdown the pool stops taking calls, answers queued ones with a
   `:pool` error, closes every worker's stdin (the bridge exits at EOF after
-  its current call), waits up to 5 s, then kills what is left, process
-  groups included.
+  its current call), waits up to `:shutdown_timeout`, then sends SIGTERM to
+  every worker's process group, and SIGKILL a second later. Each worker's
+  shepherd (`native/snakepit_shepherd`) then kills whatever the worker
+  started and reaps it all. If the BEAM itself dies, the shepherds see
+  their lifeline close and do the same.
   """
 
   use GenServer
@@ -54,12 +68,16 @@ defmodule Snakepit.Pool do
 
   alias Snakepit.{Config, Error, Native}
 
-  @shutdown_wait 5_000
   @max_backoff 10_000
+  @kill_wait 1_000
+  @recycle_check 1_000
   @protocol_version 1
   # Indices into the pool's :counters (read by Snakepit.get_stats/1).
   @restarts 1
   @timeouts 2
+  @queue_timeouts 3
+  @recycles 4
+  @counter_count 4
 
   @doc false
   @spec child_spec(keyword()) :: Supervisor.child_spec()
@@ -67,7 +85,7 @@ defmodule Snakepit.Pool do
     %{
       id: {__MODULE__, Keyword.get(opts, :name, :default)},
       start: {__MODULE__, :start_link, [opts]},
-      shutdown: @shutdown_wait + 1_000
+      shutdown: Keyword.get(opts, :shutdown_timeout, 5_000) + 3 * @kill_wait + 5_000
     }
   end
 
@@ -87,22 +105,26 @@ defmodule Snakepit.Pool do
   end
 
   @doc """
-  The native handle and counters of a running pool, or `nil`.
+  The native handle, counters and default `:queue_timeout` of a running
+  pool, or `nil`.
   """
-  @spec lookup(atom()) :: {reference(), :counters.counters_ref()} | nil
+  @spec lookup(atom()) :: {reference(), :counters.counters_ref(), timeout()} | nil
   def lookup(name), do: :persistent_term.get({__MODULE__, name}, nil)
 
   @doc false
-  @spec count_timeout(:counters.counters_ref()) :: :ok
-  def count_timeout(counters), do: :counters.add(counters, @timeouts, 1)
+  @spec count_timeout(:counters.counters_ref(), :call | :queue) :: :ok
+  def count_timeout(counters, :call), do: :counters.add(counters, @timeouts, 1)
+  def count_timeout(counters, :queue), do: :counters.add(counters, @queue_timeouts, 1)
 
   @doc false
-  @spec counters(:counters.counters_ref()) :: %{
-          restarts: non_neg_integer(),
-          timeouts: non_neg_integer()
-        }
+  @spec counters(:counters.counters_ref()) :: %{atom() => non_neg_integer()}
   def counters(ref) do
-    %{restarts: :counters.get(ref, @restarts), timeouts: :counters.get(ref, @timeouts)}
+    %{
+      restarts: :counters.get(ref, @restarts),
+      timeouts: :counters.get(ref, @timeouts),
+      queue_timeouts: :counters.get(ref, @queue_timeouts),
+      recycles: :counters.get(ref, @recycles)
+    }
   end
 
   @doc """
@@ -124,8 +146,18 @@ defmodule Snakepit.Pool do
 
   defp native_ready do
     case Native.status() do
-      :ok -> :ok
-      {:error, message} -> {:error, Error.pool(message)}
+      :ok ->
+        if File.exists?(Native.shepherd()),
+          do: :ok,
+          else:
+            {:error,
+             Error.pool(
+               "Snakepit's worker shepherd #{Native.shepherd()} does not exist: it is built " <>
+                 "by `mix compile`. Rebuild with `mix compile --force`."
+             )}
+
+      {:error, message} ->
+        {:error, Error.pool(message)}
     end
   end
 
@@ -149,35 +181,70 @@ defmodule Snakepit.Pool do
   @impl true
   def init(config) do
     Process.flag(:trap_exit, true)
-    handle = Native.pool_new(self(), config.max_frame_bytes, config.pipeline_depth)
+
+    handle =
+      Native.pool_new(self(), %{
+        max_frame: config.max_frame_bytes,
+        pipeline_depth: config.pipeline_depth,
+        max_queue: config.max_queue,
+        max_requests: if(config.max_requests == :infinity, do: 0, else: config.max_requests),
+        shepherd: Native.shepherd()
+      })
 
     state = %{
       config: config,
       handle: handle,
-      counters: :counters.new(2, [:write_concurrency]),
+      counters: :counters.new(@counter_count, [:write_concurrency]),
       phase: :starting,
       next_id: 1,
-      # worker id => %{slot, os_pid, status, stderr_tail}
+      # worker id => %{slot, os_pid, status, stderr_tail, startup_error}
       workers: %{},
-      # slot => consecutive failures, for backoff
+      # slots waiting for their turn to start (see :startup_batch_size)
+      pending: Enum.to_list(1..config.size),
+      # slot => consecutive failed starts, for backoff and :max_start_failures
       failures: Map.new(1..config.size, &{&1, 0}),
       waiting: [],
       startup_error: nil
     }
 
-    state = Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot) end)
+    state = start_pending(state)
     deadline = System.monotonic_time(:millisecond) + config.startup_timeout
 
     case await_first_worker(state, deadline) do
       {:ok, state} ->
-        :persistent_term.put({__MODULE__, config.name}, {handle, state.counters})
+        :persistent_term.put(
+          {__MODULE__, config.name},
+          {handle, state.counters, config.queue_timeout}
+        )
+
+        schedule(:heartbeat, config.heartbeat_interval)
+
+        if config.max_age != :infinity or config.max_memory_mb != :infinity,
+          do: schedule(:recycle_check, @recycle_check)
+
         {:ok, %{state | phase: :running}}
 
       {:error, error, state} ->
         :ok = Native.pool_close(handle)
         :ok = Native.pool_kill_all(handle)
-        _ = drain_exits(state, 1_000)
+        _ = drain_exits(state, 5_000)
         {:stop, error}
+    end
+  end
+
+  defp schedule(_msg, :infinity), do: :ok
+  defp schedule(msg, ms), do: _ = Process.send_after(self(), msg, ms)
+
+  # Starts pending slots while fewer than :startup_batch_size workers are starting.
+  defp start_pending(%{pending: []} = state), do: state
+
+  defp start_pending(%{pending: [slot | rest]} = state) do
+    starting = Enum.count(state.workers, fn {_, w} -> w.status == :starting end)
+
+    if starting < state.config.startup_batch_size and is_nil(state.startup_error) do
+      %{state | pending: rest} |> start_worker(slot) |> start_pending()
+    else
+      state
     end
   end
 
@@ -223,6 +290,39 @@ defmodule Snakepit.Pool do
     {:noreply, start_worker(state, slot)}
   end
 
+  def handle_info({:expire, worker_id, request_id}, state) do
+    case Native.pool_expire(state.handle, worker_id, request_id) do
+      :killed ->
+        Logger.warning(
+          "[snakepit] killed worker #{worker_id} of pool #{inspect(state.config.name)}: " <>
+            "it was still running a cancelled call #{state.config.cancel_grace} ms later " <>
+            "(:cancel_grace)"
+        )
+
+      :ok ->
+        :ok
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info(:heartbeat, state) do
+    for id <- Native.pool_heartbeat(state.handle, state.config.heartbeat_misses) do
+      Logger.warning(
+        "[snakepit] killed worker #{id} of pool #{inspect(state.config.name)}: it missed " <>
+          "#{state.config.heartbeat_misses} heartbeats in a row"
+      )
+    end
+
+    schedule(:heartbeat, state.config.heartbeat_interval)
+    {:noreply, state}
+  end
+
+  def handle_info(:recycle_check, state) do
+    schedule(:recycle_check, @recycle_check)
+    {:noreply, recycle_one(state)}
+  end
+
   def handle_info({:EXIT, _pid, reason}, state) do
     {:stop, reason, state}
   end
@@ -231,15 +331,46 @@ defmodule Snakepit.Pool do
   def terminate(_reason, state) do
     _ = :persistent_term.erase({__MODULE__, state.config.name})
     :ok = Native.pool_close(state.handle)
-    state = drain_exits(state, @shutdown_wait)
-
-    if map_size(state.workers) > 0 do
-      :ok = Native.pool_kill_all(state.handle)
-      _ = drain_exits(state, 1_000)
-      :ok
-    end
-
+    state = drain_exits(state, state.config.shutdown_timeout)
+    state = if map_size(state.workers) > 0, do: stop_all(state, :pool_terminate_all), else: state
+    _ = if map_size(state.workers) > 0, do: stop_all(state, :pool_kill_all)
     :ok
+  end
+
+  defp stop_all(state, how) do
+    :ok = apply(Native, how, [state.handle])
+    drain_exits(state, @kill_wait)
+  end
+
+  # Recycles the first worker past :max_age or :max_memory_mb, if no worker
+  # is starting or stopping (one at a time keeps the pool's capacity).
+  defp recycle_one(state) do
+    %{config: config} = state
+    workers = Native.pool_workers(state.handle)
+
+    if Enum.all?(workers, &(&1.state in [:idle, :busy])) do
+      Enum.find_value(workers, state, fn w ->
+        case recycle_reason(w, config) do
+          nil ->
+            nil
+
+          why ->
+            _ = Native.pool_recycle_worker(state.handle, w.worker_id, why)
+            state
+        end
+      end)
+    else
+      state
+    end
+  end
+
+  defp recycle_reason(w, config) do
+    cond do
+      config.max_age != :infinity and w.age_ms >= config.max_age -> "max_age"
+      config.max_memory_mb != :infinity and is_integer(w.rss_bytes) and
+          w.rss_bytes > config.max_memory_mb * 1024 * 1024 -> "max_memory_mb"
+      true -> nil
+    end
   end
 
   ## Worker events
@@ -308,7 +439,10 @@ defmodule Snakepit.Pool do
     case info do
       %{"protocol" => @protocol_version} ->
         failures = Map.put(state.failures, worker.slot, 0)
-        put_worker(%{state | failures: failures}, id, %{worker | status: :ready})
+
+        %{state | failures: failures}
+        |> put_worker(id, %{worker | status: :ready})
+        |> start_pending()
 
       _ ->
         Logger.error(
@@ -316,7 +450,7 @@ defmodule Snakepit.Pool do
             "#{inspect(info["protocol"])}, expected #{@protocol_version}; stopping it"
         )
 
-        Native.pool_kill_worker(state.handle, id)
+        Native.pool_kill_worker(state.handle, id, "it speaks another protocol version")
         state
     end
   end
@@ -333,19 +467,28 @@ defmodule Snakepit.Pool do
 
   defp worker_event(:exit, details, id, worker, state) do
     state = %{state | workers: Map.delete(state.workers, id)}
-    log_exit(state, id, worker, details)
 
     cond do
       state.phase == :stopping ->
         state
 
+      details[:recycled] != nil ->
+        :counters.add(state.counters, @recycles, 1)
+        state |> start_worker(worker.slot) |> start_pending()
+
       state.phase == :starting and worker.status != :ready ->
         %{state | startup_error: state.startup_error || early_exit_error(state, worker, details)}
 
       true ->
+        log_exit(state, id, worker, details)
         :counters.add(state.counters, @restarts, 1)
-        schedule_restart(state, worker.slot)
+        state |> schedule_restart(worker.slot) |> start_pending() |> give_up_if_failing(worker)
     end
+  end
+
+  defp worker_event(:cancelled, request_id, id, _worker, state) do
+    schedule({:expire, id, request_id}, state.config.cancel_grace)
+    state
   end
 
   defp worker_event(:stderr, chunk, id, worker, state) do
@@ -418,6 +561,29 @@ defmodule Snakepit.Pool do
 
   defp describe_exit(%{status: status}) when is_integer(status), do: "exited with status #{status}"
   defp describe_exit(_), do: "exited"
+
+  defp give_up_if_failing(state, worker) do
+    if state.failures[worker.slot] > state.config.max_start_failures do
+      error =
+        Error.pool(
+          "pool #{inspect(state.config.name)} stopped: a worker failed to start " <>
+            "#{state.config.max_start_failures} times in a row (:max_start_failures)" <>
+            last_output(worker),
+          %{pool: state.config.name}
+        )
+
+      Logger.error("[snakepit] " <> error.message)
+      exit({:shutdown, error})
+    else
+      state
+    end
+  end
+
+  defp last_output(%{startup_error: %Error{message: message}}), do: ". Last error: " <> message
+  defp last_output(%{stderr_tail: []}), do: ""
+
+  defp last_output(%{stderr_tail: tail}),
+    do: ". Its stderr:\n" <> (tail |> Enum.reverse() |> Enum.join("\n"))
 
   defp schedule_restart(state, slot) do
     failures = Map.update(state.failures, slot, 1, &(&1 + 1))

@@ -98,10 +98,13 @@ defmodule Snakepit.PoolTest do
       assert "SNAKEPIT_TEST_VAR=from elixir" in environ
       assert "SNAKEPIT_WORKER_ID=1" in environ
       assert File.read_link!("/proc/#{os_pid}/cwd") == Path.expand(cwd)
-      # Its own session and process group, so one signal reaches its children too.
-      [_, after_comm] = String.split(File.read!("/proc/#{os_pid}/stat"), ") ")
-      [_state, _ppid, pgid, sid | _] = String.split(after_comm)
-      assert {String.to_integer(pgid), String.to_integer(sid)} == {os_pid, os_pid}
+      assert Enum.any?(environ, &String.starts_with?(&1, "SNAKEPIT_OWNER="))
+      # Its own process group, under its shepherd, which leads its own
+      # session: no terminal signal of the BEAM's reaches either.
+      [_state, shepherd, pgid, sid] = stat(os_pid)
+      assert pgid == os_pid and sid == shepherd
+      [_state, _beam, ^shepherd, ^shepherd] = stat(shepherd)
+      assert File.read!("/proc/#{shepherd}/cmdline") =~ "snakepit_shepherd"
     end
 
     test "frames over :max_frame_bytes are refused in both directions" do
@@ -136,7 +139,8 @@ defmodule Snakepit.PoolTest do
                    Snakepit.execute("exit_now", %{code: 3}, pool: pool)
 
           assert e.details.os_pid == old
-          assert e.message =~ "exited during the call"
+          assert e.details.status == 3 and e.details.signal == nil
+          assert e.message =~ "exited with status 3 during the call"
           # The queue holds calls until the replacement is up.
           assert Snakepit.execute("add", %{a: 1, b: 2}, pool: pool) == {:ok, 3}
         end)
@@ -164,7 +168,8 @@ defmodule Snakepit.PoolTest do
         queued =
           for i <- 1..5, do: Task.async(fn -> Snakepit.execute("echo", %{value: i}, pool: pool) end)
 
-        assert {:error, %Error{category: :worker}} = Task.await(killer)
+        assert {:error, %Error{category: :worker} = e} = Task.await(killer)
+        assert e.details.signal == 9 and e.message =~ "killed by signal 9 (SIGKILL)"
         assert Enum.map(queued, &Task.await(&1, 10_000)) == Enum.map(1..5, &{:ok, &1})
       end)
     end
@@ -215,6 +220,18 @@ defmodule Snakepit.PoolTest do
       assert {:error, %Error{category: category}} = Task.await(caller)
       assert category in [:worker, :pool]
       wait_until(fn -> not Enum.any?(pids, &TestPools.os_alive?/1) end)
+    end
+  end
+
+  defp stat(os_pid) do
+    [_, after_comm] = String.split(File.read!("/proc/#{os_pid}/stat"), ") ")
+    after_comm |> String.split() |> Enum.take(4) |> Enum.map(&parse_stat_field/1)
+  end
+
+  defp parse_stat_field(field) do
+    case Integer.parse(field) do
+      {n, ""} -> n
+      _ -> field
     end
   end
 end

@@ -55,4 +55,9 @@ rustler::atoms! {
     transport_errors,
     bytes,
     limit,
+    rejected,
+    recycled,
+    rss_bytes,
+    running,
+    killed,
 }

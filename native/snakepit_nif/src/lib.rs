@@ -16,11 +16,12 @@
 
 mod atoms;
 mod codec;
+mod orphans;
 mod pool;
 mod worker;
 mod writer;
 
-use pool::{Cancel, Closed, PoolConfig, PoolCore, Request};
+use pool::{Cancel, PoolConfig, PoolCore, Refused, Request};
 use rustler::types::tuple::make_tuple;
 use rustler::{Binary, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
 use snakepit_wire::{frame, protocol};
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use worker::WorkerSpec;
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 3;
+const ABI_VERSION: u32 = 4;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -42,8 +43,14 @@ pub struct PoolHandle {
 
 #[rustler::resource_impl]
 impl Resource for PoolHandle {
-    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: rustler::Monitor) {
-        shutdown_off_scheduler(&self.core);
+    /// The owner died (the pool is shut down), or a caller did (its
+    /// requests are given up).
+    fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, mon: rustler::Monitor) {
+        if pid == self.core.owner {
+            shutdown_off_scheduler(&self.core);
+        } else {
+            self.core.caller_down(env, &mon);
+        }
     }
 }
 
@@ -67,14 +74,27 @@ fn abi_version() -> u32 {
     ABI_VERSION
 }
 
+/// `pool_new/2`'s options; `Snakepit.Config` documents and checks them.
+#[derive(rustler::NifMap)]
+struct PoolOptions {
+    max_frame: usize,
+    pipeline_depth: usize,
+    max_queue: usize,
+    max_requests: u64,
+    shepherd: String,
+}
+
 #[rustler::nif]
-fn pool_new(env: Env, owner: LocalPid, max_frame: usize, pipeline_depth: usize) -> NifResult<Term> {
-    if max_frame == 0 || max_frame > u32::MAX as usize || pipeline_depth == 0 {
+fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
+    if opts.max_frame == 0 || opts.max_frame > u32::MAX as usize || opts.pipeline_depth == 0 {
         return Err(rustler::Error::BadArg);
     }
     let config = PoolConfig {
-        max_frame,
-        pipeline_depth,
+        max_frame: opts.max_frame,
+        pipeline_depth: opts.pipeline_depth,
+        max_queue: opts.max_queue,
+        max_requests: opts.max_requests,
+        shepherd: opts.shepherd,
     };
     let core = Arc::new(PoolCore::new(owner, config));
     let handle = ResourceArc::new(PoolHandle { core });
@@ -97,6 +117,7 @@ fn pool_start_worker<'a>(
     }
     let spec = WorkerSpec {
         id,
+        shepherd: pool.core.config.shepherd.clone(),
         program,
         args: argv,
         env: vars,
@@ -117,15 +138,67 @@ fn pool_stop_worker(pool: ResourceArc<PoolHandle>, id: u64) -> rustler::Atom {
     }
 }
 
+/// Drains a worker and lets it exit; its exit reports it as recycled for `why`.
 #[rustler::nif]
-fn pool_kill_worker(pool: ResourceArc<PoolHandle>, id: u64) -> rustler::Atom {
+fn pool_recycle_worker(pool: ResourceArc<PoolHandle>, id: u64, why: String) -> rustler::Atom {
+    if pool.core.recycle(id, &why) {
+        atoms::ok()
+    } else {
+        atoms::not_found()
+    }
+}
+
+#[rustler::nif]
+fn pool_kill_worker(pool: ResourceArc<PoolHandle>, id: u64, why: String) -> rustler::Atom {
     match pool.core.worker(id) {
         Some(w) => {
-            w.kill();
+            w.kill(&why);
             atoms::ok()
         }
         None => atoms::not_found(),
     }
+}
+
+#[rustler::nif]
+fn pool_terminate_all(pool: ResourceArc<PoolHandle>) -> rustler::Atom {
+    pool.core.terminate_all();
+    atoms::ok()
+}
+
+/// Heartbeats every ready worker; returns the ids of those killed for
+/// missing more than `max_missed` in a row.
+#[rustler::nif]
+fn pool_heartbeat(pool: ResourceArc<PoolHandle>, max_missed: u32) -> Vec<u64> {
+    pool.core.heartbeat(max_missed)
+}
+
+/// Kills `worker_id` if it still runs the cancelled `request_id`:
+/// `:killed` or `:ok` (it had stopped).
+#[rustler::nif]
+fn pool_expire(pool: ResourceArc<PoolHandle>, worker_id: u64, request_id: u64) -> rustler::Atom {
+    if pool.core.expire(worker_id, request_id) {
+        atoms::killed()
+    } else {
+        atoms::ok()
+    }
+}
+
+/// Kills the marked processes of BEAMs that are gone (see `orphans.rs`).
+#[rustler::nif(schedule = "DirtyIo")]
+fn reap_orphans() -> Vec<i32> {
+    orphans::reap()
+}
+
+/// The pids of live processes carrying `mark`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn marked_processes(mark: String) -> Vec<i32> {
+    orphans::marked(&mark)
+}
+
+/// This BEAM's mark, `SNAKEPIT_OWNER` in every process it starts.
+#[rustler::nif]
+fn owner_mark() -> &'static str {
+    orphans::mark()
 }
 
 #[rustler::nif]
@@ -187,14 +260,14 @@ fn submit_dirty<'a>(
 
 fn submit_with_budget<'a>(
     env: Env<'a>,
-    pool: &PoolHandle,
+    pool_arc: &ResourceArc<PoolHandle>,
     tag: Term<'a>,
     tool: Binary<'a>,
     args: Term<'a>,
     session_id: Option<Binary<'a>>,
     budget: usize,
 ) -> Term<'a> {
-    let core = &pool.core;
+    let core = &pool_arc.core;
     let max_frame = core.config.max_frame;
     let id = core.next_request_id();
     let mut buf = protocol::begin_call(
@@ -229,15 +302,31 @@ fn submit_with_budget<'a>(
     if frame::finish(&mut buf, max_frame).is_err() {
         return frame_too_large(env, Some(buf.len() - frame::HEADER_LEN), max_frame);
     }
-    let req = Request::new(id, env.pid(), tag, buf);
-    match core.submit(req) {
+    let caller = env.pid();
+    let watch = pool_arc
+        .monitor(Some(env), &caller)
+        .map(|m| (pool_arc.clone(), m));
+    let req = Request::new(id, caller, tag, buf, watch);
+    match core.submit(env, req) {
         Ok(()) => (atoms::ok(), id).encode(env),
-        Err(Closed) => error_tuple(
+        Err(Refused::Closed) => error_tuple(
             env,
             atoms::pool(),
             "the pool was stopped".into(),
             Term::map_new(env),
         ),
+        Err(Refused::Full(queued)) => {
+            let details = Term::map_new(env)
+                .map_put(atoms::queued(), queued)
+                .and_then(|m| m.map_put(atoms::limit(), core.config.max_queue))
+                .expect("map");
+            error_tuple(
+                env,
+                atoms::pool(),
+                format!("the pool is saturated: {queued} calls are already queued (:max_queue)"),
+                details,
+            )
+        }
     }
 }
 
@@ -267,14 +356,23 @@ fn error_tuple<'a>(
     (atoms::error(), err).encode(env)
 }
 
-/// After a timeout: `:cancelled` (no reply will come) or `:replied` (the reply
-/// is in the caller's mailbox or about to be).
+/// After a timeout: `:cancelled` (it was still queued; no reply will come),
+/// `:running` (a worker has it and was told to cancel; no reply will come)
+/// or `:replied` (the reply is in the caller's mailbox or about to be).
 #[rustler::nif]
-fn cancel(pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
-    match pool.core.cancel(request_id) {
+fn cancel(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
+    match pool.core.cancel(env, request_id) {
         Cancel::Cancelled => atoms::cancelled(),
+        Cancel::Running => atoms::running(),
         Cancel::Replied => atoms::replied(),
     }
+}
+
+/// After a queue timeout: `true` if the request was still queued (it is
+/// removed; no reply will come), `false` if a worker has it.
+#[rustler::nif]
+fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> bool {
+    pool.core.dequeue(env, request_id)
 }
 
 /// Encodes a term as a worker would receive it and decodes it back, without

@@ -20,16 +20,16 @@
 //! behind its running call never started and are queued again at the front.
 
 use crate::atoms;
-use crate::worker::{ExitInfo, Worker};
+use crate::worker::{ExitInfo, Retire, Worker};
+use crate::PoolHandle;
 use parking_lot::Mutex;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
-use rustler::{Encoder, Env, LocalPid, OwnedBinary, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, OwnedBinary, ResourceArc, Term};
 use snakepit_wire::protocol::{self, Envelope, Kind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Settings fixed when the pool is made.
 pub struct PoolConfig {
@@ -37,6 +37,12 @@ pub struct PoolConfig {
     pub max_frame: usize,
     /// Most requests written to one worker at a time (1: no pipelining).
     pub pipeline_depth: usize,
+    /// Most requests waiting in the queue; past it, `submit` refuses.
+    pub max_queue: usize,
+    /// Requests a worker serves before it is recycled (0: no limit).
+    pub max_requests: u64,
+    /// Path of the `snakepit_shepherd` executable.
+    pub shepherd: String,
 }
 
 /// One call on its way through the pool.
@@ -51,10 +57,22 @@ pub struct Request {
     frame: Vec<u8>,
     /// The caller gave up while the worker was running it; drop the reply.
     cancelled: bool,
+    /// The pool's monitor of the caller, so a caller that dies gives up its
+    /// request. Released when the request is answered or cancelled.
+    watch: Option<Watch>,
 }
 
+/// A monitor of a caller, with the resource that holds it.
+pub type Watch = (ResourceArc<PoolHandle>, Monitor);
+
 impl Request {
-    pub fn new(id: u64, caller: LocalPid, tag: Term, frame: Vec<u8>) -> Request {
+    pub fn new(
+        id: u64,
+        caller: LocalPid,
+        tag: Term,
+        frame: Vec<u8>,
+        watch: Option<Watch>,
+    ) -> Request {
         let env = OwnedEnv::new();
         let tag = env.save(tag);
         Request {
@@ -64,6 +82,14 @@ impl Request {
             tag,
             frame,
             cancelled: false,
+            watch,
+        }
+    }
+
+    /// Drops the monitor of the caller (`from` as in `reply`).
+    fn unwatch(&mut self, from: Option<Env>) {
+        if let Some((handle, monitor)) = self.watch.take() {
+            handle.demonitor(from, &monitor);
         }
     }
 
@@ -76,9 +102,11 @@ impl Request {
     where
         F: for<'a> FnOnce(Env<'a>) -> Vec<Term<'a>>,
     {
+        let mut this = self;
+        this.unwatch(from);
         let Request {
             env, tag, caller, ..
-        } = self;
+        } = this;
         env.run(|e| {
             let mut items = vec![tag.load(e)];
             items.extend(build(e));
@@ -135,6 +163,8 @@ struct Slot {
     /// in its pipe. Never longer than `pipeline_depth`.
     in_flight: VecDeque<Request>,
     requests: u64,
+    /// Heartbeats sent since the last answer to one.
+    missed_heartbeats: u32,
 }
 
 impl Slot {
@@ -160,6 +190,8 @@ struct Stats {
     transport_errors: u64,
     cancelled: u64,
     requeued: u64,
+    /// Refused because the queue was full.
+    rejected: u64,
 }
 
 struct PoolState {
@@ -255,14 +287,21 @@ pub struct PoolCore {
     state: Mutex<PoolState>,
 }
 
-/// `submit` found the pool closed; the request was dropped unanswered and
-/// the caller gets the error as the NIF's return value instead.
-pub struct Closed;
+/// Why `submit` refused a request. It was dropped unanswered: the caller
+/// gets the error as the NIF's return value instead.
+pub enum Refused {
+    Closed,
+    /// The queue holds `max_queue` requests.
+    Full(usize),
+}
 
 /// What `cancel` found.
 pub enum Cancel {
-    /// Removed before any reply; none will be sent.
+    /// Removed from the queue before any reply; none will be sent.
     Cancelled,
+    /// Running (or written to) a worker, which was told to cancel it; its
+    /// answer will be dropped.
+    Running,
     /// Not there any more: its reply has been or is being sent.
     Replied,
 }
@@ -300,11 +339,21 @@ impl PoolCore {
     }
 
     /// Queues a request behind those already waiting and dispatches what can be.
-    pub fn submit(&self, req: Request) -> Result<(), Closed> {
+    pub fn submit(&self, from: Env, mut req: Request) -> Result<(), Refused> {
         let writes = {
             let mut st = self.state.lock();
-            if st.closed {
-                return Err(Closed);
+            let refused = if st.closed {
+                Some(Refused::Closed)
+            } else if st.queue.len() >= self.config.max_queue && st.idle.is_empty() {
+                st.stats.rejected += 1;
+                Some(Refused::Full(st.queue.len()))
+            } else {
+                None
+            };
+            if let Some(refused) = refused {
+                drop(st);
+                req.unwatch(Some(from));
+                return Err(refused);
             }
             st.stats.requests += 1;
             st.queue.push_back(req);
@@ -314,35 +363,156 @@ impl PoolCore {
         Ok(())
     }
 
-    /// Gives up on a request after the caller's timeout.
-    pub fn cancel(&self, request_id: u64) -> Cancel {
+    /// Gives up on a request after the caller's timeout (`from` is the
+    /// caller's env).
+    pub fn cancel(&self, from: Env, request_id: u64) -> Cancel {
         let mut st = self.state.lock();
         if let Some(pos) = st.queue.iter().position(|r| r.id == request_id) {
-            st.queue.remove(pos);
+            let mut req = st.queue.remove(pos).expect("found");
             st.stats.cancelled += 1;
+            drop(st);
+            req.unwatch(Some(from));
             return Cancel::Cancelled;
         }
-        let written = st.workers.values_mut().find_map(|slot| {
-            let req = slot
-                .in_flight
-                .iter_mut()
-                .find(|r| r.id == request_id && !r.cancelled)?;
-            req.cancelled = true;
-            Some(Arc::clone(&slot.worker))
-        });
-        match written {
-            Some(worker) => {
-                // The worker still answers it (that frees its place); the
-                // answer is dropped.
-                st.stats.cancelled += 1;
-                drop(st);
-                let _ = worker
-                    .writer
-                    .send(protocol::control_frame(Kind::Cancel, request_id));
-                Cancel::Cancelled
-            }
-            None => Cancel::Replied,
+        match self.cancel_written(st, Some(from), |r| r.id == request_id) {
+            0 => Cancel::Replied,
+            _ => Cancel::Running,
         }
+    }
+
+    /// Takes a request out of the queue, if it is still there: the caller
+    /// waited its `queue_timeout`. `false` means a worker has it.
+    pub fn dequeue(&self, from: Env, request_id: u64) -> bool {
+        let mut st = self.state.lock();
+        let Some(pos) = st.queue.iter().position(|r| r.id == request_id) else {
+            return false;
+        };
+        let mut req = st.queue.remove(pos).expect("found");
+        st.stats.cancelled += 1;
+        drop(st);
+        req.unwatch(Some(from));
+        true
+    }
+
+    /// The caller behind `monitor` died: its requests are given up, as if
+    /// it had cancelled them. `env` is the monitor callback's.
+    pub fn caller_down(&self, env: Env, monitor: &Monitor) {
+        let is_its = |r: &Request| r.watch.as_ref().is_some_and(|(_, m)| m == monitor);
+        let mut st = self.state.lock();
+        let before = st.queue.len();
+        st.queue.retain(|r| !is_its(r));
+        let removed = (before - st.queue.len()) as u64;
+        st.stats.cancelled += removed;
+        self.cancel_written(st, Some(env), is_its);
+    }
+
+    /// Marks the written requests that `which` picks as cancelled, tells
+    /// their workers, and tells the owner, which kills a worker that is not
+    /// free again within the grace period (see `expire`). Their monitors
+    /// are released. `from` is the current process's or callback's env (as
+    /// in `Request::reply`). Returns how many it found.
+    fn cancel_written(
+        &self,
+        mut st: parking_lot::MutexGuard<'_, PoolState>,
+        from: Option<Env>,
+        which: impl Fn(&Request) -> bool,
+    ) -> usize {
+        let mut found: Vec<(Arc<Worker>, u64, Option<Watch>)> = Vec::new();
+        for slot in st.workers.values_mut() {
+            for req in slot.in_flight.iter_mut() {
+                if !req.cancelled && which(req) {
+                    req.cancelled = true;
+                    found.push((Arc::clone(&slot.worker), req.id, req.watch.take()));
+                }
+            }
+        }
+        st.stats.cancelled += found.len() as u64;
+        drop(st);
+        let count = found.len();
+        for (worker, request_id, watch) in found {
+            if let Some((handle, monitor)) = watch {
+                handle.demonitor(from, &monitor);
+            }
+            // The worker still answers it (that frees its place); the answer
+            // is dropped.
+            worker.control(&protocol::control_frame(Kind::Cancel, request_id));
+            self.notify(from, worker.id, atoms::cancelled(), request_id);
+        }
+        count
+    }
+
+    /// The grace period after cancelling `request_id` is over: if `worker_id`
+    /// still has it, the worker is killed. Returns whether it was.
+    pub fn expire(&self, worker_id: u64, request_id: u64) -> bool {
+        let worker = {
+            let st = self.state.lock();
+            st.workers
+                .get(&worker_id)
+                .filter(|s| s.in_flight.iter().any(|r| r.id == request_id))
+                .map(|s| Arc::clone(&s.worker))
+        };
+        match worker {
+            Some(w) => {
+                w.kill("it did not stop a cancelled call within the grace period");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a heartbeat to every ready worker, and kills those that have
+    /// not answered the last `max_missed`. Returns the ids of those killed.
+    pub fn heartbeat(&self, max_missed: u32) -> Vec<u64> {
+        let (beat, dead): (Vec<_>, Vec<_>) = {
+            let mut st = self.state.lock();
+            st.workers
+                .values_mut()
+                .filter(|s| s.ready && !s.stopping)
+                .map(|s| {
+                    s.missed_heartbeats += 1;
+                    (Arc::clone(&s.worker), s.missed_heartbeats > max_missed)
+                })
+                .partition(|(_, dead)| !dead)
+        };
+        let frame = protocol::control_frame(Kind::Heartbeat, 0);
+        for (worker, _) in &beat {
+            worker.control(&frame);
+        }
+        dead.into_iter()
+            .map(|(worker, _)| {
+                worker.kill(&format!("it missed {max_missed} heartbeats in a row"));
+                worker.id
+            })
+            .collect()
+    }
+
+    /// Takes a worker out of the rotation and closes its stdin: it finishes
+    /// the calls it has, then exits. Its exit reports it as recycled.
+    pub fn recycle(&self, id: u64, why: &str) -> bool {
+        match self.worker(id) {
+            Some(w) => {
+                w.set_retire(Retire::Recycled(why.to_string()));
+                self.stop_worker(id)
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `{:snakepit_worker, id, event, value}` to the owner.
+    fn notify(&self, from: Option<Env>, id: u64, event: rustler::Atom, value: u64) {
+        let env = OwnedEnv::new();
+        env.run(|e| {
+            let msg = make_tuple(
+                e,
+                &[
+                    atoms::snakepit_worker().encode(e),
+                    id.encode(e),
+                    event.encode(e),
+                    value.encode(e),
+                ],
+            );
+            send_raw(from, &self.owner, e, msg);
+        });
     }
 
     /// Registers a freshly spawned worker, before its reader thread starts.
@@ -356,6 +526,7 @@ impl PoolCore {
                 stopping: false,
                 in_flight: VecDeque::new(),
                 requests: 0,
+                missed_heartbeats: 0,
             },
         );
     }
@@ -417,6 +588,14 @@ impl PoolCore {
                     }
                     let req = slot.in_flight.pop_front().expect("checked above");
                     slot.requests += 1;
+                    let max = self.config.max_requests;
+                    if max > 0 && slot.requests >= max && !slot.stopping {
+                        // Recycled: takes nothing new; exits once drained.
+                        slot.stopping = true;
+                        slot.worker
+                            .set_retire(Retire::Recycled("max_requests".to_string()));
+                        slot.worker.writer.close();
+                    }
                     if envelope.kind == Kind::Result {
                         st.stats.completed += 1;
                     } else {
@@ -448,7 +627,12 @@ impl PoolCore {
                 self.notify_with_body(worker.id, atoms::log(), frame, envelope.body);
                 Ok(false)
             }
-            Kind::Heartbeat => Ok(false),
+            Kind::Heartbeat => {
+                if let Some(slot) = self.state.lock().workers.get_mut(&worker.id) {
+                    slot.missed_heartbeats = 0;
+                }
+                Ok(false)
+            }
             Kind::Chunk | Kind::Done | Kind::Result => Err(format!(
                 "sent a {} frame this host does not expect",
                 envelope.kind.as_str()
@@ -592,7 +776,21 @@ impl PoolCore {
             .map(|s| Arc::clone(&s.worker))
             .collect();
         for w in workers {
-            w.kill();
+            w.kill("the pool was stopped");
+        }
+    }
+
+    /// SIGTERMs every worker's process group.
+    pub fn terminate_all(&self) {
+        let workers: Vec<Arc<Worker>> = self
+            .state
+            .lock()
+            .workers
+            .values()
+            .map(|s| Arc::clone(&s.worker))
+            .collect();
+        for w in workers {
+            w.terminate();
         }
     }
 
@@ -617,7 +815,7 @@ impl PoolCore {
             }
         }
         let s = &st.stats;
-        let pairs: [(rustler::Atom, u64); 14] = [
+        let pairs: [(rustler::Atom, u64); 15] = [
             (atoms::workers(), st.workers.len() as u64),
             (atoms::idle(), st.idle.len() as u64),
             (atoms::busy(), busy),
@@ -632,6 +830,7 @@ impl PoolCore {
             (atoms::transport_errors(), s.transport_errors),
             (atoms::cancelled(), s.cancelled),
             (atoms::requeued(), s.requeued),
+            (atoms::rejected(), s.rejected),
         ];
         pairs.iter().fold(Term::map_new(env), |m, (k, v)| {
             m.map_put(k.encode(env), v.encode(env)).expect("map")
@@ -639,22 +838,32 @@ impl PoolCore {
     }
 
     pub fn workers<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let st = self.state.lock();
-        let mut slots: Vec<&Slot> = st.workers.values().collect();
-        slots.sort_by_key(|s| s.worker.id);
-        let list: Vec<Term<'a>> = slots
+        let mut rows: Vec<(u64, u32, rustler::Atom, usize, u64, u64)> = {
+            let st = self.state.lock();
+            st.workers
+                .values()
+                .map(|slot| {
+                    let age = slot.worker.started.elapsed().as_millis() as u64;
+                    let w = &slot.worker;
+                    let n = slot.in_flight.len();
+                    (w.id, w.os_pid, slot.state(), n, slot.requests, age)
+                })
+                .collect()
+        };
+        rows.sort_by_key(|r| r.0);
+        let nil = atoms::nil().encode(env);
+        let list: Vec<Term<'a>> = rows
             .into_iter()
-            .map(|slot| {
-                let age = Instant::now()
-                    .duration_since(slot.worker.started)
-                    .as_millis() as u64;
+            .map(|(id, os_pid, state, in_flight, requests, age)| {
+                let rss = crate::worker::rss_bytes(os_pid).map_or(nil, |b| b.encode(env));
                 Term::map_new(env)
-                    .map_put(atoms::worker_id(), slot.worker.id)
-                    .and_then(|m| m.map_put(atoms::os_pid(), slot.worker.os_pid))
-                    .and_then(|m| m.map_put(atoms::state(), slot.state()))
-                    .and_then(|m| m.map_put(atoms::in_flight(), slot.in_flight.len()))
-                    .and_then(|m| m.map_put(atoms::requests(), slot.requests))
+                    .map_put(atoms::worker_id(), id)
+                    .and_then(|m| m.map_put(atoms::os_pid(), os_pid))
+                    .and_then(|m| m.map_put(atoms::state(), state))
+                    .and_then(|m| m.map_put(atoms::in_flight(), in_flight))
+                    .and_then(|m| m.map_put(atoms::requests(), requests))
                     .and_then(|m| m.map_put(atoms::age_ms(), age))
+                    .and_then(|m| m.map_put(atoms::rss_bytes(), rss))
                     .expect("map")
             })
             .collect();

@@ -1,11 +1,19 @@
 //! One worker OS process and the threads that serve its pipes.
 //!
-//! The process runs in its own session and process group (`setsid`), so one
-//! `kill(-pgid)` reaches it and every child it started. Three threads serve it:
+//! Every worker runs under its own *shepherd* (`native/snakepit_shepherd`),
+//! a tiny parent process that starts it in its own process group, reaps it,
+//! reports its exit status, and kills it and everything it started when
+//! asked, when it exits, or when the BEAM dies (see the shepherd's docs).
+//! This side talks to the shepherd over the *lifeline*, a Unix socket.
+//!
+//! Three threads serve a worker:
 //! - the reader: reads frames from stdout, hands them to the pool, and when
-//!   stdout ends, reaps the process and reports its exit;
+//!   stdout ends, collects the exit status from the shepherd and reports it;
 //! - the writer (see `writer.rs`): finishes writes too large to do inline;
 //! - the stderr reader: forwards what the worker prints to the pool's owner.
+//!
+//! A fourth pipe, the *control* pipe (the worker's fd 3), carries `cancel`
+//! and `heartbeat` frames, so the worker can act on them while a call runs.
 
 use crate::atoms;
 use crate::pool::PoolCore;
@@ -17,20 +25,31 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, OwnedBinary, Term};
 use snakepit_wire::frame::{self, FrameError};
 use snakepit_wire::protocol;
-use std::io::{self, BufReader, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to start a worker.
 pub struct WorkerSpec {
     pub id: u64,
+    pub shepherd: String,
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
+}
+
+/// Why the pool ended a worker on purpose.
+#[derive(Clone)]
+pub enum Retire {
+    /// Drained and replaced (`max_requests`, `max_age`, `max_memory_mb`).
+    Recycled(String),
+    /// Killed: it missed heartbeats, ignored a cancel, or was told to.
+    Killed(String),
 }
 
 /// A running worker, shared by the pool and its threads.
@@ -39,18 +58,47 @@ pub struct Worker {
     pub os_pid: u32,
     pub started: Instant,
     pub writer: Arc<Writer>,
-    /// True until the process is reaped; guards `kill` against pid reuse.
-    alive: Mutex<bool>,
+    /// To the shepherd: `T`/`K` requests go out, the exit line comes back.
+    lifeline: UnixStream,
+    /// The worker's control pipe (its fd 3); `None` once it is gone.
+    control: Mutex<Option<OwnedFd>>,
+    retire: Mutex<Option<Retire>>,
 }
 
 impl Worker {
-    /// SIGKILLs the worker's whole process group, if it has not been reaped.
-    pub fn kill(&self) {
-        let alive = self.alive.lock();
-        if *alive {
-            // SAFETY: plain syscall; the group leader is not reaped while
-            // `alive` is true, so the pgid still names our group.
-            unsafe { libc::kill(-(self.os_pid as i32), libc::SIGKILL) };
+    /// SIGKILLs the worker's whole process group (through its shepherd,
+    /// so there is no pid-reuse race), giving `why` as the reason.
+    pub fn kill(&self, why: &str) {
+        self.set_retire(Retire::Killed(why.to_string()));
+        self.signal(b'K');
+    }
+
+    /// SIGTERMs the worker's process group.
+    pub fn terminate(&self) {
+        self.signal(b'T');
+    }
+
+    fn signal(&self, request: u8) {
+        // A closed lifeline means the shepherd is gone and took the group along.
+        let _ = (&self.lifeline).write(&[request]);
+    }
+
+    /// Records why the worker ends, unless a reason is already set.
+    pub fn set_retire(&self, retire: Retire) {
+        let mut slot = self.retire.lock();
+        if slot.is_none() {
+            *slot = Some(retire);
+        }
+    }
+
+    /// Sends a control frame (`cancel`, `heartbeat`) without blocking. A
+    /// full control pipe means the worker is not reading it: the frame is
+    /// dropped, and a missed heartbeat will tell.
+    pub fn control(&self, frame: &[u8]) {
+        let control = self.control.lock();
+        if let Some(fd) = control.as_ref() {
+            // SAFETY: writing a borrowed buffer to an fd we own.
+            let _ = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
         }
     }
 }
@@ -61,19 +109,23 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// Set when the worker was killed for breaking the protocol.
     pub protocol_error: Option<String>,
+    pub retire: Option<Retire>,
 }
 
 impl ExitInfo {
     pub fn describe(&self, worker: &Worker) -> String {
         let who = format!("worker {} (os pid {})", worker.id, worker.os_pid);
-        match (&self.protocol_error, self.status, self.signal) {
-            (Some(why), _, _) => format!("{who} broke the protocol: {why}"),
-            (None, _, Some(sig)) => format!(
-                "{who} was killed by signal {sig} ({}) during the call",
-                signal_name(sig)
-            ),
-            (None, Some(code), None) => format!("{who} exited with status {code} during the call"),
-            (None, None, None) => format!("{who} exited during the call"),
+        let how = match (self.status, self.signal) {
+            (_, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+            (Some(code), None) => format!("exited with status {code}"),
+            (None, None) => "exited".to_string(),
+        };
+        match (&self.protocol_error, &self.retire) {
+            (Some(why), _) => format!("{who} broke the protocol: {why}"),
+            (None, Some(Retire::Killed(why))) => {
+                format!("{who} was killed during the call: {why}")
+            }
+            (None, _) => format!("{who} {how} during the call"),
         }
     }
 
@@ -81,16 +133,19 @@ impl ExitInfo {
         let nil = atoms::nil().encode(env);
         let status = self.status.map_or(nil, |s| s.encode(env));
         let signal = self.signal.map_or(nil, |s| s.encode(env));
-        let reason = self
-            .protocol_error
-            .as_deref()
-            .map_or(nil, |r| r.encode(env));
+        let (reason, recycled) = match (&self.protocol_error, &self.retire) {
+            (Some(why), _) => (why.encode(env), nil),
+            (None, Some(Retire::Killed(why))) => (why.encode(env), nil),
+            (None, Some(Retire::Recycled(why))) => (nil, why.encode(env)),
+            (None, None) => (nil, nil),
+        };
         Term::map_new(env)
             .map_put(atoms::worker_id(), worker.id)
             .and_then(|m| m.map_put(atoms::os_pid(), worker.os_pid))
             .and_then(|m| m.map_put(atoms::status(), status))
             .and_then(|m| m.map_put(atoms::signal(), signal))
             .and_then(|m| m.map_put(atoms::reason(), reason))
+            .and_then(|m| m.map_put(atoms::recycled(), recycled))
             .expect("map")
     }
 }
@@ -110,39 +165,73 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Starts the process and its threads, and registers it with the pool.
+/// How long a shepherd may take to report the worker's pid.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// Starts the shepherd, the worker under it, and the threads; registers the
+/// worker with the pool.
 pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    let (lifeline, shepherd_end) = UnixStream::pair()?;
+    let (control_in, control) = pipe()?;
+    // Above the fds the child's dup2 calls write to (3 and 4), so neither
+    // overwrites the other.
+    let shepherd_end = dup_high(shepherd_end.as_raw_fd())?;
+    let control_in = dup_high(control_in.as_raw_fd())?;
+    let (lifeline_fd, control_fd) = (shepherd_end.as_raw_fd(), control_in.as_raw_fd());
+
+    let mut cmd = Command::new(&spec.shepherd);
+    cmd.arg(&spec.program)
+        .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(crate::orphans::MARK_VAR, crate::orphans::mark())
+        .env("SNAKEPIT_CONTROL_FD", "3")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    // SAFETY: setsid is async-signal-safe, as pre_exec requires.
+    // SAFETY: setsid and dup2 are async-signal-safe, as pre_exec requires.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(lifeline_fd, 3) < 0 || libc::dup2(control_fd, 4) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
     let mut child = cmd.spawn()?;
+    drop((shepherd_end, control_in));
+    // The BEAM ignores SIGCHLD, so the kernel reaps the shepherd itself; the
+    // worker's status comes over the lifeline.
     let stdin: OwnedFd = child.stdin.take().expect("piped").into();
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
+    drop(child);
+
+    lifeline.set_read_timeout(Some(START_LIMIT))?;
+    let os_pid = match read_line(&lifeline)?.split_once(' ') {
+        Some(("pid", pid)) => pid.parse::<u32>().map_err(|_| bad_shepherd(pid))?,
+        Some(("error", errno)) => {
+            let errno = errno.parse().map_err(|_| bad_shepherd(errno))?;
+            let e = io::Error::from_raw_os_error(errno);
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", spec.program)));
+        }
+        _ => return Err(bad_shepherd("no pid")),
+    };
+    set_nonblocking(control.as_raw_fd())?;
 
     let started = (|| {
         let writer = Writer::spawn(stdin, format!("snakepit-w{}", spec.id))?;
         let worker = Arc::new(Worker {
             id: spec.id,
-            os_pid: child.id(),
+            os_pid,
             started: Instant::now(),
             writer,
-            alive: Mutex::new(true),
+            lifeline: lifeline.try_clone()?,
+            control: Mutex::new(Some(control)),
+            retire: Mutex::new(None),
         });
         core.add_worker(Arc::clone(&worker));
         let stderr_core = Arc::clone(core);
@@ -160,8 +249,7 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
     let (worker, stderr_done) = match started {
         Ok(w) => w,
         Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            // Closing the lifeline makes the shepherd kill the worker.
             return Err(e);
         }
     };
@@ -171,13 +259,73 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
         .name(format!("snakepit-r{}", spec.id))
         // Decoding recurses up to codec::MAX_DEPTH levels.
         .stack_size(8 * 1024 * 1024)
-        .spawn(move || read_loop(&reader_core, &reader_worker, stdout, child, stderr_done));
+        .spawn(move || read_loop(&reader_core, &reader_worker, stdout, stderr_done));
     if let Err(e) = spawned {
-        // The closure (and the Child in it) is gone; kill by pid.
-        worker.kill();
+        worker.kill("its reader thread could not start");
         return Err(e);
     }
     Ok(worker)
+}
+
+/// Resident memory of `pid`, from `/proc/<pid>/status` (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn bad_shepherd(what: &str) -> io::Error {
+    io::Error::other(format!("the shepherd answered {what:?} at start"))
+}
+
+/// One `\n`-terminated line from the lifeline, without the newline.
+fn read_line(mut lifeline: &UnixStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match lifeline.read(&mut byte) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < 64 => line.push(byte[0]),
+            Ok(_) => return Err(bad_shepherd("an overlong line")),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec copy of `fd` numbered 10 or above.
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl returns a fresh fd or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: new is a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Reads frames until stdout ends or the worker breaks the protocol, then
@@ -186,7 +334,6 @@ fn read_loop(
     core: &Arc<PoolCore>,
     worker: &Arc<Worker>,
     stdout: ChildStdout,
-    child: Child,
     stderr_done: Receiver<()>,
 ) {
     let fd = stdout.as_raw_fd();
@@ -213,7 +360,7 @@ fn read_loop(
             Err(e) => break Some(e),
         }
     };
-    let exit = reap(worker, child, protocol_error);
+    let exit = reap(worker, protocol_error);
     // Let the last of its stderr reach the owner before the exit does (the
     // owner quotes it when a worker dies before its handshake). Bounded: a
     // grandchild that left the process group may hold stderr open.
@@ -250,56 +397,41 @@ fn spin_until_readable(fd: std::os::fd::RawFd, limit: Duration) {
     }
 }
 
-/// Waits for the process to end (killing it if it broke the protocol or
-/// lingers after closing stdout), kills what is left of its group, and
-/// returns how it ended.
-fn reap(worker: &Worker, mut child: Child, protocol_error: Option<String>) -> ExitInfo {
-    // A broken worker is killed at once; one that closed stdout gets a moment
-    // to exit by itself (so its own status is reported). Either way one
-    // SIGKILL to the group then takes the leader if it still runs and every
-    // child it left; the unreaped leader keeps the pgid from being reused.
-    if protocol_error.is_none() {
-        wait_exit(worker.os_pid, Duration::from_millis(2000));
+/// Gets the worker's exit status from its shepherd, killing the worker
+/// first if it broke the protocol, or if it lingers after closing stdout.
+fn reap(worker: &Worker, protocol_error: Option<String>) -> ExitInfo {
+    if protocol_error.is_some() {
+        worker.signal(b'K');
     }
-    worker.kill();
-    let status = {
-        let mut alive = worker.alive.lock();
-        let status = child.wait().ok();
-        *alive = false;
-        status
-    };
     worker.writer.close_now();
+    *worker.control.lock() = None;
+    let _ = worker.lifeline.set_read_timeout(Some(LINGER));
+    let line = read_line(&worker.lifeline).or_else(|_| {
+        worker.signal(b'K');
+        // The shepherd reaps the group before it answers; a process stuck in
+        // the kernel can hold that up to its sweep limit (5 s).
+        let _ = worker
+            .lifeline
+            .set_read_timeout(Some(Duration::from_secs(10)));
+        read_line(&worker.lifeline)
+    });
+    let words: Vec<String> = line
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .unwrap_or_default();
+    let (status, signal) = match words.as_slice() {
+        [exit, code, sig] if exit == "exit" => (code.parse().ok(), sig.parse().ok()),
+        _ => (None, None),
+    };
     ExitInfo {
-        status: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| s.signal()),
+        status,
+        signal,
         protocol_error,
+        retire: worker.retire.lock().clone(),
     }
 }
 
-/// Waits until `pid` has exited (without reaping it), or `timeout` passes.
-fn wait_exit(pid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    // SAFETY: pidfd_open returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
-    if pidfd < 0 {
-        return; // already gone
-    }
-    // SAFETY: pidfd is a fresh fd we own.
-    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) };
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
-        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
-}
+/// How long a worker that closed stdout may take to exit by itself.
+const LINGER: Duration = Duration::from_millis(2000);
 
 /// Sends what the worker writes to stderr to the pool's owner as
 /// `{:snakepit_worker, id, :stderr, chunk}`, cut at line ends.

@@ -40,10 +40,6 @@ pub struct Writer {
     wake: Sender<Option<()>>,
 }
 
-/// The stdin is closed (the worker is gone or being stopped).
-#[derive(Debug)]
-pub struct Closed;
-
 impl Writer {
     /// Takes ownership of `fd`, makes it non-blocking and starts the thread.
     pub fn spawn(fd: OwnedFd, name: String) -> io::Result<Arc<Writer>> {
@@ -114,13 +110,6 @@ impl Writer {
         if state.close_when_drained {
             state.fd = None;
         }
-    }
-
-    /// `enqueue` then `flush`, for frames sent outside the pool's lock.
-    pub fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
-        self.enqueue(frame).map_err(|_| Closed)?;
-        self.flush();
-        Ok(())
     }
 
     /// Closes stdin once queued frames are written: the worker sees EOF and exits.

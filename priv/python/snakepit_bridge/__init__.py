@@ -5,6 +5,7 @@ Write an adapter (see ``snakepit_bridge.adapter``) and Snakepit runs it with
 """
 
 from .adapter import BaseAdapter, tool
+from .control import cancelled
 from .worker import PROTOCOL_VERSION
 
-__all__ = ["BaseAdapter", "tool", "PROTOCOL_VERSION"]
+__all__ = ["BaseAdapter", "tool", "cancelled", "PROTOCOL_VERSION"]

@@ -8,6 +8,7 @@ same id. Errors carry a ``kind`` the host maps to an error category:
 - ``bad_arguments``: the args do not fit the tool's signature;
 - ``bad_request``: the call frame itself is not usable;
 - ``unencodable_result``: the tool returned something MessagePack can't hold;
+- ``cancelled``: the host cancelled the call before it started;
 - ``adapter_load`` (id 0, before ``ready``): the adapter failed to load.
 """
 
@@ -23,6 +24,7 @@ from typing import Any, Callable, Dict, Optional
 from . import codec
 from .adapter import BaseAdapter, load_adapter
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
+from .control import Cancellation, ControlThread, _state
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
@@ -71,9 +73,10 @@ class LogForwarder(logging.Handler):
 class Worker:
     """Serves one adapter over one channel."""
 
-    def __init__(self, adapter: BaseAdapter, channel: Channel) -> None:
+    def __init__(self, adapter: BaseAdapter, channel: Channel, cancellation: Cancellation = _state) -> None:
         self.adapter = adapter
         self.channel = channel
+        self.cancellation = cancellation
         self.tools: Dict[str, Callable[..., Any]] = adapter.tools()
 
     def handshake(self, adapter_path: str) -> None:
@@ -108,11 +111,20 @@ class Worker:
                 self._reply_error(request_id, error_body("bad_request", exc, message=f"undecodable call: {exc}"))
             return
         if kind == "call":
-            self.call(request_id, body)
+            if not self.cancellation.begin(request_id):
+                msg = "the call was cancelled before it started"
+                self._reply_error(request_id, error_body("cancelled", message=msg))
+                return
+            try:
+                self.call(request_id, body)
+            finally:
+                self.cancellation.end()
         elif kind == "heartbeat":
             self.channel.write("heartbeat", request_id, None)
-        # "cancel" arrives only after the call it names has been answered
-        # (calls run one at a time on this thread), so there is nothing to do.
+        elif kind == "cancel":
+            # Hosts send cancels on the control pipe; one on stdin can only
+            # name a call that has not started.
+            self.cancellation.cancel(request_id)
 
     def call(self, request_id: int, body: Any) -> None:
         if not isinstance(body, dict):
@@ -197,6 +209,11 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     if root.level == logging.WARNING:  # untouched default
         root.setLevel(logging.INFO)
     worker = Worker(adapter, channel)
+    control_fd = os.environ.pop("SNAKEPIT_CONTROL_FD", None)
+    if control_fd is not None:
+        fd = int(control_fd)
+        os.set_inheritable(fd, False)
+        ControlThread(Channel(fd, out_fd, max_frame), channel).start()
     worker.handshake(adapter_path)
     try:
         worker.run()
