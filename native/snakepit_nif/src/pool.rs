@@ -374,7 +374,7 @@ impl PoolCore {
             req.unwatch(Some(from));
             return Cancel::Cancelled;
         }
-        match self.cancel_written(st, Some(from), |r| r.id == request_id) {
+        match self.cancel_written(st, Some(from), true, |r| r.id == request_id) {
             0 => Cancel::Replied,
             _ => Cancel::Running,
         }
@@ -403,18 +403,21 @@ impl PoolCore {
         st.queue.retain(|r| !is_its(r));
         let removed = (before - st.queue.len()) as u64;
         st.stats.cancelled += removed;
-        self.cancel_written(st, Some(env), is_its);
+        // The monitor has fired: nothing to release.
+        self.cancel_written(st, Some(env), false, is_its);
     }
 
     /// Marks the written requests that `which` picks as cancelled, tells
     /// their workers, and tells the owner, which kills a worker that is not
-    /// free again within the grace period (see `expire`). Their monitors
-    /// are released. `from` is the current process's or callback's env (as
-    /// in `Request::reply`). Returns how many it found.
+    /// free again within the grace period (see `expire`). `from` is the
+    /// current process's or callback's env (as in `Request::reply`); with
+    /// `demonitor`, their monitors are released (it must then be the
+    /// calling process's). Returns how many it found.
     fn cancel_written(
         &self,
         mut st: parking_lot::MutexGuard<'_, PoolState>,
         from: Option<Env>,
+        demonitor: bool,
         which: impl Fn(&Request) -> bool,
     ) -> usize {
         let mut found: Vec<(Arc<Worker>, u64, Option<Watch>)> = Vec::new();
@@ -430,7 +433,7 @@ impl PoolCore {
         drop(st);
         let count = found.len();
         for (worker, request_id, watch) in found {
-            if let Some((handle, monitor)) = watch {
+            if let (true, Some((handle, monitor))) = (demonitor, watch) {
                 handle.demonitor(from, &monitor);
             }
             // The worker still answers it (that frees its place); the answer

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
+import snakepit_bridge
 from snakepit_bridge import BaseAdapter, tool
 
 
@@ -17,6 +21,16 @@ class TestAdapter(BaseAdapter):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.ballast: List[bytes] = []
+        fail_file = os.environ.get("SNAKEPIT_TEST_FAIL_IF")
+        if fail_file and os.path.exists(fail_file):
+            raise RuntimeError(f"{fail_file} exists")
+        start_log = os.environ.get("SNAKEPIT_TEST_START_LOG")
+        if start_log:
+            started = time.monotonic()
+            time.sleep(0.05)  # a start that takes a while, so overlaps would show
+            with open(start_log, "a") as f:
+                f.write(f"{started} {time.monotonic()}\n")
 
     @tool
     def echo(self, value: Any = None) -> Any:
@@ -95,3 +109,47 @@ class TestAdapter(BaseAdapter):
         time.sleep(after_ms / 1000)
         os.kill(os.getpid(), getattr(signal, sig))
         time.sleep(10)
+
+    @tool
+    def until_cancelled(self, timeout_ms: int = 10_000) -> str:
+        """Works until the host cancels the call, as a well-behaved long tool does."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not snakepit_bridge.cancelled():
+            if time.monotonic() > deadline:
+                return "never cancelled"
+            time.sleep(0.002)
+        return "cancelled"
+
+    @tool
+    def hog_gil(self) -> bool:
+        """Catastrophic backtracking: C code that holds the GIL for ages."""
+        return re.match(r"(a+)+$", "a" * 40 + "b") is not None
+
+    @tool
+    def grow(self, mb: int) -> int:
+        """Holds `mb` MiB more of resident memory."""
+        self.ballast.append(b"x" * (mb * 1024 * 1024))
+        return sum(len(b) for b in self.ballast) // (1024 * 1024)
+
+    @tool
+    def spawn_children(self) -> List[int]:
+        """A child in the worker's group and a setsid daemon that double-forks:
+        returns their pids. Neither may outlive the worker."""
+        child = subprocess.Popen(["sleep", "600"])
+        daemon_code = (
+            "import os, sys, time\n"
+            "if os.fork(): sys.exit(0)\n"
+            "os.setsid()\n"
+            "print(os.getpid(), flush=True)\n"
+            "os.close(1)\n"
+            "time.sleep(600)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", daemon_code], stdout=subprocess.PIPE, text=True, timeout=10
+        )
+        return [child.pid, int(out.stdout.split()[0])]
+
+    @tool
+    def ignore_sigterm(self) -> bool:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return True
