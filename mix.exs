@@ -63,7 +63,10 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     case System.cmd(cargo, args, cd: root, stderr_to_stdout: true) do
       {_out, 0} ->
         for name <- @artifacts do
-          install(Path.join([root, "target", "release", name]), Path.join([root, "priv", "native", name]))
+          install(
+            Path.join([root, "target", "release", name]),
+            Path.join([root, "priv", "native", name])
+          )
         end
 
       {out, status} ->

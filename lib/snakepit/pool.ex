@@ -366,10 +366,15 @@ defmodule Snakepit.Pool do
 
   defp recycle_reason(w, config) do
     cond do
-      config.max_age != :infinity and w.age_ms >= config.max_age -> "max_age"
+      config.max_age != :infinity and w.age_ms >= config.max_age ->
+        "max_age"
+
       config.max_memory_mb != :infinity and is_integer(w.rss_bytes) and
-          w.rss_bytes > config.max_memory_mb * 1024 * 1024 -> "max_memory_mb"
-      true -> nil
+          w.rss_bytes > config.max_memory_mb * 1024 * 1024 ->
+        "max_memory_mb"
+
+      true ->
+        nil
     end
   end
 

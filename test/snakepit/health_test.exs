@@ -1,0 +1,95 @@
+defmodule Snakepit.HealthTest do
+  # Heartbeats and recycling, against real workers.
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+  import Snakepit.TestPools
+
+  alias Snakepit.Error
+
+  defp start_pool(extra) do
+    opts = opts(extra)
+    start_supervised!({Snakepit.Pool, opts})
+    opts[:name]
+  end
+
+  defp os_pids(pool), do: pool |> Snakepit.list_workers() |> Enum.map(& &1.os_pid)
+
+  describe "heartbeats" do
+    test "a frozen worker misses heartbeats and is replaced" do
+      pool = start_pool(size: 1, heartbeat_interval: 50, heartbeat_misses: 2)
+      [old] = os_pids(pool)
+
+      log =
+        capture_log(fn ->
+          System.cmd("kill", ["-STOP", "#{old}"])
+          wait_until(fn -> Snakepit.get_stats(pool).restarts == 1 end)
+          assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)
+        end)
+
+      assert log =~ "missed 2 heartbeats"
+      refute os_alive?(old)
+    end
+
+    test "a call stuck in C code holding the GIL is ended by heartbeats, with a :worker error" do
+      pool = start_pool(size: 1, heartbeat_interval: 50, heartbeat_misses: 3)
+
+      capture_log(fn ->
+        assert {:error, %Error{category: :worker} = e} =
+                 Snakepit.execute("hog_gil", %{}, pool: pool)
+
+        assert e.message =~ "missed 3 heartbeats" and e.details.signal == 9
+        assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)
+      end)
+    end
+
+    test "a busy worker running Python code still answers heartbeats" do
+      pool = start_pool(size: 1, heartbeat_interval: 20, heartbeat_misses: 2)
+      assert {:ok, 400} = Snakepit.execute("sleep", %{ms: 400}, pool: pool)
+      assert Snakepit.get_stats(pool).restarts == 0
+    end
+  end
+
+  describe "recycling" do
+    test ":max_requests recycles a worker after that many calls, dropping none" do
+      pool = start_pool(size: 1, max_requests: 3)
+      [first] = os_pids(pool)
+      results = for i <- 1..10, do: Snakepit.execute("echo", %{value: i}, pool: pool)
+      assert results == Enum.map(1..10, &{:ok, &1})
+      stats = Snakepit.get_stats(pool)
+      assert stats.recycles == 3 and stats.restarts == 0
+      refute first in os_pids(pool)
+    end
+
+    test "a worker recycled with a call in flight finishes it first" do
+      pool = start_pool(size: 1, max_requests: 1, pipeline_depth: 4)
+
+      tasks =
+        for i <- 1..6, do: Task.async(fn -> Snakepit.execute("echo", %{value: i}, pool: pool) end)
+
+      assert Enum.map(tasks, &Task.await/1) == Enum.map(1..6, &{:ok, &1})
+    end
+
+    test ":max_age recycles workers one at a time, while calls keep succeeding" do
+      pool = start_pool(size: 2, max_age: 300)
+      first = os_pids(pool)
+
+      Stream.repeatedly(fn -> Snakepit.execute("echo", %{value: 1}, pool: pool) end)
+      |> Stream.each(&assert(&1 == {:ok, 1}))
+      |> Enum.find(fn _ -> Snakepit.get_stats(pool).recycles >= 2 end)
+
+      assert Snakepit.get_stats(pool).restarts == 0
+      wait_until(fn -> Enum.all?(os_pids(pool), &(&1 not in first)) end, 10_000)
+    end
+
+    test ":max_memory_mb recycles a worker whose resident memory passed it" do
+      pool = start_pool(size: 1, max_memory_mb: 80)
+      [old] = os_pids(pool)
+      [%{rss_bytes: rss}] = Snakepit.list_workers(pool)
+      assert is_integer(rss) and rss < 80 * 1024 * 1024
+      assert {:ok, 100} = Snakepit.execute("grow", %{mb: 100}, pool: pool)
+      wait_until(fn -> Snakepit.get_stats(pool).recycles == 1 end)
+      assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)
+      refute old in os_pids(pool)
+    end
+  end
+end
