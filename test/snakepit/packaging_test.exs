@@ -6,28 +6,7 @@ defmodule Snakepit.PackagingTest do
 
   @root Path.expand("../..", __DIR__)
 
-  defp tmp_dir(name) do
-    dir = Path.join(System.tmp_dir!(), "#{name}_#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-    on_exit(fn -> File.rm_rf!(dir) end)
-    dir
-  end
-
-  # Snakepit's compiled code laid out as an app in a temp dir, for a separate
-  # `elixir -pa ebin`: its priv/ is a link to the real one, or empty.
-  defp snakepit_app(name, priv) do
-    lib = tmp_dir(name)
-    ebin = Path.join(lib, "snakepit/ebin")
-    File.mkdir_p!(ebin)
-    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
-
-    case priv do
-      :real_priv -> File.ln_s!(Path.join(@root, "priv"), Path.join(lib, "snakepit/priv"))
-      :empty_priv -> File.mkdir_p!(Path.join(lib, "snakepit/priv"))
-    end
-
-    {lib, ebin}
-  end
+  import Snakepit.TestPools, only: [tmp_dir: 1, snakepit_app: 2]
 
   @tag timeout: 180_000
   test "a Mix app with {:snakepit, path: ...} builds, loads the NIF and calls Python" do

@@ -57,4 +57,32 @@ defmodule Snakepit.TestPools do
       _ -> false
     end
   end
+
+  @doc "A fresh directory, removed when the test ends."
+  def tmp_dir(name) do
+    dir = Path.join(System.tmp_dir!(), "#{name}_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf!(dir) end)
+    dir
+  end
+
+  @doc """
+  Snakepit's compiled code (test support included) laid out as an app in a
+  temp dir, for a separate `elixir -pa ebin`: its priv/ is a link to the real
+  one, or empty. Returns `{lib_dir, ebin}`.
+  """
+  def snakepit_app(name, priv) do
+    lib = tmp_dir(name)
+    ebin = Path.join(lib, "snakepit/ebin")
+    File.mkdir_p!(ebin)
+    File.cp_r!(Path.dirname(:code.which(Snakepit)), ebin)
+    root = Path.expand("../..", __DIR__)
+
+    case priv do
+      :real_priv -> File.ln_s!(Path.join(root, "priv"), Path.join(lib, "snakepit/priv"))
+      :empty_priv -> File.mkdir_p!(Path.join(lib, "snakepit/priv"))
+    end
+
+    {lib, ebin}
+  end
 end
