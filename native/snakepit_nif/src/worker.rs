@@ -348,7 +348,9 @@ fn read_loop(
             Ok(f) => f.0,
             Err(FrameError::Eof) => break None,
             Err(e @ FrameError::TooLarge { .. }) => break Some(e.to_string()),
-            Err(FrameError::Truncated { .. }) => break Some("stdout closed inside a frame".into()),
+            // A worker killed while writing leaves half a frame: its exit,
+            // not the fragment, is the news.
+            Err(FrameError::Truncated { .. }) => break None,
             Err(FrameError::Io(e)) => break Some(format!("stdout read failed: {e}")),
         };
         let envelope = match protocol::parse_envelope(frame.as_slice()) {
@@ -398,8 +400,9 @@ fn spin_until_readable(fd: std::os::fd::RawFd, limit: Duration) {
 }
 
 /// Gets the worker's exit status from its shepherd, killing the worker
-/// first if it broke the protocol, or if it lingers after closing stdout.
-fn reap(worker: &Worker, protocol_error: Option<String>) -> ExitInfo {
+/// first if it broke the protocol, or if it lingers after closing stdout
+/// (which breaks the protocol too).
+fn reap(worker: &Worker, mut protocol_error: Option<String>) -> ExitInfo {
     if protocol_error.is_some() {
         worker.signal(b'K');
     }
@@ -407,6 +410,8 @@ fn reap(worker: &Worker, protocol_error: Option<String>) -> ExitInfo {
     *worker.control.lock() = None;
     let _ = worker.lifeline.set_read_timeout(Some(LINGER));
     let line = read_line(&worker.lifeline).or_else(|_| {
+        // Alive without its stdout: it can never answer again.
+        protocol_error.get_or_insert_with(|| "it closed stdout but kept running".into());
         worker.signal(b'K');
         // The shepherd reaps the group before it answers; a process stuck in
         // the kernel can hold that up to its sweep limit (5 s).

@@ -1,0 +1,177 @@
+defmodule Snakepit.ChaosTest do
+  # Thousands of calls from many callers while workers are SIGKILLed at
+  # random: every call gets exactly one answer, every {:ok, _} is the answer
+  # to its own request, and the pool ends healthy. Runs under the VM's
+  # long_schedule monitor: no NIF may hold a normal scheduler for 5 ms.
+  # Not async: the system monitor is global to the VM.
+  use ExUnit.Case, async: false
+  import ExUnit.CaptureLog
+  import Snakepit.TestPools
+
+  alias Snakepit.Error
+
+  @callers 32
+  @calls_per_caller 100
+  # Killed mid-call, timed out (rem 10 == 2 always does), or a Python
+  # error answered on purpose; never :transport or :pool.
+  @expected_errors [:worker, :timeout]
+
+  @tag timeout: 120_000
+  test "random worker kills under load: one right answer per call, a healthy pool after" do
+    opts = opts(size: 4, pipeline_depth: 2, cancel_grace: 200)
+    start_supervised!({Snakepit.Pool, opts})
+    pool = opts[:name]
+    :ok = Snakepit.await_ready(pool, 30_000)
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 5}])
+    test = self()
+
+    {results, kills} =
+      try do
+        killer = spawn_link(fn -> kill_at_random(pool, 0) end)
+
+        log =
+          capture_log(fn ->
+            callers = for c <- 1..@callers, do: spawn_link(fn -> caller(test, pool, c) end)
+
+            results =
+              for c <- callers,
+                  do:
+                    receive(
+                      do:
+                        ({:results, ^c, r} ->
+                           IO.puts(:stderr, "got #{inspect(c)}")
+                           r),
+                      after:
+                        (20_000 ->
+                           IO.puts(
+                             :stderr,
+                             "STUCK #{inspect(c)} #{inspect(Process.info(c, [:current_stacktrace, :messages]))} #{inspect(Snakepit.get_stats(pool))}"
+                           ))
+                    )
+
+            send(killer, {:stop, test})
+            kills = receive(do: ({:kills, n} -> n))
+            send(test, {:results, results, kills})
+            # Quiesce, then ask every caller whether anything else arrived.
+            wait_until(fn -> idle?(pool) end, 20_000)
+            for c <- callers, do: send(c, {:check, test})
+            for c <- callers, do: assert_receive({:mailbox, ^c, []}, 5_000)
+          end)
+
+        assert log =~ "was killed by signal 9"
+        assert_received {:results, results, kills}
+        {results, kills}
+      after
+        restore(previous)
+      end
+
+    assert kills >= 5
+    assert length(results) == @callers
+
+    for caller_results <- results do
+      assert length(caller_results) == @calls_per_caller
+
+      for {expected, answer} <- caller_results do
+        case {expected, answer} do
+          {{:raises, message}, {:error, %Error{category: :python_error} = e}} ->
+            assert e.message == message
+
+          {_, {:ok, value}} ->
+            assert value == expected
+
+          {_, {:error, %Error{category: category}}} ->
+            assert category in @expected_errors
+        end
+      end
+    end
+
+    answers = List.flatten(results)
+    ok = Enum.count(answers, &match?({_, {:ok, _}}, &1))
+    assert ok > length(answers) / 2
+
+    :ok = Snakepit.await_ready(pool, 30_000)
+    stats = Snakepit.get_stats(pool)
+    assert stats.workers == 4 and stats.queued == 0 and stats.in_flight == 0
+    # A kill can hit a worker already on its way out.
+    assert stats.restarts >= div(kills, 2)
+    assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)
+
+    offenders =
+      collect_long_schedules()
+      |> Enum.filter(fn info -> inspect(info) =~ "Snakepit.Native" end)
+
+    assert offenders == []
+  end
+
+  # Each call echoes a value that names its caller and its number, so an
+  # answer delivered to the wrong call cannot go unnoticed.
+  defp caller(test, pool, c) do
+    results =
+      for i <- 1..@calls_per_caller do
+        value = %{"caller" => c, "call" => i, "pad" => String.duplicate("x", rem(i * 37, 300))}
+
+        answer =
+          case rem(i, 10) do
+            0 -> Snakepit.execute("sleep", %{ms: 5}, pool: pool)
+            1 -> Snakepit.execute("boom", %{message: "m#{c}.#{i}"}, pool: pool)
+            2 -> Snakepit.execute("sleep", %{ms: 300}, pool: pool, timeout: 20)
+            _ -> Snakepit.execute("echo", %{value: value}, pool: pool, timeout: 10_000)
+          end
+
+        {expected(c, i, value), answer}
+      end
+
+    send(test, {:results, self(), results})
+
+    receive do
+      {:check, ^test} ->
+        {:messages, messages} = Process.info(self(), :messages)
+        send(test, {:mailbox, self(), messages})
+    end
+  end
+
+  # Python errors must carry their own call's message too.
+  defp expected(c, i, value) do
+    case rem(i, 10) do
+      0 -> 5
+      1 -> {:raises, "ValueError: m#{c}.#{i}"}
+      2 -> 300
+      _ -> value
+    end
+  end
+
+  defp kill_at_random(pool, kills) do
+    receive do
+      {:stop, test} -> send(test, {:kills, kills})
+    after
+      25 ->
+        ready =
+          for %{state: s, os_pid: p} <- Snakepit.list_workers(pool), s in [:idle, :busy], do: p
+
+        case ready do
+          [] ->
+            kill_at_random(pool, kills)
+
+          pids ->
+            System.cmd("kill", ["-KILL", "#{Enum.random(pids)}"])
+            kill_at_random(pool, kills + 1)
+        end
+    end
+  end
+
+  defp idle?(pool) do
+    stats = Snakepit.get_stats(pool)
+    stats.queued == 0 and stats.in_flight == 0
+  end
+
+  defp restore(:undefined), do: :erlang.system_monitor(:undefined)
+  defp restore({pid, opts}), do: :erlang.system_monitor(pid, opts)
+
+  defp collect_long_schedules(acc \\ []) do
+    receive do
+      {:monitor, _who, :long_schedule, info} -> collect_long_schedules([info | acc])
+    after
+      0 -> acc
+    end
+  end
+end
