@@ -33,21 +33,7 @@ defmodule Snakepit.ChaosTest do
           capture_log(fn ->
             callers = for c <- 1..@callers, do: spawn_link(fn -> caller(test, pool, c) end)
 
-            results =
-              for c <- callers,
-                  do:
-                    receive(
-                      do:
-                        ({:results, ^c, r} ->
-                           IO.puts(:stderr, "got #{inspect(c)}")
-                           r),
-                      after:
-                        (20_000 ->
-                           IO.puts(
-                             :stderr,
-                             "STUCK #{inspect(c)} #{inspect(Process.info(c, [:current_stacktrace, :messages]))} #{inspect(Snakepit.get_stats(pool))}"
-                           ))
-                    )
+            results = for c <- callers, do: await_results(c, pool)
 
             send(killer, {:stop, test})
             kills = receive(do: ({:kills, n} -> n))
@@ -156,6 +142,20 @@ defmodule Snakepit.ChaosTest do
             System.cmd("kill", ["-KILL", "#{Enum.random(pids)}"])
             kill_at_random(pool, kills + 1)
         end
+    end
+  end
+
+  # Bounded: a stuck call must fail the test with what it was doing.
+  defp await_results(caller, pool) do
+    receive do
+      {:results, ^caller, results} -> results
+    after
+      60_000 ->
+        flunk(
+          "caller #{inspect(caller)} is stuck in " <>
+            inspect(Process.info(caller, :current_stacktrace)) <>
+            "; pool: #{inspect(Snakepit.get_stats(pool))}"
+        )
     end
   end
 
