@@ -36,7 +36,17 @@ defmodule Snakepit.ChaosTest do
             results = for c <- callers, do: await_results(c, pool)
 
             send(killer, {:stop, test})
-            kills = receive(do: ({:kills, n} -> n))
+
+            kills =
+              receive do
+                {:kills, n} -> n
+              after
+                10_000 ->
+                  flunk(
+                    "the killer is stuck in #{inspect(Process.info(killer, :current_stacktrace))}"
+                  )
+              end
+
             send(test, {:results, results, kills})
             # Quiesce, then ask every caller whether anything else arrived.
             wait_until(fn -> idle?(pool) end, 20_000)
@@ -139,7 +149,7 @@ defmodule Snakepit.ChaosTest do
             kill_at_random(pool, kills)
 
           pids ->
-            System.cmd("kill", ["-KILL", "#{Enum.random(pids)}"])
+            System.cmd("kill", ["-KILL", "#{Enum.random(pids)}"], stderr_to_stdout: true)
             kill_at_random(pool, kills + 1)
         end
     end

@@ -152,6 +152,19 @@ defmodule Snakepit.PoolTest do
       assert stats.restarts == 1 and stats.worker_errors == 1
     end
 
+    test "a segfault reaches the caller as a :worker error with the signal" do
+      opts = TestPools.opts(size: 1)
+      start_supervised!({Snakepit.Pool, opts})
+
+      capture_log(fn ->
+        assert {:error, %Error{category: :worker} = e} =
+                 Snakepit.execute("segfault", %{}, pool: opts[:name])
+
+        assert e.details.signal == 11 and e.message =~ "SIGSEGV"
+        assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: opts[:name])
+      end)
+    end
+
     test "calls queued behind a dying worker are served by its replacement" do
       opts = TestPools.opts(size: 1)
       start_supervised!({Snakepit.Pool, opts})

@@ -22,16 +22,31 @@ from snakepit_bridge import codec  # noqa: E402
 class WorkerProcess:
     """A real `python -m snakepit_bridge` process driven over its pipes."""
 
-    def __init__(self, adapter: str) -> None:
+    def __init__(self, adapter: str, control: bool = False) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(PRIV_PYTHON), str(TEST_ADAPTERS)])
+        pass_fds: Tuple[int, ...] = ()
+        self.control_fd: Optional[int] = None
+        if control:
+            read_end, self.control_fd = os.pipe()
+            env["SNAKEPIT_CONTROL_FD"] = str(read_end)
+            pass_fds = (read_end,)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snakepit_bridge", "--adapter", adapter],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            pass_fds=pass_fds,
         )
+        if control:
+            os.close(read_end)
+
+    def send_control(self, kind: str, request_id: int) -> None:
+        """A frame on the control pipe, as the host sends heartbeats and cancels."""
+        assert self.control_fd is not None
+        payload = codec.packb([kind, request_id, None])
+        os.write(self.control_fd, len(payload).to_bytes(4, "big") + payload)
 
     def send(self, kind: str, request_id: int, body: Any) -> None:
         self.send_raw(codec.packb([kind, request_id, body]))
@@ -72,6 +87,18 @@ class WorkerProcess:
 @pytest.fixture
 def worker() -> Iterator[WorkerProcess]:
     w = WorkerProcess("snakepit_test_adapters.TestAdapter")
+    ready = w.recv()
+    assert ready is not None and ready[0] == "ready"
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+        w.proc.wait()
+
+
+@pytest.fixture
+def controlled() -> Iterator[WorkerProcess]:
+    """A worker with a control pipe, as Snakepit starts them."""
+    w = WorkerProcess("snakepit_test_adapters.TestAdapter", control=True)
     ready = w.recv()
     assert ready is not None and ready[0] == "ready"
     yield w

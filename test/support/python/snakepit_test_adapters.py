@@ -114,6 +114,7 @@ class TestAdapter(BaseAdapter):
     def until_cancelled(self, timeout_ms: int = 10_000) -> str:
         """Works until the host cancels the call, as a well-behaved long tool does."""
         deadline = time.monotonic() + timeout_ms / 1000
+        logging.getLogger("snakepit_test").info("until_cancelled started")
         while not snakepit_bridge.cancelled():
             if time.monotonic() > deadline:
                 return "never cancelled"
@@ -153,3 +154,9 @@ class TestAdapter(BaseAdapter):
     def ignore_sigterm(self) -> bool:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return True
+
+    @tool
+    def segfault(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
