@@ -106,7 +106,8 @@ defmodule Bench.Recovery do
   end
 
   defp row(name, times),
-    do: IO.puts("| #{name} | #{Float.round(median(times), 1)} | #{Float.round(Enum.max(times), 1)} |")
+    do:
+      IO.puts("| #{name} | #{Float.round(median(times), 1)} | #{Float.round(Enum.max(times), 1)} |")
 
   defp median(list) do
     sorted = Enum.sort(list)
