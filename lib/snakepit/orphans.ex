@@ -23,8 +23,8 @@ defmodule Snakepit.Orphans do
   @doc """
   SIGKILLs every marked process whose BEAM is gone, and returns their OS pids.
 
-      iex> Snakepit.Orphans.reap()
-      []
+      Snakepit.Orphans.reap()
+      #=> [48213, 48214]
   """
   @spec reap() :: [pos_integer()]
   def reap, do: Native.reap_orphans()
@@ -41,6 +41,10 @@ defmodule Snakepit.Orphans do
   @doc """
   The OS pids of the running processes that carry `mark` (by default this
   BEAM's): its shepherds, workers and whatever they started.
+
+      iex> [%{os_pid: worker} | _] = Snakepit.list_workers()
+      iex> worker in Snakepit.Orphans.processes()
+      true
   """
   @spec processes(String.t()) :: [pos_integer()]
   def processes(mark \\ mark()), do: Native.marked_processes(mark)

@@ -219,8 +219,10 @@ defmodule Snakepit.Pool do
 
         schedule(:heartbeat, config.heartbeat_interval)
 
-        if config.max_age != :infinity or config.max_memory_mb != :infinity,
-          do: schedule(:recycle_check, @recycle_check)
+        :ok =
+          if config.max_age != :infinity or config.max_memory_mb != :infinity,
+            do: schedule(:recycle_check, @recycle_check),
+            else: :ok
 
         {:ok, %{state | phase: :running}}
 
@@ -232,8 +234,13 @@ defmodule Snakepit.Pool do
     end
   end
 
+  @spec schedule(term(), timeout()) :: :ok
   defp schedule(_msg, :infinity), do: :ok
-  defp schedule(msg, ms), do: _ = Process.send_after(self(), msg, ms)
+
+  defp schedule(msg, ms) do
+    _ = Process.send_after(self(), msg, ms)
+    :ok
+  end
 
   # Starts pending slots while fewer than :startup_batch_size workers are starting.
   defp start_pending(%{pending: []} = state), do: state

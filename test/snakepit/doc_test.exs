@@ -4,4 +4,5 @@ defmodule Snakepit.DocTest do
   doctest Snakepit
   doctest Snakepit.Error
   doctest Snakepit.Config
+  doctest Snakepit.Orphans
 end
