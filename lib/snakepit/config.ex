@@ -55,8 +55,9 @@ defmodule Snakepit.Config do
   ### Starting and stopping
 
   Workers start `:startup_batch_size` at a time, so a large pool does not
-  fork-storm a small machine. A worker that exits before its handshake is
-  restarted with backoff (50 ms doubling to 10 s); after
+  fork-storm a small machine. A worker that dies is restarted at once; one
+  that then fails again before its handshake is restarted with backoff (50 ms
+  doubling to 10 s); after
   `:max_start_failures` failures in a row the pool stops with an error.
   Stopping a pool answers queued calls with a `:pool` error, lets running
   ones finish for up to `:shutdown_timeout` ms, then sends SIGTERM to each

@@ -45,7 +45,8 @@ defmodule Snakepit.Pool do
   ## Failures
 
   The native side answers the calls of a worker that dies; this process
-  restarts it with backoff (50 ms doubling to 10 s, reset by a handshake).
+  restarts it at once, and with backoff if it fails again before its
+  handshake (50 ms doubling to 10 s).
   A slot whose worker fails to start `:max_start_failures` times in a row
   stops the pool. It also drives the timers of the data plane: heartbeats
   (`Snakepit.Native.pool_heartbeat/2`), the grace period of cancelled calls
@@ -597,10 +598,19 @@ defmodule Snakepit.Pool do
   defp last_output(%{stderr_tail: tail}),
     do: ". Its stderr:\n" <> (tail |> Enum.reverse() |> Enum.join("\n"))
 
+  # The first failure of a slot restarts it at once; a slot that keeps
+  # failing waits 50 ms, then twice as long each time, up to @max_backoff.
   defp schedule_restart(state, slot) do
     failures = Map.update(state.failures, slot, 1, &(&1 + 1))
-    delay = min(50 * Integer.pow(2, failures[slot] - 1), @max_backoff)
-    Process.send_after(self(), {:restart, slot}, delay)
+
+    case failures[slot] do
+      1 ->
+        send(self(), {:restart, slot})
+
+      n ->
+        Process.send_after(self(), {:restart, slot}, min(50 * Integer.pow(2, n - 2), @max_backoff))
+    end
+
     %{state | failures: failures}
   end
 

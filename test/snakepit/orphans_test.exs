@@ -33,6 +33,8 @@ defmodule Snakepit.OrphansTest do
       ])
 
     {beam, mark, pids} = await_run_line(port)
+    # If an assertion fails before the kill, don't leave that BEAM running.
+    on_exit(fn -> System.cmd("kill", ["-KILL", beam], stderr_to_stdout: true) end)
     assert length(pids) == 6
     assert Enum.all?(pids, &os_alive?/1)
     # Shepherds, workers, the sleep children and the setsid daemons.
