@@ -5,6 +5,8 @@ defmodule Snakepit.ChaosTest do
   # long_schedule monitor: no NIF may hold a normal scheduler for 5 ms.
   # Not async: the system monitor is global to the VM.
   use ExUnit.Case, async: false
+  # Worker exits logged after the run's capture_log ends stay quiet too.
+  @moduletag :capture_log
   import ExUnit.CaptureLog
   import Snakepit.TestPools
 
