@@ -353,23 +353,14 @@ defmodule Snakepit.Pool do
   # Recycles the first worker past :max_age or :max_memory_mb, if no worker
   # is starting or stopping (one at a time keeps the pool's capacity).
   defp recycle_one(state) do
-    %{config: config} = state
     workers = Native.pool_workers(state.handle)
 
-    if Enum.all?(workers, &(&1.state in [:idle, :busy])) do
-      Enum.find_value(workers, state, fn w ->
-        case recycle_reason(w, config) do
-          nil ->
-            nil
-
-          why ->
-            _ = Native.pool_recycle_worker(state.handle, w.worker_id, why)
-            state
-        end
-      end)
-    else
-      state
+    with true <- Enum.all?(workers, &(&1.state in [:idle, :busy])),
+         %{worker_id: id} = worker <- Enum.find(workers, &recycle_reason(&1, state.config)) do
+      _ = Native.pool_recycle_worker(state.handle, id, recycle_reason(worker, state.config))
     end
+
+    state
   end
 
   defp recycle_reason(w, config) do
