@@ -218,7 +218,8 @@ fn pool_stats<'a>(env: Env<'a>, pool: ResourceArc<PoolHandle>) -> Term<'a> {
     pool.core.stats(env)
 }
 
-#[rustler::nif]
+/// On a dirty I/O scheduler: it reads each worker's `/proc/<pid>/status`.
+#[rustler::nif(schedule = "DirtyIo")]
 fn pool_workers<'a>(env: Env<'a>, pool: ResourceArc<PoolHandle>) -> Term<'a> {
     pool.core.workers(env)
 }
