@@ -105,6 +105,14 @@ defmodule Snakepit.PoolTest do
       assert pgid == os_pid and sid == shepherd
       [_state, _beam, ^shepherd, ^shepherd] = stat(shepherd)
       assert File.read!("/proc/#{shepherd}/cmdline") =~ "snakepit_shepherd"
+      # Neither holds any of the BEAM's own descriptors: only stdio, the
+      # lifeline (shepherd) or control pipe (worker), and the worker's own.
+      assert fds(shepherd) |> Map.keys() |> Enum.sort() == [0, 1, 2, 3, 4]
+      assert fds(shepherd)[3] =~ "socket:" and fds(shepherd)[4] =~ "pidfd"
+
+      for {fd, target} <- fds(os_pid), fd > 2 do
+        refute target =~ ~r/socket:|eventpoll|timerfd/, "worker fd #{fd} -> #{target}"
+      end
     end
 
     test "frames over :max_frame_bytes are refused in both directions" do
@@ -245,6 +253,12 @@ defmodule Snakepit.PoolTest do
     case Integer.parse(field) do
       {n, ""} -> n
       _ -> field
+    end
+  end
+
+  defp fds(os_pid) do
+    for fd <- File.ls!("/proc/#{os_pid}/fd"), into: %{} do
+      {String.to_integer(fd), File.read_link!("/proc/#{os_pid}/fd/#{fd}")}
     end
   end
 end

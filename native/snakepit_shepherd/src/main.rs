@@ -19,7 +19,8 @@
 //! (the exec failed) once at start, then `exit <code|-> <signal|->`.
 //!
 //! If fd 4 is open, the worker gets it as its fd 3 (the host's control
-//! pipe); the shepherd keeps no copy.
+//! pipe); the shepherd keeps no copy. Every other descriptor it inherited
+//! beyond stdio is closed at start.
 //!
 //! The worker has `PR_SET_PDEATHSIG` = SIGKILL, so even a SIGKILL of the
 //! shepherd itself takes the worker along.
@@ -54,6 +55,11 @@ fn main() {
         eprintln!("usage: snakepit_shepherd PROGRAM [ARGS...] (lifeline on fd 3)");
         std::process::exit(2);
     }
+    // The BEAM's own descriptors (its pollset, timers, the pipes of ports
+    // being opened) are not all close-on-exec, and we live as long as our
+    // worker: holding one could keep a port of the BEAM from ever seeing
+    // EOF. Only stdio, the lifeline and the control pipe stay.
+    close_from(CONTROL_IN + 1);
     if !fd_open(LIFELINE) {
         eprintln!("snakepit_shepherd: no lifeline on fd 3; it is started by Snakepit");
         std::process::exit(2);
@@ -306,6 +312,26 @@ fn quiet_stdio() {
             if null > 2 {
                 libc::close(null);
             }
+        }
+    }
+}
+
+/// Closes every descriptor from `first` up.
+fn close_from(first: i32) {
+    // SAFETY: plain syscalls on our own descriptors.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) == 0 {
+            return;
+        }
+        // Kernels before 5.9: one by one, up to the limit.
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(1 << 20) as i32
+        } else {
+            4096
+        };
+        for fd in first..max {
+            libc::close(fd);
         }
     }
 }
