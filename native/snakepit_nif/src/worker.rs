@@ -191,13 +191,23 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    // SAFETY: setsid and dup2 are async-signal-safe, as pre_exec requires.
+    // SAFETY: setsid, dup2 and close_range are async-signal-safe, as
+    // pre_exec requires.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 || libc::dup2(lifeline_fd, 3) < 0 || libc::dup2(control_fd, 4) < 0
             {
                 return Err(io::Error::last_os_error());
             }
+            // The BEAM's own descriptors are not all close-on-exec; make them
+            // so, or the shepherd would hold its pollset and port pipes (see
+            // the shepherd, which also closes what is left on old kernels).
+            libc::syscall(
+                libc::SYS_close_range,
+                5u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
