@@ -32,6 +32,30 @@ defmodule Snakepit.PoolTest do
                Snakepit.Pool.start_link(TestPools.opts(env: [{"A", 1.5}]))
     end
 
+    test "the robustness options take their documented forms" do
+      for {key, bad, expected} <- [
+            {:queue_timeout, 0, "a positive integer or :infinity"},
+            {:max_requests, :never, "a positive integer or :infinity"},
+            {:max_age, -1, "a positive integer or :infinity"},
+            {:max_memory_mb, "1G", "a positive integer or :infinity"},
+            {:heartbeat_interval, nil, "a positive integer or :infinity"},
+            {:heartbeat_misses, 0, "a positive integer"},
+            {:max_queue, :infinity, "a positive integer"},
+            {:startup_batch_size, 0, "a positive integer"},
+            {:max_start_failures, 1.5, "a positive integer"},
+            {:cancel_grace, -5, "a non-negative integer (milliseconds)"},
+            {:shutdown_timeout, :infinity, "a non-negative integer (milliseconds)"}
+          ] do
+        assert {:error, %Error{details: %{option: ^key}} = e} =
+                 Snakepit.Config.validate(TestPools.opts([{key, bad}]))
+
+        assert e.message =~ "expected #{expected}"
+      end
+
+      {:ok, config} = Snakepit.Config.validate(TestPools.opts(max_age: :infinity, cancel_grace: 0))
+      assert {config.max_age, config.cancel_grace, config.max_queue} == {:infinity, 0, 10_000}
+    end
+
     test "a python that does not exist is named in the error" do
       assert {:error, %Error{details: %{option: :python}} = e} =
                Snakepit.Pool.start_link(TestPools.opts(python: "python_does_not_exist_3"))
