@@ -17,7 +17,7 @@
 
 use crate::atoms;
 use crate::pool::PoolCore;
-use crate::writer::Writer;
+use crate::writer::{set_nonblocking, Writer};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustler::env::OwnedEnv;
@@ -327,17 +327,6 @@ fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Reads frames until stdout ends or the worker breaks the protocol, then
 /// reaps the process and reports the exit.
 fn read_loop(
@@ -419,7 +408,14 @@ fn reap(worker: &Worker, mut protocol_error: Option<String>) -> ExitInfo {
     worker.writer.close_now();
     *worker.control.lock() = None;
     let _ = worker.lifeline.set_read_timeout(Some(LINGER));
-    let line = read_line(&worker.lifeline).or_else(|_| {
+    let line = read_line(&worker.lifeline).or_else(|e| {
+        let lingering = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        if !lingering {
+            return Err(e); // the shepherd is gone, and took the worker along
+        }
         // Alive without its stdout: it can never answer again.
         protocol_error.get_or_insert_with(|| "it closed stdout but kept running".into());
         worker.signal(b'K');
