@@ -163,6 +163,17 @@ defmodule Snakepit.Config do
     :shutdown_timeout
   ]
 
+  # Shapes shared by several options (see check/2).
+  @positive_or_infinity [
+    :queue_timeout,
+    :heartbeat_interval,
+    :max_requests,
+    :max_age,
+    :max_memory_mb
+  ]
+  @positive [:max_queue, :heartbeat_misses, :startup_batch_size, :max_start_failures]
+  @non_negative [:cancel_grace, :shutdown_timeout]
+
   @doc "The option names a pool accepts."
   @spec known_options() :: [atom()]
   def known_options, do: @known
@@ -276,35 +287,20 @@ defmodule Snakepit.Config do
   defp check(:startup_timeout, v) when is_integer(v) and v > 0, do: {:ok, v}
   defp check(:startup_timeout, _), do: {:error, "a positive integer (milliseconds)"}
 
-  defp check(key, :infinity)
-       when key in [:queue_timeout, :heartbeat_interval, :max_requests, :max_age, :max_memory_mb],
-       do: {:ok, :infinity}
+  defp check(key, :infinity) when key in @positive_or_infinity, do: {:ok, :infinity}
 
-  defp check(key, v)
-       when key in [
-              :queue_timeout,
-              :max_queue,
-              :heartbeat_interval,
-              :heartbeat_misses,
-              :max_requests,
-              :max_age,
-              :max_memory_mb,
-              :startup_batch_size,
-              :max_start_failures
-            ] and is_integer(v) and v > 0,
-       do: {:ok, v}
+  defp check(key, v) when key in @positive_or_infinity and is_integer(v) and v > 0, do: {:ok, v}
 
-  defp check(key, _)
-       when key in [:queue_timeout, :heartbeat_interval, :max_requests, :max_age, :max_memory_mb],
-       do: {:error, "a positive integer or :infinity"}
+  defp check(key, _) when key in @positive_or_infinity,
+    do: {:error, "a positive integer or :infinity"}
 
-  defp check(key, v) when key in [:cancel_grace, :shutdown_timeout] and is_integer(v) and v >= 0,
-    do: {:ok, v}
+  defp check(key, v) when key in @positive and is_integer(v) and v > 0, do: {:ok, v}
+  defp check(key, _) when key in @positive, do: {:error, "a positive integer"}
 
-  defp check(key, _) when key in [:cancel_grace, :shutdown_timeout],
+  defp check(key, v) when key in @non_negative and is_integer(v) and v >= 0, do: {:ok, v}
+
+  defp check(key, _) when key in @non_negative,
     do: {:error, "a non-negative integer (milliseconds)"}
-
-  defp check(_key, _), do: {:error, "a positive integer"}
 
   defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
   defp env_pair?(_), do: false

@@ -20,15 +20,11 @@ defmodule Snakepit.ChaosTest do
 
   @tag timeout: 120_000
   test "random worker kills under load: one right answer per call, a healthy pool after" do
-    opts = opts(size: 4, pipeline_depth: 2, cancel_grace: 200)
-    start_supervised!({Snakepit.Pool, opts})
-    pool = opts[:name]
-    :ok = Snakepit.await_ready(pool, 30_000)
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 5}])
+    pool = start_pool(size: 4, pipeline_depth: 2, cancel_grace: 200)
     test = self()
 
-    {results, kills} =
-      try do
+    {{results, kills}, offenders} =
+      nif_long_schedules(fn ->
         killer = spawn_link(fn -> kill_at_random(pool, 0) end)
 
         log =
@@ -59,9 +55,7 @@ defmodule Snakepit.ChaosTest do
         assert log =~ "was killed by signal 9"
         assert_received {:results, results, kills}
         {results, kills}
-      after
-        restore(previous)
-      end
+      end)
 
     assert kills >= 5
     assert length(results) == @callers
@@ -93,10 +87,6 @@ defmodule Snakepit.ChaosTest do
     # A kill can hit a worker already on its way out.
     assert stats.restarts >= div(kills, 2)
     assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)
-
-    offenders =
-      collect_long_schedules()
-      |> Enum.filter(fn info -> inspect(info) =~ "Snakepit.Native" end)
 
     assert offenders == []
   end
@@ -174,16 +164,5 @@ defmodule Snakepit.ChaosTest do
   defp idle?(pool) do
     stats = Snakepit.get_stats(pool)
     stats.queued == 0 and stats.in_flight == 0
-  end
-
-  defp restore(:undefined), do: :erlang.system_monitor(:undefined)
-  defp restore({pid, opts}), do: :erlang.system_monitor(pid, opts)
-
-  defp collect_long_schedules(acc \\ []) do
-    receive do
-      {:monitor, _who, :long_schedule, info} -> collect_long_schedules([info | acc])
-    after
-      0 -> acc
-    end
   end
 end

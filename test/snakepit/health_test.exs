@@ -6,14 +6,6 @@ defmodule Snakepit.HealthTest do
 
   alias Snakepit.Error
 
-  defp start_pool(extra) do
-    opts = opts(extra)
-    start_supervised!({Snakepit.Pool, opts})
-    opts[:name]
-  end
-
-  defp os_pids(pool), do: pool |> Snakepit.list_workers() |> Enum.map(& &1.os_pid)
-
   describe "heartbeats" do
     test "a frozen worker misses heartbeats and is replaced" do
       pool = start_pool(size: 1, heartbeat_interval: 50, heartbeat_misses: 2)

@@ -7,8 +7,6 @@ defmodule Snakepit.LifecycleTest do
 
   alias Snakepit.Error
 
-  defp os_pids(pool), do: pool |> Snakepit.list_workers() |> Enum.map(& &1.os_pid)
-
   defp tmp_path(name) do
     path = Path.join(System.tmp_dir!(), "snakepit_#{name}_#{System.unique_integer([:positive])}")
     on_exit(fn -> File.rm(path) end)

@@ -2,16 +2,9 @@ defmodule Snakepit.PipelineTest do
   # pipeline_depth > 1: calls written to a busy worker's pipe ahead of time.
   use ExUnit.Case, async: true
   import ExUnit.CaptureLog
-  import Snakepit.TestPools, only: [wait_until: 1]
+  import Snakepit.TestPools, only: [wait_until: 1, start_pool: 1]
 
   alias Snakepit.{Error, TestPools}
-
-  defp start_pool(opts) do
-    opts = TestPools.opts(opts)
-    start_supervised!({Snakepit.Pool, opts})
-    :ok = Snakepit.await_ready(opts[:name], 30_000)
-    opts[:name]
-  end
 
   defp call_async(pool, tool, args, opts \\ []) do
     Task.async(fn -> Snakepit.execute(tool, args, [pool: pool] ++ opts) end)

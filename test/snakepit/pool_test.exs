@@ -4,9 +4,7 @@ defmodule Snakepit.PoolTest do
 
   alias Snakepit.{Error, TestPools}
 
-  import Snakepit.TestPools, only: [wait_until: 1]
-
-  defp os_pids(pool), do: Enum.map(Snakepit.list_workers(pool), & &1.os_pid)
+  import Snakepit.TestPools, only: [wait_until: 1, os_pids: 1]
 
   describe "options" do
     test "invalid options are refused with an error naming the option" do

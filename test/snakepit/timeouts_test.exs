@@ -7,14 +7,6 @@ defmodule Snakepit.TimeoutsTest do
 
   alias Snakepit.Error
 
-  defp start_pool(extra) do
-    opts = opts(extra)
-    start_supervised!({Snakepit.Pool, opts})
-    opts[:name]
-  end
-
-  defp os_pids(pool), do: pool |> Snakepit.list_workers() |> Enum.map(& &1.os_pid)
-
   test "a call that ignores its cancel is killed after the grace period; its answer never arrives" do
     pool = start_pool(size: 1, cancel_grace: 100)
     [old] = os_pids(pool)

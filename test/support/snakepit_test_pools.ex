@@ -85,4 +85,47 @@ defmodule Snakepit.TestPools do
 
     {lib, ebin}
   end
+
+  @doc "Starts a pool of the test adapter under the test's supervisor; returns its name."
+  def start_pool(extra) do
+    opts = opts(extra)
+    ExUnit.Callbacks.start_supervised!({Snakepit.Pool, opts})
+    :ok = Snakepit.await_ready(opts[:name], 30_000)
+    opts[:name]
+  end
+
+  def os_pids(pool), do: pool |> Snakepit.list_workers() |> Enum.map(& &1.os_pid)
+
+  @doc """
+  Runs `fun` while the VM reports every process that keeps a scheduler for
+  more than 5 ms. Returns `{fun's result, the reports that name the NIF}`.
+  The monitor is global to the VM: only for `async: false` tests.
+  """
+  def nif_long_schedules(fun) do
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 5}])
+
+    result =
+      try do
+        fun.()
+      after
+        restore_monitor(previous)
+      end
+
+    offenders =
+      collect_long_schedules([])
+      |> Enum.filter(fn info -> inspect(info) =~ "Snakepit.Native" end)
+
+    {result, offenders}
+  end
+
+  defp restore_monitor(:undefined), do: :erlang.system_monitor(:undefined)
+  defp restore_monitor({pid, opts}), do: :erlang.system_monitor(pid, opts)
+
+  defp collect_long_schedules(acc) do
+    receive do
+      {:monitor, _who, :long_schedule, info} -> collect_long_schedules([info | acc])
+    after
+      0 -> acc
+    end
+  end
 end

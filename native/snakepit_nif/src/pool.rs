@@ -366,14 +366,10 @@ impl PoolCore {
     /// Gives up on a request after the caller's timeout (`from` is the
     /// caller's env).
     pub fn cancel(&self, from: Env, request_id: u64) -> Cancel {
-        let mut st = self.state.lock();
-        if let Some(pos) = st.queue.iter().position(|r| r.id == request_id) {
-            let mut req = st.queue.remove(pos).expect("found");
-            st.stats.cancelled += 1;
-            drop(st);
-            req.unwatch(Some(from));
+        let st = self.state.lock();
+        let Err(st) = Self::take_queued(st, from, request_id) else {
             return Cancel::Cancelled;
-        }
+        };
         match self.cancel_written(st, Some(from), true, |r| r.id == request_id) {
             0 => Cancel::Replied,
             _ => Cancel::Running,
@@ -383,15 +379,24 @@ impl PoolCore {
     /// Takes a request out of the queue, if it is still there: the caller
     /// waited its `queue_timeout`. `false` means a worker has it.
     pub fn dequeue(&self, from: Env, request_id: u64) -> bool {
-        let mut st = self.state.lock();
+        Self::take_queued(self.state.lock(), from, request_id).is_ok()
+    }
+
+    /// Removes a queued request (no reply will be sent), or hands the lock
+    /// back if it is not in the queue.
+    fn take_queued<'g>(
+        mut st: parking_lot::MutexGuard<'g, PoolState>,
+        from: Env,
+        request_id: u64,
+    ) -> Result<(), parking_lot::MutexGuard<'g, PoolState>> {
         let Some(pos) = st.queue.iter().position(|r| r.id == request_id) else {
-            return false;
+            return Err(st);
         };
         let mut req = st.queue.remove(pos).expect("found");
         st.stats.cancelled += 1;
         drop(st);
         req.unwatch(Some(from));
-        true
+        Ok(())
     }
 
     /// The caller behind `monitor` died: its requests are given up, as if
@@ -769,30 +774,21 @@ impl PoolCore {
         true
     }
 
+    fn all_workers(&self) -> Vec<Arc<Worker>> {
+        let st = self.state.lock();
+        st.workers.values().map(|s| Arc::clone(&s.worker)).collect()
+    }
+
     /// SIGKILLs every worker's process group.
     pub fn kill_all(&self) {
-        let workers: Vec<Arc<Worker>> = self
-            .state
-            .lock()
-            .workers
-            .values()
-            .map(|s| Arc::clone(&s.worker))
-            .collect();
-        for w in workers {
+        for w in self.all_workers() {
             w.kill("the pool was stopped");
         }
     }
 
     /// SIGTERMs every worker's process group.
     pub fn terminate_all(&self) {
-        let workers: Vec<Arc<Worker>> = self
-            .state
-            .lock()
-            .workers
-            .values()
-            .map(|s| Arc::clone(&s.worker))
-            .collect();
-        for w in workers {
+        for w in self.all_workers() {
             w.terminate();
         }
     }

@@ -175,7 +175,7 @@ impl Writer {
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);

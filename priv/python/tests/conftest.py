@@ -77,6 +77,12 @@ class WorkerProcess:
         assert frame is not None
         return frame
 
+    def stop(self) -> None:
+        """Kills the process if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def close(self) -> Tuple[int, bytes]:
         assert self.proc.stdin is not None and self.proc.stderr is not None
         self.proc.stdin.close()
@@ -84,27 +90,23 @@ class WorkerProcess:
         return code, self.proc.stderr.read()
 
 
-@pytest.fixture
-def worker() -> Iterator[WorkerProcess]:
-    w = WorkerProcess("snakepit_test_adapters.TestAdapter")
+def _ready_worker(control: bool) -> Iterator[WorkerProcess]:
+    w = WorkerProcess("snakepit_test_adapters.TestAdapter", control=control)
     ready = w.recv()
     assert ready is not None and ready[0] == "ready"
     yield w
-    if w.proc.poll() is None:
-        w.proc.kill()
-        w.proc.wait()
+    w.stop()
+
+
+@pytest.fixture
+def worker() -> Iterator[WorkerProcess]:
+    yield from _ready_worker(control=False)
 
 
 @pytest.fixture
 def controlled() -> Iterator[WorkerProcess]:
     """A worker with a control pipe, as Snakepit starts them."""
-    w = WorkerProcess("snakepit_test_adapters.TestAdapter", control=True)
-    ready = w.recv()
-    assert ready is not None and ready[0] == "ready"
-    yield w
-    if w.proc.poll() is None:
-        w.proc.kill()
-        w.proc.wait()
+    yield from _ready_worker(control=True)
 
 
 @pytest.fixture
@@ -118,6 +120,4 @@ def spawn() -> Iterator[Any]:
 
     yield _spawn
     for w in started:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
+        w.stop()
