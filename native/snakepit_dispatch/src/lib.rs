@@ -1,0 +1,20 @@
+//! The rules of a Snakepit pool, as plain Rust with no dependency on the
+//! Erlang VM, so that every transition can be unit-tested.
+//!
+//! - [`dispatcher`]: the FIFO queue, the worker slots, dispatch (idle workers
+//!   first, then pipelining), requeue on worker death, cancel and dequeue, and
+//!   the rule that every request gets exactly one answer.
+//! - [`stats`]: the outcome counters, which partition the requests.
+//! - [`recycle`]: when a worker is retired (`max_requests`, `max_age`,
+//!   `max_memory_mb`).
+//!
+//! The NIF (`native/snakepit_nif/src/pool.rs`) holds a [`Dispatcher`] under a
+//! lock, with its replies (`C`) being Erlang pids and tags and its workers
+//! (`W`) being real processes. Here, tests use plain values for both.
+#![forbid(unsafe_code)]
+
+pub mod dispatcher;
+pub mod recycle;
+pub mod stats;
+
+pub use dispatcher::{Dispatcher, Pipe};
