@@ -5,6 +5,8 @@
 //! - [`msgpack`]: a zero-copy pull reader for MessagePack.
 //! - [`protocol`]: the `[kind, id, body]` envelope and frame builders.
 
+#![forbid(unsafe_code)]
+
 pub mod frame;
 pub mod msgpack;
 pub mod protocol;

@@ -171,6 +171,98 @@ pub fn control_frame(kind: Kind, id: u64) -> Vec<u8> {
     buf
 }
 
+/// The value of the string key `key` in the map at `body`, as the reader
+/// positioned on it; `Ok(None)` if the body is not a map or lacks the key.
+fn map_value<'a>(
+    frame: &'a [u8],
+    body: usize,
+    key: &[u8],
+) -> Result<Option<Reader<'a>>, DecodeError> {
+    let mut r = Reader::at(frame, body);
+    let Token::Map(n) = r.next_token()? else {
+        return Ok(None);
+    };
+    for _ in 0..n {
+        let found = match r.next_token()? {
+            Token::Str(k) => r.slice(k) == key,
+            _ => false,
+        };
+        if found {
+            return Ok(Some(r));
+        }
+        r.skip()?;
+    }
+    Ok(None)
+}
+
+/// Why a worker's `ready` frame is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandshakeError {
+    /// It speaks another protocol version (`None`: it announced none).
+    Version(Option<u64>),
+    Malformed(DecodeError),
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Version(Some(v)) => write!(
+                f,
+                "it speaks protocol version {v}, this host speaks {PROTOCOL_VERSION}"
+            ),
+            HandshakeError::Version(None) => write!(
+                f,
+                "its ready frame has no protocol version (this host speaks {PROTOCOL_VERSION})"
+            ),
+            HandshakeError::Malformed(e) => write!(f, "malformed ready frame: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// Checks a `ready` body (at `body` in `frame`): the worker must speak
+/// [`PROTOCOL_VERSION`]. The one place the version is checked.
+pub fn check_ready(frame: &[u8], body: usize) -> Result<(), HandshakeError> {
+    let version = match map_value(frame, body, b"protocol").map_err(HandshakeError::Malformed)? {
+        None => None,
+        Some(mut r) => match r.next_token().map_err(HandshakeError::Malformed)? {
+            Token::UInt(v) => Some(v),
+            Token::Int(v) if v >= 0 => Some(v as u64),
+            _ => None,
+        },
+    };
+    match version {
+        Some(PROTOCOL_VERSION) => Ok(()),
+        other => Err(HandshakeError::Version(other)),
+    }
+}
+
+/// What an `error` frame says went wrong, from its body's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The call was refused before the tool ran: `unknown_tool`,
+    /// `bad_arguments`, `bad_request`.
+    Refused,
+    /// Anything else: the tool raised, its result could not be sent, ...
+    Failed,
+}
+
+/// Classifies an `error` body (at `body` in `frame`) by its `kind` field.
+pub fn error_kind(frame: &[u8], body: usize) -> ErrorKind {
+    let kind = map_value(frame, body, b"kind")
+        .ok()
+        .flatten()
+        .and_then(|mut r| match r.next_token() {
+            Ok(Token::Str(k)) => Some(r.slice(k)),
+            _ => None,
+        });
+    match kind {
+        Some(b"unknown_tool" | b"bad_arguments" | b"bad_request") => ErrorKind::Refused,
+        _ => ErrorKind::Failed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +350,78 @@ mod tests {
             parse_envelope(&[0x93, 0xa6]),
             Err(ProtocolError::Malformed(_))
         ));
+    }
+
+    fn body_of(pairs: &[(&str, Option<&str>, Option<u64>)]) -> Vec<u8> {
+        let mut buf = vec![];
+        rmp::encode::write_map_len(&mut buf, pairs.len() as u32).unwrap();
+        for (k, s, n) in pairs {
+            write_str(&mut buf, k.as_bytes());
+            match (s, n) {
+                (Some(s), _) => write_str(&mut buf, s.as_bytes()),
+                (None, Some(n)) => {
+                    rmp::encode::write_uint(&mut buf, *n).unwrap();
+                }
+                (None, None) => rmp::encode::write_nil(&mut buf).unwrap(),
+            }
+        }
+        buf
+    }
+
+    #[test]
+    fn a_ready_frame_must_carry_this_protocol_version() {
+        let ok = body_of(&[
+            ("pid", None, Some(42)),
+            ("protocol", None, Some(PROTOCOL_VERSION)),
+        ]);
+        assert_eq!(check_ready(&ok, 0), Ok(()));
+        let other = body_of(&[("protocol", None, Some(PROTOCOL_VERSION + 1))]);
+        let err = check_ready(&other, 0).unwrap_err();
+        assert_eq!(err, HandshakeError::Version(Some(PROTOCOL_VERSION + 1)));
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("speaks {PROTOCOL_VERSION}")),
+            "{text}"
+        );
+        let none = body_of(&[("pid", None, Some(1))]);
+        assert_eq!(check_ready(&none, 0), Err(HandshakeError::Version(None)));
+        let text_version = body_of(&[("protocol", Some("1"), None)]);
+        assert_eq!(
+            check_ready(&text_version, 0),
+            Err(HandshakeError::Version(None))
+        );
+        assert_eq!(check_ready(&[0xc0], 0), Err(HandshakeError::Version(None)));
+        assert!(matches!(
+            check_ready(&[0x81, 0xa8], 0),
+            Err(HandshakeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_body_is_found_after_the_envelope() {
+        let mut f = begin_frame(Kind::Ready, 0, 16);
+        f.extend(body_of(&[("protocol", None, Some(PROTOCOL_VERSION))]));
+        frame::finish(&mut f, 1024).unwrap();
+        let frame = &f[HEADER_LEN..];
+        let env = parse_envelope(frame).unwrap();
+        assert_eq!(check_ready(frame, env.body), Ok(()));
+    }
+
+    #[test]
+    fn error_bodies_are_classified_by_kind() {
+        for refused in ["unknown_tool", "bad_arguments", "bad_request"] {
+            let b = body_of(&[("tool", None, None), ("kind", Some(refused), None)]);
+            assert_eq!(error_kind(&b, 0), ErrorKind::Refused, "{refused}");
+        }
+        for failed in ["exception", "unencodable_result", "cancelled"] {
+            let b = body_of(&[("kind", Some(failed), None)]);
+            assert_eq!(error_kind(&b, 0), ErrorKind::Failed, "{failed}");
+        }
+        assert_eq!(error_kind(&[0xc0], 0), ErrorKind::Failed);
+        assert_eq!(error_kind(&body_of(&[]), 0), ErrorKind::Failed);
     }
 }
