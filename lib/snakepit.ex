@@ -88,20 +88,20 @@ defmodule Snakepit do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     session_id = Keyword.get(opts, :session_id)
 
-    with {:ok, {handle, counters, pool_queue_timeout}} <- fetch_pool(pool),
+    with {:ok, {handle, pool_queue_timeout}} <- fetch_pool(pool),
          {:ok, tool} <- check_command(command),
          {:ok, args} <- check_args(args),
          :ok <- check_timeout(:timeout, timeout),
          queue_timeout = Keyword.get(opts, :queue_timeout, pool_queue_timeout),
          :ok <- check_timeout(:queue_timeout, queue_timeout),
          :ok <- check_session(session_id) do
-      call(handle, counters, tool, args, session_id, timeout, queue_timeout)
+      call(handle, tool, args, session_id, timeout, queue_timeout)
     end
   end
 
   # make_ref/0 and the receive stay in one function so the VM only scans
   # messages that arrived after the ref was made (the receive optimization).
-  defp call(handle, counters, tool, args, session_id, timeout, queue_timeout) do
+  defp call(handle, tool, args, session_id, timeout, queue_timeout) do
     tag = make_ref()
 
     submitted =
@@ -120,9 +120,9 @@ defmodule Snakepit do
         after
           first_wait ->
             if first_wait == timeout do
-              timed_out(handle, counters, tag, request_id, tool, timeout)
+              timed_out(handle, tag, request_id, tool, timeout)
             else
-              queue_timed_out(handle, counters, tag, request_id, tool, timeout, queue_timeout)
+              queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout)
             end
         end
 
@@ -133,10 +133,8 @@ defmodule Snakepit do
 
   # The call waited `queue_timeout` ms: it leaves the queue, unless a worker
   # has it already; then it gets the rest of its `timeout`.
-  defp queue_timed_out(handle, counters, tag, request_id, tool, timeout, queue_timeout) do
+  defp queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout) do
     if Native.dequeue(handle, request_id) do
-      Pool.count_timeout(counters, :queue)
-
       {:error,
        Error.timeout(
          "no worker was free for #{inspect(tool)} within #{queue_timeout} ms (:queue_timeout)",
@@ -149,12 +147,12 @@ defmodule Snakepit do
         {^tag, status, frame, offset} -> answer(status, frame, offset)
         {^tag, :error, reason} -> {:error, Error.from_native(reason)}
       after
-        rest -> timed_out(handle, counters, tag, request_id, tool, timeout)
+        rest -> timed_out(handle, tag, request_id, tool, timeout)
       end
     end
   end
 
-  defp timed_out(handle, counters, tag, request_id, tool, timeout) do
+  defp timed_out(handle, tag, request_id, tool, timeout) do
     case Native.cancel(handle, request_id) do
       replied when replied == :replied ->
         receive do
@@ -166,8 +164,6 @@ defmodule Snakepit do
         end
 
       cancelled when cancelled in [:cancelled, :running] ->
-        Pool.count_timeout(counters, :call)
-
         {:error,
          Error.timeout("no answer from #{inspect(tool)} within #{timeout} ms", %{
            tool: tool,
@@ -222,38 +218,66 @@ defmodule Snakepit do
 
   @doc """
   Counters of a pool: workers by state, queue length, requests and their
-  outcomes. Read without going through any process.
+  outcomes. Read from the native pool, without going through any process.
 
       iex> stats = Snakepit.get_stats()
       iex> stats.workers
       2
       iex> Map.take(stats, [:queued, :busy])
       %{queued: 0, busy: 0}
+      iex> stats.requests == stats.completed + stats.python_errors + stats.validation_errors +
+      ...>   stats.worker_errors + stats.transport_errors + stats.timeouts +
+      ...>   stats.queue_timeouts + stats.cancelled + stats.rejected + stats.stopped +
+      ...>   stats.queued + stats.in_flight
+      true
 
-  Keys: `:workers`, `:idle`, `:busy`, `:starting`, `:stopping`, `:queued`
-  (waiting for a worker), `:in_flight` (written to workers), `:requests`
-  (accepted calls), `:completed` (answered with a result), `:python_errors`,
-  `:worker_errors`, `:transport_errors`, `:cancelled` (given up by their
-  callers), `:requeued` (queued again after their worker died before
-  starting them), `:rejected` (refused because the queue held `:max_queue`
-  calls), `:timeouts` (calls that timed out), `:queue_timeouts` (calls that
-  left the queue at their `:queue_timeout`), `:restarts` (workers replaced
-  after a crash), `:recycles` (workers replaced by `:max_requests`,
-  `:max_age` or `:max_memory_mb`), and `:errors`, the error answers by
-  category: `%{python: _, worker: _, transport: _, timeout: _, pool: _}`.
-  Returns `{:error, %Snakepit.Error{category: :pool}}` for an unknown pool.
+  Gauges (now): `:workers`, `:idle`, `:busy`, `:starting`, `:stopping`,
+  `:queued` (waiting for a worker) and `:in_flight` (written to workers,
+  their callers still waiting).
+
+  Counters (since the pool started): `:requests`, every call given to the
+  pool, and its outcome, exactly one per request, counted when it is
+  decided:
+
+  - `:completed`: answered with a result;
+  - `:python_errors`: the tool raised;
+  - `:validation_errors`: refused before running: unknown tool, arguments
+    that do not fit, a value that cannot be sent, a request over
+    `:max_frame_bytes`;
+  - `:worker_errors`: its worker died while running it;
+  - `:transport_errors`: its worker broke the protocol while running it;
+  - `:timeouts`: its caller's `:timeout` passed (queued or running; a late
+    answer is dropped and not counted again);
+  - `:queue_timeouts`: its `:queue_timeout` passed while queued;
+  - `:cancelled`: its caller died;
+  - `:rejected`: refused because the queue held `:max_queue` calls;
+  - `:stopped`: the pool stopped before a worker took it.
+
+  So `requests` equals the sum of those ten plus `queued` and `in_flight`,
+  and once the pool is quiet, the sum of the ten alone. Also: `:requeued`
+  (calls queued again because their worker died before starting them),
+  `:restarts` (workers that died and were replaced), `:recycles` (workers
+  replaced by `:max_requests`, `:max_age` or `:max_memory_mb`), and
+  `:errors`, the error outcomes by category of `Snakepit.Error`:
+  `%{python: _, validation: _, worker: _, transport: _, timeout: _,
+  pool: _}`.
+
+  Calls refused in the caller before they reach the pool (an unknown pool,
+  a command that is not a string) are not counted. Returns
+  `{:error, %Snakepit.Error{category: :pool}}` for an unknown pool.
   """
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ :default) do
-    with {:ok, {handle, counters, _}} <- fetch_pool(pool) do
-      stats = Map.merge(Native.pool_stats(handle), Pool.counters(counters))
+    with {:ok, {handle, _}} <- fetch_pool(pool) do
+      stats = Native.pool_stats(handle)
 
       errors = %{
         python: stats.python_errors,
+        validation: stats.validation_errors,
         worker: stats.worker_errors,
         transport: stats.transport_errors,
         timeout: stats.timeouts + stats.queue_timeouts,
-        pool: stats.rejected
+        pool: stats.rejected + stats.stopped
       }
 
       Map.put(stats, :errors, errors)
@@ -272,7 +296,7 @@ defmodule Snakepit do
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do
-    with {:ok, {handle, _, _}} <- fetch_pool(pool) do
+    with {:ok, {handle, _}} <- fetch_pool(pool) do
       Native.pool_workers(handle)
     end
   end

@@ -174,6 +174,26 @@ defmodule Snakepit.Config do
   @positive [:max_queue, :heartbeat_misses, :startup_batch_size, :max_start_failures]
   @non_negative [:cancel_grace, :shutdown_timeout]
 
+  @doc """
+  The options the native pool takes (`Snakepit.Native.pool_new/2`), with
+  `:infinity` as 0 (no limit).
+  """
+  @spec native_options(t()) :: %{atom() => non_neg_integer()}
+  def native_options(config) do
+    for key <- [
+          :max_frame_bytes,
+          :pipeline_depth,
+          :max_queue,
+          :max_requests,
+          :max_age,
+          :max_memory_mb
+        ],
+        into: %{} do
+      value = Map.fetch!(config, key)
+      {key, if(value == :infinity, do: 0, else: value)}
+    end
+  end
+
   @doc "The option names a pool accepts."
   @spec known_options() :: [atom()]
   def known_options, do: @known

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 4
+  @abi_version 5
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -75,9 +75,7 @@ defmodule Snakepit.Native do
 
   def pool_new(_owner, _opts), do: :erlang.nif_error(why())
   def pool_start_worker(_pool, _id, _program, _argv, _env, _cwd), do: :erlang.nif_error(why())
-  def pool_stop_worker(_pool, _id), do: :erlang.nif_error(why())
-  def pool_recycle_worker(_pool, _id, _why), do: :erlang.nif_error(why())
-  def pool_kill_worker(_pool, _id, _why), do: :erlang.nif_error(why())
+  def pool_maintain(_pool), do: :erlang.nif_error(why())
   def pool_close(_pool), do: :erlang.nif_error(why())
   def pool_terminate_all(_pool), do: :erlang.nif_error(why())
   def pool_kill_all(_pool), do: :erlang.nif_error(why())

@@ -71,14 +71,7 @@ defmodule Snakepit.Pool do
 
   @max_backoff 10_000
   @kill_wait 1_000
-  @recycle_check 1_000
-  @protocol_version 1
-  # Indices into the pool's :counters (read by Snakepit.get_stats/1).
-  @restarts 1
-  @timeouts 2
-  @queue_timeouts 3
-  @recycles 4
-  @counter_count 4
+  @maintain_interval 1_000
 
   @doc false
   @spec child_spec(keyword()) :: Supervisor.child_spec()
@@ -106,27 +99,11 @@ defmodule Snakepit.Pool do
   end
 
   @doc """
-  The native handle, counters and default `:queue_timeout` of a running
-  pool, or `nil`.
+  The native handle and default `:queue_timeout` of a running pool, or
+  `nil`. Callers read it from `:persistent_term`, not from this process.
   """
-  @spec lookup(atom()) :: {reference(), :counters.counters_ref(), timeout()} | nil
+  @spec lookup(atom()) :: {reference(), timeout()} | nil
   def lookup(name), do: :persistent_term.get({__MODULE__, name}, nil)
-
-  @doc false
-  @spec count_timeout(:counters.counters_ref(), :call | :queue) :: :ok
-  def count_timeout(counters, :call), do: :counters.add(counters, @timeouts, 1)
-  def count_timeout(counters, :queue), do: :counters.add(counters, @queue_timeouts, 1)
-
-  @doc false
-  @spec counters(:counters.counters_ref()) :: %{atom() => non_neg_integer()}
-  def counters(ref) do
-    %{
-      restarts: :counters.get(ref, @restarts),
-      timeouts: :counters.get(ref, @timeouts),
-      queue_timeouts: :counters.get(ref, @queue_timeouts),
-      recycles: :counters.get(ref, @recycles)
-    }
-  end
 
   @doc """
   Waits until every worker of the pool has finished its handshake.
@@ -184,18 +161,11 @@ defmodule Snakepit.Pool do
     Process.flag(:trap_exit, true)
 
     handle =
-      Native.pool_new(self(), %{
-        max_frame: config.max_frame_bytes,
-        pipeline_depth: config.pipeline_depth,
-        max_queue: config.max_queue,
-        max_requests: if(config.max_requests == :infinity, do: 0, else: config.max_requests),
-        shepherd: Native.shepherd()
-      })
+      Native.pool_new(self(), Map.put(Config.native_options(config), :shepherd, Native.shepherd()))
 
     state = %{
       config: config,
       handle: handle,
-      counters: :counters.new(@counter_count, [:write_concurrency]),
       phase: :starting,
       next_id: 1,
       # worker id => %{slot, os_pid, status, stderr_tail, startup_error}
@@ -213,16 +183,12 @@ defmodule Snakepit.Pool do
 
     case await_first_worker(state, deadline) do
       {:ok, state} ->
-        :persistent_term.put(
-          {__MODULE__, config.name},
-          {handle, state.counters, config.queue_timeout}
-        )
-
+        :persistent_term.put({__MODULE__, config.name}, {handle, config.queue_timeout})
         schedule(:heartbeat, config.heartbeat_interval)
 
         :ok =
           if config.max_age != :infinity or config.max_memory_mb != :infinity,
-            do: schedule(:recycle_check, @recycle_check),
+            do: schedule(:maintain, @maintain_interval),
             else: :ok
 
         {:ok, %{state | phase: :running}}
@@ -326,9 +292,11 @@ defmodule Snakepit.Pool do
     {:noreply, state}
   end
 
-  def handle_info(:recycle_check, state) do
-    schedule(:recycle_check, @recycle_check)
-    {:noreply, recycle_one(state)}
+  # The native side decides which worker :max_age or :max_memory_mb retires.
+  def handle_info(:maintain, state) do
+    _ = Native.pool_maintain(state.handle)
+    schedule(:maintain, @maintain_interval)
+    {:noreply, state}
   end
 
   def handle_info({:EXIT, _pid, reason}, state) do
@@ -348,33 +316,6 @@ defmodule Snakepit.Pool do
   defp stop_all(state, how) do
     :ok = apply(Native, how, [state.handle])
     drain_exits(state, @kill_wait)
-  end
-
-  # Recycles the first worker past :max_age or :max_memory_mb, if no worker
-  # is starting or stopping (one at a time keeps the pool's capacity).
-  defp recycle_one(state) do
-    workers = Native.pool_workers(state.handle)
-
-    with true <- Enum.all?(workers, &(&1.state in [:idle, :busy])),
-         %{worker_id: id} = worker <- Enum.find(workers, &recycle_reason(&1, state.config)) do
-      _ = Native.pool_recycle_worker(state.handle, id, recycle_reason(worker, state.config))
-    end
-
-    state
-  end
-
-  defp recycle_reason(w, config) do
-    cond do
-      config.max_age != :infinity and w.age_ms >= config.max_age ->
-        "max_age"
-
-      config.max_memory_mb != :infinity and is_integer(w.rss_bytes) and
-          w.rss_bytes > config.max_memory_mb * 1024 * 1024 ->
-        "max_memory_mb"
-
-      true ->
-        nil
-    end
   end
 
   ## Worker events
@@ -439,24 +380,14 @@ defmodule Snakepit.Pool do
 
   defp decode_body(data), do: data
 
-  defp worker_event(:ready, info, id, worker, state) do
-    case info do
-      %{"protocol" => @protocol_version} ->
-        failures = Map.put(state.failures, worker.slot, 0)
+  # The native side checked the handshake (protocol version included)
+  # before it reported the worker ready.
+  defp worker_event(:ready, _info, id, worker, state) do
+    failures = Map.put(state.failures, worker.slot, 0)
 
-        %{state | failures: failures}
-        |> put_worker(id, %{worker | status: :ready})
-        |> start_pending()
-
-      _ ->
-        Logger.error(
-          "[snakepit] worker #{id} of pool #{inspect(state.config.name)} speaks protocol " <>
-            "#{inspect(info["protocol"])}, expected #{@protocol_version}; stopping it"
-        )
-
-        Native.pool_kill_worker(state.handle, id, "it speaks another protocol version")
-        state
-    end
+    %{state | failures: failures}
+    |> put_worker(id, %{worker | status: :ready})
+    |> start_pending()
   end
 
   defp worker_event(:startup_error, body, id, worker, state) do
@@ -477,7 +408,6 @@ defmodule Snakepit.Pool do
         state
 
       details[:recycled] != nil ->
-        :counters.add(state.counters, @recycles, 1)
         state |> start_worker(worker.slot) |> start_pending()
 
       state.phase == :starting and worker.status != :ready ->
@@ -485,7 +415,6 @@ defmodule Snakepit.Pool do
 
       true ->
         log_exit(state, id, worker, details)
-        :counters.add(state.counters, @restarts, 1)
         state |> schedule_restart(worker.slot) |> start_pending() |> give_up_if_failing(worker)
     end
   end
@@ -521,6 +450,17 @@ defmodule Snakepit.Pool do
   defp log_level("info"), do: :info
   defp log_level("warning"), do: :warning
   defp log_level(_), do: :error
+
+  # A refused handshake (e.g. another protocol version), found natively.
+  defp startup_error(state, {category, message, details}) when is_atom(category) do
+    error = Error.from_native({category, message, details})
+
+    %{
+      error
+      | message: "pool #{inspect(state.config.name)} could not start its workers: " <> message,
+        details: Map.put(error.details, :pool, state.config.name)
+    }
+  end
 
   defp startup_error(state, body) do
     error = Error.from_python(body)

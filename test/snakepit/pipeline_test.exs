@@ -69,7 +69,9 @@ defmodule Snakepit.PipelineTest do
     # The worker still ran the cancelled call; its answer was dropped.
     assert Snakepit.execute("echo", %{value: :next}, pool: pool) == {:ok, "next"}
     refute_received {_, :result, _, _}
-    assert %{in_flight: 0, cancelled: 1} = Snakepit.get_stats(pool)
+    # It counts once, as a timeout: not as completed too, nor as cancelled
+    # (that is for callers that died).
+    assert %{in_flight: 0, timeouts: 1, completed: 2, cancelled: 0} = Snakepit.get_stats(pool)
   end
 
   test "pipeline_depth is validated" do

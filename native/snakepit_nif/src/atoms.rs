@@ -1,4 +1,5 @@
-//! Atoms the NIF sends. None is ever made from worker data.
+//! Atoms the NIF sends. None is ever made from worker data. Map keys of the
+//! structs in `terms.rs` are made by `#[derive(NifMap)]` from field names.
 
 rustler::atoms! {
     ok,
@@ -14,11 +15,12 @@ rustler::atoms! {
     // replies: {tag, :result | :python_error, frame, offset} | {tag, :error, reason}
     result,
     python_error,
-    // submit/cancel
+    // submit/cancel/expire
     dirty,
     cancelled,
     replied,
-    not_found,
+    running,
+    killed,
     // error categories
     worker,
     transport,
@@ -31,33 +33,9 @@ rustler::atoms! {
     exit,
     stderr,
     log,
-    // detail and stats keys
-    path,
-    status,
-    signal,
-    reason,
-    worker_id,
-    os_pid,
-    state,
-    requests,
-    age_ms,
+    // worker states
     starting,
     idle,
     busy,
     stopping,
-    in_flight,
-    requeued,
-    workers,
-    queued,
-    completed,
-    python_errors,
-    worker_errors,
-    transport_errors,
-    bytes,
-    limit,
-    rejected,
-    recycled,
-    rss_bytes,
-    running,
-    killed,
 }

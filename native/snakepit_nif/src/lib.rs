@@ -1,100 +1,86 @@
 //! Snakepit's native core, loaded as `Elixir.Snakepit.Native`.
 //!
-//! It owns the worker OS processes, their pipes and the threads that serve
-//! them (`worker.rs`, `writer.rs`), a pool's queue and dispatch (`pool.rs`),
-//! and the term <-> MessagePack codec (`codec.rs`). The wire format itself is
-//! the `snakepit_wire` crate. Answers go to callers as plain messages:
-//! `{tag, :result | :python_error, frame, body_offset}` carrying the worker's
-//! raw frame, which the caller decodes with `decode/2` in its own process, or
-//! `{tag, :error, {category, message, details}}` for failures found here.
+//! - `pool.rs`: a pool: its dispatcher (the `snakepit_dispatch` crate, where
+//!   queueing, dispatch, cancel, recycling and counting are decided) under a
+//!   lock, and the glue to Erlang processes;
+//! - `worker.rs`, `writer.rs`: the worker OS processes, their pipes and the
+//!   threads that serve them;
+//! - `reply.rs`: how a call's answer reaches its caller;
+//! - `codec.rs`: terms <-> MessagePack; `terms.rs`: the maps and tuples
+//!   returned to Elixir; `orphans.rs`: leftovers of dead BEAMs.
 //!
-//! Every NIF here returns in microseconds on a normal scheduler, except the
-//! two marked dirty: spawning (fork/exec) and encoding large arguments.
+//! The wire format itself is the `snakepit_wire` crate. Answers go to callers
+//! as plain messages: `{tag, :result | :python_error, frame, body_offset}`
+//! carrying the worker's raw frame, which the caller decodes with `decode/2`
+//! in its own process, or `{tag, :error, {category, message, details}}` for
+//! failures found here.
+//!
+//! Every NIF here returns in microseconds on a normal scheduler, except those
+//! marked `schedule = "Dirty..."`: spawning (fork/exec), encoding large
+//! arguments and decoding large answers, and the ones that read `/proc`.
 //!
 //! Bump [`ABI_VERSION`] whenever a NIF's name, arity or return shape changes;
 //! `Snakepit.Native` refuses a library built for another version.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod atoms;
 mod codec;
 mod orphans;
 mod pool;
+mod reply;
+mod terms;
 mod worker;
 mod writer;
 
-use pool::{Cancel, PoolConfig, PoolCore, Refused, Request};
-use rustler::types::tuple::make_tuple;
-use rustler::{Binary, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
+use pool::{PoolConfig, PoolCore, PoolHandle, Reply};
+use rustler::{Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+use snakepit_dispatch::dispatcher;
+use snakepit_dispatch::recycle::Policy;
 use snakepit_wire::{frame, protocol};
 use std::sync::Arc;
-use worker::WorkerSpec;
+use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 4;
+const ABI_VERSION: u32 = 5;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
 const SCHEDULER_ENCODE_BUDGET: usize = 256 * 1024;
-
-/// The handle Elixir holds. Dropping the last reference (or the owner
-/// process dying) shuts the pool down and kills its workers.
-pub struct PoolHandle {
-    core: Arc<PoolCore>,
-}
-
-#[rustler::resource_impl]
-impl Resource for PoolHandle {
-    /// The owner died (the pool is shut down), or a caller did (its
-    /// requests are given up).
-    fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, mon: rustler::Monitor) {
-        if pid == self.core.owner {
-            shutdown_off_scheduler(&self.core);
-        } else {
-            self.core.caller_down(env, &mon);
-        }
-    }
-}
-
-impl Drop for PoolHandle {
-    fn drop(&mut self) {
-        shutdown_off_scheduler(&self.core);
-    }
-}
-
-/// Replies can only be sent from a scheduler thread with the caller's env,
-/// which resource callbacks do not have: do the shutdown on a thread.
-fn shutdown_off_scheduler(core: &Arc<PoolCore>) {
-    let core = Arc::clone(core);
-    let _ = std::thread::Builder::new()
-        .name("snakepit-shutdown".into())
-        .spawn(move || core.shutdown());
-}
 
 #[rustler::nif]
 fn abi_version() -> u32 {
     ABI_VERSION
 }
 
-/// `pool_new/2`'s options; `Snakepit.Config` documents and checks them.
+/// `pool_new/2`'s options: `Snakepit.Config.native_options/1` builds them
+/// (0 means no limit), and documents and checks them.
 #[derive(rustler::NifMap)]
 struct PoolOptions {
-    max_frame: usize,
+    max_frame_bytes: usize,
     pipeline_depth: usize,
     max_queue: usize,
     max_requests: u64,
+    max_age: u64,
+    max_memory_mb: u64,
     shepherd: String,
 }
 
 #[rustler::nif]
 fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
-    if opts.max_frame == 0 || opts.max_frame > u32::MAX as usize || opts.pipeline_depth == 0 {
+    if opts.max_frame_bytes == 0
+        || opts.max_frame_bytes > u32::MAX as usize
+        || opts.pipeline_depth == 0
+    {
         return Err(rustler::Error::BadArg);
     }
     let config = PoolConfig {
-        max_frame: opts.max_frame,
-        pipeline_depth: opts.pipeline_depth,
-        max_queue: opts.max_queue,
-        max_requests: opts.max_requests,
+        max_frame: opts.max_frame_bytes,
         shepherd: opts.shepherd,
+        dispatch: dispatcher::Config {
+            pipeline_depth: opts.pipeline_depth,
+            max_queue: opts.max_queue,
+            recycle: Policy::from_limits(opts.max_requests, opts.max_age, opts.max_memory_mb),
+        },
     };
     let core = Arc::new(PoolCore::new(owner, config));
     let handle = ResourceArc::new(PoolHandle { core });
@@ -102,6 +88,7 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
     Ok(handle.encode(env))
 }
 
+/// Starts a worker: `{:ok, os_pid}` or `{:error, reason}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn pool_start_worker<'a>(
     env: Env<'a>,
@@ -112,50 +99,20 @@ fn pool_start_worker<'a>(
     vars: Vec<(String, String)>,
     cwd: Option<String>,
 ) -> Term<'a> {
-    if let Some(why) = pool.core.refuse_worker(id) {
-        return (atoms::error(), why).encode(env);
-    }
-    let spec = WorkerSpec {
-        id,
-        shepherd: pool.core.config.shepherd.clone(),
-        program,
-        args: argv,
-        env: vars,
-        cwd,
-    };
-    match worker::spawn(&pool.core, spec) {
-        Ok(w) => (atoms::ok(), w.os_pid).encode(env),
-        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    match pool.core.start_worker(id, program, argv, vars, cwd) {
+        Ok(os_pid) => (atoms::ok(), os_pid).encode(env),
+        Err(why) => (atoms::error(), why).encode(env),
     }
 }
 
-#[rustler::nif]
-fn pool_stop_worker(pool: ResourceArc<PoolHandle>, id: u64) -> rustler::Atom {
-    if pool.core.stop_worker(id) {
-        atoms::ok()
-    } else {
-        atoms::not_found()
-    }
-}
-
-/// Drains a worker and lets it exit; its exit reports it as recycled for `why`.
-#[rustler::nif]
-fn pool_recycle_worker(pool: ResourceArc<PoolHandle>, id: u64, why: String) -> rustler::Atom {
-    if pool.core.recycle(id, &why) {
-        atoms::ok()
-    } else {
-        atoms::not_found()
-    }
-}
-
-#[rustler::nif]
-fn pool_kill_worker(pool: ResourceArc<PoolHandle>, id: u64, why: String) -> rustler::Atom {
-    match pool.core.worker(id) {
-        Some(w) => {
-            w.kill(&why);
-            atoms::ok()
-        }
-        None => atoms::not_found(),
+/// Retires the worker `:max_age` or `:max_memory_mb` says is due, if any:
+/// `{worker_id, reason}` or `nil`. On a dirty I/O scheduler: it reads each
+/// worker's `/proc/<pid>/status`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn pool_maintain(env: Env, pool: ResourceArc<PoolHandle>) -> Term {
+    match pool.core.maintain() {
+        Some((id, reason)) => (id, reason.as_str()).encode(env),
+        None => atoms::nil().encode(env),
     }
 }
 
@@ -213,15 +170,16 @@ fn pool_kill_all(pool: ResourceArc<PoolHandle>) -> rustler::Atom {
     atoms::ok()
 }
 
+/// Counters and gauges; see `snakepit_dispatch::stats` for what they mean.
 #[rustler::nif]
-fn pool_stats<'a>(env: Env<'a>, pool: ResourceArc<PoolHandle>) -> Term<'a> {
-    pool.core.stats(env)
+fn pool_stats(pool: ResourceArc<PoolHandle>) -> PoolStats {
+    pool.core.stats()
 }
 
 /// On a dirty I/O scheduler: it reads each worker's `/proc/<pid>/status`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn pool_workers<'a>(env: Env<'a>, pool: ResourceArc<PoolHandle>) -> Term<'a> {
-    pool.core.workers(env)
+fn pool_workers(pool: ResourceArc<PoolHandle>) -> Vec<WorkerInfo> {
+    pool.core.workers()
 }
 
 /// Queues a call. Returns `{:ok, request_id}`, `{:error, {category, message,
@@ -261,15 +219,15 @@ fn submit_dirty<'a>(
 
 fn submit_with_budget<'a>(
     env: Env<'a>,
-    pool_arc: &ResourceArc<PoolHandle>,
+    pool: &ResourceArc<PoolHandle>,
     tag: Term<'a>,
     tool: Binary<'a>,
     args: Term<'a>,
     session_id: Option<Binary<'a>>,
     budget: usize,
 ) -> Term<'a> {
-    let core = &pool_arc.core;
-    let max_frame = core.config.max_frame;
+    let core = &pool.core;
+    let max_frame = core.max_frame;
     let id = core.next_request_id();
     let mut buf = protocol::begin_call(
         id,
@@ -279,82 +237,52 @@ fn submit_with_budget<'a>(
     );
     // Stop encoding a little past the frame limit: that is enough to refuse it.
     let limit = budget.min(max_frame.saturating_add(frame::HEADER_LEN + 1));
-    match codec::encode(args, &mut buf, limit) {
-        Ok(()) => {}
+    let refused = match codec::encode(args, &mut buf, limit) {
+        Ok(()) => match frame::finish(&mut buf, max_frame) {
+            Ok(()) => None,
+            Err(_) => Some(frame_too_large(
+                Some(buf.len() - frame::HEADER_LEN),
+                max_frame,
+            )),
+        },
         Err(codec::EncodeError::OverBudget) if limit == budget => {
             return atoms::dirty().encode(env);
         }
-        Err(codec::EncodeError::OverBudget) => {
-            // Encoding stopped early, so the full size is unknown.
-            return frame_too_large(env, None, max_frame);
-        }
+        // Encoding stopped early, so the full size is unknown.
+        Err(codec::EncodeError::OverBudget) => Some(frame_too_large(None, max_frame)),
         Err(codec::EncodeError::Unsupported { what, path }) => {
             let message = if path.is_empty() {
                 format!("cannot send {what} to a worker")
             } else {
                 format!("cannot send {what} (at args{path}) to a worker")
             };
-            let details = Term::map_new(env)
-                .map_put(atoms::path(), format!("args{path}"))
-                .expect("map");
-            return error_tuple(env, atoms::validation(), message, details);
+            let details = Details::Path(PathDetails {
+                path: format!("args{path}"),
+            });
+            Some(Failure::new(atoms::validation(), message, details))
         }
+    };
+    if let Some(failure) = refused {
+        core.refuse_invalid();
+        return (atoms::error(), failure).encode(env);
     }
-    if frame::finish(&mut buf, max_frame).is_err() {
-        return frame_too_large(env, Some(buf.len() - frame::HEADER_LEN), max_frame);
-    }
-    let caller = env.pid();
-    let watch = pool_arc
-        .monitor(Some(env), &caller)
-        .map(|m| (pool_arc.clone(), m));
-    let req = Request::new(id, caller, tag, buf, watch);
-    match core.submit(env, req) {
+    let reply = Reply::new(env, tag, pool);
+    match core.submit(env, id, buf, reply) {
         Ok(()) => (atoms::ok(), id).encode(env),
-        Err(Refused::Closed) => error_tuple(
-            env,
-            atoms::pool(),
-            "the pool was stopped".into(),
-            Term::map_new(env),
-        ),
-        Err(Refused::Full(queued)) => {
-            let details = Term::map_new(env)
-                .map_put(atoms::queued(), queued)
-                .and_then(|m| m.map_put(atoms::limit(), core.config.max_queue))
-                .expect("map");
-            error_tuple(
-                env,
-                atoms::pool(),
-                format!("the pool is saturated: {queued} calls are already queued (:max_queue)"),
-                details,
-            )
-        }
+        Err(failure) => (atoms::error(), failure).encode(env),
     }
 }
 
 /// `size` is the encoded size when it is known (encoding may stop early).
-fn frame_too_large(env: Env, size: Option<usize>, max_frame: usize) -> Term {
-    let mut details = Term::map_new(env)
-        .map_put(atoms::limit(), max_frame)
-        .expect("map");
-    if let Some(size) = size {
-        details = details.map_put(atoms::bytes(), size).expect("map");
-    }
-    error_tuple(
-        env,
+fn frame_too_large(size: Option<usize>, max_frame: usize) -> Failure {
+    Failure::new(
         atoms::validation(),
         format!("the request is larger than max_frame_bytes ({max_frame} bytes)"),
-        details,
+        Details::Size(SizeDetails {
+            limit: max_frame as u64,
+            bytes: size.map(|n| n as u64),
+        }),
     )
-}
-
-fn error_tuple<'a>(
-    env: Env<'a>,
-    category: rustler::Atom,
-    message: String,
-    details: Term<'a>,
-) -> Term<'a> {
-    let err = make_tuple(env, &[category.encode(env), message.encode(env), details]);
-    (atoms::error(), err).encode(env)
 }
 
 /// After a timeout: `:cancelled` (it was still queued; no reply will come),
@@ -362,11 +290,7 @@ fn error_tuple<'a>(
 /// or `:replied` (the reply is in the caller's mailbox or about to be).
 #[rustler::nif]
 fn cancel(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
-    match pool.core.cancel(env, request_id) {
-        Cancel::Cancelled => atoms::cancelled(),
-        Cancel::Running => atoms::running(),
-        Cancel::Replied => atoms::replied(),
-    }
+    pool.core.cancel(env, request_id)
 }
 
 /// After a queue timeout: `true` if the request was still queued (it is

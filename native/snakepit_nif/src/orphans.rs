@@ -8,13 +8,13 @@
 //! orphan when no process with that pid *and* start time runs any more. A
 //! live BEAM's workers are never touched, nor is anything without our mark.
 
-use once_cell::sync::Lazy;
 use std::fs;
+use std::sync::LazyLock;
 
 /// The environment variable that marks our processes.
 pub const MARK_VAR: &str = "SNAKEPIT_OWNER";
 
-static MARK: Lazy<String> = Lazy::new(|| {
+static MARK: LazyLock<String> = LazyLock::new(|| {
     let pid = std::process::id() as i32;
     format!("{pid}.{}", start_time(pid).unwrap_or(0))
 });

@@ -14,22 +14,24 @@
 //!
 //! A fourth pipe, the *control* pipe (the worker's fd 3), carries `cancel`
 //! and `heartbeat` frames, so the worker can act on them while a call runs.
+//!
+//! This module knows nothing of pools: a worker's threads report what
+//! happens through the [`Events`] its owner passes to [`Launched::serve`].
 
-use crate::atoms;
-use crate::pool::PoolCore;
+use crate::terms::ExitDetails;
 use crate::writer::{set_nonblocking, Writer};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
-use rustler::env::OwnedEnv;
-use rustler::types::tuple::make_tuple;
-use rustler::{Encoder, Env, OwnedBinary, Term};
+use rustler::OwnedBinary;
+use snakepit_dispatch::recycle::Reason;
+use snakepit_dispatch::Pipe;
 use snakepit_wire::frame::{self, FrameError};
-use snakepit_wire::protocol;
+use snakepit_wire::protocol::{self, Envelope, Kind};
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,11 +45,31 @@ pub struct WorkerSpec {
     pub cwd: Option<String>,
 }
 
+/// What a worker's threads report, to whoever serves it (the pool).
+pub trait Events: Send + Sync + 'static {
+    /// Largest frame accepted from the worker.
+    fn max_frame(&self) -> usize;
+    /// A frame from the worker. `Ok(true)` means a quiet moment (the worker
+    /// is idle, nothing queued): its reader may poll briefly for the next
+    /// frame instead of sleeping. `Err` means it broke the protocol; it is
+    /// then killed.
+    fn frame(
+        &self,
+        worker: &Worker,
+        envelope: Envelope,
+        frame: OwnedBinary,
+    ) -> Result<bool, String>;
+    /// A chunk of the worker's stderr, cut at line ends.
+    fn stderr(&self, worker_id: u64, chunk: &[u8]);
+    /// The worker is gone and reaped; the last event of a worker.
+    fn exited(&self, worker: &Worker, exit: ExitInfo);
+}
+
 /// Why the pool ended a worker on purpose.
 #[derive(Clone)]
 pub enum Retire {
-    /// Drained and replaced (`max_requests`, `max_age`, `max_memory_mb`).
-    Recycled(String),
+    /// Drained and replaced.
+    Recycled(Reason),
     /// Killed: it missed heartbeats, ignored a cancel, or was told to.
     Killed(String),
 }
@@ -56,8 +78,7 @@ pub enum Retire {
 pub struct Worker {
     pub id: u64,
     pub os_pid: u32,
-    pub started: Instant,
-    pub writer: Arc<Writer>,
+    writer: Arc<Writer>,
     /// To the shepherd: `T`/`K` requests go out, the exit line comes back.
     lifeline: UnixStream,
     /// The worker's control pipe (its fd 3); `None` once it is gone.
@@ -83,8 +104,32 @@ impl Worker {
         let _ = (&self.lifeline).write(&[request]);
     }
 
+    /// Takes no more frames on stdin; the worker exits once it has read
+    /// those queued. `why` is reported with its exit.
+    pub fn recycle(&self, why: Reason) {
+        self.set_retire(Retire::Recycled(why));
+        self.writer.close();
+    }
+
+    /// Closes stdin once queued frames are written (the pool is stopping).
+    pub fn close_stdin(&self) {
+        self.writer.close();
+    }
+
+    /// Writes the frames enqueued so far, without blocking.
+    pub fn flush(&self) {
+        self.writer.flush();
+    }
+
+    /// Gives up a worker whose start failed: its writer thread ends and the
+    /// worker is killed.
+    pub fn abandon(&self) {
+        self.writer.close_now();
+        self.kill("it could not be started");
+    }
+
     /// Records why the worker ends, unless a reason is already set.
-    pub fn set_retire(&self, retire: Retire) {
+    fn set_retire(&self, retire: Retire) {
         let mut slot = self.retire.lock();
         if slot.is_none() {
             *slot = Some(retire);
@@ -94,12 +139,19 @@ impl Worker {
     /// Sends a control frame (`cancel`, `heartbeat`) without blocking. A
     /// full control pipe means the worker is not reading it: the frame is
     /// dropped, and a missed heartbeat will tell.
-    pub fn control(&self, frame: &[u8]) {
+    pub fn control(&self, kind: Kind, request_id: u64) {
+        let frame = protocol::control_frame(kind, request_id);
         let control = self.control.lock();
         if let Some(fd) = control.as_ref() {
             // SAFETY: writing a borrowed buffer to an fd we own.
             let _ = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
         }
+    }
+}
+
+impl Pipe for Worker {
+    fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.writer.enqueue(frame)
     }
 }
 
@@ -129,24 +181,26 @@ impl ExitInfo {
         }
     }
 
-    pub fn details<'a>(&self, env: Env<'a>, worker: &Worker) -> Term<'a> {
-        let nil = atoms::nil().encode(env);
-        let status = self.status.map_or(nil, |s| s.encode(env));
-        let signal = self.signal.map_or(nil, |s| s.encode(env));
+    pub fn details(&self, worker: &Worker) -> ExitDetails {
         let (reason, recycled) = match (&self.protocol_error, &self.retire) {
-            (Some(why), _) => (why.encode(env), nil),
-            (None, Some(Retire::Killed(why))) => (why.encode(env), nil),
-            (None, Some(Retire::Recycled(why))) => (nil, why.encode(env)),
-            (None, None) => (nil, nil),
+            (Some(why), _) => (Some(why.clone()), None),
+            (None, Some(Retire::Killed(why))) => (Some(why.clone()), None),
+            (None, Some(Retire::Recycled(why))) => (None, Some(why.as_str().to_string())),
+            (None, None) => (None, None),
         };
-        Term::map_new(env)
-            .map_put(atoms::worker_id(), worker.id)
-            .and_then(|m| m.map_put(atoms::os_pid(), worker.os_pid))
-            .and_then(|m| m.map_put(atoms::status(), status))
-            .and_then(|m| m.map_put(atoms::signal(), signal))
-            .and_then(|m| m.map_put(atoms::reason(), reason))
-            .and_then(|m| m.map_put(atoms::recycled(), recycled))
-            .expect("map")
+        ExitDetails {
+            worker_id: worker.id,
+            os_pid: worker.os_pid,
+            status: self.status,
+            signal: self.signal,
+            reason,
+            recycled,
+        }
+    }
+
+    /// The worker was retired and drained, not lost.
+    pub fn recycled(&self) -> bool {
+        self.protocol_error.is_none() && matches!(self.retire, Some(Retire::Recycled(_)))
     }
 }
 
@@ -168,9 +222,16 @@ fn signal_name(sig: i32) -> &'static str {
 /// How long a shepherd may take to report the worker's pid.
 const START_LIMIT: Duration = Duration::from_secs(10);
 
-/// Starts the shepherd, the worker under it, and the threads; registers the
-/// worker with the pool.
-pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> {
+/// A worker whose process runs, not yet served: nothing reads its stdout.
+pub struct Launched {
+    worker: Arc<Worker>,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+}
+
+/// Starts the shepherd and the worker under it, and the worker's writer
+/// thread. The caller registers the worker, then calls [`Launched::serve`].
+pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
     let (lifeline, shepherd_end) = UnixStream::pair()?;
     let (control_in, control) = pipe()?;
     // Above the fds the child's dup2 calls write to (3 and 4), so neither
@@ -220,6 +281,8 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
     let stderr = child.stderr.take().expect("piped");
     drop(child);
 
+    // From here on, an early return drops the lifeline, and the shepherd
+    // kills the worker.
     lifeline.set_read_timeout(Some(START_LIMIT))?;
     let os_pid = match read_line(&lifeline)?.split_once(' ') {
         Some(("pid", pid)) => pid.parse::<u32>().map_err(|_| bad_shepherd(pid))?,
@@ -231,50 +294,52 @@ pub fn spawn(core: &Arc<PoolCore>, spec: WorkerSpec) -> io::Result<Arc<Worker>> 
         _ => return Err(bad_shepherd("no pid")),
     };
     set_nonblocking(control.as_raw_fd())?;
+    let writer = Writer::spawn(stdin, format!("snakepit-w{}", spec.id))?;
+    let worker = Arc::new(Worker {
+        id: spec.id,
+        os_pid,
+        writer,
+        lifeline,
+        control: Mutex::new(Some(control)),
+        retire: Mutex::new(None),
+    });
+    Ok(Launched {
+        worker,
+        stdout,
+        stderr,
+    })
+}
 
-    let started = (|| {
-        let writer = Writer::spawn(stdin, format!("snakepit-w{}", spec.id))?;
-        let worker = Arc::new(Worker {
-            id: spec.id,
-            os_pid,
-            started: Instant::now(),
-            writer,
-            lifeline: lifeline.try_clone()?,
-            control: Mutex::new(Some(control)),
-            retire: Mutex::new(None),
-        });
-        core.add_worker(Arc::clone(&worker));
-        let stderr_core = Arc::clone(core);
-        let id = spec.id;
+impl Launched {
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.worker
+    }
+
+    /// Starts the threads that read the worker's stderr and stdout; from
+    /// then on `events` hears of every frame and, last, of the exit.
+    pub fn serve(self, events: Arc<dyn Events>) -> io::Result<()> {
+        let Launched {
+            worker,
+            stdout,
+            stderr,
+        } = self;
+        let id = worker.id;
+        let stderr_events = Arc::clone(&events);
         let (stderr_done_tx, stderr_done) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
-            .name(format!("snakepit-e{}", spec.id))
+            .name(format!("snakepit-e{id}"))
             .stack_size(256 * 1024)
             .spawn(move || {
-                forward_stderr(&stderr_core, id, stderr);
+                forward_stderr(&*stderr_events, id, stderr);
                 let _ = stderr_done_tx.send(());
             })?;
-        Ok::<_, io::Error>((worker, stderr_done))
-    })();
-    let (worker, stderr_done) = match started {
-        Ok(w) => w,
-        Err(e) => {
-            // Closing the lifeline makes the shepherd kill the worker.
-            return Err(e);
-        }
-    };
-    let reader_core = Arc::clone(core);
-    let reader_worker = Arc::clone(&worker);
-    let spawned = std::thread::Builder::new()
-        .name(format!("snakepit-r{}", spec.id))
-        // Decoding recurses up to codec::MAX_DEPTH levels.
-        .stack_size(8 * 1024 * 1024)
-        .spawn(move || read_loop(&reader_core, &reader_worker, stdout, stderr_done));
-    if let Err(e) = spawned {
-        worker.kill("its reader thread could not start");
-        return Err(e);
+        std::thread::Builder::new()
+            .name(format!("snakepit-r{id}"))
+            // Decoding recurses up to codec::MAX_DEPTH levels.
+            .stack_size(8 * 1024 * 1024)
+            .spawn(move || read_loop(&*events, &worker, stdout, stderr_done))?;
+        Ok(())
     }
-    Ok(worker)
 }
 
 /// Resident memory of `pid`, from `/proc/<pid>/status` (`VmRSS`).
@@ -329,12 +394,7 @@ fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Reads frames until stdout ends or the worker breaks the protocol, then
 /// reaps the process and reports the exit.
-fn read_loop(
-    core: &Arc<PoolCore>,
-    worker: &Arc<Worker>,
-    stdout: ChildStdout,
-    stderr_done: Receiver<()>,
-) {
+fn read_loop(events: &dyn Events, worker: &Worker, stdout: ChildStdout, stderr_done: Receiver<()>) {
     let fd = stdout.as_raw_fd();
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut spin = false;
@@ -342,7 +402,7 @@ fn read_loop(
         if spin && reader.buffer().is_empty() {
             spin_until_readable(fd, SPIN);
         }
-        let frame = frame::read_frame(&mut reader, core.config.max_frame, FrameBuf::new);
+        let frame = frame::read_frame(&mut reader, events.max_frame(), FrameBuf::new);
         let frame = match frame {
             Ok(f) => f.0,
             Err(FrameError::Eof) => break None,
@@ -356,7 +416,7 @@ fn read_loop(
             Ok(env) => env,
             Err(e) => break Some(e.to_string()),
         };
-        match core.on_frame(worker, envelope, frame) {
+        match events.frame(worker, envelope, frame) {
             Ok(now_idle) => spin = now_idle,
             Err(e) => break Some(e),
         }
@@ -366,7 +426,7 @@ fn read_loop(
     // owner quotes it when a worker dies before its handshake). Bounded: a
     // grandchild that left the process group may hold stderr open.
     let _ = stderr_done.recv_timeout(Duration::from_millis(500));
-    core.on_worker_down(worker, &exit);
+    events.exited(worker, exit);
 }
 
 /// How long a reader polls for the next frame before sleeping in read(2).
@@ -444,13 +504,11 @@ fn reap(worker: &Worker, mut protocol_error: Option<String>) -> ExitInfo {
 /// How long a worker that closed stdout may take to exit by itself.
 const LINGER: Duration = Duration::from_millis(2000);
 
-/// Sends what the worker writes to stderr to the pool's owner as
-/// `{:snakepit_worker, id, :stderr, chunk}`, cut at line ends.
-fn forward_stderr(core: &PoolCore, id: u64, mut stderr: impl Read) {
+/// Hands what the worker writes to stderr to `events`, cut at line ends.
+fn forward_stderr(events: &dyn Events, id: u64, mut stderr: impl Read) {
     const MAX_CHUNK: usize = 64 * 1024;
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_CHUNK);
     let mut chunk = [0u8; 8192];
-    let mut env = OwnedEnv::new();
     loop {
         let n = match stderr.read(&mut chunk) {
             Ok(0) => 0,
@@ -466,19 +524,7 @@ fn forward_stderr(core: &PoolCore, id: u64, mut stderr: impl Read) {
             buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
         };
         if cut > 0 {
-            let _ = env.send_and_clear(&core.owner, |e| {
-                let mut bin = rustler::NewBinary::new(e, cut);
-                bin.as_mut_slice().copy_from_slice(&buf[..cut]);
-                make_tuple(
-                    e,
-                    &[
-                        atoms::snakepit_worker().encode(e),
-                        id.encode(e),
-                        atoms::stderr().encode(e),
-                        rustler::Binary::from(bin).encode(e),
-                    ],
-                )
-            });
+            events.stderr(id, &buf[..cut]);
             buf.drain(..cut);
         }
         if n == 0 {

@@ -24,6 +24,7 @@
 //!
 //! The worker has `PR_SET_PDEATHSIG` = SIGKILL, so even a SIGKILL of the
 //! shepherd itself takes the worker along.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStringExt;

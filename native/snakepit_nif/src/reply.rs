@@ -1,0 +1,106 @@
+//! Where a call's answer goes: the caller's pid and the tag it waits for.
+//!
+//! A [`ReplyTo`] is what the dispatcher (`snakepit_dispatch`) holds for each
+//! request and hands back exactly once, to be answered or, when the caller
+//! gave up, released.
+
+use crate::atoms;
+use crate::terms::Failure;
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::types::tuple::make_tuple;
+use rustler::{Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource, ResourceArc, Term};
+
+/// The caller of one request. `R` is the resource that monitors the caller
+/// (the pool's handle), so a caller that dies gives up its request.
+pub struct ReplyTo<R: Resource> {
+    caller: LocalPid,
+    /// Holds the caller's tag; the reply is built here.
+    env: OwnedEnv,
+    tag: SavedTerm,
+    /// Released when the request is answered or given up.
+    watch: Option<(ResourceArc<R>, Monitor)>,
+}
+
+impl<R: Resource> ReplyTo<R> {
+    /// `env` is the calling process's: the tag is copied out of it, and the
+    /// caller is monitored through `resource`.
+    pub fn new(env: Env, tag: Term, resource: &ResourceArc<R>) -> ReplyTo<R> {
+        let caller = env.pid();
+        let watch = resource
+            .monitor(Some(env), &caller)
+            .map(|m| (resource.clone(), m));
+        let owned = OwnedEnv::new();
+        let tag = owned.save(tag);
+        ReplyTo {
+            caller,
+            env: owned,
+            tag,
+            watch,
+        }
+    }
+
+    /// Whether this is the request `monitor` watches.
+    pub fn watched_by(&self, monitor: &Monitor) -> bool {
+        self.watch.as_ref().is_some_and(|(_, m)| m == monitor)
+    }
+
+    /// The caller gave up: drops the monitor (`from` as in [`Self::reply`]).
+    pub fn release(mut self, from: Option<Env>) {
+        if let Some((resource, monitor)) = self.watch.take() {
+            resource.demonitor(from, &monitor);
+        }
+    }
+
+    /// Sends `{tag, items...}`; `build` makes the items after the tag.
+    ///
+    /// `from` is the calling process's env on a scheduler thread (inside a
+    /// NIF), `None` on the pool's own threads.
+    fn reply<F>(mut self, from: Option<Env>, build: F)
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Vec<Term<'a>>,
+    {
+        if let Some((resource, monitor)) = self.watch.take() {
+            resource.demonitor(from, &monitor);
+        }
+        let ReplyTo {
+            env, tag, caller, ..
+        } = self;
+        env.run(|e| {
+            let mut items = vec![tag.load(e)];
+            items.extend(build(e));
+            let msg = make_tuple(e, &items);
+            send_raw(from, &caller, e, msg);
+        });
+    }
+
+    /// `{tag, :error, {category, message, details}}`.
+    pub fn fail(self, from: Option<Env>, failure: &Failure) {
+        self.reply(from, |e| vec![atoms::error().encode(e), failure.encode(e)]);
+    }
+
+    /// `{tag, :result | :python_error, frame, body_offset}`: the worker's raw
+    /// frame, which the caller decodes itself (see `codec.rs` for why).
+    pub fn answer(self, status: rustler::Atom, frame: OwnedBinary, body: usize) {
+        self.reply(None, move |e| {
+            let frame = frame.release(e).encode(e);
+            vec![status.encode(e), frame, body.encode(e)]
+        });
+    }
+}
+
+/// `enif_send` of a term built in a process-independent env, from either a
+/// NIF (`from` is the caller's env) or one of our threads (`from` is `None`).
+/// rustler's `send_and_clear` covers only the latter.
+pub fn send_raw(from: Option<Env>, to: &LocalPid, msg_env: Env, msg: Term) {
+    let caller_env = from.map_or(std::ptr::null_mut(), |e| e.as_c_arg());
+    // SAFETY: msg was built in msg_env, a process-independent env; caller_env is
+    // the current process's env or null off-scheduler, as enif_send requires.
+    unsafe {
+        rustler::sys::enif_send(
+            caller_env,
+            to.as_c_arg(),
+            msg_env.as_c_arg(),
+            msg.as_c_arg(),
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The maps and tuples the NIF hands to Elixir, each declared once as a
+//! struct. Keys are atoms named after the fields; `None` becomes `nil`.
+
+use crate::atoms;
+use rustler::{Atom, Encoder, Env, NifMap, Term};
+use snakepit_dispatch::dispatcher::{Gauges, State};
+use snakepit_dispatch::stats::Stats;
+
+/// `Snakepit.Native.pool_stats/1`: gauges (now) and counters (since start).
+#[derive(NifMap)]
+pub struct PoolStats {
+    pub workers: u64,
+    pub idle: u64,
+    pub busy: u64,
+    pub starting: u64,
+    pub stopping: u64,
+    pub queued: u64,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub completed: u64,
+    pub python_errors: u64,
+    pub validation_errors: u64,
+    pub worker_errors: u64,
+    pub transport_errors: u64,
+    pub timeouts: u64,
+    pub queue_timeouts: u64,
+    pub cancelled: u64,
+    pub rejected: u64,
+    pub stopped: u64,
+    pub requeued: u64,
+    pub restarts: u64,
+    pub recycles: u64,
+}
+
+impl PoolStats {
+    pub fn new(g: Gauges, s: &Stats) -> PoolStats {
+        PoolStats {
+            workers: g.workers,
+            idle: g.idle,
+            busy: g.busy,
+            starting: g.starting,
+            stopping: g.stopping,
+            queued: g.queued,
+            in_flight: g.in_flight,
+            requests: s.requests,
+            completed: s.completed,
+            python_errors: s.python_errors,
+            validation_errors: s.validation_errors,
+            worker_errors: s.worker_errors,
+            transport_errors: s.transport_errors,
+            timeouts: s.timeouts,
+            queue_timeouts: s.queue_timeouts,
+            cancelled: s.cancelled,
+            rejected: s.rejected,
+            stopped: s.stopped,
+            requeued: s.requeued,
+            restarts: s.restarts,
+            recycles: s.recycles,
+        }
+    }
+}
+
+/// One row of `Snakepit.Native.pool_workers/1`.
+#[derive(NifMap)]
+pub struct WorkerInfo {
+    pub worker_id: u64,
+    pub os_pid: u32,
+    pub state: Atom,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub age_ms: u64,
+    pub rss_bytes: Option<u64>,
+}
+
+pub fn state_atom(state: State) -> Atom {
+    match state {
+        State::Starting => atoms::starting(),
+        State::Idle => atoms::idle(),
+        State::Busy => atoms::busy(),
+        State::Stopping => atoms::stopping(),
+    }
+}
+
+/// How a worker ended: the details of a `:worker`/`:transport` error and of
+/// the owner's `:exit` event.
+#[derive(NifMap, Clone)]
+pub struct ExitDetails {
+    pub worker_id: u64,
+    pub os_pid: u32,
+    pub status: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why it was killed or broke the protocol.
+    pub reason: Option<String>,
+    /// Which limit retired it (`"max_requests"`, ...).
+    pub recycled: Option<String>,
+}
+
+/// Details of a refused handshake.
+#[derive(NifMap)]
+pub struct HandshakeDetails {
+    pub worker_id: u64,
+    pub os_pid: u32,
+    pub expected_protocol: u64,
+    pub protocol: Option<u64>,
+}
+
+#[derive(NifMap)]
+pub struct PathDetails {
+    pub path: String,
+}
+
+#[derive(NifMap)]
+pub struct SizeDetails {
+    pub limit: u64,
+    /// The encoded size, when encoding got that far.
+    pub bytes: Option<u64>,
+}
+
+#[derive(NifMap)]
+pub struct QueueDetails {
+    pub queued: u64,
+    pub limit: u64,
+}
+
+#[derive(NifMap)]
+pub struct NoDetails {}
+
+/// What an error's details map holds.
+pub enum Details {
+    None,
+    Path(PathDetails),
+    Size(SizeDetails),
+    Queue(QueueDetails),
+    Exit(ExitDetails),
+    Handshake(HandshakeDetails),
+}
+
+/// A failure found on the native side: `{category, message, details}`,
+/// which `Snakepit.Error.from_native/1` turns into a `%Snakepit.Error{}`.
+pub struct Failure {
+    pub category: Atom,
+    pub message: String,
+    pub details: Details,
+}
+
+impl Failure {
+    pub fn new(category: Atom, message: impl Into<String>, details: Details) -> Failure {
+        Failure {
+            category,
+            message: message.into(),
+            details,
+        }
+    }
+
+    /// The pool was stopped before the call could run.
+    pub fn stopped() -> Failure {
+        Failure::new(atoms::pool(), "the pool was stopped", Details::None)
+    }
+}
+
+impl Encoder for Failure {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let details = match &self.details {
+            Details::None => NoDetails {}.encode(env),
+            Details::Path(d) => d.encode(env),
+            Details::Size(d) => d.encode(env),
+            Details::Queue(d) => d.encode(env),
+            Details::Exit(d) => d.encode(env),
+            Details::Handshake(d) => d.encode(env),
+        };
+        (self.category, self.message.as_str(), details).encode(env)
+    }
+}
