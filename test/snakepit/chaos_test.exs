@@ -86,6 +86,18 @@ defmodule Snakepit.ChaosTest do
     assert stats.workers == 4 and stats.queued == 0 and stats.in_flight == 0
     # A kill can hit a worker already on its way out.
     assert stats.restarts >= div(kills, 2)
+    # Every call was counted once, under the outcome its caller saw.
+    assert_partition(stats)
+    assert stats.requests == @callers * @calls_per_caller
+    seen = Enum.frequencies_by(answers, &outcome/1)
+
+    assert Map.take(stats, [:completed, :python_errors, :worker_errors, :timeouts]) == %{
+             completed: Map.get(seen, :completed, 0),
+             python_errors: Map.get(seen, :python_error, 0),
+             worker_errors: Map.get(seen, :worker, 0),
+             timeouts: Map.get(seen, :timeout, 0)
+           }
+
     assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)
 
     assert offenders == []
@@ -160,6 +172,9 @@ defmodule Snakepit.ChaosTest do
         )
     end
   end
+
+  defp outcome({_, {:ok, _}}), do: :completed
+  defp outcome({_, {:error, %Error{category: category}}}), do: category
 
   defp idle?(pool) do
     stats = Snakepit.get_stats(pool)

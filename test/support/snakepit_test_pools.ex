@@ -128,4 +128,20 @@ defmodule Snakepit.TestPools do
       0 -> acc
     end
   end
+
+  @doc """
+  Asserts that a pool's outcome counters partition its requests: each
+  request counted once, under one outcome, or still queued or in flight.
+  """
+  def assert_partition(stats) do
+    outcomes =
+      stats.completed + stats.python_errors + stats.validation_errors + stats.worker_errors +
+        stats.transport_errors + stats.timeouts + stats.queue_timeouts + stats.cancelled +
+        stats.rejected + stats.stopped
+
+    ExUnit.Assertions.assert(
+      stats.requests == outcomes + stats.queued + stats.in_flight,
+      "requests are not partitioned by outcome: #{inspect(stats)}"
+    )
+  end
 end
