@@ -12,7 +12,7 @@
 # finished its handshake (`await_ready/2`), for 8 and 32 workers, with the
 # default `startup_batch_size` (8) and with all workers started at once.
 #
-# Goals (issue 3): recovery under 300 ms; 8 workers ready in under 1 s on 2 cores.
+# Targets: recovery under 300 ms; 8 workers ready in under 1 s on 2 cores.
 
 defmodule Bench.Recovery do
   @adapter "snakepit_bridge.examples.demo.DemoAdapter"

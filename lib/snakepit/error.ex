@@ -17,9 +17,9 @@ defmodule Snakepit.Error do
   | `:transport`    | the worker broke the wire protocol (garbage on stdout, a frame |
   |                 | over the size limit); it is replaced                           |
 
-  `:transport` takes the place of the gRPC-based Snakepit's `:grpc_error`
-  category and `grpc_status` field: workers here speak MessagePack frames
-  over pipes, so there is no gRPC status to report.
+  Workers speak MessagePack frames over pipes (see `docs/protocol.md`), so a
+  broken conversation with a worker is a `:transport` error; there is no
+  RPC status code to report.
 
       iex> error = Snakepit.Error.python_error("ValueError", "bad input", "Traceback ...")
       iex> {error.category, error.message, error.details.exception_type}

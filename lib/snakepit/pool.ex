@@ -33,6 +33,10 @@ defmodule Snakepit.Pool do
   The native handle is published in `:persistent_term` under the pool's name,
   which is how callers find it without a process lookup.
 
+  `docs/architecture.md` follows one call through every function and file
+  it passes, and says where each behaviour (queueing, dispatch, cancel,
+  recycling, restart, orphans) is decided.
+
   ## Startup
 
   Workers are spawned `:startup_batch_size` at a time; each handshake lets
@@ -50,8 +54,10 @@ defmodule Snakepit.Pool do
   A slot whose worker fails to start `:max_start_failures` times in a row
   stops the pool. It also drives the timers of the data plane: heartbeats
   (`Snakepit.Native.pool_heartbeat/2`), the grace period of cancelled calls
-  (the native side reports each with a `:cancelled` event), and recycling
-  by age and memory.
+  (the native side reports each with a `:cancelled` event), and a tick
+  (`Snakepit.Native.pool_maintain/1`) with which the native side retires
+  workers past `:max_age` or `:max_memory_mb`. The decisions themselves are
+  native; this process only keeps time.
 
   ## Stopping
 
