@@ -245,12 +245,18 @@ defmodule Snakepit.Config do
   A call's `:timeout` (see `Snakepit.execute/3`; the pool's `:timeout` when
   the call gives none) counts from the call, queueing included;
   `:queue_timeout` bounds the part spent waiting for a worker. Past either,
-  the caller gets a `:timeout` error. A call that timed out while running is
-  cancelled: the bridge raises `snakepit_bridge.CallCancelled` in the tool
-  (this interrupts Python code, not a blocking C call), and a worker that is
-  still busy with it `:cancel_grace` ms later is killed and replaced. A
-  caller that dies gives up its call the same way. Its late answer is never
-  delivered.
+  the caller gets a `:timeout` error and the call is cancelled:
+
+  - a call still in the queue leaves it; one already written to a worker
+    but not yet started there is skipped by the worker;
+  - nothing interrupts Python code that is running. The worker is told on
+    its control pipe, and from then on `snakepit_bridge.cancelled()` returns
+    `True` inside the tool, which can poll it and return early;
+  - a worker still busy with the call `:cancel_grace` ms later is killed
+    and replaced.
+
+  A caller that dies gives up its call the same way. The late answer of a
+  cancelled call is never delivered.
 
   ### Health and recycling
 

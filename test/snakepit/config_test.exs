@@ -175,7 +175,7 @@ defmodule Snakepit.ConfigTest do
       end
     end
 
-    test "the moduledoc keeps its prose" do
+    test "the moduledoc keeps its prose, and says what cancellation really does" do
       doc = moduledoc()
 
       for section <- [
@@ -186,6 +186,11 @@ defmodule Snakepit.ConfigTest do
           ] do
         assert doc =~ section
       end
+
+      refute doc =~ "CallCancelled"
+      assert doc =~ "snakepit_bridge.cancelled()"
+      assert doc =~ "nothing interrupts Python code"
+      assert doc =~ "never delivered"
     end
 
     test "each option's row has its four cells, no stray |" do
