@@ -224,7 +224,8 @@ defmodule Snakepit.Config do
   @options_table Enum.join([format_row.(header), rule | Enum.map(rows, format_row)], "\n")
 
   @moduledoc """
-  Pool options: their meaning, defaults, and validation.
+  Pool options: their meaning, defaults, and validation; and the
+  application's own configuration, `config :snakepit`.
 
   A pool is configured with a keyword list, either as a child spec
   (`{Snakepit.Pool, name: :ml, adapter: "my_pkg.model.Adapter"}`) or in
@@ -304,6 +305,48 @@ defmodule Snakepit.Config do
       iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", size: 0)
       iex> error.message
       "invalid pool option :size: expected a positive integer, got: 0"
+
+  ## Application configuration
+
+  Snakepit's application starts the pools of `config :snakepit`, in one of
+  two forms:
+
+      # any number of pools, each with any of the options above
+      config :snakepit,
+        pools: [
+          default: [adapter: "my_pkg.model.Adapter", size: 4],
+          ml: [adapter: "my_pkg.ml.Adapter", size: 2, python_path: ["/srv/ml"]]
+        ]
+
+      # the design's flat keys: one pool, named :default
+      config :snakepit,
+        adapter_module: "my_pkg.model.Adapter",
+        pool_size: 4,
+        worker_timeout: 60_000
+
+  | key                | meaning                                                     |
+  |--------------------|-------------------------------------------------------------|
+  | `:pools`           | `[name: options]`: one pool per entry, started in order     |
+  | `:adapter_module`  | the flat form: the `:adapter` of a pool named `:default`    |
+  | `:pool_size`       | the flat form: that pool's `:size`                          |
+  | `:worker_timeout`  | the flat form: that pool's `:timeout`                       |
+  | `:pooling_enabled` | `false` starts no pool at all, from either form (default `true`) |
+
+  The two forms can be combined as long as only one of them defines the
+  `:default` pool. The flat form takes only those three keys: any other
+  pool option (`python_path:`, `env:`, ...) at the top level is refused
+  rather than guessed at, with the `pools:` entry that would do what was
+  meant. One place for pool options keeps a configuration readable when it
+  grows a second pool. `adapter_module` names a Python class: an Elixir
+  module there (as in the design documents, whose adapters were Elixir
+  modules) is refused with the equivalent `pools:` entry.
+
+  Any other key is refused, not ignored: the application does not start,
+  and the error lists the unknown keys, the accepted ones, and, for keys
+  of the design that Snakepit does not implement (`session_affinity_enabled`,
+  `session_cleanup_interval`, `max_retries`, `retry_backoff_ms`,
+  `telemetry_enabled`, `stats_collection_interval`, ...), why. Pool options
+  are validated at the same time. See `pools_from_env/1`.
   """
 
   @type t :: %__MODULE__{
@@ -384,6 +427,308 @@ defmodule Snakepit.Config do
 
   defp native_value(:infinity), do: 0
   defp native_value(n) when is_integer(n) and n >= 0, do: n
+
+  @doc """
+  Translates the application environment of `:snakepit` (what
+  `Application.get_all_env(:snakepit)` returns) into the pools to start:
+  `{name, options}` pairs, in order, each with its `:name` among the
+  options. See "Application configuration" above for the accepted keys.
+
+  Every pool's options are validated with `validate/1`. Anything that would
+  otherwise be ignored or guessed at is an error with category
+  `:validation`: an unknown key, a pool option at the top level, an Elixir
+  module as `adapter_module`, two definitions of the `:default` pool.
+
+      iex> Snakepit.Config.pools_from_env(adapter_module: "my_pkg.mod.Adapter", pool_size: 4)
+      {:ok, [default: [name: :default, adapter: "my_pkg.mod.Adapter", size: 4]]}
+
+      iex> Snakepit.Config.pools_from_env(pools: [ml: [adapter: "m.A"]], pooling_enabled: false)
+      {:ok, []}
+
+      iex> {:error, error} = Snakepit.Config.pools_from_env(adapter_module: "m.A", max_retries: 3)
+      iex> error.details.unknown_keys
+      [:max_retries]
+  """
+  @spec pools_from_env(keyword()) :: {:ok, [{atom(), keyword()}]} | {:error, Error.t()}
+  def pools_from_env(env) when is_list(env) do
+    if Keyword.keyword?(env) do
+      with :ok <- check_app_keys(env),
+           {:ok, enabled?} <- fetch_pooling_enabled(env),
+           {:ok, flat} <- flat_pool(env),
+           {:ok, pools} <- listed_pools(Keyword.get(env, :pools, [])),
+           :ok <- check_one_default(flat, pools) do
+        {:ok, if(enabled?, do: flat ++ pools, else: [])}
+      end
+    else
+      not_a_keyword_list(env)
+    end
+  end
+
+  def pools_from_env(env), do: not_a_keyword_list(env)
+
+  defp not_a_keyword_list(env) do
+    {:error,
+     Error.validation(
+       "the :snakepit application environment must be a keyword list, got: #{inspect(env)}"
+     )}
+  end
+
+  # The design's flat keys and the pool option each one sets.
+  @flat_keys [adapter_module: :adapter, pool_size: :size, worker_timeout: :timeout]
+  @app_keys [:pools | Keyword.keys(@flat_keys)] ++ [:pooling_enabled]
+  @example_adapter "my_pkg.module.ClassName"
+
+  # Keys of the design documents (and of the gRPC-based Snakepit) that this
+  # implementation does not have, and why.
+  @unsupported %{
+    session_affinity_enabled:
+      "workers keep no per-session state, so any worker serves any call; " <>
+        "a call's :session_id is passed to its worker (see Snakepit.execute/3)",
+    session_cleanup_interval: "Snakepit keeps no sessions, so there is nothing to clean up",
+    max_retries:
+      "Snakepit never retries a call: only the caller knows whether running it twice is " <>
+        "safe, so a failed call returns its error",
+    retry_backoff_ms:
+      "Snakepit never retries a call: only the caller knows whether running it twice is " <>
+        "safe, so a failed call returns its error",
+    telemetry_enabled:
+      "Snakepit emits no :telemetry events; its counters are read with Snakepit.get_stats/1",
+    stats_collection_interval:
+      "counters are kept all the time and read on demand with Snakepit.get_stats/1; " <>
+        "nothing is collected periodically",
+    pool_config: "pools are configured with pools: [name: options]",
+    grpc_port:
+      "workers talk to the BEAM over pipes (MessagePack frames), not gRPC; there is no port",
+    grpc_config:
+      "workers talk to the BEAM over pipes (MessagePack frames), not gRPC; there is nothing " <>
+        "to configure"
+  }
+
+  defp check_app_keys(env) do
+    case Enum.reject(Keyword.keys(env), &(&1 in @app_keys)) do
+      [] ->
+        :ok
+
+      unknown ->
+        misplaced = Enum.filter(unknown, &(&1 in @known))
+        notes = Enum.flat_map(unknown, &unknown_key_note/1)
+
+        example =
+          if misplaced == [],
+            do: [],
+            else: [
+              "For example: config :snakepit, pools: [default: " <>
+                inspect(misplaced_example(env, misplaced)) <> "]"
+            ]
+
+        message =
+          Enum.join(
+            [
+              "unknown #{if length(unknown) == 1, do: "key", else: "keys"} in config :snakepit: " <>
+                Enum.map_join(unknown, ", ", &inspect/1)
+              | notes
+            ] ++
+              example ++
+              [
+                "config :snakepit accepts: " <>
+                  Enum.map_join(@app_keys, ", ", &inspect/1) <>
+                  " (see Snakepit.Config)"
+              ],
+            "\n"
+          )
+
+        {:error, Error.validation(message, %{unknown_keys: unknown, known_keys: @app_keys})}
+    end
+  end
+
+  defp unknown_key_note(key) do
+    cond do
+      key in @known ->
+        [
+          "- #{inspect(key)} is a pool option, not a key of the application: it goes in " <>
+            "a pool's entry under pools:"
+        ]
+
+      Map.has_key?(@unsupported, key) ->
+        ["- #{inspect(key)} is not supported: " <> @unsupported[key]]
+
+      (similar = similar_app_key(key)) != nil ->
+        ["- #{inspect(key)}: did you mean #{inspect(similar)}?"]
+
+      true ->
+        []
+    end
+  end
+
+  defp similar_app_key(key) do
+    {distance, similar} =
+      Enum.max(for k <- @app_keys, do: {String.jaro_distance("#{k}", "#{key}"), k})
+
+    if distance >= 0.85, do: similar
+  end
+
+  # The pools: entry that does what the flat keys and misplaced pool options meant.
+  defp misplaced_example(env, misplaced) do
+    flat = flat_options(env)
+
+    flat =
+      if is_binary(flat[:adapter]), do: flat, else: Keyword.put(flat, :adapter, @example_adapter)
+
+    flat ++ Keyword.take(env, misplaced)
+  end
+
+  defp flat_options(env) do
+    for {app_key, pool_key} <- @flat_keys,
+        Keyword.has_key?(env, app_key),
+        do: {pool_key, env[app_key]}
+  end
+
+  defp fetch_pooling_enabled(env) do
+    case Keyword.get(env, :pooling_enabled, true) do
+      enabled? when is_boolean(enabled?) -> {:ok, enabled?}
+      other -> {:error, invalid_app_key(:pooling_enabled, "true or false", other)}
+    end
+  end
+
+  defp invalid_app_key(key, expected, value) do
+    Error.validation(
+      "invalid config :snakepit, #{key}: expected #{expected}, got: #{inspect(value)}",
+      %{key: key}
+    )
+  end
+
+  # The :default pool of the design's flat keys, if adapter_module is set.
+  defp flat_pool(env) do
+    case Keyword.fetch(env, :adapter_module) do
+      {:ok, adapter} when is_atom(adapter) ->
+        {:error, elixir_adapter(adapter, env)}
+
+      {:ok, _} ->
+        Enum.reduce_while(@flat_keys, {:ok, [name: :default]}, fn {app_key, pool_key}, {:ok, acc} ->
+          case Keyword.fetch(env, app_key) do
+            {:ok, value} ->
+              case check_option(pool_key, value) do
+                {:ok, value} -> {:cont, {:ok, acc ++ [{pool_key, value}]}}
+                {:error, expected} -> {:halt, {:error, invalid_app_key(app_key, expected, value)}}
+              end
+
+            :error ->
+              {:cont, {:ok, acc}}
+          end
+        end)
+        |> case do
+          {:ok, opts} -> {:ok, [default: opts]}
+          error -> error
+        end
+
+      :error ->
+        case Enum.find([:pool_size, :worker_timeout], &Keyword.has_key?(env, &1)) do
+          nil ->
+            {:ok, []}
+
+          key ->
+            {:error,
+             Error.validation(
+               "config :snakepit, #{key}: sets the #{inspect(@flat_keys[key])} of the pool " <>
+                 "of adapter_module:, which is not set. Set adapter_module:, or give the " <>
+                 "pool's #{inspect(@flat_keys[key])} in its entry under pools:",
+               %{key: key}
+             )}
+        end
+    end
+  end
+
+  defp elixir_adapter(adapter, env) do
+    what = if elixir_module?(adapter), do: "an Elixir module", else: "an atom"
+    example = Keyword.put(flat_options(env), :adapter, @example_adapter)
+
+    Error.validation(
+      "invalid config :snakepit, adapter_module: #{inspect(adapter)} is #{what}, but " <>
+        "Snakepit's adapters are Python classes (subclasses of snakepit_bridge.BaseAdapter), " <>
+        "named by their dotted path. For example:\n" <>
+        "config :snakepit, pools: [default: #{inspect(example)}]",
+      %{key: :adapter_module}
+    )
+  end
+
+  defp elixir_module?(atom), do: String.starts_with?(Atom.to_string(atom), "Elixir.")
+
+  # The pools of `pools:`, each validated.
+  defp listed_pools(pools) do
+    cond do
+      not (is_list(pools) and Enum.all?(pools, &match?({n, o} when is_atom(n) and is_list(o), &1))) ->
+        {:error,
+         invalid_app_key(
+           :pools,
+           ~s(a keyword list of pool names and their options, like ) <>
+             ~s([default: [adapter: "#{@example_adapter}"]]),
+           pools
+         )}
+
+      (dups = Keyword.keys(pools) -- Enum.uniq(Keyword.keys(pools))) != [] ->
+        name = hd(dups)
+
+        {:error,
+         Error.validation("config :snakepit, pools: names the pool #{inspect(name)} twice", %{
+           key: :pools,
+           pool: name
+         })}
+
+      true ->
+        Enum.reduce_while(pools, {:ok, []}, fn {name, opts}, {:ok, acc} ->
+          case listed_pool(name, opts) do
+            {:ok, opts} -> {:cont, {:ok, acc ++ [{name, opts}]}}
+            {:error, error} -> {:halt, {:error, error}}
+          end
+        end)
+    end
+  end
+
+  defp listed_pool(name, opts) do
+    with :ok <- check_name_option(name, opts),
+         opts = Keyword.put(opts, :name, name),
+         {:ok, _config} <- validate(opts) do
+      {:ok, opts}
+    else
+      {:error, %Error{} = error} ->
+        {:error,
+         %{
+           error
+           | message: "config :snakepit, pools: pool #{inspect(name)}: " <> error.message,
+             details: Map.merge(error.details, %{key: :pools, pool: name})
+         }}
+    end
+  end
+
+  defp check_name_option(name, opts) do
+    case Keyword.fetch(opts, :name) do
+      {:ok, other} when other != name ->
+        {:error,
+         Error.validation(
+           "its options say name: #{inspect(other)}, but the pool is named by its key " <>
+             "under pools:; leave :name out",
+           %{option: :name}
+         )}
+
+      _ ->
+        :ok
+    end
+  end
+
+  defp check_one_default([default: _], pools) do
+    if Keyword.has_key?(pools, :default) do
+      {:error,
+       Error.validation(
+         "config :snakepit defines the :default pool twice: with adapter_module: and in " <>
+           "pools:. Keep one of them",
+         %{key: :adapter_module, pool: :default}
+       )}
+    else
+      :ok
+    end
+  end
+
+  defp check_one_default(_flat, _pools), do: :ok
 
   defp check_unknown(opts) do
     case Enum.find(Keyword.keys(opts), &(&1 not in @known)) do

@@ -182,7 +182,8 @@ defmodule Snakepit.ConfigTest do
             "### Timeouts and cancellation",
             "### Health and recycling",
             "### Starting and stopping",
-            "### Pipelining"
+            "### Pipelining",
+            "## Application configuration"
           ] do
         assert doc =~ section
       end
@@ -242,6 +243,194 @@ defmodule Snakepit.ConfigTest do
         assert Map.keys(native) |> Enum.sort() == Enum.sort(@native_keys)
         assert Enum.all?(Map.values(native), &(is_integer(&1) and &1 >= 0))
         assert native[option] == if(value == :infinity, do: 0, else: value)
+      end
+    end
+  end
+
+  describe "pools_from_env/1" do
+    test "pools: [name: opts] are validated and named, in order" do
+      env = [pools: [a: [adapter: "m.A", size: 2], b: [adapter: "m.B", name: :b]]]
+
+      assert Config.pools_from_env(env) ==
+               {:ok, [a: [name: :a, adapter: "m.A", size: 2], b: [name: :b, adapter: "m.B"]]}
+
+      assert Config.pools_from_env([]) == {:ok, []}
+      assert Config.pools_from_env(pools: []) == {:ok, []}
+    end
+
+    test "the design's flat keys build the :default pool" do
+      env = [adapter_module: "my_pkg.mod.Class", pool_size: 4, worker_timeout: 60_000]
+
+      assert Config.pools_from_env(env) ==
+               {:ok,
+                [default: [name: :default, adapter: "my_pkg.mod.Class", size: 4, timeout: 60_000]]}
+
+      assert {:ok, [default: [name: :default, adapter: "m.A", timeout: :infinity]]} =
+               Config.pools_from_env(adapter_module: "m.A", worker_timeout: :infinity)
+
+      assert {:ok, [default: _]} =
+               Config.pools_from_env(adapter_module: "m.A", pooling_enabled: true)
+    end
+
+    test "the flat :default pool comes first and combines with other pools" do
+      env = [pools: [ml: [adapter: "m.B"]], adapter_module: "m.A"]
+
+      assert {:ok, [default: [name: :default, adapter: "m.A"], ml: [name: :ml, adapter: "m.B"]]} =
+               Config.pools_from_env(env)
+    end
+
+    test "pooling_enabled: false starts no pool, but the config is still checked" do
+      assert Config.pools_from_env(adapter_module: "m.A", pooling_enabled: false) == {:ok, []}
+
+      assert Config.pools_from_env(pools: [ml: [adapter: "m.B"]], pooling_enabled: false) ==
+               {:ok, []}
+
+      assert {:error, %Error{details: %{pool: :ml, option: :size}}} =
+               Config.pools_from_env(pools: [ml: [adapter: "m.B", size: 0]], pooling_enabled: false)
+
+      assert {:error, %Error{} = e} = Config.pools_from_env(pooling_enabled: "no")
+
+      assert e.message ==
+               ~s(invalid config :snakepit, pooling_enabled: expected true or false, got: "no")
+
+      assert e.details == %{key: :pooling_enabled}
+    end
+
+    test "flat values are checked like the pool options they set, named by their key" do
+      assert {:error, %Error{category: :validation} = e} =
+               Config.pools_from_env(adapter_module: "m.A", pool_size: 0)
+
+      assert e.message == "invalid config :snakepit, pool_size: expected a positive integer, got: 0"
+      assert e.details == %{key: :pool_size}
+
+      assert {:error, %Error{details: %{key: :worker_timeout}} = e} =
+               Config.pools_from_env(adapter_module: "m.A", worker_timeout: 0)
+
+      assert e.message =~ "expected a positive integer or :infinity, got: 0"
+
+      assert {:error, %Error{details: %{key: :adapter_module}} = e} =
+               Config.pools_from_env(adapter_module: "not a path")
+
+      assert e.message =~ ~s(expected a dotted Python path like "my_pkg.module.ClassName")
+    end
+
+    test "an Elixir module as adapter_module is refused, with the pools: entry to use" do
+      assert {:error, %Error{category: :validation} = e} =
+               Config.pools_from_env(adapter_module: MyApp.Adapter, pool_size: 4)
+
+      assert e.details == %{key: :adapter_module}
+      assert e.message =~ "adapter_module: MyApp.Adapter is an Elixir module"
+      assert e.message =~ "Python classes"
+
+      assert e.message =~
+               ~s(config :snakepit, pools: [default: [adapter: "my_pkg.module.ClassName", size: 4]])
+
+      assert {:error, %Error{} = e} = Config.pools_from_env(adapter_module: :my_adapter)
+      assert e.message =~ "adapter_module: :my_adapter is an atom"
+    end
+
+    test "pool_size or worker_timeout without adapter_module is refused" do
+      for key <- [:pool_size, :worker_timeout] do
+        assert {:error, %Error{} = e} =
+                 Config.pools_from_env([{key, 4}, pools: [default: [adapter: "m.A"]]])
+
+        assert e.details == %{key: key}
+        assert e.message =~ "adapter_module:, which is not set"
+      end
+    end
+
+    test "the :default pool defined twice is refused" do
+      env = [adapter_module: "m.A", pools: [default: [adapter: "m.B"]]]
+      assert {:error, %Error{} = e} = Config.pools_from_env(env)
+      assert e.message =~ "defines the :default pool twice"
+      assert e.details == %{key: :adapter_module, pool: :default}
+    end
+
+    test "bad pools: entries name the pool" do
+      assert {:error, %Error{} = e} = Config.pools_from_env(pools: [ml: [adapter: "m.A", size: 0]])
+
+      assert e.message ==
+               "config :snakepit, pools: pool :ml: invalid pool option :size: " <>
+                 "expected a positive integer, got: 0"
+
+      assert e.details == %{key: :pools, pool: :ml, option: :size}
+
+      assert {:error, %Error{details: %{pool: :ml}} = e} = Config.pools_from_env(pools: [ml: []])
+      assert e.message =~ "missing required pool option :adapter"
+
+      assert {:error, %Error{details: %{pool: :ml, option: :name}}} =
+               Config.pools_from_env(pools: [ml: [adapter: "m.A", name: :other]])
+
+      assert {:error, %Error{details: %{pool: :ml}} = e} =
+               Config.pools_from_env(pools: [ml: [adapter: "m.A"], ml: [adapter: "m.B"]])
+
+      assert e.message =~ "names the pool :ml twice"
+
+      for bad <- [%{ml: [adapter: "m.A"]}, [ml: %{adapter: "m.A"}], [{"ml", []}], "ml"] do
+        assert {:error, %Error{details: %{key: :pools}} = e} = Config.pools_from_env(pools: bad)
+        assert e.message =~ "invalid config :snakepit, pools: expected a keyword list"
+      end
+    end
+
+    test "unknown keys are all listed, with the known keys, never dropped" do
+      assert {:error, %Error{category: :validation} = e} =
+               Config.pools_from_env(pools: [], colour: :blue, pool_sise: 3)
+
+      assert e.details.unknown_keys == [:colour, :pool_sise]
+
+      assert Enum.sort(e.details.known_keys) ==
+               Enum.sort([:pools, :adapter_module, :pool_size, :worker_timeout, :pooling_enabled])
+
+      assert e.message =~ "unknown keys in config :snakepit: :colour, :pool_sise"
+      assert e.message =~ ":pool_sise: did you mean :pool_size?"
+
+      assert e.message =~
+               "config :snakepit accepts: :pools, :adapter_module, :pool_size, :worker_timeout, " <>
+                 ":pooling_enabled"
+
+      assert {:error, %Error{} = e} = Config.pools_from_env(colour: :blue)
+      assert e.message =~ "unknown key in config :snakepit: :colour\n"
+    end
+
+    test "keys of the design that Snakepit does not support say so" do
+      design_keys = [
+        session_affinity_enabled: true,
+        session_cleanup_interval: 300_000,
+        max_retries: 3,
+        retry_backoff_ms: 1000,
+        telemetry_enabled: true,
+        stats_collection_interval: 60_000
+      ]
+
+      assert {:error, %Error{} = e} =
+               Config.pools_from_env([adapter_module: "m.A", pool_size: 4] ++ design_keys)
+
+      assert e.details.unknown_keys == Keyword.keys(design_keys)
+
+      for {key, _} <- design_keys do
+        assert e.message =~ "- #{inspect(key)} is not supported: "
+      end
+    end
+
+    test "pool options at the top level are refused, with the pools: entry they belong in" do
+      env = [adapter_module: "m.A", pool_size: 2, python_path: ["/srv/py"], env: %{"A" => "1"}]
+      assert {:error, %Error{} = e} = Config.pools_from_env(env)
+      assert e.details.unknown_keys == [:python_path, :env]
+      assert e.message =~ "- :python_path is a pool option, not a key of the application"
+
+      assert e.message =~
+               ~s(For example: config :snakepit, pools: [default: [adapter: "m.A", size: 2, ) <>
+                 ~s(python_path: ["/srv/py"], env: %{"A" => "1"}]])
+
+      # without adapter_module the example names a placeholder class
+      assert {:error, %Error{} = e} = Config.pools_from_env(size: 2)
+      assert e.message =~ ~s(pools: [default: [adapter: "my_pkg.module.ClassName", size: 2]])
+    end
+
+    test "an env that is not a keyword list" do
+      for bad <- [%{pools: []}, [1], nil] do
+        assert {:error, %Error{category: :validation} = e} = Config.pools_from_env(bad)
+        assert e.message =~ "must be a keyword list"
       end
     end
   end
