@@ -211,9 +211,10 @@ defmodule Snakepit.Config do
     end
 
   header = ["option", "default", "accepts", "meaning"]
-  widths = for column <- Enum.zip([header | rows]), do: Tuple.to_list(column)
 
-  widths = Enum.map(widths, fn cells -> cells |> Enum.map(&String.length/1) |> Enum.max() end)
+  widths =
+    for column <- Enum.zip([header | rows]),
+        do: column |> Tuple.to_list() |> Enum.map(&String.length/1) |> Enum.max()
 
   format_row = fn cells ->
     padded = Enum.zip_with(cells, widths, &String.pad_trailing/2)
@@ -308,7 +309,7 @@ defmodule Snakepit.Config do
 
   ## Application configuration
 
-  Snakepit's application starts the pools of `config :snakepit`, in one of
+  Snakepit's application starts the pools of `config :snakepit`, given in
   two forms:
 
       # any number of pools, each with any of the options above
@@ -324,12 +325,12 @@ defmodule Snakepit.Config do
         pool_size: 4,
         worker_timeout: 60_000
 
-  | key                | meaning                                                     |
-  |--------------------|-------------------------------------------------------------|
-  | `:pools`           | `[name: options]`: one pool per entry, started in order     |
-  | `:adapter_module`  | the flat form: the `:adapter` of a pool named `:default`    |
-  | `:pool_size`       | the flat form: that pool's `:size`                          |
-  | `:worker_timeout`  | the flat form: that pool's `:timeout`                       |
+  | key                | meaning                                                          |
+  |--------------------|------------------------------------------------------------------|
+  | `:pools`           | `[name: options]`: one pool per entry, started in order          |
+  | `:adapter_module`  | the flat form: the `:adapter` of a pool named `:default`         |
+  | `:pool_size`       | the flat form: that pool's `:size`                               |
+  | `:worker_timeout`  | the flat form: that pool's `:timeout`                            |
   | `:pooling_enabled` | `false` starts no pool at all, from either form (default `true`) |
 
   The two forms can be combined as long as only one of them defines the
