@@ -1,45 +1,264 @@
 defmodule Snakepit.Config do
+  # The moduledoc is set further down, once the table of options it shows
+  # has been defined.
+
+  alias Snakepit.Error
+
+  @max_frame_limit 0xFFFF_FFFF
+
+  # The shapes an option's value can take: the typespec of the validated
+  # value, and the words that say what is expected (in error messages and in
+  # the table of the moduledoc). Each shape has an accept/2 clause below.
+  @shapes %{
+    pool_name: {quote(do: atom()), "an atom"},
+    python_class: {quote(do: String.t()), ~s(a dotted Python path like "my_pkg.module.ClassName")},
+    pos_integer: {quote(do: pos_integer()), "a positive integer"},
+    pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds)"},
+    non_neg_ms: {quote(do: non_neg_integer()), "a non-negative integer (milliseconds)"},
+    pos_or_infinity: {quote(do: pos_integer() | :infinity), "a positive integer or :infinity"},
+    string: {quote(do: String.t()), "a non-empty string"},
+    dir_list: {quote(do: [String.t()]), "a list of directory strings"},
+    env:
+      {quote(do: [{String.t(), String.t()}]), ~s(a list of {"NAME", "value"} string pairs or a map)},
+    dir_or_nil: {quote(do: String.t() | nil), "a directory string or nil"},
+    frame_size: {quote(do: pos_integer()), "an integer from 1 to #{@max_frame_limit}"},
+    depth: {quote(do: 1..64), "an integer from 1 to 64"}
+  }
+
+  # THE table of pool options: everything else (the struct, its type,
+  # validation, known_options/0, native_options/1 and the table in the
+  # moduledoc) is derived from it. Fields:
+  #   name    - the option
+  #   shape   - a key of @shapes: its type and how it is checked
+  #   default - a value; :required; or {:computed, {m, f, a}}, a default
+  #             that depends on the machine, computed by validate/1
+  #   doc     - one line for the moduledoc's table
+  #   note    - (optional) words shown after the default in that table
+  #   native  - (optional) true if native_options/1 passes it to the native
+  #             pool; :infinity is passed as 0, "no limit"
+  @options [
+    %{
+      name: :name,
+      shape: :pool_name,
+      default: :default,
+      doc: "naming the pool in `Snakepit.execute/3`"
+    },
+    %{
+      name: :adapter,
+      shape: :python_class,
+      default: :required,
+      doc: "the Python class (a `snakepit_bridge.BaseAdapter`) workers run"
+    },
+    %{
+      name: :size,
+      shape: :pos_integer,
+      default: {:computed, {System, :schedulers_online, []}},
+      doc: "number of worker processes"
+    },
+    %{
+      name: :python,
+      shape: :string,
+      default: "python3",
+      doc: "interpreter: a path, or a name on the `PATH`"
+    },
+    %{
+      name: :python_path,
+      shape: :dir_list,
+      default: [],
+      doc: "directories prepended to `PYTHONPATH`"
+    },
+    %{name: :env, shape: :env, default: [], doc: "extra environment of the workers"},
+    %{
+      name: :cwd,
+      shape: :dir_or_nil,
+      default: nil,
+      note: "the BEAM's cwd",
+      doc: "working directory of the workers"
+    },
+    %{
+      name: :max_frame_bytes,
+      shape: :frame_size,
+      default: 64 * 1024 * 1024,
+      note: "64 MiB",
+      native: true,
+      doc: "largest message in either direction"
+    },
+    %{
+      name: :startup_timeout,
+      shape: :pos_ms,
+      default: 30_000,
+      doc: "ms to wait for the first worker's handshake"
+    },
+    %{
+      name: :pipeline_depth,
+      shape: :depth,
+      default: 1,
+      native: true,
+      doc: "most calls written to one worker at a time"
+    },
+    %{
+      name: :timeout,
+      shape: :pos_or_infinity,
+      default: 30_000,
+      doc: "ms a call may take, queueing included, when the call gives no `:timeout`"
+    },
+    %{
+      name: :queue_timeout,
+      shape: :pos_or_infinity,
+      default: :infinity,
+      doc: "ms a call may wait for a worker (per call too)"
+    },
+    %{
+      name: :max_queue,
+      shape: :pos_integer,
+      default: 10_000,
+      native: true,
+      doc: "most calls waiting; past it calls fail at once"
+    },
+    %{
+      name: :cancel_grace,
+      shape: :non_neg_ms,
+      default: 2_000,
+      doc: "ms a worker gets to stop a cancelled call"
+    },
+    %{
+      name: :heartbeat_interval,
+      shape: :pos_or_infinity,
+      default: 5_000,
+      doc: "ms between heartbeats, or `:infinity` for none"
+    },
+    %{
+      name: :heartbeat_misses,
+      shape: :pos_integer,
+      default: 3,
+      doc: "unanswered heartbeats in a row before a kill"
+    },
+    %{
+      name: :max_requests,
+      shape: :pos_or_infinity,
+      default: :infinity,
+      native: true,
+      doc: "calls a worker serves before it is recycled"
+    },
+    %{
+      name: :max_age,
+      shape: :pos_or_infinity,
+      default: :infinity,
+      native: true,
+      doc: "ms a worker lives before it is recycled"
+    },
+    %{
+      name: :max_memory_mb,
+      shape: :pos_or_infinity,
+      default: :infinity,
+      native: true,
+      doc: "resident memory (MiB) past which it is recycled"
+    },
+    %{
+      name: :startup_batch_size,
+      shape: :pos_integer,
+      default: 8,
+      doc: "workers starting at the same time"
+    },
+    %{
+      name: :max_start_failures,
+      shape: :pos_integer,
+      default: 5,
+      doc: "failed starts in a row before the pool gives up"
+    },
+    %{
+      name: :shutdown_timeout,
+      shape: :non_neg_ms,
+      default: 5_000,
+      doc: "ms stopping waits for running calls"
+    }
+  ]
+
+  @options Enum.map(@options, &Map.merge(%{note: nil, native: false}, &1))
+
+  for %{name: name, shape: shape} <- @options, not Map.has_key?(@shapes, shape) do
+    raise CompileError,
+      description: "pool option #{inspect(name)} has an unknown shape #{inspect(shape)}"
+  end
+
+  @known Enum.map(@options, & &1.name)
+  @required for %{name: name, default: :required} <- @options, do: name
+  @computed for %{name: name, default: {:computed, mfa}} <- @options, do: {name, mfa}
+  @native for %{name: name, native: true} <- @options, do: name
+  @shape_of Map.new(@options, &{&1.name, &1.shape})
+  @expected Map.new(@shapes, fn {shape, {_type, expected}} -> {shape, expected} end)
+
+  # The moduledoc's table, padded so that it also reads well as plain text.
+  show = fn
+    n when is_integer(n) and n >= 1_000 ->
+      String.replace(Integer.to_string(n), ~r/\B(?=(\d{3})+$)/, "_")
+
+    value ->
+      inspect(value)
+  end
+
+  rows =
+    for %{name: name, shape: shape, default: default, note: note, doc: doc} <- @options do
+      default_text =
+        case default do
+          :required -> "required"
+          {:computed, {m, f, a}} -> "`#{Exception.format_mfa(m, f, a)}`, when validated"
+          value when is_nil(note) -> "`#{show.(value)}`"
+          value -> "`#{show.(value)}` (#{note})"
+        end
+
+      ["`#{inspect(name)}`", default_text, @expected[shape], doc]
+    end
+
+  header = ["option", "default", "accepts", "meaning"]
+
+  widths =
+    for column <- Enum.zip([header | rows]),
+        do: column |> Tuple.to_list() |> Enum.map(&String.length/1) |> Enum.max()
+
+  format_row = fn cells ->
+    padded = Enum.zip_with(cells, widths, &String.pad_trailing/2)
+    "| " <> Enum.join(padded, " | ") <> " |"
+  end
+
+  rule = "|" <> Enum.map_join(widths, "|", &String.duplicate("-", &1 + 2)) <> "|"
+  @options_table Enum.join([format_row.(header), rule | Enum.map(rows, format_row)], "\n")
+
   @moduledoc """
-  Pool options: their meaning, defaults, and validation.
+  Pool options: their meaning, defaults, and validation; and the
+  application's own configuration, `config :snakepit`.
 
   A pool is configured with a keyword list, either as a child spec
   (`{Snakepit.Pool, name: :ml, adapter: "my_pkg.model.Adapter"}`) or in
-  `config :snakepit, pools: [default: [adapter: "..."]]`.
+  `config :snakepit, pools: [default: [adapter: "..."]]`. Every option is
+  declared once, in a table in this module's source, from which this
+  table, the checks of `validate/1`, `known_options/0` and
+  `native_options/1` are all derived, so they cannot disagree.
 
-  | option             | default                    | meaning                                          |
-  |--------------------|----------------------------|--------------------------------------------------|
-  | `:name`            | `:default`                 | atom naming the pool in `Snakepit.execute/3`     |
-  | `:adapter`         | required                   | `"pkg.module.ClassName"` of a `BaseAdapter`      |
-  | `:size`            | `System.schedulers_online()` | number of worker processes                     |
-  | `:python`          | `"python3"`                | interpreter: a path, or a name on the `PATH`     |
-  | `:python_path`     | `[]`                       | directories prepended to `PYTHONPATH`            |
-  | `:env`             | `[]`                       | extra environment, `[{"NAME", "value"}]` or a map |
-  | `:cwd`             | `nil` (the BEAM's cwd)     | working directory of the workers                 |
-  | `:max_frame_bytes` | `67_108_864` (64 MiB)      | largest message in either direction              |
-  | `:startup_timeout` | `30_000`                   | ms to wait for the first worker's handshake      |
-  | `:pipeline_depth`  | `1`                        | most calls written to one worker at a time       |
-  | `:queue_timeout`   | `:infinity`                | ms a call may wait for a worker (per call too)   |
-  | `:max_queue`       | `10_000`                   | most calls waiting; past it calls fail at once   |
-  | `:cancel_grace`    | `2_000`                    | ms a worker gets to stop a timed-out call        |
-  | `:heartbeat_interval` | `5_000`                 | ms between heartbeats, or `:infinity` for none   |
-  | `:heartbeat_misses` | `3`                       | unanswered heartbeats in a row before a kill     |
-  | `:max_requests`    | `:infinity`                | calls a worker serves before it is recycled      |
-  | `:max_age`         | `:infinity`                | ms a worker lives before it is recycled          |
-  | `:max_memory_mb`   | `:infinity`                | resident memory (MiB) past which it is recycled  |
-  | `:startup_batch_size` | `8`                     | workers starting at the same time                |
-  | `:max_start_failures` | `5`                     | failed starts in a row before the pool gives up  |
-  | `:shutdown_timeout` | `5_000`                   | ms stopping waits for running calls              |
+  #{@options_table}
+
+  A default shown as a call is computed by `validate/1` on the machine that
+  runs the pool: `:size` defaults to the number of schedulers online there.
+  `:env` may also be given as a map, and its names and values as atoms; it
+  is stored as a list of string pairs.
 
   ### Timeouts and cancellation
 
-  A call's `:timeout` (see `Snakepit.execute/3`) counts from the call,
-  queueing included; `:queue_timeout` bounds the part spent waiting for a
-  worker. Past either, the caller gets a `:timeout` error. A call that timed
-  out while running is cancelled: the bridge raises
-  `snakepit_bridge.CallCancelled` in the tool (this interrupts Python code,
-  not a blocking C call), and a worker that is still busy with it
-  `:cancel_grace` ms later is killed and replaced. A caller that dies
-  gives up its call the same way. Its late answer is never delivered.
+  A call's `:timeout` (see `Snakepit.execute/3`; the pool's `:timeout` when
+  the call gives none) counts from the call, queueing included;
+  `:queue_timeout` bounds the part spent waiting for a worker. Past either,
+  the caller gets a `:timeout` error and the call is cancelled:
+
+  - a call still in the queue leaves it; one already written to a worker
+    but not yet started there is skipped by the worker;
+  - nothing interrupts Python code that is running. The worker is told on
+    its control pipe, and from then on `snakepit_bridge.cancelled()` returns
+    `True` inside the tool, which can poll it and return early;
+  - a worker still busy with the call `:cancel_grace` ms later is killed
+    and replaced.
+
+  A caller that dies gives up its call the same way. The late answer of a
+  cancelled call is never delivered.
 
   ### Health and recycling
 
@@ -87,132 +306,98 @@ defmodule Snakepit.Config do
       iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", size: 0)
       iex> error.message
       "invalid pool option :size: expected a positive integer, got: 0"
-  """
 
-  alias Snakepit.Error
+  ## Application configuration
+
+  Snakepit's application starts the pools of `config :snakepit`, given in
+  two forms:
+
+      # any number of pools, each with any of the options above
+      config :snakepit,
+        pools: [
+          default: [adapter: "my_pkg.model.Adapter", size: 4],
+          ml: [adapter: "my_pkg.ml.Adapter", size: 2, python_path: ["/srv/ml"]]
+        ]
+
+      # the design's flat keys: one pool, named :default
+      config :snakepit,
+        adapter_module: "my_pkg.model.Adapter",
+        pool_size: 4,
+        worker_timeout: 60_000
+
+  | key                | meaning                                                          |
+  |--------------------|------------------------------------------------------------------|
+  | `:pools`           | `[name: options]`: one pool per entry, started in order          |
+  | `:adapter_module`  | the flat form: the `:adapter` of a pool named `:default`         |
+  | `:pool_size`       | the flat form: that pool's `:size`                               |
+  | `:worker_timeout`  | the flat form: that pool's `:timeout`                            |
+  | `:pooling_enabled` | `false` starts no pool at all, from either form (default `true`) |
+
+  The two forms can be combined as long as only one of them defines the
+  `:default` pool. The flat form takes only those three keys: any other
+  pool option (`python_path:`, `env:`, ...) at the top level is refused
+  rather than guessed at, with the `pools:` entry that would do what was
+  meant. One place for pool options keeps a configuration readable when it
+  grows a second pool. `adapter_module` names a Python class: an Elixir
+  module there (as in the design documents, whose adapters were Elixir
+  modules) is refused with the equivalent `pools:` entry.
+
+  Any other key is refused, not ignored: the application does not start,
+  and the error lists the unknown keys, the accepted ones, and, for keys
+  of the design that Snakepit does not implement (`session_affinity_enabled`,
+  `session_cleanup_interval`, `max_retries`, `retry_backoff_ms`,
+  `telemetry_enabled`, `stats_collection_interval`, ...), why. Pool options
+  are validated at the same time. See `pools_from_env/1`.
+  """
 
   @type t :: %__MODULE__{
-          name: atom(),
-          adapter: String.t(),
-          size: pos_integer(),
-          python: String.t(),
-          python_path: [String.t()],
-          env: [{String.t(), String.t()}],
-          cwd: String.t() | nil,
-          max_frame_bytes: pos_integer(),
-          startup_timeout: pos_integer(),
-          pipeline_depth: pos_integer(),
-          queue_timeout: timeout(),
-          max_queue: pos_integer(),
-          cancel_grace: non_neg_integer(),
-          heartbeat_interval: timeout(),
-          heartbeat_misses: pos_integer(),
-          max_requests: pos_integer() | :infinity,
-          max_age: pos_integer() | :infinity,
-          max_memory_mb: pos_integer() | :infinity,
-          startup_batch_size: pos_integer(),
-          max_start_failures: pos_integer(),
-          shutdown_timeout: non_neg_integer()
+          unquote_splicing(
+            for %{name: name, shape: shape} <- @options, do: {name, elem(@shapes[shape], 0)}
+          )
         }
 
-  @enforce_keys [:adapter]
-  defstruct name: :default,
-            adapter: nil,
-            size: 1,
-            python: "python3",
-            python_path: [],
-            env: [],
-            cwd: nil,
-            max_frame_bytes: 64 * 1024 * 1024,
-            startup_timeout: 30_000,
-            pipeline_depth: 1,
-            queue_timeout: :infinity,
-            max_queue: 10_000,
-            cancel_grace: 2_000,
-            heartbeat_interval: 5_000,
-            heartbeat_misses: 3,
-            max_requests: :infinity,
-            max_age: :infinity,
-            max_memory_mb: :infinity,
-            startup_batch_size: 8,
-            max_start_failures: 5,
-            shutdown_timeout: 5_000
+  @typedoc "The options `native_options/1` passes to the native pool; 0 means no limit."
+  @type native_options :: %{
+          unquote_splicing(for name <- @native, do: {name, quote(do: non_neg_integer())})
+        }
 
-  @max_frame_limit 0xFFFF_FFFF
-  @known [
-    :name,
-    :adapter,
-    :size,
-    :python,
-    :python_path,
-    :env,
-    :cwd,
-    :max_frame_bytes,
-    :startup_timeout,
-    :pipeline_depth,
-    :queue_timeout,
-    :max_queue,
-    :cancel_grace,
-    :heartbeat_interval,
-    :heartbeat_misses,
-    :max_requests,
-    :max_age,
-    :max_memory_mb,
-    :startup_batch_size,
-    :max_start_failures,
-    :shutdown_timeout
-  ]
-
-  # Shapes shared by several options (see check/2).
-  @positive_or_infinity [
-    :queue_timeout,
-    :heartbeat_interval,
-    :max_requests,
-    :max_age,
-    :max_memory_mb
-  ]
-  @positive [:max_queue, :heartbeat_misses, :startup_batch_size, :max_start_failures]
-  @non_negative [:cancel_grace, :shutdown_timeout]
+  @enforce_keys @required ++ Keyword.keys(@computed)
+  defstruct for %{name: name, default: default} <- @options,
+                do: {name, if(name in @enforce_keys, do: nil, else: default)}
 
   @doc """
-  The options the native pool takes (`Snakepit.Native.pool_new/2`), with
-  `:infinity` as 0 (no limit).
-  """
-  @spec native_options(t()) :: %{atom() => non_neg_integer()}
-  def native_options(config) do
-    for key <- [
-          :max_frame_bytes,
-          :pipeline_depth,
-          :max_queue,
-          :max_requests,
-          :max_age,
-          :max_memory_mb
-        ],
-        into: %{} do
-      value = Map.fetch!(config, key)
-      {key, if(value == :infinity, do: 0, else: value)}
-    end
-  end
+  The option names a pool accepts, in the order of the table above.
 
-  @doc "The option names a pool accepts."
+      iex> Enum.take(Snakepit.Config.known_options(), 3)
+      [:name, :adapter, :size]
+  """
   @spec known_options() :: [atom()]
   def known_options, do: @known
 
   @doc """
-  Validates pool options and fills in defaults.
+  Validates pool options and fills in defaults, computing those that
+  depend on the machine (`:size`).
 
   Returns `{:error, %Snakepit.Error{category: :validation}}` naming the first
-  bad option.
+  bad option in its message and in `details.option`.
+
+      iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A")
+      iex> config.size == System.schedulers_online()
+      true
+      iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", timeout: 0)
+      iex> {error.message, error.details}
+      {"invalid pool option :timeout: expected a positive integer or :infinity, got: 0", %{option: :timeout}}
   """
   @spec validate(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def validate(opts) when is_list(opts) do
     if Keyword.keyword?(opts) do
       with :ok <- check_unknown(opts),
-           {:ok, adapter} <- fetch_required(opts, :adapter) do
-        defaults = %__MODULE__{adapter: adapter, size: System.schedulers_online()}
+           {:ok, required} <- fetch_required(opts) do
+        computed = for {name, {m, f, a}} <- @computed, do: {name, apply(m, f, a)}
+        defaults = struct!(__MODULE__, required ++ computed)
 
         Enum.reduce_while(opts, {:ok, defaults}, fn {key, value}, {:ok, acc} ->
-          case check(key, value) do
+          case check_option(key, value) do
             {:ok, value} -> {:cont, {:ok, Map.put(acc, key, value)}}
             {:error, expected} -> {:halt, {:error, invalid(key, expected, value)}}
           end
@@ -226,6 +411,325 @@ defmodule Snakepit.Config do
   def validate(other) do
     {:error, Error.validation("pool options must be a keyword list, got: #{inspect(other)}")}
   end
+
+  @doc """
+  The options of a validated pool that the native pool takes: #{Enum.map_join(@native, ", ", &"`#{inspect(&1)}`")},
+  as integers, with `:infinity` passed as `0` ("no limit").
+
+      iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
+      iex> Snakepit.Config.native_options(config)
+      %{max_frame_bytes: 67108864, pipeline_depth: 1, max_queue: 10000,
+        max_requests: 500, max_age: 0, max_memory_mb: 0}
+  """
+  @spec native_options(t()) :: native_options()
+  def native_options(%__MODULE__{} = config) do
+    Map.new(@native, fn name -> {name, native_value(Map.fetch!(config, name))} end)
+  end
+
+  defp native_value(:infinity), do: 0
+  defp native_value(n) when is_integer(n) and n >= 0, do: n
+
+  @doc """
+  Translates the application environment of `:snakepit` (what
+  `Application.get_all_env(:snakepit)` returns) into the pools to start:
+  `{name, options}` pairs, in order, each with its `:name` among the
+  options. See "Application configuration" above for the accepted keys.
+
+  Every pool's options are validated with `validate/1`. Anything that would
+  otherwise be ignored or guessed at is an error with category
+  `:validation`: an unknown key, a pool option at the top level, an Elixir
+  module as `adapter_module`, two definitions of the `:default` pool.
+
+      iex> Snakepit.Config.pools_from_env(adapter_module: "my_pkg.mod.Adapter", pool_size: 4)
+      {:ok, [default: [name: :default, adapter: "my_pkg.mod.Adapter", size: 4]]}
+
+      iex> Snakepit.Config.pools_from_env(pools: [ml: [adapter: "m.A"]], pooling_enabled: false)
+      {:ok, []}
+
+      iex> {:error, error} = Snakepit.Config.pools_from_env(adapter_module: "m.A", max_retries: 3)
+      iex> error.details.unknown_keys
+      [:max_retries]
+  """
+  @spec pools_from_env(keyword()) :: {:ok, [{atom(), keyword()}]} | {:error, Error.t()}
+  def pools_from_env(env) when is_list(env) do
+    if Keyword.keyword?(env) do
+      with :ok <- check_app_keys(env),
+           {:ok, enabled?} <- fetch_pooling_enabled(env),
+           {:ok, flat} <- flat_pool(env),
+           {:ok, pools} <- listed_pools(Keyword.get(env, :pools, [])),
+           :ok <- check_one_default(flat, pools) do
+        {:ok, if(enabled?, do: flat ++ pools, else: [])}
+      end
+    else
+      not_a_keyword_list(env)
+    end
+  end
+
+  def pools_from_env(env), do: not_a_keyword_list(env)
+
+  defp not_a_keyword_list(env) do
+    {:error,
+     Error.validation(
+       "the :snakepit application environment must be a keyword list, got: #{inspect(env)}"
+     )}
+  end
+
+  # The design's flat keys and the pool option each one sets.
+  @flat_keys [adapter_module: :adapter, pool_size: :size, worker_timeout: :timeout]
+  @app_keys [:pools | Keyword.keys(@flat_keys)] ++ [:pooling_enabled]
+  @example_adapter "my_pkg.module.ClassName"
+
+  # Keys of the design documents (and of the gRPC-based Snakepit) that this
+  # implementation does not have, and why.
+  @unsupported %{
+    session_affinity_enabled:
+      "workers keep no per-session state, so any worker serves any call; " <>
+        "a call's :session_id is passed to its worker (see Snakepit.execute/3)",
+    session_cleanup_interval: "Snakepit keeps no sessions, so there is nothing to clean up",
+    max_retries:
+      "Snakepit never retries a call: only the caller knows whether running it twice is " <>
+        "safe, so a failed call returns its error",
+    retry_backoff_ms:
+      "Snakepit never retries a call: only the caller knows whether running it twice is " <>
+        "safe, so a failed call returns its error",
+    telemetry_enabled:
+      "Snakepit emits no :telemetry events; its counters are read with Snakepit.get_stats/1",
+    stats_collection_interval:
+      "counters are kept all the time and read on demand with Snakepit.get_stats/1; " <>
+        "nothing is collected periodically",
+    pool_config: "pools are configured with pools: [name: options]",
+    grpc_port:
+      "workers talk to the BEAM over pipes (MessagePack frames), not gRPC; there is no port",
+    grpc_config:
+      "workers talk to the BEAM over pipes (MessagePack frames), not gRPC; there is nothing " <>
+        "to configure"
+  }
+
+  defp check_app_keys(env) do
+    case Enum.reject(Keyword.keys(env), &(&1 in @app_keys)) do
+      [] ->
+        :ok
+
+      unknown ->
+        misplaced = Enum.filter(unknown, &(&1 in @known))
+        notes = Enum.flat_map(unknown, &unknown_key_note/1)
+
+        example =
+          if misplaced == [],
+            do: [],
+            else: [
+              "For example: config :snakepit, pools: [default: " <>
+                inspect(misplaced_example(env, misplaced)) <> "]"
+            ]
+
+        message =
+          Enum.join(
+            [
+              "unknown #{if length(unknown) == 1, do: "key", else: "keys"} in config :snakepit: " <>
+                Enum.map_join(unknown, ", ", &inspect/1)
+              | notes
+            ] ++
+              example ++
+              [
+                "config :snakepit accepts: " <>
+                  Enum.map_join(@app_keys, ", ", &inspect/1) <>
+                  " (see Snakepit.Config)"
+              ],
+            "\n"
+          )
+
+        {:error, Error.validation(message, %{unknown_keys: unknown, known_keys: @app_keys})}
+    end
+  end
+
+  defp unknown_key_note(key) do
+    cond do
+      key in @known ->
+        [
+          "- #{inspect(key)} is a pool option, not a key of the application: it goes in " <>
+            "a pool's entry under pools:"
+        ]
+
+      Map.has_key?(@unsupported, key) ->
+        ["- #{inspect(key)} is not supported: " <> @unsupported[key]]
+
+      (similar = similar_app_key(key)) != nil ->
+        ["- #{inspect(key)}: did you mean #{inspect(similar)}?"]
+
+      true ->
+        []
+    end
+  end
+
+  defp similar_app_key(key) do
+    {distance, similar} =
+      Enum.max(for k <- @app_keys, do: {String.jaro_distance("#{k}", "#{key}"), k})
+
+    if distance >= 0.85, do: similar
+  end
+
+  # The pools: entry that does what the flat keys and misplaced pool options meant.
+  defp misplaced_example(env, misplaced) do
+    flat = flat_options(env)
+
+    flat =
+      if is_binary(flat[:adapter]), do: flat, else: Keyword.put(flat, :adapter, @example_adapter)
+
+    flat ++ Keyword.take(env, misplaced)
+  end
+
+  defp flat_options(env) do
+    for {app_key, pool_key} <- @flat_keys,
+        Keyword.has_key?(env, app_key),
+        do: {pool_key, env[app_key]}
+  end
+
+  defp fetch_pooling_enabled(env) do
+    case Keyword.get(env, :pooling_enabled, true) do
+      enabled? when is_boolean(enabled?) -> {:ok, enabled?}
+      other -> {:error, invalid_app_key(:pooling_enabled, "true or false", other)}
+    end
+  end
+
+  defp invalid_app_key(key, expected, value) do
+    Error.validation(
+      "invalid config :snakepit, #{key}: expected #{expected}, got: #{inspect(value)}",
+      %{key: key}
+    )
+  end
+
+  # The :default pool of the design's flat keys, if adapter_module is set.
+  defp flat_pool(env) do
+    case Keyword.fetch(env, :adapter_module) do
+      {:ok, adapter} when is_atom(adapter) ->
+        {:error, elixir_adapter(adapter, env)}
+
+      {:ok, _} ->
+        Enum.reduce_while(@flat_keys, {:ok, [name: :default]}, fn {app_key, pool_key}, {:ok, acc} ->
+          case Keyword.fetch(env, app_key) do
+            {:ok, value} ->
+              case check_option(pool_key, value) do
+                {:ok, value} -> {:cont, {:ok, acc ++ [{pool_key, value}]}}
+                {:error, expected} -> {:halt, {:error, invalid_app_key(app_key, expected, value)}}
+              end
+
+            :error ->
+              {:cont, {:ok, acc}}
+          end
+        end)
+        |> case do
+          {:ok, opts} -> {:ok, [default: opts]}
+          error -> error
+        end
+
+      :error ->
+        case Enum.find([:pool_size, :worker_timeout], &Keyword.has_key?(env, &1)) do
+          nil ->
+            {:ok, []}
+
+          key ->
+            {:error,
+             Error.validation(
+               "config :snakepit, #{key}: sets the #{inspect(@flat_keys[key])} of the pool " <>
+                 "of adapter_module:, which is not set. Set adapter_module:, or give the " <>
+                 "pool's #{inspect(@flat_keys[key])} in its entry under pools:",
+               %{key: key}
+             )}
+        end
+    end
+  end
+
+  defp elixir_adapter(adapter, env) do
+    what = if elixir_module?(adapter), do: "an Elixir module", else: "an atom"
+    example = Keyword.put(flat_options(env), :adapter, @example_adapter)
+
+    Error.validation(
+      "invalid config :snakepit, adapter_module: #{inspect(adapter)} is #{what}, but " <>
+        "Snakepit's adapters are Python classes (subclasses of snakepit_bridge.BaseAdapter), " <>
+        "named by their dotted path. For example:\n" <>
+        "config :snakepit, pools: [default: #{inspect(example)}]",
+      %{key: :adapter_module}
+    )
+  end
+
+  defp elixir_module?(atom), do: String.starts_with?(Atom.to_string(atom), "Elixir.")
+
+  # The pools of `pools:`, each validated.
+  defp listed_pools(pools) do
+    cond do
+      not (is_list(pools) and Enum.all?(pools, &match?({n, o} when is_atom(n) and is_list(o), &1))) ->
+        {:error,
+         invalid_app_key(
+           :pools,
+           ~s(a keyword list of pool names and their options, like ) <>
+             ~s([default: [adapter: "#{@example_adapter}"]]),
+           pools
+         )}
+
+      (dups = Keyword.keys(pools) -- Enum.uniq(Keyword.keys(pools))) != [] ->
+        name = hd(dups)
+
+        {:error,
+         Error.validation("config :snakepit, pools: names the pool #{inspect(name)} twice", %{
+           key: :pools,
+           pool: name
+         })}
+
+      true ->
+        Enum.reduce_while(pools, {:ok, []}, fn {name, opts}, {:ok, acc} ->
+          case listed_pool(name, opts) do
+            {:ok, opts} -> {:cont, {:ok, acc ++ [{name, opts}]}}
+            {:error, error} -> {:halt, {:error, error}}
+          end
+        end)
+    end
+  end
+
+  defp listed_pool(name, opts) do
+    with :ok <- check_name_option(name, opts),
+         opts = Keyword.put(opts, :name, name),
+         {:ok, _config} <- validate(opts) do
+      {:ok, opts}
+    else
+      {:error, %Error{} = error} ->
+        {:error,
+         %{
+           error
+           | message: "config :snakepit, pools: pool #{inspect(name)}: " <> error.message,
+             details: Map.merge(error.details, %{key: :pools, pool: name})
+         }}
+    end
+  end
+
+  defp check_name_option(name, opts) do
+    case Keyword.fetch(opts, :name) do
+      {:ok, other} when other != name ->
+        {:error,
+         Error.validation(
+           "its options say name: #{inspect(other)}, but the pool is named by its key " <>
+             "under pools:; leave :name out",
+           %{option: :name}
+         )}
+
+      _ ->
+        :ok
+    end
+  end
+
+  defp check_one_default([default: _], pools) do
+    if Keyword.has_key?(pools, :default) do
+      {:error,
+       Error.validation(
+         "config :snakepit defines the :default pool twice: with adapter_module: and in " <>
+           "pools:. Keep one of them",
+         %{key: :adapter_module, pool: :default}
+       )}
+    else
+      :ok
+    end
+  end
+
+  defp check_one_default(_flat, _pools), do: :ok
 
   defp check_unknown(opts) do
     case Enum.find(Keyword.keys(opts), &(&1 not in @known)) do
@@ -242,14 +746,18 @@ defmodule Snakepit.Config do
     end
   end
 
-  defp fetch_required(opts, key) do
-    case Keyword.fetch(opts, key) do
-      {:ok, value} ->
-        {:ok, value}
+  defp fetch_required(opts) do
+    Enum.reduce_while(@required, {:ok, []}, fn key, {:ok, acc} ->
+      case Keyword.fetch(opts, key) do
+        {:ok, value} ->
+          {:cont, {:ok, [{key, value} | acc]}}
 
-      :error ->
-        {:error, Error.validation("missing required pool option #{inspect(key)}", %{option: key})}
-    end
+        :error ->
+          {:halt,
+           {:error,
+            Error.validation("missing required pool option #{inspect(key)}", %{option: key})}}
+      end
+    end)
   end
 
   defp invalid(key, expected, value) do
@@ -259,68 +767,49 @@ defmodule Snakepit.Config do
     )
   end
 
-  defp check(:name, v) when is_atom(v) and v not in [nil, true, false], do: {:ok, v}
-  defp check(:name, _), do: {:error, "an atom"}
+  # {:ok, normalized value} or {:error, what was expected}.
+  defp check_option(key, value) do
+    shape = Map.fetch!(@shape_of, key)
 
-  defp check(:adapter, v) when is_binary(v) do
-    if String.match?(v, ~r/^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$/),
-      do: {:ok, v},
-      else: {:error, ~s(a dotted Python path like "my_pkg.module.ClassName")}
+    case accept(shape, value) do
+      {:ok, value} -> {:ok, value}
+      :error -> {:error, Map.fetch!(@expected, shape)}
+    end
   end
 
-  defp check(:adapter, _), do: {:error, ~s(a dotted Python path like "my_pkg.module.ClassName")}
+  defp accept(:pool_name, v) when is_atom(v) and v not in [nil, true, false], do: {:ok, v}
 
-  defp check(:size, v) when is_integer(v) and v > 0, do: {:ok, v}
-  defp check(:size, _), do: {:error, "a positive integer"}
-
-  defp check(:python, v) when is_binary(v) and v != "", do: {:ok, v}
-  defp check(:python, _), do: {:error, "a non-empty string"}
-
-  defp check(:python_path, v) when is_list(v) do
-    if Enum.all?(v, &is_binary/1), do: {:ok, v}, else: {:error, "a list of directory strings"}
+  defp accept(:python_class, v) when is_binary(v) do
+    if String.match?(v, ~r/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$/), do: {:ok, v}, else: :error
   end
 
-  defp check(:python_path, _), do: {:error, "a list of directory strings"}
-
-  defp check(:env, v) when is_map(v), do: check(:env, Map.to_list(v))
-
-  defp check(:env, v) when is_list(v) do
-    if Enum.all?(v, &env_pair?/1),
-      do: {:ok, Enum.map(v, fn {k, val} -> {to_string(k), to_string(val)} end)},
-      else: {:error, ~s(a list of {"NAME", "value"} string pairs or a map)}
-  end
-
-  defp check(:env, _), do: {:error, ~s(a list of {"NAME", "value"} string pairs or a map)}
-
-  defp check(:cwd, nil), do: {:ok, nil}
-  defp check(:cwd, v) when is_binary(v), do: {:ok, v}
-  defp check(:cwd, _), do: {:error, "a directory string or nil"}
-
-  defp check(:max_frame_bytes, v) when is_integer(v) and v > 0 and v <= @max_frame_limit,
+  defp accept(shape, v) when shape in [:pos_integer, :pos_ms] and is_integer(v) and v > 0,
     do: {:ok, v}
 
-  defp check(:max_frame_bytes, _), do: {:error, "an integer from 1 to #{@max_frame_limit}"}
+  defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0, do: {:ok, v}
+  defp accept(:pos_or_infinity, :infinity), do: {:ok, :infinity}
+  defp accept(:pos_or_infinity, v) when is_integer(v) and v > 0, do: {:ok, v}
+  defp accept(:string, v) when is_binary(v) and v != "", do: {:ok, v}
 
-  defp check(:pipeline_depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
-  defp check(:pipeline_depth, _), do: {:error, "an integer from 1 to 64"}
+  defp accept(:dir_list, v) when is_list(v) do
+    if Enum.all?(v, &is_binary/1), do: {:ok, v}, else: :error
+  end
 
-  defp check(:startup_timeout, v) when is_integer(v) and v > 0, do: {:ok, v}
-  defp check(:startup_timeout, _), do: {:error, "a positive integer (milliseconds)"}
+  defp accept(:env, v) when is_map(v), do: accept(:env, Map.to_list(v))
 
-  defp check(key, :infinity) when key in @positive_or_infinity, do: {:ok, :infinity}
+  defp accept(:env, v) when is_list(v) do
+    if Enum.all?(v, &env_pair?/1),
+      do: {:ok, Enum.map(v, fn {k, val} -> {to_string(k), to_string(val)} end)},
+      else: :error
+  end
 
-  defp check(key, v) when key in @positive_or_infinity and is_integer(v) and v > 0, do: {:ok, v}
+  defp accept(:dir_or_nil, v) when is_nil(v) or is_binary(v), do: {:ok, v}
 
-  defp check(key, _) when key in @positive_or_infinity,
-    do: {:error, "a positive integer or :infinity"}
+  defp accept(:frame_size, v) when is_integer(v) and v > 0 and v <= @max_frame_limit,
+    do: {:ok, v}
 
-  defp check(key, v) when key in @positive and is_integer(v) and v > 0, do: {:ok, v}
-  defp check(key, _) when key in @positive, do: {:error, "a positive integer"}
-
-  defp check(key, v) when key in @non_negative and is_integer(v) and v >= 0, do: {:ok, v}
-
-  defp check(key, _) when key in @non_negative,
-    do: {:error, "a non-negative integer (milliseconds)"}
+  defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
+  defp accept(_shape, _value), do: :error
 
   defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
   defp env_pair?(_), do: false

@@ -1,0 +1,441 @@
+defmodule Snakepit.ConfigTest do
+  # Pure functions only: nothing here touches the application env or starts
+  # a pool (see run_as_script_test.exs for that, in a separate VM).
+  use ExUnit.Case, async: true
+
+  alias Snakepit.{Config, Error}
+
+  # Every option, written out here independently of Config's own table:
+  # {option, default, accepted values, refused values}. A default of
+  # :required or {:computed, fun} is not a literal.
+  @options [
+    {:name, :default, [:ml, :default], [nil, true, false, "ml", 1]},
+    {:adapter, :required, ["m.A", "my_pkg.mod.Class_2", "_a._b"],
+     ["A", "m.", ".A", "m..A", "m.A-B", "1m.A", :"m.A", nil, MyApp.Adapter]},
+    {:size, {:computed, &System.schedulers_online/0}, [1, 64], [0, -1, 1.5, :infinity, "2"]},
+    {:python, "python3", ["python3", "/usr/bin/python3"], ["", nil, :python3]},
+    {:python_path, [], [[], ["/a", "b"]], ["/a", [:a], [~c"/a"], nil]},
+    {:env, [], [[], [{"A", "1"}]], [[{"A", 1}], [{"A", 1.5}], ["A=1"], "A=1", [{1, "a"}]]},
+    {:cwd, nil, [nil, "/tmp"], [:tmp, ~c"/tmp", 1]},
+    {:max_frame_bytes, 67_108_864, [1, 0xFFFF_FFFF], [0, 0xFFFF_FFFF + 1, 2 ** 40, :infinity]},
+    {:startup_timeout, 30_000, [1, 60_000], [0, -1, :infinity, 1.0]},
+    {:pipeline_depth, 1, [1, 64], [0, 65, :infinity, 2.0]},
+    {:timeout, 30_000, [1, 5_000, :infinity], [0, -1, nil, "5000", 1.5]},
+    {:queue_timeout, :infinity, [1, :infinity], [0, -5, nil]},
+    {:max_queue, 10_000, [1, 100], [0, :infinity, nil]},
+    {:cancel_grace, 2_000, [0, 100], [-5, :infinity, 1.5]},
+    {:heartbeat_interval, 5_000, [1, :infinity], [0, nil]},
+    {:heartbeat_misses, 3, [1, 10], [0, :infinity]},
+    {:max_requests, :infinity, [1, :infinity], [0, :never]},
+    {:max_age, :infinity, [1, :infinity], [0, -1]},
+    {:max_memory_mb, :infinity, [1, :infinity], [0, "1G"]},
+    {:startup_batch_size, 8, [1, 100], [0, :infinity]},
+    {:max_start_failures, 5, [1, 100], [0, 1.5]},
+    {:shutdown_timeout, 5_000, [0, 100], [-1, :infinity]}
+  ]
+
+  @native_keys [
+    :max_frame_bytes,
+    :pipeline_depth,
+    :max_queue,
+    :max_requests,
+    :max_age,
+    :max_memory_mb
+  ]
+
+  defp moduledoc do
+    {:docs_v1, _, _, _, %{"en" => doc}, _, _} = Code.fetch_docs(Config)
+    doc
+  end
+
+  # The cells of the row of `option` in the moduledoc's table.
+  defp doc_row(option) do
+    moduledoc()
+    |> String.split("\n")
+    |> Enum.find_value(fn line ->
+      case String.split(line, "|") |> Enum.map(&String.trim/1) do
+        ["", cell | cells] -> if cell == "`#{inspect(option)}`", do: Enum.drop(cells, -1)
+        _ -> nil
+      end
+    end)
+  end
+
+  describe "validate/1" do
+    test "this test covers every option Config knows, in its order" do
+      assert Config.known_options() == Enum.map(@options, &elem(&1, 0))
+    end
+
+    test "each option takes the values it documents and refuses others, naming itself" do
+      for {option, _default, good, bad} <- @options do
+        for value <- good do
+          assert {:ok, config} = Config.validate([{option, value} | base_opts(option)]),
+                 "#{inspect(option)} refused #{inspect(value)}"
+
+          assert Map.fetch!(config, option) == value
+        end
+
+        for value <- bad do
+          assert {:error, %Error{category: :validation} = e} =
+                   Config.validate([{option, value} | base_opts(option)]),
+                 "#{inspect(option)} accepted #{inspect(value)}"
+
+          assert e.details == %{option: option}
+
+          assert e.message =~
+                   ~r/^invalid pool option #{inspect(option)}: expected .+, got: #{Regex.escape(inspect(value))}$/
+        end
+      end
+    end
+
+    test "defaults, including the machine's for :size, computed at validation" do
+      {:ok, config} = Config.validate(adapter: "m.A")
+
+      for {option, default, _good, _bad} <- @options do
+        expected =
+          case default do
+            :required -> "m.A"
+            {:computed, fun} -> fun.()
+            value -> value
+          end
+
+        assert Map.fetch!(config, option) == expected, "default of #{inspect(option)}"
+      end
+    end
+
+    test "the existing error messages" do
+      assert {:error, %Error{} = e} = Config.validate(adapter: "m.A", size: 0)
+      assert e.message == "invalid pool option :size: expected a positive integer, got: 0"
+
+      assert {:error, %Error{} = e} = Config.validate(name: :x)
+      assert e.message == "missing required pool option :adapter"
+      assert e.details == %{option: :adapter}
+
+      assert {:error, %Error{} = e} = Config.validate(adapter: "m.A", sise: 2)
+      assert e.details == %{option: :sise}
+
+      assert e.message ==
+               "unknown pool option :sise; known options: " <>
+                 Enum.map_join(Config.known_options(), ", ", &inspect/1)
+
+      for other <- [[1, 2], %{adapter: "m.A"}, "adapter", nil] do
+        assert {:error, %Error{category: :validation, message: message}} = Config.validate(other)
+        assert message == "pool options must be a keyword list, got: #{inspect(other)}"
+      end
+    end
+
+    test "the env: maps, atoms and pairs become a list of string pairs" do
+      assert {:ok, %{env: env}} = Config.validate(adapter: "m.A", env: %{"A" => "1", B: :two})
+      assert Enum.sort(env) == [{"A", "1"}, {"B", "two"}]
+      assert {:ok, %{env: [{"X", "y"}]}} = Config.validate(adapter: "m.A", env: [X: "y"])
+      assert {:ok, %{env: []}} = Config.validate(adapter: "m.A", env: %{})
+
+      assert {:error, %Error{details: %{option: :env}}} =
+               Config.validate(adapter: "m.A", env: %{"A" => 1})
+    end
+  end
+
+  describe "the table, the struct, the type and the docs agree" do
+    test "the struct's and the type's keys are the known options" do
+      known = Enum.sort(Config.known_options())
+      assert Config.__struct__() |> Map.from_struct() |> Map.keys() |> Enum.sort() == known
+
+      {:ok, types} = Code.Typespec.fetch_types(Config)
+      [{:type, _, :map, fields}] = for {:type, {:t, type, []}} <- types, do: type
+
+      keys =
+        for {:type, _, :map_field_exact, [{:atom, _, key}, _]} <- fields,
+            key != :__struct__,
+            do: key
+
+      assert Enum.sort(keys) == known
+    end
+
+    test "a struct cannot be built without the options that have no literal default" do
+      assert_raise ArgumentError, ~r/:adapter.*:size|:size.*:adapter/, fn ->
+        struct!(Config, name: :x)
+      end
+    end
+
+    test "the moduledoc's table has every option with its default" do
+      for {option, default, _good, _bad} <- @options do
+        assert [default_cell, accepts, meaning] = doc_row(option), "no row for #{inspect(option)}"
+        assert accepts != "" and meaning != ""
+
+        case default do
+          :required ->
+            assert default_cell == "required"
+
+          {:computed, _} ->
+            assert default_cell =~ "`System.schedulers_online()`"
+
+          value ->
+            [shown] = Regex.run(~r/^`([^`]+)`/, default_cell, capture: :all_but_first)
+            assert String.replace(shown, "_", "") == String.replace(inspect(value), "_", "")
+        end
+      end
+    end
+
+    test "the moduledoc keeps its prose, and says what cancellation really does" do
+      doc = moduledoc()
+
+      for section <- [
+            "### Timeouts and cancellation",
+            "### Health and recycling",
+            "### Starting and stopping",
+            "### Pipelining",
+            "## Application configuration"
+          ] do
+        assert doc =~ section
+      end
+
+      refute doc =~ "CallCancelled"
+      assert doc =~ "snakepit_bridge.cancelled()"
+      assert doc =~ "nothing interrupts Python code"
+      assert doc =~ "never delivered"
+    end
+
+    test "each option's row has its four cells, no stray |" do
+      for option <- Config.known_options() do
+        assert [_default, _accepts, _meaning] = doc_row(option)
+      end
+    end
+  end
+
+  describe "native_options/1" do
+    test "the native pool's keys, as integers, :infinity as 0" do
+      {:ok, config} = Config.validate(adapter: "m.A")
+
+      assert Config.native_options(config) == %{
+               max_frame_bytes: 67_108_864,
+               pipeline_depth: 1,
+               max_queue: 10_000,
+               max_requests: 0,
+               max_age: 0,
+               max_memory_mb: 0
+             }
+
+      {:ok, config} =
+        Config.validate(
+          adapter: "m.A",
+          max_frame_bytes: 1024,
+          pipeline_depth: 4,
+          max_queue: 7,
+          max_requests: 100,
+          max_age: 60_000,
+          max_memory_mb: 512,
+          queue_timeout: 5
+        )
+
+      assert Config.native_options(config) == %{
+               max_frame_bytes: 1024,
+               pipeline_depth: 4,
+               max_queue: 7,
+               max_requests: 100,
+               max_age: 60_000,
+               max_memory_mb: 512
+             }
+    end
+
+    test "every value is a non-negative integer, for any accepted input" do
+      for {option, _default, good, _bad} <- @options, option in @native_keys, value <- good do
+        {:ok, config} = Config.validate([{option, value} | base_opts(option)])
+        native = Config.native_options(config)
+        assert Map.keys(native) |> Enum.sort() == Enum.sort(@native_keys)
+        assert Enum.all?(Map.values(native), &(is_integer(&1) and &1 >= 0))
+        assert native[option] == if(value == :infinity, do: 0, else: value)
+      end
+    end
+  end
+
+  describe "pools_from_env/1" do
+    test "pools: [name: opts] are validated and named, in order" do
+      env = [pools: [a: [adapter: "m.A", size: 2], b: [adapter: "m.B", name: :b]]]
+
+      assert Config.pools_from_env(env) ==
+               {:ok, [a: [name: :a, adapter: "m.A", size: 2], b: [name: :b, adapter: "m.B"]]}
+
+      assert Config.pools_from_env([]) == {:ok, []}
+      assert Config.pools_from_env(pools: []) == {:ok, []}
+    end
+
+    test "the design's flat keys build the :default pool" do
+      env = [adapter_module: "my_pkg.mod.Class", pool_size: 4, worker_timeout: 60_000]
+
+      assert Config.pools_from_env(env) ==
+               {:ok,
+                [default: [name: :default, adapter: "my_pkg.mod.Class", size: 4, timeout: 60_000]]}
+
+      assert {:ok, [default: [name: :default, adapter: "m.A", timeout: :infinity]]} =
+               Config.pools_from_env(adapter_module: "m.A", worker_timeout: :infinity)
+
+      assert {:ok, [default: _]} =
+               Config.pools_from_env(adapter_module: "m.A", pooling_enabled: true)
+    end
+
+    test "the flat :default pool comes first and combines with other pools" do
+      env = [pools: [ml: [adapter: "m.B"]], adapter_module: "m.A"]
+
+      assert {:ok, [default: [name: :default, adapter: "m.A"], ml: [name: :ml, adapter: "m.B"]]} =
+               Config.pools_from_env(env)
+    end
+
+    test "pooling_enabled: false starts no pool, but the config is still checked" do
+      assert Config.pools_from_env(adapter_module: "m.A", pooling_enabled: false) == {:ok, []}
+
+      assert Config.pools_from_env(pools: [ml: [adapter: "m.B"]], pooling_enabled: false) ==
+               {:ok, []}
+
+      assert {:error, %Error{details: %{pool: :ml, option: :size}}} =
+               Config.pools_from_env(pools: [ml: [adapter: "m.B", size: 0]], pooling_enabled: false)
+
+      assert {:error, %Error{} = e} = Config.pools_from_env(pooling_enabled: "no")
+
+      assert e.message ==
+               ~s(invalid config :snakepit, pooling_enabled: expected true or false, got: "no")
+
+      assert e.details == %{key: :pooling_enabled}
+    end
+
+    test "flat values are checked like the pool options they set, named by their key" do
+      assert {:error, %Error{category: :validation} = e} =
+               Config.pools_from_env(adapter_module: "m.A", pool_size: 0)
+
+      assert e.message == "invalid config :snakepit, pool_size: expected a positive integer, got: 0"
+      assert e.details == %{key: :pool_size}
+
+      assert {:error, %Error{details: %{key: :worker_timeout}} = e} =
+               Config.pools_from_env(adapter_module: "m.A", worker_timeout: 0)
+
+      assert e.message =~ "expected a positive integer or :infinity, got: 0"
+
+      assert {:error, %Error{details: %{key: :adapter_module}} = e} =
+               Config.pools_from_env(adapter_module: "not a path")
+
+      assert e.message =~ ~s(expected a dotted Python path like "my_pkg.module.ClassName")
+    end
+
+    test "an Elixir module as adapter_module is refused, with the pools: entry to use" do
+      assert {:error, %Error{category: :validation} = e} =
+               Config.pools_from_env(adapter_module: MyApp.Adapter, pool_size: 4)
+
+      assert e.details == %{key: :adapter_module}
+      assert e.message =~ "adapter_module: MyApp.Adapter is an Elixir module"
+      assert e.message =~ "Python classes"
+
+      assert e.message =~
+               ~s(config :snakepit, pools: [default: [adapter: "my_pkg.module.ClassName", size: 4]])
+
+      assert {:error, %Error{} = e} = Config.pools_from_env(adapter_module: :my_adapter)
+      assert e.message =~ "adapter_module: :my_adapter is an atom"
+    end
+
+    test "pool_size or worker_timeout without adapter_module is refused" do
+      for key <- [:pool_size, :worker_timeout] do
+        assert {:error, %Error{} = e} =
+                 Config.pools_from_env([{key, 4}, pools: [default: [adapter: "m.A"]]])
+
+        assert e.details == %{key: key}
+        assert e.message =~ "adapter_module:, which is not set"
+      end
+    end
+
+    test "the :default pool defined twice is refused" do
+      env = [adapter_module: "m.A", pools: [default: [adapter: "m.B"]]]
+      assert {:error, %Error{} = e} = Config.pools_from_env(env)
+      assert e.message =~ "defines the :default pool twice"
+      assert e.details == %{key: :adapter_module, pool: :default}
+    end
+
+    test "bad pools: entries name the pool" do
+      assert {:error, %Error{} = e} = Config.pools_from_env(pools: [ml: [adapter: "m.A", size: 0]])
+
+      assert e.message ==
+               "config :snakepit, pools: pool :ml: invalid pool option :size: " <>
+                 "expected a positive integer, got: 0"
+
+      assert e.details == %{key: :pools, pool: :ml, option: :size}
+
+      assert {:error, %Error{details: %{pool: :ml}} = e} = Config.pools_from_env(pools: [ml: []])
+      assert e.message =~ "missing required pool option :adapter"
+
+      assert {:error, %Error{details: %{pool: :ml, option: :name}}} =
+               Config.pools_from_env(pools: [ml: [adapter: "m.A", name: :other]])
+
+      assert {:error, %Error{details: %{pool: :ml}} = e} =
+               Config.pools_from_env(pools: [ml: [adapter: "m.A"], ml: [adapter: "m.B"]])
+
+      assert e.message =~ "names the pool :ml twice"
+
+      for bad <- [%{ml: [adapter: "m.A"]}, [ml: %{adapter: "m.A"}], [{"ml", []}], "ml"] do
+        assert {:error, %Error{details: %{key: :pools}} = e} = Config.pools_from_env(pools: bad)
+        assert e.message =~ "invalid config :snakepit, pools: expected a keyword list"
+      end
+    end
+
+    test "unknown keys are all listed, with the known keys, never dropped" do
+      assert {:error, %Error{category: :validation} = e} =
+               Config.pools_from_env(pools: [], colour: :blue, pool_sise: 3)
+
+      assert e.details.unknown_keys == [:colour, :pool_sise]
+
+      assert Enum.sort(e.details.known_keys) ==
+               Enum.sort([:pools, :adapter_module, :pool_size, :worker_timeout, :pooling_enabled])
+
+      assert e.message =~ "unknown keys in config :snakepit: :colour, :pool_sise"
+      assert e.message =~ ":pool_sise: did you mean :pool_size?"
+
+      assert e.message =~
+               "config :snakepit accepts: :pools, :adapter_module, :pool_size, :worker_timeout, " <>
+                 ":pooling_enabled"
+
+      assert {:error, %Error{} = e} = Config.pools_from_env(colour: :blue)
+      assert e.message =~ "unknown key in config :snakepit: :colour\n"
+    end
+
+    test "keys of the design that Snakepit does not support say so" do
+      design_keys = [
+        session_affinity_enabled: true,
+        session_cleanup_interval: 300_000,
+        max_retries: 3,
+        retry_backoff_ms: 1000,
+        telemetry_enabled: true,
+        stats_collection_interval: 60_000
+      ]
+
+      assert {:error, %Error{} = e} =
+               Config.pools_from_env([adapter_module: "m.A", pool_size: 4] ++ design_keys)
+
+      assert e.details.unknown_keys == Keyword.keys(design_keys)
+
+      for {key, _} <- design_keys do
+        assert e.message =~ "- #{inspect(key)} is not supported: "
+      end
+    end
+
+    test "pool options at the top level are refused, with the pools: entry they belong in" do
+      env = [adapter_module: "m.A", pool_size: 2, python_path: ["/srv/py"], env: %{"A" => "1"}]
+      assert {:error, %Error{} = e} = Config.pools_from_env(env)
+      assert e.details.unknown_keys == [:python_path, :env]
+      assert e.message =~ "- :python_path is a pool option, not a key of the application"
+
+      assert e.message =~
+               ~s(For example: config :snakepit, pools: [default: [adapter: "m.A", size: 2, ) <>
+                 ~s(python_path: ["/srv/py"], env: %{"A" => "1"}]])
+
+      # without adapter_module the example names a placeholder class
+      assert {:error, %Error{} = e} = Config.pools_from_env(size: 2)
+      assert e.message =~ ~s(pools: [default: [adapter: "my_pkg.module.ClassName", size: 2]])
+    end
+
+    test "an env that is not a keyword list" do
+      for bad <- [%{pools: []}, [1], nil] do
+        assert {:error, %Error{category: :validation} = e} = Config.pools_from_env(bad)
+        assert e.message =~ "must be a keyword list"
+      end
+    end
+  end
+
+  # The required options, unless `option` is the one under test.
+  defp base_opts(:adapter), do: []
+  defp base_opts(_option), do: [adapter: "m.A"]
+end
