@@ -62,7 +62,8 @@ defmodule Snakepit do
   Options:
   - `:pool` - the pool's name (default `:default`);
   - `:timeout` - milliseconds to wait for the answer, queueing included,
-    or `:infinity` (default `#{@default_timeout}`). On timeout the worker
+    or `:infinity` (default: the pool's `:timeout`, itself `30_000` by
+    default). On timeout the worker
     is told to cancel and the caller gets a `:timeout` error; a late
     answer is dropped, never delivered (see "Timeouts and cancellation" in
     `Snakepit.Config`);
@@ -85,12 +86,12 @@ defmodule Snakepit do
           {:ok, term()} | {:error, Error.t()}
   def execute(command, args \\ %{}, opts \\ []) do
     pool = Keyword.get(opts, :pool, :default)
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
     session_id = Keyword.get(opts, :session_id)
 
-    with {:ok, {handle, pool_queue_timeout}} <- fetch_pool(pool),
+    with {:ok, {handle, pool_queue_timeout, pool_timeout}} <- fetch_pool(pool),
          {:ok, tool} <- check_command(command),
          {:ok, args} <- check_args(args),
+         timeout = Keyword.get(opts, :timeout, pool_timeout),
          :ok <- check_timeout(:timeout, timeout),
          queue_timeout = Keyword.get(opts, :queue_timeout, pool_queue_timeout),
          :ok <- check_timeout(:queue_timeout, queue_timeout),
@@ -268,7 +269,7 @@ defmodule Snakepit do
   """
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ :default) do
-    with {:ok, {handle, _}} <- fetch_pool(pool) do
+    with {:ok, {handle, _, _}} <- fetch_pool(pool) do
       stats = Native.pool_stats(handle)
 
       errors = %{
@@ -296,7 +297,7 @@ defmodule Snakepit do
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do
-    with {:ok, {handle, _}} <- fetch_pool(pool) do
+    with {:ok, {handle, _, _}} <- fetch_pool(pool) do
       Native.pool_workers(handle)
     end
   end

@@ -105,10 +105,11 @@ defmodule Snakepit.Pool do
   end
 
   @doc """
-  The native handle and default `:queue_timeout` of a running pool, or
-  `nil`. Callers read it from `:persistent_term`, not from this process.
+  The native handle and the default `:queue_timeout` and `:timeout` of a
+  running pool, or `nil`. Callers read it from `:persistent_term`, not from
+  this process.
   """
-  @spec lookup(atom()) :: {reference(), timeout()} | nil
+  @spec lookup(atom()) :: {reference(), timeout(), timeout()} | nil
   def lookup(name), do: :persistent_term.get({__MODULE__, name}, nil)
 
   @doc """
@@ -189,7 +190,11 @@ defmodule Snakepit.Pool do
 
     case await_first_worker(state, deadline) do
       {:ok, state} ->
-        :persistent_term.put({__MODULE__, config.name}, {handle, config.queue_timeout})
+        :persistent_term.put(
+          {__MODULE__, config.name},
+          {handle, config.queue_timeout, config.timeout}
+        )
+
         schedule(:heartbeat, config.heartbeat_interval)
 
         :ok =
