@@ -20,6 +20,12 @@ def test_handshake_announces_protocol_pid_and_tools(spawn):
     assert body["codec"] == codec.NAME
 
 
+def test_other_protocol_test_adapter_announces_another_version(spawn):
+    w = spawn("snakepit_test_other_protocol.OtherProtocolAdapter")
+    kind, _, body = w.recv()
+    assert kind == "ready" and body["protocol"] == PROTOCOL_VERSION + 1
+
+
 def test_call_returns_result_with_same_id(worker):
     assert worker.call(41, "add", {"a": 1, "b": 2}) == ("result", 41, 3)
     assert worker.call(42, "ping") == ("result", 42, "pong")
