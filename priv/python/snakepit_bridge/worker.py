@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import codec
 from .adapter import BaseAdapter, load_adapter
@@ -180,19 +180,36 @@ def _text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _salvage_id(raw: bytes) -> int:
-    """The id of a frame whose body cannot be decoded, if its envelope can."""
-    try:
-        import msgpack  # type: ignore[import-untyped]
+# The envelope prefix of a call frame, in each MessagePack form an encoder may
+# choose: an array of 3, then the str "call".
+_ARRAY_OF_3 = (b"\x93", b"\xdc\x00\x03", b"\xdd\x00\x00\x00\x03")
+_CALL = (b"\xa4call", b"\xd9\x04call", b"\xda\x00\x04call", b"\xdb\x00\x00\x00\x04call")
+_UINT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 
-        unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, use_list=False)
-        unpacker.feed(raw)
-        unpacker.read_array_header()
-        unpacker.skip()
-        request_id = unpacker.unpack()
-        return request_id if isinstance(request_id, int) else 0
-    except Exception:
+
+def _salvage_id(raw: bytes) -> int:
+    """The id of a ``call`` frame whose body cannot be decoded, or 0.
+
+    Parsed by hand, so it works whichever codec is installed: an array of 3,
+    the str ``call``, then a uint id; what follows is not looked at."""
+    pos = _after_prefix(raw, 0, _ARRAY_OF_3)
+    pos = _after_prefix(raw, pos, _CALL) if pos >= 0 else -1
+    if pos < 0 or pos >= len(raw):
         return 0
+    tag = raw[pos]
+    if tag <= 0x7F:  # positive fixint
+        return tag
+    size = _UINT_SIZES.get(tag, 0)
+    id_bytes = raw[pos + 1 : pos + 1 + size]
+    return int.from_bytes(id_bytes, "big") if size and len(id_bytes) == size else 0
+
+
+def _after_prefix(raw: bytes, pos: int, prefixes: Tuple[bytes, ...]) -> int:
+    """The position after whichever of ``prefixes`` is at ``pos``, or -1."""
+    for prefix in prefixes:
+        if raw.startswith(prefix, pos):
+            return pos + len(prefix)
+    return -1
 
 
 def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -22,7 +22,8 @@ from snakepit_bridge import codec  # noqa: E402
 class WorkerProcess:
     """A real `python -m snakepit_bridge` process driven over its pipes."""
 
-    def __init__(self, adapter: str, control: bool = False) -> None:
+    def __init__(self, adapter: str, control: bool = False, blocked: Sequence[str] = ()) -> None:
+        """``blocked``: modules the worker cannot import (``sys.modules[name] = None``)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(PRIV_PYTHON), str(TEST_ADAPTERS)])
         pass_fds: Tuple[int, ...] = ()
@@ -31,8 +32,13 @@ class WorkerProcess:
             read_end, self.control_fd = os.pipe()
             env["SNAKEPIT_CONTROL_FD"] = str(read_end)
             pass_fds = (read_end,)
+        if blocked:
+            block = f"import sys; sys.modules.update(dict.fromkeys({list(blocked)!r}))"
+            start = ["-c", f"{block}; from snakepit_bridge.__main__ import main; sys.exit(main())"]
+        else:
+            start = ["-m", "snakepit_bridge"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snakepit_bridge", "--adapter", adapter],
+            [sys.executable, *start, "--adapter", adapter],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -113,8 +119,8 @@ def controlled() -> Iterator[WorkerProcess]:
 def spawn() -> Iterator[Any]:
     started: List[WorkerProcess] = []
 
-    def _spawn(adapter: str) -> WorkerProcess:
-        w = WorkerProcess(adapter)
+    def _spawn(adapter: str, blocked: Sequence[str] = ()) -> WorkerProcess:
+        w = WorkerProcess(adapter, blocked=blocked)
         started.append(w)
         return w
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
+
+import pytest
 
 from snakepit_bridge import PROTOCOL_VERSION, codec
+from snakepit_bridge.worker import _salvage_id
 
 
 def test_handshake_announces_protocol_pid_and_tools(spawn):
@@ -18,6 +20,12 @@ def test_handshake_announces_protocol_pid_and_tools(spawn):
     assert body["codec"] == codec.NAME
 
 
+def test_other_protocol_test_adapter_announces_another_version(spawn):
+    w = spawn("snakepit_test_other_protocol.OtherProtocolAdapter")
+    kind, _, body = w.recv()
+    assert kind == "ready" and body["protocol"] == PROTOCOL_VERSION + 1
+
+
 def test_call_returns_result_with_same_id(worker):
     assert worker.call(41, "add", {"a": 1, "b": 2}) == ("result", 41, 3)
     assert worker.call(42, "ping") == ("result", 42, "pong")
@@ -28,7 +36,8 @@ def test_state_lives_as_long_as_the_worker(worker):
 
 
 def test_values_round_trip(worker):
-    values = [None, True, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, "héllo ✓", b"\xff\x00", [], {}, [1, [2, {"k": "v"}]], {1: "int key"}]
+    values = [None, True, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, "héllo ✓", b"\xff\x00"]
+    values += [[], {}, [1, [2, {"k": "v"}]], {1: "int key"}]
     for i, v in enumerate(values, start=1):
         assert worker.call(i, "echo", {"value": v}) == ("result", i, v)
 
@@ -100,6 +109,45 @@ def test_undecodable_call_gets_an_error_with_its_id(worker):
     kind, request_id, body = worker.recv()
     assert (kind, request_id) == ("error", 9)
     assert body["kind"] == "bad_request"
+
+
+@pytest.mark.parametrize("blocked", ["msgpack", "ormsgpack"])
+def test_undecodable_call_is_answered_whichever_codec_is_missing(spawn, blocked):
+    w = spawn("snakepit_test_adapters.TestAdapter", blocked=[blocked])
+    kind, _, ready = w.recv()
+    assert kind == "ready" and ready["codec"] != blocked
+    w.send_raw(codec.packb(["call", 2**40, None])[:-1] + b"\xc1")  # the body (nil) becomes 0xc1
+    w.send("call", 2, {"tool": "ping", "args": {}})  # so a missing answer fails instead of hanging
+    kind, request_id, body = w.recv()
+    assert (kind, request_id) == ("error", 2**40)
+    assert body["kind"] == "bad_request" and "undecodable call" in body["message"]
+    assert w.recv() == ("result", 2, "pong")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\x93\xa4call\x09\xc1", 9),
+        (b"\xdc\x00\x03\xd9\x04call\xcd\x01\x00\xc1", 256),  # array16, str8, uint16
+        (b"\xdd\x00\x00\x00\x03\xda\x00\x04call\xce\x00\x01\x00\x00", 65536),  # array32, str16, uint32
+        (b"\x93\xdb\x00\x00\x00\x04call\xcc\xff", 255),  # str32, uint8
+        (b"\x93\xa4call\xcf" + (2**64 - 1).to_bytes(8, "big") + b"\xc1", 2**64 - 1),
+        (b"\x93\xa4call\xce\x00\x01", 0),  # truncated id
+        (b"\x93\xa4call", 0),  # no id
+        (b"\x93\xa4call\xff\xc1", 0),  # negative id
+        (b"\x93\xa4call\xa1x\xc1", 0),  # id is not an integer
+        (b"\x93\xa9heartbeat\x09\xc1", 0),  # not a call: nothing to answer
+        (b"\x92\xa4call\x09", 0),  # not an array of 3
+        (b"", 0),
+    ],
+)
+def test_salvage_id_reads_only_the_envelope(raw, expected):
+    assert _salvage_id(raw) == expected
+
+
+def test_salvage_id_agrees_with_the_codec():
+    for request_id in [1, 127, 128, 255, 256, 2**16, 2**32, 2**63, 2**64 - 1]:
+        assert _salvage_id(codec.packb(["call", request_id, {"tool": "x"}])) == request_id
 
 
 def test_exits_cleanly_when_stdin_closes(worker):

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "priv", "python"))
 
-from snakepit_bridge import codec  # noqa: E402
+from snakepit_bridge import PROTOCOL_VERSION, codec  # noqa: E402
 
 
 def send(kind, request_id, body):
@@ -26,7 +26,7 @@ def send(kind, request_id, body):
 def main():
     mode = os.environ.get("FAKE_WORKER_MODE", "oversize")
     trigger = os.environ.get("FAKE_WORKER_BREAK_ON", "break")
-    send("ready", 0, {"protocol": 1, "pid": os.getpid(), "adapter": "fake", "tools": ["echo", trigger]})
+    send("ready", 0, {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "adapter": "fake", "tools": ["echo", trigger]})
     stdin = sys.stdin.buffer
     while True:
         header = stdin.read(4)
