@@ -10,11 +10,9 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from . import codec
-
-Frame = Tuple[str, int, Any]
 
 HEADER_LEN = 4
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024

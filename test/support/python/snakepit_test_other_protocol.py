@@ -5,14 +5,30 @@ version check.
 Importing this module changes what the worker's ``ready`` frame announces, so
 it is kept apart from snakepit_test_adapters: use it only as a pool's adapter,
 ``snakepit_test_other_protocol.OtherProtocolAdapter``.
+
+With ``SNAKEPIT_TEST_OTHER_PROTOCOL_WHILE=<path>`` in its environment, a
+worker announces the other version only if that file exists when it starts,
+so a test can switch the replacements of a running pool.
 """
 
 from __future__ import annotations
 
-from snakepit_bridge import PROTOCOL_VERSION, BaseAdapter, worker
+import os
 
-worker.PROTOCOL_VERSION = PROTOCOL_VERSION + 1
+from snakepit_bridge import PROTOCOL_VERSION, BaseAdapter, tool, worker
+
+_switch = os.environ.get("SNAKEPIT_TEST_OTHER_PROTOCOL_WHILE")
+if _switch is None or os.path.exists(_switch):
+    worker.PROTOCOL_VERSION = PROTOCOL_VERSION + 1
 
 
 class OtherProtocolAdapter(BaseAdapter):
-    """Only the built-in tools (``ping``, ``describe``); the host should never call them."""
+    """Tools for the workers that do speak our version."""
+
+    @tool
+    def pid(self) -> int:
+        return os.getpid()
+
+    @tool
+    def exit_now(self, code: int = 7) -> None:
+        os._exit(code)
