@@ -170,6 +170,8 @@ pub struct Row<W> {
     pub id: u64,
     pub worker: Arc<W>,
     pub state: State,
+    /// Takes no new requests (a draining worker still reports `Busy`).
+    pub stopping: bool,
     pub in_flight: usize,
     pub served: u64,
     pub age: Duration,
@@ -579,6 +581,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 id,
                 worker: Arc::clone(&s.worker),
                 state: s.state(),
+                stopping: s.stopping,
                 in_flight: s.in_flight.len(),
                 served: s.served,
                 age: now.saturating_duration_since(s.started),
@@ -595,7 +598,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         rows.iter()
             .map(|r| Vitals {
                 id: r.id,
-                settled: matches!(r.state, State::Idle | State::Busy),
+                settled: matches!(r.state, State::Idle | State::Busy) && !r.stopping,
                 age: r.age,
                 rss_bytes: rss(&r.worker),
             })

@@ -640,6 +640,24 @@ fn vitals_hold_recycling_back_while_a_worker_starts() {
     assert_eq!(policy.due(&vitals), Some((1, Reason::MaxAge)));
 }
 
+#[test]
+fn a_worker_draining_its_calls_holds_recycling_back_too() {
+    let mut d = pool(1);
+    add_ready(&mut d, 1);
+    add_ready(&mut d, 2);
+    submit(&mut d, 10); // to worker 2
+    d.retire(2);
+    let rows = d.workers(Instant::now());
+    assert_eq!(rows[1].state, State::Busy, "it still runs its call");
+    let policy = Policy::from_limits(0, 0, 1);
+    let vitals = D::vitals(&rows, |_| Some(1 << 30));
+    assert_eq!(policy.due(&vitals), None, "one worker at a time");
+    complete(&mut d, 2, 10);
+    d.worker_down(2, Exit::Recycled);
+    let vitals = D::vitals(&d.workers(Instant::now()), |_| Some(1 << 30));
+    assert_eq!(policy.due(&vitals), Some((1, Reason::MaxMemory)));
+}
+
 // --- heartbeats ---
 
 #[test]
