@@ -159,13 +159,11 @@ defmodule Snakepit.ExecuteTest do
     end
 
     test "a call that times out while queued never reaches a worker", ctx do
-      {gate, release} = TestPools.gate()
-      tasks = for _ <- 1..2, do: Task.async(fn -> exec(ctx, "block_until", %{path: gate}) end)
       # Both workers are busy; this call waits in the queue and gives up there.
-      TestPools.wait_until(fn -> Snakepit.get_stats(ctx.pool).busy == 2 end)
+      busy = TestPools.occupy(ctx.pool, 2)
       assert {:error, %Error{category: :timeout}} = exec(ctx, "count", %{}, timeout: 20)
-      release.()
-      assert Enum.map(tasks, &Task.await/1) == [{:ok, "released"}, {:ok, "released"}]
+      busy.release.()
+      assert TestPools.await_occupied(busy) == [{:ok, "released"}, {:ok, "released"}]
       assert exec(ctx, "echo", %{value: "after"}) == {:ok, "after"}
     end
   end

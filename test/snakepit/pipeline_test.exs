@@ -12,16 +12,14 @@ defmodule Snakepit.PipelineTest do
 
   test "up to pipeline_depth calls are written to a worker, the rest wait in the queue" do
     pool = start_pool(size: 1, pipeline_depth: 3)
-    {gate, release} = TestPools.gate()
-    first = call_async(pool, "block_until", %{path: gate})
-    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+    first = TestPools.occupy(pool)
     more = for i <- 1..3, do: call_async(pool, "echo", %{value: i})
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
     assert %{in_flight: 3, queued: 1, busy: 1} = Snakepit.get_stats(pool)
     assert [%{in_flight: 3}] = Snakepit.list_workers(pool)
-    release.()
-    assert Task.await(first) == {:ok, "released"}
+    first.release.()
+    assert TestPools.await_occupied(first) == [{:ok, "released"}]
     assert Enum.map(more, &Task.await/1) == [ok: 1, ok: 2, ok: 3]
   end
 
@@ -57,15 +55,13 @@ defmodule Snakepit.PipelineTest do
 
   test "a call cancelled while waiting in a worker's pipe never answers its caller" do
     pool = start_pool(size: 1, pipeline_depth: 2)
-    {gate, release} = TestPools.gate()
-    running = call_async(pool, "block_until", %{path: gate})
-    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+    running = TestPools.occupy(pool)
 
     assert {:error, %Error{category: :timeout}} =
              Snakepit.execute("echo", %{value: :late}, pool: pool, timeout: 50)
 
-    release.()
-    assert Task.await(running) == {:ok, "released"}
+    running.release.()
+    assert TestPools.await_occupied(running) == [{:ok, "released"}]
     # The worker still ran the cancelled call; its answer was dropped.
     assert Snakepit.execute("echo", %{value: :next}, pool: pool) == {:ok, "next"}
     refute_received {_, :result, _, _}

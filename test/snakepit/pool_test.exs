@@ -225,9 +225,7 @@ defmodule Snakepit.PoolTest do
       pool = opts[:name]
       [os_pid] = os_pids(pool)
 
-      {gate, release} = TestPools.gate()
-      running = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-      wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+      running = TestPools.occupy(pool)
       queued = Task.async(fn -> Snakepit.execute("echo", %{value: 1}, pool: pool) end)
       wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
@@ -236,14 +234,14 @@ defmodule Snakepit.PoolTest do
       releaser =
         Task.async(fn ->
           wait_until(fn -> Snakepit.Pool.lookup(pool) == nil end)
-          release.()
+          running.release.()
         end)
 
       :ok = stop_supervised(:stopping)
       Task.await(releaser)
 
       assert {:error, %Error{category: :pool}} = Task.await(queued)
-      assert Task.await(running) == {:ok, "released"}
+      assert TestPools.await_occupied(running) == [{:ok, "released"}]
       refute TestPools.os_alive?(os_pid)
       assert {:error, %Error{category: :pool}} = Snakepit.execute("echo", %{}, pool: pool)
     end

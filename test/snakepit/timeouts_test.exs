@@ -43,16 +43,14 @@ defmodule Snakepit.TimeoutsTest do
 
   test ":queue_timeout bounds the wait for a worker, separately from :timeout" do
     pool = start_pool(size: 1)
-    {gate, release} = gate()
-    blocker = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    blocker = occupy(pool)
 
     assert {:error, %Error{category: :timeout} = e} =
              Snakepit.execute("echo", %{value: 1}, pool: pool, queue_timeout: 50, timeout: 5_000)
 
     assert e.details.queue and e.message =~ ":queue_timeout"
-    release.()
-    assert {:ok, "released"} = Task.await(blocker)
+    blocker.release.()
+    assert await_occupied(blocker) == [{:ok, "released"}]
     stats = Snakepit.get_stats(pool)
     assert stats.queue_timeouts == 1 and stats.queued == 0 and stats.timeouts == 0
   end
@@ -64,9 +62,7 @@ defmodule Snakepit.TimeoutsTest do
 
   test "past :max_queue, calls fail at once with a :pool error" do
     pool = start_pool(size: 1, max_queue: 1)
-    {gate, release} = gate()
-    blocker = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    blocker = occupy(pool)
     queued = Task.async(fn -> Snakepit.execute("echo", %{value: :queued}, pool: pool) end)
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
@@ -74,17 +70,15 @@ defmodule Snakepit.TimeoutsTest do
              Snakepit.execute("echo", %{value: :refused}, pool: pool)
 
     assert e.message =~ "saturated" and e.details.limit == 1
-    release.()
-    assert {:ok, "released"} = Task.await(blocker)
+    blocker.release.()
+    assert await_occupied(blocker) == [{:ok, "released"}]
     assert {:ok, "queued"} = Task.await(queued)
     assert Snakepit.get_stats(pool).errors.pool == 1
   end
 
   test "a caller that dies while queued gives up its place" do
     pool = start_pool(size: 1)
-    {gate, release} = gate()
-    blocker = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    blocker = occupy(pool)
 
     doomed = spawn(fn -> Snakepit.execute("count", %{}, pool: pool) end)
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
@@ -93,8 +87,8 @@ defmodule Snakepit.TimeoutsTest do
     assert_receive {:DOWN, ^ref, _, _, _}
     wait_until(fn -> Snakepit.get_stats(pool).queued == 0 end)
 
-    release.()
-    assert {:ok, "released"} = Task.await(blocker)
+    blocker.release.()
+    assert await_occupied(blocker) == [{:ok, "released"}]
     # The dead caller's call never ran: this is the worker's first count.
     assert {:ok, 1} = Snakepit.execute("count", %{}, pool: pool)
   end
