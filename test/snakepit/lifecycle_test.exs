@@ -93,16 +93,6 @@ defmodule Snakepit.LifecycleTest do
     for pid <- workers ++ children, do: wait_until(fn -> not os_alive?(pid) end)
   end
 
-  defp ignores_sigterm?(os_pid) do
-    [mask] =
-      Regex.run(~r/^SigIgn:\s*([0-9a-f]+)$/m, File.read!("/proc/#{os_pid}/status"),
-        capture: :all_but_first
-      )
-
-    sigterm = 1 <<< (15 - 1)
-    (String.to_integer(mask, 16) &&& sigterm) != 0
-  end
-
   test "a graceful stop lets a running call finish within :shutdown_timeout" do
     opts = opts(size: 1, shutdown_timeout: 5_000)
     {:ok, pool_pid} = Snakepit.Pool.start_link(opts)
@@ -112,5 +102,15 @@ defmodule Snakepit.LifecycleTest do
     Process.unlink(pool_pid)
     GenServer.stop(pool_pid, :shutdown)
     assert {:ok, 300} = Task.await(running)
+  end
+
+  defp ignores_sigterm?(os_pid) do
+    [mask] =
+      Regex.run(~r/^SigIgn:\s*([0-9a-f]+)$/m, File.read!("/proc/#{os_pid}/status"),
+        capture: :all_but_first
+      )
+
+    sigterm = 1 <<< (15 - 1)
+    (String.to_integer(mask, 16) &&& sigterm) != 0
   end
 end
