@@ -51,6 +51,7 @@ defmodule Snakepit.ExecuteTest do
     end
 
     test "atoms arrive as strings and map keys come back as binaries", ctx do
+      assert exec(ctx, "types", %{value: :val}) == {:ok, "str"}
       assert exec(ctx, "echo", %{value: %{key: :val}}) == {:ok, %{"key" => "val"}}
     end
 
@@ -64,7 +65,11 @@ defmodule Snakepit.ExecuteTest do
       assert exec(ctx, "echo", %{value: big}) == {:ok, big}
       assert {:ok, out} = exec(ctx, "make_bytes", %{n: 3_000_000})
       assert byte_size(out) == 3_000_000
-      assert binary_part(out, 0, 4) == <<0, 1, 2, 3>>
+      # make_bytes repeats the bytes 0..255, then a partial run.
+      run = for b <- 0..255, into: <<>>, do: <<b>>
+
+      assert out ==
+               :binary.copy(run, div(3_000_000, 256)) <> binary_part(run, 0, rem(3_000_000, 256))
     end
 
     test "a keyword list works as args, and an atom as the command", ctx do
@@ -102,6 +107,9 @@ defmodule Snakepit.ExecuteTest do
     end
 
     test "unencodable args are refused before reaching the worker, with their path", ctx do
+      served = TestPools.served(ctx.pool)
+      validation_errors = Snakepit.get_stats(ctx.pool).validation_errors
+
       for {bad, where} <- [
             {self(), "args[:value]"},
             {make_ref(), "args[:value]"},
@@ -114,16 +122,26 @@ defmodule Snakepit.ExecuteTest do
         assert e.message =~ "cannot send"
       end
 
+      # No worker answered any of them: none was written to a worker.
+      assert TestPools.served(ctx.pool) == served
+      assert Snakepit.get_stats(ctx.pool).validation_errors == validation_errors + 5
       assert exec(ctx, "add", %{a: 1, b: 1}) == {:ok, 2}
     end
 
     test "a result Python cannot encode is an error, and the worker carries on", ctx do
+      pids = TestPools.os_pids(ctx.pool)
+      served = TestPools.served(ctx.pool)
       assert {:error, %Error{category: :python_error} = e} = exec(ctx, "huge_int")
       assert e.message =~ "cannot be sent"
       assert exec(ctx, "add", %{a: 1, b: 1}) == {:ok, 2}
+      # The same processes, their counts intact: no worker was replaced.
+      assert TestPools.os_pids(ctx.pool) == pids
+      assert Enum.all?(pids, &TestPools.os_alive?/1)
+      assert TestPools.served(ctx.pool) == served + 2
     end
 
-    test "bad calls are refused with validation errors", ctx do
+    test "bad calls are refused with validation errors, an unknown pool with a :pool error",
+         ctx do
       assert {:error, %Error{category: :validation}} = Snakepit.execute(123, %{}, pool: ctx.pool)
       assert {:error, %Error{category: :validation}} = Snakepit.execute("echo", [1], pool: ctx.pool)
       assert {:error, %Error{category: :validation}} = exec(ctx, "echo", %{}, timeout: -1)
@@ -143,29 +161,42 @@ defmodule Snakepit.ExecuteTest do
   describe "timeouts" do
     test "a timeout is an error, the late result is dropped, and the pool keeps serving", ctx do
       before = Snakepit.get_stats(ctx.pool)
-      assert {:error, %Error{category: :timeout} = e} = exec(ctx, "sleep", %{ms: 300}, timeout: 50)
-      assert e.details.timeout == 50
+      served = TestPools.served(ctx.pool)
+      {gate, release} = TestPools.gate()
 
-      # Two more calls are served while the stuck call finishes; the
-      # late result must never reach this process.
+      assert {:error, %Error{category: :timeout} = e} =
+               exec(ctx, "block_until", %{path: gate}, timeout: 50)
+
+      assert e.details.timeout == 50 and e.details.queue == false
+      # Another call is served while the stuck one still runs.
       assert exec(ctx, "add", %{a: 1, b: 2}) == {:ok, 3}
-      assert exec(ctx, "sleep", %{ms: 400}) == {:ok, 400}
-      refute_received {_, :result, _, _}
+      # block_until ignores the cancel: released, it returns its result,
+      # which its worker sends (and the pool counts as served) but which
+      # must never reach this process.
+      release.()
+      TestPools.wait_until(fn -> TestPools.served(ctx.pool) == served + 2 end)
+      TestPools.refute_stray_answers()
       stats = Snakepit.get_stats(ctx.pool)
       assert stats.timeouts == before.timeouts + 1
       # The late answer is dropped, not counted as completed too.
-      assert stats.completed == before.completed + 2
+      assert stats.completed == before.completed + 1
       assert stats.cancelled == before.cancelled
+      assert stats.restarts == before.restarts
     end
 
     test "a call that times out while queued never reaches a worker", ctx do
-      {gate, release} = TestPools.gate()
-      tasks = for _ <- 1..2, do: Task.async(fn -> exec(ctx, "block_until", %{path: gate}) end)
       # Both workers are busy; this call waits in the queue and gives up there.
-      TestPools.wait_until(fn -> Snakepit.get_stats(ctx.pool).busy == 2 end)
-      assert {:error, %Error{category: :timeout}} = exec(ctx, "count", %{}, timeout: 20)
-      release.()
-      assert Enum.map(tasks, &Task.await/1) == [{:ok, "released"}, {:ok, "released"}]
+      busy = TestPools.occupy(ctx.pool, 2)
+      served = TestPools.served(ctx.pool)
+      assert {:error, %Error{category: :timeout} = e} = exec(ctx, "count", %{}, timeout: 20)
+      assert e.details.queue == true
+      busy.release.()
+      assert TestPools.await_occupied(busy) == [{:ok, "released"}, {:ok, "released"}]
+      # Had the call still been queued, the first worker freed would have
+      # taken it before answering its blocker's caller. Once no worker is
+      # busy, they have answered the two blockers and nothing else.
+      TestPools.wait_until(fn -> Snakepit.get_stats(ctx.pool).busy == 0 end)
+      assert TestPools.served(ctx.pool) == served + 2
       assert exec(ctx, "echo", %{value: "after"}) == {:ok, "after"}
     end
   end
@@ -190,14 +221,24 @@ defmodule Snakepit.ExecuteTest do
   end
 
   describe "logging" do
+    # Keeps the worker's lines off the console; the forwarder still gets them.
+    @describetag :capture_log
+
     setup do
       id = Snakepit.TestLogForwarder.attach(self())
       on_exit(fn -> Snakepit.TestLogForwarder.detach(id) end)
     end
 
     test "print() inside a tool reaches Logger, tagged with the worker, not the protocol", ctx do
+      before = Map.new(Snakepit.list_workers(ctx.pool), &{&1.worker_id, &1.requests})
       assert exec(ctx, "noisy", %{text: "hello from python"}) == {:ok, "hello from python"}
-      prefix = "[snakepit #{ctx.pool}/"
+      # The worker that ran it is the one whose count went up.
+      [id] =
+        for %{worker_id: id, requests: n} <- Snakepit.list_workers(ctx.pool),
+            n == before[id] + 1,
+            do: id
+
+      prefix = "[snakepit #{ctx.pool}/#{id}] "
       assert_log(:info, &(String.starts_with?(&1, prefix) and &1 =~ "printed: hello from python"))
       assert_log(:info, &(String.starts_with?(&1, prefix) and &1 =~ "raw fd 1 write"))
     end

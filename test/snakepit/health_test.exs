@@ -54,20 +54,32 @@ defmodule Snakepit.HealthTest do
 
     test "a worker recycled with a call in flight finishes it first" do
       pool = start_pool(size: 1, max_requests: 1, pipeline_depth: 4)
-
-      tasks =
-        for i <- 1..6, do: Task.async(fn -> Snakepit.execute("echo", %{value: i}, pool: pool) end)
-
-      assert Enum.map(tasks, &Task.await/1) == Enum.map(1..6, &{:ok, &1})
+      [old] = os_pids(pool)
+      running = occupy(pool)
+      behind = for _ <- 1..3, do: Task.async(fn -> Snakepit.execute("pid", %{}, pool: pool) end)
+      wait_until(fn -> Snakepit.get_stats(pool).in_flight == 4 end)
+      # Its first answer retires it, with three calls written behind it:
+      # it answers those itself, none is queued again.
+      running.release.()
+      assert await_occupied(running) == [{:ok, "released"}]
+      assert Enum.map(behind, &Task.await/1) == [ok: old, ok: old, ok: old]
+      wait_until(fn -> Snakepit.get_stats(pool).recycles == 1 end)
+      assert %{requeued: 0, restarts: 0, completed: 4} = Snakepit.get_stats(pool)
+      refute old in os_pids(pool)
     end
 
     test ":max_age recycles workers one at a time, while calls keep succeeding" do
       pool = start_pool(size: 2, max_age: 300)
       first = os_pids(pool)
 
-      Stream.repeatedly(fn -> Snakepit.execute("echo", %{value: 1}, pool: pool) end)
-      |> Stream.each(&assert(&1 == {:ok, 1}))
-      |> Enum.find(fn _ -> Snakepit.get_stats(pool).recycles >= 2 end)
+      Stream.repeatedly(fn ->
+        assert Snakepit.execute("echo", %{value: 1}, pool: pool) == {:ok, 1}
+        stats = Snakepit.get_stats(pool)
+        # Sampled between calls: never two workers out of service at once.
+        assert stats.starting + stats.stopping <= 1, inspect(stats)
+        stats
+      end)
+      |> Enum.find(&(&1.recycles >= 2))
 
       assert Snakepit.get_stats(pool).restarts == 0
       wait_until(fn -> Enum.all?(os_pids(pool), &(&1 not in first)) end, 10_000)

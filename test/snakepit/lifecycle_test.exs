@@ -4,6 +4,7 @@ defmodule Snakepit.LifecycleTest do
   use ExUnit.Case, async: true
   import ExUnit.CaptureLog
   import Snakepit.TestPools
+  import Bitwise
 
   alias Snakepit.Error
 
@@ -57,7 +58,7 @@ defmodule Snakepit.LifecycleTest do
     assert log =~ "max_start_failures"
   end
 
-  test "stopping drains running calls, then SIGTERMs, then SIGKILLs; children and daemons die too" do
+  test "workers still busy at a stop get SIGTERM, then SIGKILL if they ignore it; their descendants die" do
     opts = opts(size: 2, shutdown_timeout: 200)
     {:ok, pool_pid} = Snakepit.Pool.start_link(opts)
     pool = opts[:name]
@@ -70,17 +71,25 @@ defmodule Snakepit.LifecycleTest do
 
     children = Enum.flat_map(children, &Task.await(&1, 10_000))
     Enum.each(children, &assert(os_alive?(&1)))
-    # One worker ignores SIGTERM and is busy past the shutdown timeout.
-    :ok = Enum.each(1..2, fn _ -> Snakepit.execute!("ignore_sigterm", %{}, pool: pool) end)
-    busy = Task.async(fn -> Snakepit.execute("sleep", %{ms: 10_000}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    # One worker ignores SIGTERM; both are busy past the shutdown timeout.
+    assert {:ok, true} = Snakepit.execute("ignore_sigterm", %{}, pool: pool)
+    assert [stubborn] = Enum.filter(workers, &ignores_sigterm?/1)
+    [other] = workers -- [stubborn]
+    busy = occupy(pool, 2)
 
     Process.unlink(pool_pid)
     ref = Process.monitor(pool_pid)
     capture_log(fn -> GenServer.stop(pool_pid, :shutdown) end)
     assert_receive {:DOWN, ^ref, _, _, _}
 
-    assert {:error, %Error{category: :worker}} = Task.await(busy)
+    # SIGTERM ended the one, SIGKILL the one that ignored it.
+    signals =
+      for answer <- await_occupied(busy), into: %{} do
+        assert {:error, %Error{category: :worker, details: details}} = answer
+        {details.os_pid, details.signal}
+      end
+
+    assert signals == %{other => 15, stubborn => 9}
     for pid <- workers ++ children, do: wait_until(fn -> not os_alive?(pid) end)
   end
 
@@ -93,5 +102,15 @@ defmodule Snakepit.LifecycleTest do
     Process.unlink(pool_pid)
     GenServer.stop(pool_pid, :shutdown)
     assert {:ok, 300} = Task.await(running)
+  end
+
+  defp ignores_sigterm?(os_pid) do
+    [mask] =
+      Regex.run(~r/^SigIgn:\s*([0-9a-f]+)$/m, File.read!("/proc/#{os_pid}/status"),
+        capture: :all_but_first
+      )
+
+    sigterm = 1 <<< (15 - 1)
+    (String.to_integer(mask, 16) &&& sigterm) != 0
   end
 end

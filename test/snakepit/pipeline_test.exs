@@ -12,16 +12,14 @@ defmodule Snakepit.PipelineTest do
 
   test "up to pipeline_depth calls are written to a worker, the rest wait in the queue" do
     pool = start_pool(size: 1, pipeline_depth: 3)
-    {gate, release} = TestPools.gate()
-    first = call_async(pool, "block_until", %{path: gate})
-    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+    first = TestPools.occupy(pool)
     more = for i <- 1..3, do: call_async(pool, "echo", %{value: i})
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
     assert %{in_flight: 3, queued: 1, busy: 1} = Snakepit.get_stats(pool)
     assert [%{in_flight: 3}] = Snakepit.list_workers(pool)
-    release.()
-    assert Task.await(first) == {:ok, "released"}
+    first.release.()
+    assert TestPools.await_occupied(first) == [{:ok, "released"}]
     assert Enum.map(more, &Task.await/1) == [ok: 1, ok: 2, ok: 3]
   end
 
@@ -41,14 +39,16 @@ defmodule Snakepit.PipelineTest do
 
   test "calls written behind a call whose worker dies are queued again, not failed" do
     pool = start_pool(size: 1, pipeline_depth: 3)
+    [os_pid] = TestPools.os_pids(pool)
 
     capture_log(fn ->
-      doomed = call_async(pool, "kill_self", %{sig: "SIGKILL", after_ms: 300})
-      wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+      doomed = TestPools.occupy(pool)
       behind = for i <- 1..2, do: call_async(pool, "echo", %{value: i})
       wait_until(fn -> Snakepit.get_stats(pool).in_flight == 3 end)
+      # Killed only once both are written behind the running call.
+      {_, 0} = System.cmd("kill", ["-KILL", "#{os_pid}"])
 
-      assert {:error, %Error{category: :worker}} = Task.await(doomed)
+      assert [{:error, %Error{category: :worker}}] = TestPools.await_occupied(doomed)
       assert Enum.map(behind, &Task.await(&1, 10_000)) == [ok: 1, ok: 2]
     end)
 
@@ -57,18 +57,21 @@ defmodule Snakepit.PipelineTest do
 
   test "a call cancelled while waiting in a worker's pipe never answers its caller" do
     pool = start_pool(size: 1, pipeline_depth: 2)
-    {gate, release} = TestPools.gate()
-    running = call_async(pool, "block_until", %{path: gate})
-    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+    running = TestPools.occupy(pool)
 
-    assert {:error, %Error{category: :timeout}} =
+    assert {:error, %Error{category: :timeout} = e} =
              Snakepit.execute("echo", %{value: :late}, pool: pool, timeout: 50)
 
-    release.()
-    assert Task.await(running) == {:ok, "released"}
-    # The worker still ran the cancelled call; its answer was dropped.
+    # It had been written to the worker, not left in the queue.
+    assert e.details.queue == false
+    running.release.()
+    assert TestPools.await_occupied(running) == [{:ok, "released"}]
+    # The worker answered the cancelled call (ran it, or skipped it if the
+    # cancel came first) before the next one: three answers, the middle one
+    # dropped.
     assert Snakepit.execute("echo", %{value: :next}, pool: pool) == {:ok, "next"}
-    refute_received {_, :result, _, _}
+    assert TestPools.served(pool) == 3
+    TestPools.refute_stray_answers()
     # It counts once, as a timeout: not as completed too, nor as cancelled
     # (that is for callers that died).
     assert %{in_flight: 0, timeouts: 1, completed: 2, cancelled: 0} = Snakepit.get_stats(pool)

@@ -113,12 +113,18 @@ defmodule Snakepit.PoolTest do
 
     test "workers get the configured env and cwd, and their own worker id" do
       cwd = System.tmp_dir!()
-      opts = TestPools.opts(size: 1, env: %{"SNAKEPIT_TEST_VAR" => "from elixir"}, cwd: cwd)
+      opts = TestPools.opts(size: 2, env: %{"SNAKEPIT_TEST_VAR" => "from elixir"}, cwd: cwd)
       start_supervised!({Snakepit.Pool, opts})
-      [%{os_pid: os_pid}] = Snakepit.list_workers(opts[:name])
-      environ = File.read!("/proc/#{os_pid}/environ") |> String.split(<<0>>)
+      :ok = Snakepit.await_ready(opts[:name], 30_000)
+
+      [%{os_pid: os_pid, worker_id: id}, %{os_pid: other_pid, worker_id: other_id}] =
+        Snakepit.list_workers(opts[:name])
+
+      assert id != other_id
+      assert "SNAKEPIT_WORKER_ID=#{other_id}" in environ(other_pid)
+      environ = environ(os_pid)
       assert "SNAKEPIT_TEST_VAR=from elixir" in environ
-      assert "SNAKEPIT_WORKER_ID=1" in environ
+      assert "SNAKEPIT_WORKER_ID=#{id}" in environ
       assert File.read_link!("/proc/#{os_pid}/cwd") == Path.expand(cwd)
       assert Enum.any?(environ, &String.starts_with?(&1, "SNAKEPIT_OWNER="))
       # Its own process group, under its shepherd, which leads its own
@@ -199,22 +205,26 @@ defmodule Snakepit.PoolTest do
       opts = TestPools.opts(size: 1)
       start_supervised!({Snakepit.Pool, opts})
       pool = opts[:name]
+      [old] = os_pids(pool)
 
       capture_log(fn ->
-        killer =
-          Task.async(fn ->
-            Snakepit.execute("kill_self", %{sig: "SIGKILL", after_ms: 300}, pool: pool)
-          end)
-
-        wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+        running = TestPools.occupy(pool)
 
         queued =
           for i <- 1..5, do: Task.async(fn -> Snakepit.execute("echo", %{value: i}, pool: pool) end)
 
-        assert {:error, %Error{category: :worker} = e} = Task.await(killer)
+        # Killed only once all five are queued behind it.
+        wait_until(fn -> Snakepit.get_stats(pool).queued == 5 end)
+        {_, 0} = System.cmd("kill", ["-KILL", "#{old}"])
+
+        assert [{:error, %Error{category: :worker} = e}] = TestPools.await_occupied(running)
         assert e.details.signal == 9 and e.message =~ "killed by signal 9 (SIGKILL)"
         assert Enum.map(queued, &Task.await(&1, 10_000)) == Enum.map(1..5, &{:ok, &1})
       end)
+
+      [new] = os_pids(pool)
+      assert new != old
+      assert [%{requests: 5}] = Snakepit.list_workers(pool)
     end
   end
 
@@ -224,10 +234,9 @@ defmodule Snakepit.PoolTest do
       start_supervised!({Snakepit.Pool, opts}, id: :stopping)
       pool = opts[:name]
       [os_pid] = os_pids(pool)
+      [_state, shepherd, _pgid, _sid] = stat(os_pid)
 
-      {gate, release} = TestPools.gate()
-      running = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-      wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+      running = TestPools.occupy(pool)
       queued = Task.async(fn -> Snakepit.execute("echo", %{value: 1}, pool: pool) end)
       wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
@@ -236,15 +245,17 @@ defmodule Snakepit.PoolTest do
       releaser =
         Task.async(fn ->
           wait_until(fn -> Snakepit.Pool.lookup(pool) == nil end)
-          release.()
+          running.release.()
         end)
 
       :ok = stop_supervised(:stopping)
       Task.await(releaser)
 
       assert {:error, %Error{category: :pool}} = Task.await(queued)
-      assert Task.await(running) == {:ok, "released"}
+      assert TestPools.await_occupied(running) == [{:ok, "released"}]
       refute TestPools.os_alive?(os_pid)
+      # Nor its shepherd.
+      wait_until(fn -> not TestPools.os_alive?(shepherd) end)
       assert {:error, %Error{category: :pool}} = Snakepit.execute("echo", %{}, pool: pool)
     end
 
@@ -256,15 +267,16 @@ defmodule Snakepit.PoolTest do
       :ok = Snakepit.await_ready(pool, 30_000)
       pids = os_pids(pool)
 
-      caller = Task.async(fn -> Snakepit.execute("sleep", %{ms: 5_000}, pool: pool) end)
-      wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+      caller = TestPools.occupy(pool)
       Process.exit(pid, :kill)
 
-      assert {:error, %Error{category: category}} = Task.await(caller)
+      assert [{:error, %Error{category: category}}] = TestPools.await_occupied(caller)
       assert category in [:worker, :pool]
       wait_until(fn -> not Enum.any?(pids, &TestPools.os_alive?/1) end)
     end
   end
+
+  defp environ(os_pid), do: File.read!("/proc/#{os_pid}/environ") |> String.split(<<0>>)
 
   defp stat(os_pid) do
     [_, after_comm] = String.split(File.read!("/proc/#{os_pid}/stat"), ") ")

@@ -25,10 +25,12 @@ defmodule Snakepit.TimeoutsTest do
     [new] = os_pids(pool)
     assert new != old
     refute os_alive?(old)
-    refute_received {_, _, _, _}
+    refute_stray_answers()
     assert Snakepit.get_stats(pool).timeouts == 1
   end
 
+  # until_cancelled logs a line.
+  @tag :capture_log
   test "a tool that checks snakepit_bridge.cancelled() stops and its worker keeps serving" do
     pool = start_pool(size: 1, cancel_grace: 5_000)
     [pid] = os_pids(pool)
@@ -43,16 +45,14 @@ defmodule Snakepit.TimeoutsTest do
 
   test ":queue_timeout bounds the wait for a worker, separately from :timeout" do
     pool = start_pool(size: 1)
-    {gate, release} = gate()
-    blocker = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    blocker = occupy(pool)
 
     assert {:error, %Error{category: :timeout} = e} =
              Snakepit.execute("echo", %{value: 1}, pool: pool, queue_timeout: 50, timeout: 5_000)
 
     assert e.details.queue and e.message =~ ":queue_timeout"
-    release.()
-    assert {:ok, "released"} = Task.await(blocker)
+    blocker.release.()
+    assert await_occupied(blocker) == [{:ok, "released"}]
     stats = Snakepit.get_stats(pool)
     assert stats.queue_timeouts == 1 and stats.queued == 0 and stats.timeouts == 0
   end
@@ -64,9 +64,7 @@ defmodule Snakepit.TimeoutsTest do
 
   test "past :max_queue, calls fail at once with a :pool error" do
     pool = start_pool(size: 1, max_queue: 1)
-    {gate, release} = gate()
-    blocker = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    blocker = occupy(pool)
     queued = Task.async(fn -> Snakepit.execute("echo", %{value: :queued}, pool: pool) end)
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
 
@@ -74,17 +72,15 @@ defmodule Snakepit.TimeoutsTest do
              Snakepit.execute("echo", %{value: :refused}, pool: pool)
 
     assert e.message =~ "saturated" and e.details.limit == 1
-    release.()
-    assert {:ok, "released"} = Task.await(blocker)
+    blocker.release.()
+    assert await_occupied(blocker) == [{:ok, "released"}]
     assert {:ok, "queued"} = Task.await(queued)
     assert Snakepit.get_stats(pool).errors.pool == 1
   end
 
   test "a caller that dies while queued gives up its place" do
     pool = start_pool(size: 1)
-    {gate, release} = gate()
-    blocker = Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
-    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    blocker = occupy(pool)
 
     doomed = spawn(fn -> Snakepit.execute("count", %{}, pool: pool) end)
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
@@ -93,12 +89,15 @@ defmodule Snakepit.TimeoutsTest do
     assert_receive {:DOWN, ^ref, _, _, _}
     wait_until(fn -> Snakepit.get_stats(pool).queued == 0 end)
 
-    release.()
-    assert {:ok, "released"} = Task.await(blocker)
+    blocker.release.()
+    assert await_occupied(blocker) == [{:ok, "released"}]
     # The dead caller's call never ran: this is the worker's first count.
     assert {:ok, 1} = Snakepit.execute("count", %{}, pool: pool)
+    assert %{cancelled: 1, completed: 2} = Snakepit.get_stats(pool)
   end
 
+  # until_cancelled logs a line.
+  @tag :capture_log
   test "a caller that dies while its call runs frees the worker" do
     pool = start_pool(size: 1, cancel_grace: 5_000)
     [pid] = os_pids(pool)

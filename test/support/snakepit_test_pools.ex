@@ -21,21 +21,26 @@ defmodule Snakepit.TestPools do
   message (OS processes, pool counters). Fails after `timeout` ms.
   """
   def wait_until(fun, timeout \\ 5_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    do_wait(fun, deadline, timeout)
+    wait_until(fun, timeout, fn -> "condition not met within #{timeout} ms" end)
   end
 
-  defp do_wait(fun, deadline, timeout) do
+  # `failure` builds the flunk message when the time is up.
+  defp wait_until(fun, timeout, failure) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait(fun, deadline, failure)
+  end
+
+  defp do_wait(fun, deadline, failure) do
     cond do
       fun.() ->
         :ok
 
       System.monotonic_time(:millisecond) > deadline ->
-        ExUnit.Assertions.flunk("condition not met within #{timeout} ms")
+        ExUnit.Assertions.flunk(failure.())
 
       true ->
         Process.sleep(10)
-        do_wait(fun, deadline, timeout)
+        do_wait(fun, deadline, failure)
     end
   end
 
@@ -47,6 +52,74 @@ defmodule Snakepit.TestPools do
     path = Path.join(System.tmp_dir!(), "snakepit_gate_#{System.unique_integer([:positive])}")
     ExUnit.Callbacks.on_exit(fn -> File.rm(path) end)
     {path, fn -> File.write!(path, "") end}
+  end
+
+  defmodule Occupied do
+    @moduledoc false
+    # What `Snakepit.TestPools.occupy/2` returns.
+    @enforce_keys [:pool, :tasks, :release]
+    defstruct @enforce_keys
+  end
+
+  @doc """
+  Occupies `pool` with `n` calls of the `block_until` tool behind one gate,
+  and returns once the pool shows all `n` in flight: written to workers,
+  none left in the queue (so with `pipeline_depth: 1`, `n` busy workers, as
+  the pool dispatches to idle workers first). Fails if that does not happen
+  within 5 s: `n` must fit in the pool, and no other call of the test may
+  be in flight.
+
+  Returns `%Snakepit.TestPools.Occupied{tasks: tasks, release: release}`:
+  `release.()` opens the gate (from any process); `await_occupied/2` awaits
+  the calls' answers, `{:ok, "released"}` each once the gate is open. The
+  tasks are linked to the caller (the test process).
+  """
+  def occupy(pool, n \\ 1) when is_integer(n) and n > 0 do
+    {gate, release} = gate()
+
+    tasks =
+      for _ <- 1..n do
+        Task.async(fn -> Snakepit.execute("block_until", %{path: gate}, pool: pool) end)
+      end
+
+    wait_until(
+      fn -> match?(%{in_flight: ^n, queued: 0}, Snakepit.get_stats(pool)) end,
+      5_000,
+      fn -> "the pool never showed #{n} calls in flight: #{inspect(Snakepit.get_stats(pool))}" end
+    )
+
+    %Occupied{pool: pool, tasks: tasks, release: release}
+  end
+
+  @doc "The answers of an `occupy/2`'s calls, in order (see `occupy/2`)."
+  def await_occupied(%Occupied{tasks: tasks}, timeout \\ 5_000),
+    do: Enum.map(tasks, &Task.await(&1, timeout))
+
+  @doc """
+  Calls answered so far by the pool's current workers: the sum of their
+  `:requests` in `Snakepit.list_workers/1`. It counts every answer a worker
+  sent, including late ones that were dropped because their caller had
+  timed out, and nothing that never reached a worker.
+  """
+  def served(pool), do: pool |> Snakepit.list_workers() |> Enum.map(& &1.requests) |> Enum.sum()
+
+  @doc """
+  Fails if an answer of a call is in the test process's mailbox: the NIF
+  answers a caller with `{tag, status, frame, offset}` or
+  `{tag, :error, reason}`, `tag` a reference, and `Snakepit.execute/3`
+  takes its own. One left there is a late answer that was delivered.
+  """
+  def refute_stray_answers do
+    {:messages, messages} = Process.info(self(), :messages)
+
+    stray =
+      Enum.filter(messages, fn
+        {tag, _, _, _} when is_reference(tag) -> true
+        {tag, :error, _} when is_reference(tag) -> true
+        _ -> false
+      end)
+
+    ExUnit.Assertions.assert(stray == [], "answers left in the mailbox: #{inspect(stray)}")
   end
 
   def os_alive?(os_pid), do: File.exists?("/proc/#{os_pid}") and not zombie?(os_pid)
