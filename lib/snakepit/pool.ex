@@ -368,7 +368,9 @@ defmodule Snakepit.Pool do
         if state.phase == :starting do
           %{state | startup_error: Error.pool(message, %{pool: config.name})}
         else
-          schedule_restart(state, slot)
+          state
+          |> schedule_restart(slot)
+          |> give_up_if_failing(%{slot: slot, startup_error: Error.pool(message), stderr_tail: []})
         end
     end
   end

@@ -28,6 +28,7 @@ mod codec;
 mod orphans;
 mod pool;
 mod reply;
+mod spawn;
 mod terms;
 mod worker;
 mod writer;

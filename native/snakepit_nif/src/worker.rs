@@ -18,6 +18,7 @@
 //! This module knows nothing of pools: a worker's threads report what
 //! happens through the [`Events`] its owner passes to [`Launched::serve`].
 
+use crate::spawn;
 use crate::terms::ExitDetails;
 use crate::writer::{set_nonblocking, Writer};
 use crossbeam_channel::Receiver;
@@ -27,11 +28,10 @@ use snakepit_dispatch::recycle::Reason;
 use snakepit_dispatch::Pipe;
 use snakepit_wire::frame::{self, FrameError};
 use snakepit_wire::protocol::{self, Envelope, Kind};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -225,8 +225,8 @@ const START_LIMIT: Duration = Duration::from_secs(10);
 /// A worker whose process runs, not yet served: nothing reads its stdout.
 pub struct Launched {
     worker: Arc<Worker>,
-    stdout: ChildStdout,
-    stderr: ChildStderr,
+    stdout: File,
+    stderr: File,
 }
 
 /// Starts the shepherd and the worker under it, and the worker's writer
@@ -234,52 +234,43 @@ pub struct Launched {
 pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
     let (lifeline, shepherd_end) = UnixStream::pair()?;
     let (control_in, control) = pipe()?;
-    // Above the fds the child's dup2 calls write to (3 and 4), so neither
-    // overwrites the other.
-    let shepherd_end = dup_high(shepherd_end.as_raw_fd())?;
-    let control_in = dup_high(control_in.as_raw_fd())?;
-    let (lifeline_fd, control_fd) = (shepherd_end.as_raw_fd(), control_in.as_raw_fd());
-
-    let mut cmd = Command::new(&spec.shepherd);
-    cmd.arg(&spec.program)
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env(crate::orphans::MARK_VAR, crate::orphans::mark())
-        .env("SNAKEPIT_CONTROL_FD", "3")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    // SAFETY: setsid, dup2 and close_range are async-signal-safe, as
-    // pre_exec requires.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::dup2(lifeline_fd, 3) < 0 || libc::dup2(control_fd, 4) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The BEAM's own descriptors are not all close-on-exec; make them
-            // so, or the shepherd would hold its pollset and port pipes (see
-            // the shepherd, which also closes what is left on old kernels).
-            libc::syscall(
-                libc::SYS_close_range,
-                5u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    drop((shepherd_end, control_in));
+    let (stdin_in, stdin) = pipe()?;
+    let (stdout, stdout_out) = pipe()?;
+    let (stderr, stderr_out) = pipe()?;
+    // The child's ends, numbered above the fds they become (0 to 4).
+    let child_fds = [
+        (dup_high(stdin_in.as_raw_fd())?, 0),
+        (dup_high(stdout_out.as_raw_fd())?, 1),
+        (dup_high(stderr_out.as_raw_fd())?, 2),
+        (dup_high(shepherd_end.as_raw_fd())?, 3),
+        (dup_high(control_in.as_raw_fd())?, 4),
+    ];
+    drop((stdin_in, stdout_out, stderr_out, shepherd_end, control_in));
+    let mut args = vec![spec.program.as_str()];
+    args.extend(spec.args.iter().map(String::as_str));
+    let mut env: Vec<(&str, &str)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.push((crate::orphans::MARK_VAR, crate::orphans::mark()));
+    env.push(("SNAKEPIT_CONTROL_FD", "3"));
+    // The shepherd closes what it inherits beyond these five fds, sets its
+    // own signal handling, and puts the worker in its own process group.
+    spawn::spawn(&spawn::Spec {
+        path: &spec.shepherd,
+        args,
+        env,
+        cwd: spec.cwd.as_deref(),
+        fds: child_fds
+            .iter()
+            .map(|(fd, to)| (fd.as_raw_fd(), *to))
+            .collect(),
+    })?;
     // The BEAM ignores SIGCHLD, so the kernel reaps the shepherd itself; the
     // worker's status comes over the lifeline.
-    let stdin: OwnedFd = child.stdin.take().expect("piped").into();
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    drop(child);
+    drop(child_fds);
+    let (stdout, stderr) = (File::from(stdout), File::from(stderr));
 
     // From here on, an early return drops the lifeline, and the shepherd
     // kills the worker.
@@ -394,7 +385,7 @@ fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Reads frames until stdout ends or the worker breaks the protocol, then
 /// reaps the process and reports the exit.
-fn read_loop(events: &dyn Events, worker: &Worker, stdout: ChildStdout, stderr_done: Receiver<()>) {
+fn read_loop(events: &dyn Events, worker: &Worker, stdout: File, stderr_done: Receiver<()>) {
     let fd = stdout.as_raw_fd();
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut spin = false;
