@@ -29,8 +29,11 @@ struct State {
     thread_draining: bool,
     /// Close the fd once `pending` is empty.
     close_when_drained: bool,
-    /// The fd, until the writer is closed.
-    fd: Option<OwnedFd>,
+    /// The fd, until the writer is closed. Shared with the writer thread
+    /// while it writes outside the lock: closing drops this reference, and
+    /// the fd is closed (and its number reused) only once the thread's write
+    /// is over. No `dup`: a process out of descriptors can still write.
+    fd: Option<Arc<OwnedFd>>,
 }
 
 /// Shared handle to a worker's stdin.
@@ -51,7 +54,7 @@ impl Writer {
                 offset: 0,
                 thread_draining: false,
                 close_when_drained: false,
-                fd: Some(fd),
+                fd: Some(Arc::new(fd)),
             }),
             wake,
         });
@@ -149,9 +152,9 @@ impl Writer {
         loop {
             let (fd, frame, offset) = {
                 let mut state = self.state.lock();
-                let fd = state.fd.as_ref().and_then(|f| f.try_clone().ok());
-                match (fd, state.pending.pop_front()) {
-                    (Some(fd), Some(frame)) => {
+                match (state.fd.clone(), state.pending.is_empty()) {
+                    (Some(fd), false) => {
+                        let frame = state.pending.pop_front().expect("not empty");
                         let offset = std::mem::take(&mut state.offset);
                         (fd, frame, offset)
                     }
