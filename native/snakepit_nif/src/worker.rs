@@ -397,7 +397,9 @@ fn read_loop(events: &dyn Events, worker: &Worker, stdout: File, stderr_done: Re
         let frame = match frame {
             Ok(f) => f.0,
             Err(FrameError::Eof) => break None,
-            Err(e @ FrameError::TooLarge { .. }) => break Some(e.to_string()),
+            Err(e @ (FrameError::TooLarge { .. } | FrameError::OutOfMemory { .. })) => {
+                break Some(e.to_string())
+            }
             // A worker killed while writing leaves half a frame: its exit,
             // not the fragment, is the news.
             Err(FrameError::Truncated { .. }) => break None,
@@ -529,13 +531,24 @@ fn forward_stderr(events: &dyn Events, id: u64, mut stderr: impl Read) {
 struct FrameBuf(OwnedBinary);
 
 impl FrameBuf {
-    fn new(len: usize) -> FrameBuf {
-        FrameBuf(OwnedBinary::new(len))
+    /// `None` when the VM has no memory for it: that worker's frame fails,
+    /// the VM does not abort (rustler's `OwnedBinary::new` would).
+    fn new(len: usize) -> Option<FrameBuf> {
+        let mut raw = std::mem::MaybeUninit::<rustler::sys::ErlNifBinary>::uninit();
+        // SAFETY: enif_alloc_binary fills `raw` when it returns non-zero, and
+        // only then is it read; it fails (returns 0) instead of aborting.
+        let ok = unsafe { rustler::sys::enif_alloc_binary(len, raw.as_mut_ptr()) };
+        // SAFETY: initialised by the successful call; owned from here on.
+        (ok != 0).then(|| FrameBuf(unsafe { OwnedBinary::from_raw(raw.assume_init()) }))
     }
 }
 
-impl AsMut<[u8]> for FrameBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
+impl frame::Buffer for FrameBuf {
+    fn resize(&mut self, len: usize) -> bool {
+        self.0.realloc(len)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
         self.0.as_mut_slice()
     }
 }

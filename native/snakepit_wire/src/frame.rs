@@ -19,6 +19,8 @@ pub enum FrameError {
     Truncated { expected: usize, got: usize },
     /// The length prefix announces more than the configured maximum.
     TooLarge { len: usize, max: usize },
+    /// No memory for the next `len` bytes of the body.
+    OutOfMemory { len: usize },
     /// Any other I/O failure.
     Io(io::Error),
 }
@@ -35,6 +37,9 @@ impl fmt::Display for FrameError {
             }
             FrameError::TooLarge { len, max } => {
                 write!(f, "frame of {len} bytes exceeds the limit of {max} bytes")
+            }
+            FrameError::OutOfMemory { len } => {
+                write!(f, "no memory for {len} bytes of a frame")
             }
             FrameError::Io(e) => write!(f, "read failed: {e}"),
         }
@@ -72,13 +77,39 @@ pub fn finish(buf: &mut [u8], max: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Reads one frame. `alloc(len)` provides the buffer for the body, so the NIF
-/// can read straight into a VM binary and tests into a `Vec`.
+/// A buffer a frame body is read into, grown as the body arrives.
+pub trait Buffer {
+    /// Resizes to `len` bytes, keeping the bytes it holds; `false` if there
+    /// is no memory for it (the buffer is then unchanged).
+    fn resize(&mut self, len: usize) -> bool;
+    fn as_mut_slice(&mut self) -> &mut [u8];
+}
+
+impl Buffer for Vec<u8> {
+    fn resize(&mut self, len: usize) -> bool {
+        Vec::resize(self, len, 0);
+        true
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// The most a body buffer holds before any of its bytes arrive: a length
+/// prefix alone never reserves more. Past it, the buffer doubles as bytes
+/// arrive, so memory follows what the peer actually sent.
+pub const FIRST_ALLOC: usize = 256 * 1024;
+
+/// Reads one frame. `alloc(len)` provides the buffer for the body (`None`
+/// if there is no memory), so the NIF can read straight into a VM binary and
+/// tests into a `Vec`. The buffer starts at most [`FIRST_ALLOC`] bytes long
+/// and grows as the body arrives.
 pub fn read_frame<R, B, F>(reader: &mut R, max: usize, alloc: F) -> Result<B, FrameError>
 where
     R: Read,
-    B: AsMut<[u8]>,
-    F: FnOnce(usize) -> B,
+    B: Buffer,
+    F: FnOnce(usize) -> Option<B>,
 {
     let mut head = [0u8; HEADER_LEN];
     let got = read_full(reader, &mut head)?;
@@ -95,12 +126,25 @@ where
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = alloc(len);
-    let got = read_full(reader, body.as_mut())?;
-    if got < len {
-        return Err(FrameError::Truncated { expected: len, got });
+    let mut size = len.min(FIRST_ALLOC);
+    let mut body = alloc(size).ok_or(FrameError::OutOfMemory { len: size })?;
+    let mut filled = 0;
+    loop {
+        filled += read_full(reader, &mut body.as_mut_slice()[filled..size])?;
+        if filled < size {
+            return Err(FrameError::Truncated {
+                expected: len,
+                got: filled,
+            });
+        }
+        if filled == len {
+            return Ok(body);
+        }
+        size = len.min(size.saturating_mul(2));
+        if !body.resize(size) {
+            return Err(FrameError::OutOfMemory { len: size });
+        }
     }
-    Ok(body)
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -135,7 +179,7 @@ mod tests {
         stream.extend(framed(b""));
         stream.extend(framed(&[7u8; 70_000]));
         let mut r = Cursor::new(stream);
-        let read = |r: &mut Cursor<Vec<u8>>| read_frame(r, DEFAULT_MAX_FRAME, |n| vec![0; n]);
+        let read = |r: &mut Cursor<Vec<u8>>| read_frame(r, DEFAULT_MAX_FRAME, |n| Some(vec![0; n]));
         assert_eq!(read(&mut r).unwrap(), b"hello");
         assert_eq!(read(&mut r).unwrap(), b"");
         assert_eq!(read(&mut r).unwrap(), vec![7u8; 70_000]);
@@ -151,7 +195,7 @@ mod tests {
     #[test]
     fn refuses_frames_over_the_limit_before_allocating() {
         let mut r = Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
-        let err = read_frame(&mut r, 1024, |_| -> Vec<u8> { panic!("allocated") });
+        let err = read_frame(&mut r, 1024, |_| -> Option<Vec<u8>> { panic!("allocated") });
         assert!(matches!(
             err,
             Err(FrameError::TooLarge {
@@ -175,7 +219,7 @@ mod tests {
     fn reports_truncation_in_header_and_body() {
         let mut r = Cursor::new(vec![0, 0]);
         assert!(matches!(
-            read_frame(&mut r, 100, |n| vec![0; n]),
+            read_frame(&mut r, 100, |n| Some(vec![0; n])),
             Err(FrameError::Truncated {
                 expected: 4,
                 got: 2
@@ -183,11 +227,79 @@ mod tests {
         ));
         let mut r = Cursor::new(vec![0, 0, 0, 5, 1, 2]);
         assert!(matches!(
-            read_frame(&mut r, 100, |n| vec![0; n]),
+            read_frame(&mut r, 100, |n| Some(vec![0; n])),
             Err(FrameError::Truncated {
                 expected: 5,
                 got: 2
             })
         ));
+    }
+
+    /// Records the sizes it is asked for.
+    #[derive(Debug)]
+    struct Tracked {
+        bytes: Vec<u8>,
+        sizes: Vec<usize>,
+        fail_above: usize,
+    }
+
+    impl Buffer for Tracked {
+        fn resize(&mut self, len: usize) -> bool {
+            if len > self.fail_above {
+                return false;
+            }
+            self.sizes.push(len);
+            self.bytes.resize(len, 0);
+            true
+        }
+        fn as_mut_slice(&mut self) -> &mut [u8] {
+            &mut self.bytes
+        }
+    }
+
+    fn tracked(fail_above: usize) -> impl FnOnce(usize) -> Option<Tracked> {
+        move |n| {
+            Some(Tracked {
+                bytes: vec![0; n],
+                sizes: vec![n],
+                fail_above,
+            })
+        }
+    }
+
+    #[test]
+    fn a_length_prefix_alone_reserves_at_most_first_alloc() {
+        // 60 MiB announced, 10 bytes sent, then the stream ends.
+        let mut stream = header(60 << 20).to_vec();
+        stream.extend_from_slice(&[1; 10]);
+        let mut seen = 0;
+        let err = read_frame(&mut Cursor::new(stream), 64 << 20, |n| {
+            seen = n;
+            Some(vec![0; n])
+        })
+        .unwrap_err();
+        assert_eq!(seen, FIRST_ALLOC);
+        assert!(matches!(err, FrameError::Truncated { expected, got: 10 } if expected == 60 << 20));
+    }
+
+    #[test]
+    fn the_buffer_doubles_as_the_body_arrives_and_holds_every_byte() {
+        let body: Vec<u8> = (0..FIRST_ALLOC * 5 + 3).map(|i| (i % 251) as u8).collect();
+        let mut r = Cursor::new(framed(&body));
+        let got = read_frame(&mut r, DEFAULT_MAX_FRAME, tracked(usize::MAX)).unwrap();
+        assert_eq!(got.bytes, body);
+        let k = FIRST_ALLOC;
+        assert_eq!(got.sizes, [k, 2 * k, 4 * k, body.len()]);
+    }
+
+    #[test]
+    fn no_memory_for_the_body_is_an_error_not_an_abort() {
+        let mut r = Cursor::new(framed(&vec![9; FIRST_ALLOC * 3]));
+        let err = read_frame(&mut r, DEFAULT_MAX_FRAME, tracked(FIRST_ALLOC * 2)).unwrap_err();
+        assert!(matches!(err, FrameError::OutOfMemory { len } if len == FIRST_ALLOC * 3));
+        let mut r = Cursor::new(framed(b"abc"));
+        let err = read_frame(&mut r, DEFAULT_MAX_FRAME, |_| None::<Vec<u8>>).unwrap_err();
+        assert!(matches!(err, FrameError::OutOfMemory { len: 3 }));
+        assert!(err.to_string().contains("no memory for 3 bytes"));
     }
 }

@@ -6,7 +6,9 @@ valid `ready`, answers `call`s normally, except for the tool named in
 FAKE_WORKER_BREAK_ON, on which it does FAKE_WORKER_MODE:
 - "oversize": announces a frame of 4 GiB - 1 bytes;
 - "garbage": writes bytes that are not a frame;
-- "close_stdout": closes stdout and keeps running.
+- "close_stdout": closes stdout and keeps running;
+- "stall_big": announces a frame of FAKE_WORKER_ANNOUNCE bytes (default
+  60 MiB), writes 1 MiB of it, creates the file FAKE_WORKER_MARKER, and stalls.
 """
 
 import os
@@ -42,6 +44,15 @@ def main():
             time.sleep(30)
         elif mode == "garbage":
             os.write(1, b"\x00\x00\x00\x03not msgpack at all")
+            time.sleep(30)
+        elif mode == "stall_big":
+            announce = int(os.environ.get("FAKE_WORKER_ANNOUNCE", 60 << 20))
+            os.write(1, announce.to_bytes(4, "big"))
+            chunk = b"\x00" * (1 << 20)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(1, view):]
+            open(os.environ["FAKE_WORKER_MARKER"], "w").close()
             time.sleep(30)
         elif mode == "close_stdout":
             os.close(1)
