@@ -32,7 +32,9 @@ defmodule Snakepit do
   Map keys come back as binaries (`%{a: 1}` returns as `%{"a" => 1}`):
   atoms are never created from worker data. Pids, references, functions,
   ports and integers beyond 64 bits are refused with a `:validation` error
-  that names where in the arguments they were.
+  that names where in the arguments they were. So are two keys of one map
+  that Python would take for one key (`:x` and `"x"`, `1` and `1.0`, `true`
+  and `1`), where Python would silently keep the last.
 
   ## Pools
 

@@ -13,7 +13,9 @@
 //! | ext type T                     | —                      | `{:msgpack_ext, T, binary}` |
 //!
 //! Pids, references, ports, funs, improper lists, bitstrings and integers
-//! beyond 64 bits are refused with an [`EncodeError`] naming where they were.
+//! beyond 64 bits are refused with an [`EncodeError`] naming where they were,
+//! and so are two keys of one map that Python would take for one (`:x` and
+//! `"x"`, `1` and `1.0`, `true` and `1`): Python would keep only the last.
 //!
 //! Decoding runs only in a process env, on a (normal or dirty) scheduler of
 //! the process that asked: never on the pool's own threads. OTP 25 crashes
@@ -143,10 +145,16 @@ fn encode_at(
             let len = term.map_size().expect("map term");
             rmp::encode::write_map_len(out, len as u32).expect("Vec write");
             let iter = rustler::types::map::MapIterator::new(term).expect("map term");
+            let mut keys: Vec<(PyKey, Term)> = Vec::with_capacity(if len > 1 { len } else { 0 });
             for (key, value) in iter {
+                let start = out.len();
                 encode_at(key, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                if len > 1 {
+                    keys.push((PyKey::of(key, start, out.len()), key));
+                }
                 encode_at(value, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
             }
+            check_same_keys(&mut keys, out)?;
             check_budget(out, budget)
         }
         TermType::Pid => Err(EncodeError::unsupported("a pid")),
@@ -155,6 +163,71 @@ fn encode_at(
         TermType::Fun => Err(EncodeError::unsupported("a function")),
         TermType::Unknown => Err(EncodeError::unsupported("a term of unknown type")),
     }
+}
+
+/// A map key as Python compares it: text by its bytes (atoms and UTF-8
+/// binaries alike), numbers by value (`1 == 1.0 == True`).
+#[derive(Clone, Copy)]
+enum PyKey {
+    /// Where its encoding lies in the output.
+    Encoded(usize, usize),
+    Int(i128),
+    Float(u64),
+}
+
+impl PyKey {
+    fn of(key: Term, start: usize, end: usize) -> PyKey {
+        match key.get_type() {
+            TermType::Integer => key
+                .decode::<i64>()
+                .map(i128::from)
+                .or_else(|_| key.decode::<u64>().map(i128::from))
+                .map_or(PyKey::Encoded(start, end), PyKey::Int),
+            TermType::Float => {
+                let f: f64 = key.decode().expect("float term");
+                if f.fract() == 0.0 && f.abs() < 1e38 {
+                    PyKey::Int(f as i128)
+                } else {
+                    PyKey::Float(f.to_bits())
+                }
+            }
+            TermType::Atom if key == atoms::true_().to_term(key.get_env()) => PyKey::Int(1),
+            TermType::Atom if key == atoms::false_().to_term(key.get_env()) => PyKey::Int(0),
+            _ => PyKey::Encoded(start, end),
+        }
+    }
+
+    fn cmp(&self, other: &PyKey, out: &[u8]) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (PyKey::Encoded(a, b), PyKey::Encoded(c, d)) => out[*a..*b].cmp(&out[*c..*d]),
+            (PyKey::Int(a), PyKey::Int(b)) => a.cmp(b),
+            (PyKey::Float(a), PyKey::Float(b)) => a.cmp(b),
+            (PyKey::Encoded(..), _) => Ordering::Less,
+            (_, PyKey::Encoded(..)) => Ordering::Greater,
+            (PyKey::Int(_), PyKey::Float(_)) => Ordering::Less,
+            (PyKey::Float(_), PyKey::Int(_)) => Ordering::Greater,
+        }
+    }
+}
+
+/// Refuses a map two of whose keys are one key in Python.
+fn check_same_keys(keys: &mut [(PyKey, Term)], out: &[u8]) -> Result<(), EncodeError> {
+    if keys.len() < 2 {
+        return Ok(());
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0, out));
+    for pair in keys.windows(2) {
+        if pair[0].0.cmp(&pair[1].0, out).is_eq() {
+            let (mut a, mut b) = (String::new(), String::new());
+            key_text(&mut a, pair[0].1);
+            key_text(&mut b, pair[1].1);
+            return Err(EncodeError::unsupported(format!(
+                "map keys {a} and {b}, which are one key in Python,"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_budget(out: &[u8], budget: usize) -> Result<(), EncodeError> {
@@ -184,14 +257,36 @@ fn index(s: &mut String, i: usize) {
 }
 
 fn key_path(s: &mut String, key: Term) {
+    s.push('[');
+    key_text(s, key);
+    s.push(']');
+}
+
+/// A map key as error messages quote it (long ones cut).
+fn key_text(s: &mut String, key: Term) {
+    const MAX: usize = 64;
     if let Ok(k) = key.decode::<&str>() {
-        let _ = write!(s, "[{k:?}]");
+        match k.char_indices().nth(MAX) {
+            Some((cut, _)) => {
+                let _ = write!(s, "{:?}...", &k[..cut]);
+            }
+            None => {
+                let _ = write!(s, "{k:?}");
+            }
+        }
     } else if key.get_type() == TermType::Atom {
-        let _ = write!(s, "[:{}]", key.atom_to_string().unwrap_or_default());
+        let name = key.atom_to_string().unwrap_or_default();
+        if matches!(name.as_str(), "true" | "false" | "nil") {
+            s.push_str(&name);
+        } else {
+            let _ = write!(s, ":{name}");
+        }
     } else if let Ok(i) = key.decode::<i64>() {
-        let _ = write!(s, "[{i}]");
+        let _ = write!(s, "{i}");
+    } else if let Ok(f) = key.decode::<f64>() {
+        let _ = write!(s, "{f:?}");
     } else {
-        s.push_str("[<key>]");
+        s.push_str("<key>");
     }
 }
 

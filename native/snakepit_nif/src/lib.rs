@@ -255,7 +255,7 @@ fn submit_with_budget<'a>(
             let message = if path.is_empty() {
                 format!("cannot send {what} to a worker")
             } else {
-                format!("cannot send {what} (at args{path}) to a worker")
+                format!("cannot send {what} at args{path} to a worker")
             };
             let details = Details::Path(PathDetails {
                 path: format!("args{path}"),
