@@ -260,7 +260,10 @@ defmodule Snakepit do
   and once the pool is quiet, the sum of the ten alone. Also: `:requeued`
   (calls queued again because their worker died before starting them),
   `:restarts` (workers that died and were replaced), `:recycles` (workers
-  replaced by `:max_requests`, `:max_age` or `:max_memory_mb`), and
+  replaced by `:max_requests`, `:max_age` or `:max_memory_mb`),
+  `:dropped_output_lines` (lines of worker stderr and Python log records
+  dropped because a worker wrote faster than its output budget; see
+  "Worker output" in `Snakepit.Config`), and
   `:errors`, the error outcomes by category of `Snakepit.Error`:
   `%{python: _, validation: _, worker: _, transport: _, timeout: _,
   pool: _}`.

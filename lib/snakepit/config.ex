@@ -271,6 +271,17 @@ defmodule Snakepit.Config do
   second; age and memory recycle one worker at a time, so capacity never
   drops by more than one).
 
+  ### Worker output
+
+  What a worker prints to stderr, and its Python `logging` records, go to
+  `Logger` through the pool process, tagged with the pool and worker. So
+  that a worker logging in a loop cannot flood the BEAM's memory or stall
+  the pool, each worker may send up to 2,000 lines (4 MiB) at once and 500
+  lines (1 MiB) per second after that; lines are cut at 16 KiB. Output
+  past that is read and dropped, counted in `:dropped_output_lines` of
+  `Snakepit.get_stats/1`, and a warning says so (at most every 10 s per
+  worker). The limits are in `native/snakepit_dispatch/src/output.rs`.
+
   ### Starting and stopping
 
   Workers start `:startup_batch_size` at a time, so a large pool does not

@@ -457,6 +457,18 @@ defmodule Snakepit.Pool do
     state
   end
 
+  defp worker_event(:dropped_output, lines, id, _worker, state) do
+    Logger.warning(
+      "[snakepit] worker #{id} of pool #{inspect(state.config.name)} writes output faster " <>
+        "than it can be logged: dropped #{lines} lines (see :dropped_output_lines in " <>
+        "Snakepit.get_stats/1)",
+      snakepit_pool: state.config.name,
+      snakepit_worker: id
+    )
+
+    state
+  end
+
   defp put_worker(state, id, worker), do: %{state | workers: Map.put(state.workers, id, worker)}
 
   defp log_level("debug"), do: :debug

@@ -319,6 +319,11 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         Ok(self.fill())
     }
 
+    /// Counts lines of worker output dropped over the output budget.
+    pub fn output_dropped(&mut self, lines: u64) {
+        self.stats.dropped_output_lines += lines;
+    }
+
     /// Counts a request refused before it could be queued (its arguments
     /// could not be encoded, or are over the frame limit).
     pub fn refuse_invalid(&mut self) {

@@ -7,6 +7,7 @@
 //! - [`stats`]: the outcome counters, which partition the requests.
 //! - [`recycle`]: when a worker is retired (`max_requests`, `max_age`,
 //!   `max_memory_mb`).
+//! - [`output`]: how much of a worker's stderr and log output reaches Elixir.
 //!
 //! The NIF (`native/snakepit_nif/src/pool.rs`) holds a [`Dispatcher`] under a
 //! lock, with its replies (`C`) being Erlang pids and tags and its workers
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dispatcher;
+pub mod output;
 pub mod recycle;
 pub mod stats;
 

@@ -62,6 +62,9 @@ pub struct Stats {
     pub restarts: u64,
     /// Workers retired by `max_requests`, `max_age` or `max_memory_mb`.
     pub recycles: u64,
+    /// Lines of worker output (stderr, log records) dropped over the
+    /// output budget (see [`crate::output`]).
+    pub dropped_output_lines: u64,
 }
 
 impl Stats {
@@ -147,6 +150,7 @@ mod tests {
             requeued: 3,
             restarts: 2,
             recycles: 1,
+            dropped_output_lines: 4,
             ..Stats::default()
         };
         assert_eq!(s.settled(), 0);

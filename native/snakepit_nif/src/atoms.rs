@@ -33,6 +33,7 @@ rustler::atoms! {
     exit,
     stderr,
     log,
+    dropped_output,
     // worker states
     starting,
     idle,

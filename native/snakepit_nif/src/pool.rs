@@ -20,6 +20,7 @@ use rustler::env::OwnedEnv;
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource};
 use snakepit_dispatch::dispatcher::{self, Cancel, Exit, Refused, StartError, Writes};
+use snakepit_dispatch::output::Admit;
 use snakepit_dispatch::recycle::Reason;
 use snakepit_dispatch::stats::Outcome;
 use snakepit_dispatch::Dispatcher;
@@ -301,8 +302,14 @@ impl PoolCore {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let d = self.dispatch.lock();
-        PoolStats::new(d.gauges(), d.stats())
+        let (mut stats, workers) = {
+            let d = self.dispatch.lock();
+            (PoolStats::new(d.gauges(), d.stats()), d.all_workers())
+        };
+        // Drops are counted by the dispatcher as they are reported; add those
+        // not reported yet.
+        stats.dropped_output_lines += workers.iter().map(|w| w.pending_drops()).sum::<u64>();
+        stats
     }
 
     /// Every worker, ordered by id. Reads `/proc` for each worker's memory.
@@ -446,7 +453,13 @@ impl Events for PoolCore {
                 Ok(false)
             }
             Kind::Log => {
-                self.notify_with_body(worker.id, atoms::log(), frame, envelope.body);
+                match worker.admit_output(frame.len()) {
+                    Admit::Yes => {
+                        self.notify_with_body(worker.id, atoms::log(), frame, envelope.body)
+                    }
+                    Admit::No { report: Some(n) } => self.output_dropped(worker.id, n),
+                    Admit::No { report: None } => {}
+                }
                 Ok(false)
             }
             Kind::Heartbeat => {
@@ -481,6 +494,11 @@ impl Events for PoolCore {
         });
     }
 
+    fn output_dropped(&self, worker_id: u64, lines: u64) {
+        self.dispatch.lock().output_dropped(lines);
+        self.notify(None, worker_id, atoms::dropped_output(), lines);
+    }
+
     /// Answers the worker's running call, queues again the ones behind it
     /// (they never started), forgets the worker, tells the owner.
     fn exited(&self, worker: &Worker, exit: ExitInfo) {
@@ -491,6 +509,10 @@ impl Events for PoolCore {
         } else {
             Exit::Died
         };
+        let dropped = worker.unreported_drops();
+        if dropped > 0 {
+            self.output_dropped(worker.id, dropped);
+        }
         let (gone, writes) = self.dispatch.lock().worker_down(worker.id, how);
         flush(writes);
         let details = exit.details(worker);

@@ -30,6 +30,7 @@ pub struct PoolStats {
     pub requeued: u64,
     pub restarts: u64,
     pub recycles: u64,
+    pub dropped_output_lines: u64,
 }
 
 impl PoolStats {
@@ -56,6 +57,7 @@ impl PoolStats {
             requeued: s.requeued,
             restarts: s.restarts,
             recycles: s.recycles,
+            dropped_output_lines: s.dropped_output_lines,
         }
     }
 }

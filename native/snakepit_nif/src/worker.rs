@@ -24,6 +24,7 @@ use crate::writer::{set_nonblocking, Writer};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustler::OwnedBinary;
+use snakepit_dispatch::output::{Admit, Budget, Lines};
 use snakepit_dispatch::recycle::Reason;
 use snakepit_dispatch::Pipe;
 use snakepit_wire::frame::{self, FrameError};
@@ -59,8 +60,10 @@ pub trait Events: Send + Sync + 'static {
         envelope: Envelope,
         frame: OwnedBinary,
     ) -> Result<bool, String>;
-    /// A chunk of the worker's stderr, cut at line ends.
+    /// Complete lines of the worker's stderr, within its output budget.
     fn stderr(&self, worker_id: u64, chunk: &[u8]);
+    /// `lines` of the worker's output were dropped over its output budget.
+    fn output_dropped(&self, worker_id: u64, lines: u64);
     /// The worker is gone and reaped; the last event of a worker.
     fn exited(&self, worker: &Worker, exit: ExitInfo);
 }
@@ -84,9 +87,26 @@ pub struct Worker {
     /// The worker's control pipe (its fd 3); `None` once it is gone.
     control: Mutex<Option<OwnedFd>>,
     retire: Mutex<Option<Retire>>,
+    /// How much of its stderr and log output goes on to Elixir.
+    output: Mutex<Budget>,
 }
 
 impl Worker {
+    /// Takes one line (or log record) of `bytes` from the output budget.
+    pub fn admit_output(&self, bytes: usize) -> Admit {
+        self.output.lock().admit(bytes, Instant::now())
+    }
+
+    /// Takes the output lines dropped and not reported yet.
+    pub fn unreported_drops(&self) -> u64 {
+        self.output.lock().take_unreported()
+    }
+
+    /// Output lines dropped and not reported yet, left in place.
+    pub fn pending_drops(&self) -> u64 {
+        self.output.lock().unreported()
+    }
+
     /// SIGKILLs the worker's whole process group (through its shepherd,
     /// so there is no pid-reuse race), giving `why` as the reason.
     pub fn kill(&self, why: &str) {
@@ -293,6 +313,7 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
         lifeline,
         control: Mutex::new(Some(control)),
         retire: Mutex::new(None),
+        output: Mutex::new(Budget::new(Instant::now())),
     });
     Ok(Launched {
         worker,
@@ -316,12 +337,13 @@ impl Launched {
         } = self;
         let id = worker.id;
         let stderr_events = Arc::clone(&events);
+        let stderr_worker = Arc::clone(&worker);
         let (stderr_done_tx, stderr_done) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
             .name(format!("snakepit-e{id}"))
             .stack_size(256 * 1024)
             .spawn(move || {
-                forward_stderr(&*stderr_events, id, stderr);
+                forward_stderr(&*stderr_events, &stderr_worker, stderr);
                 let _ = stderr_done_tx.send(());
             })?;
         std::thread::Builder::new()
@@ -497,31 +519,44 @@ fn reap(worker: &Worker, mut protocol_error: Option<String>) -> ExitInfo {
 /// How long a worker that closed stdout may take to exit by itself.
 const LINGER: Duration = Duration::from_millis(2000);
 
-/// Hands what the worker writes to stderr to `events`, cut at line ends.
-fn forward_stderr(events: &dyn Events, id: u64, mut stderr: impl Read) {
-    const MAX_CHUNK: usize = 64 * 1024;
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_CHUNK);
-    let mut chunk = [0u8; 8192];
+/// Hands what the worker writes to stderr to `events`, in whole lines, as
+/// far as its output budget allows. A line longer than `MAX_LINE` is cut.
+fn forward_stderr(events: &dyn Events, worker: &Worker, mut stderr: impl Read) {
+    let mut lines = Lines::default();
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = match stderr.read(&mut chunk) {
-            Ok(0) => 0,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => 0,
         };
-        buf.extend_from_slice(&chunk[..n]);
-        // Send complete lines; keep a partial one unless it is too long or the stream ended.
-        let cut = if n == 0 || buf.len() >= MAX_CHUNK {
-            buf.len()
+        if n == 0 {
+            lines.end(|line| admit(events, worker, line));
         } else {
-            buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
-        };
-        if cut > 0 {
-            events.stderr(id, &buf[..cut]);
-            buf.drain(..cut);
+            lines.feed(&chunk[..n], |line| admit(events, worker, line));
+        }
+        if !lines.out.is_empty() {
+            events.stderr(worker.id, &lines.out);
+            lines.out.clear();
         }
         if n == 0 {
+            let dropped = worker.unreported_drops();
+            if dropped > 0 {
+                events.output_dropped(worker.id, dropped);
+            }
             return;
+        }
+    }
+}
+
+fn admit(events: &dyn Events, worker: &Worker, line: &[u8]) -> bool {
+    match worker.admit_output(line.len() + 1) {
+        Admit::Yes => true,
+        Admit::No { report } => {
+            if let Some(n) = report {
+                events.output_dropped(worker.id, n);
+            }
+            false
         }
     }
 }

@@ -75,6 +75,26 @@ class TestAdapter(BaseAdapter):
         return text
 
     @tool
+    def flood_stderr(self, mb: int, line_bytes: int = 100) -> int:
+        """Writes `mb` MiB to stderr in lines of `line_bytes` (newline included)."""
+        line = b"f" * (line_bytes - 1) + b"\n"
+        block = line * max(1, (1 << 20) // len(line))
+        written = 0
+        while written < mb << 20:
+            view = memoryview(block)
+            while view:
+                view = view[os.write(2, view) :]
+            written += len(block)
+        return written
+
+    @tool
+    def flood_log(self, records: int) -> int:
+        log = logging.getLogger("snakepit_test.flood")
+        for i in range(records):
+            log.warning("flood %d", i)
+        return records
+
+    @tool
     def non_finite(self) -> Dict[str, float]:
         return {"nan": math.nan, "inf": math.inf, "ninf": -math.inf}
 
