@@ -334,7 +334,7 @@ defmodule Snakepit.Pool do
   defp start_worker(state, slot) do
     %{config: config} = state
     id = state.next_id
-    priv_python = Path.join(:code.priv_dir(:snakepit), "python")
+    priv_python = Path.expand(Path.join(:code.priv_dir(:snakepit), "python"))
     python_path = config.python_path ++ [priv_python] ++ List.wrap(System.get_env("PYTHONPATH"))
 
     env =
@@ -346,7 +346,11 @@ defmodule Snakepit.Pool do
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
       ] ++ config.env
 
-    argv = ["-m", "snakepit_bridge", "--adapter", config.adapter]
+    # A script run by absolute path, not `-m snakepit_bridge`: `-m` puts the
+    # worker's cwd first on sys.path, where a `snakepit_bridge` or a
+    # `msgpack.py` would shadow ours (docs/python.md).
+    launcher = Path.join([priv_python, "launcher", "snakepit_worker.py"])
+    argv = [launcher, "--adapter", config.adapter]
     state = %{state | next_id: id + 1}
 
     case Native.pool_start_worker(state.handle, id, config.python, argv, env, config.cwd) do
