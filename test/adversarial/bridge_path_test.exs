@@ -126,4 +126,54 @@ defmodule Snakepit.Adversarial.BridgePathTest do
       refute beam_cwd in call!(pool, "sys_path")
     end
   end
+
+  describe "PYTHONPATH" do
+    setup do
+      previous = System.get_env("PYTHONPATH")
+
+      on_exit(fn ->
+        if previous,
+          do: System.put_env("PYTHONPATH", previous),
+          else: System.delete_env("PYTHONPATH")
+      end)
+    end
+
+    test "empty entries in the BEAM's PYTHONPATH do not put the cwd on the path", ctx do
+      plant(ctx.cwd, "ormsgpack.py", ctx.markers)
+      plant(ctx.cwd, "sitecustomize.py", ctx.markers)
+      System.put_env("PYTHONPATH", ":/nonexistent_snakepit_a::/nonexistent_snakepit_b:")
+
+      pool = probe_pool(ctx, cwd: ctx.cwd)
+      path = call!(pool, "sys_path")
+
+      # python_path, the bridge, then what the BEAM inherited, in order.
+      assert Enum.take(path, 5) ==
+               [
+                 ctx.probe_dir,
+                 @support_python,
+                 ctx.priv_python,
+                 "/nonexistent_snakepit_a",
+                 "/nonexistent_snakepit_b"
+               ]
+
+      refute_under(path, ctx.cwd)
+      assert File.ls!(ctx.markers) == []
+    end
+
+    test "a PYTHONPATH in the pool's :env extends the path instead of replacing it", ctx do
+      plant(ctx.cwd, "ormsgpack.py", ctx.markers)
+
+      pool =
+        probe_pool(ctx,
+          cwd: ctx.cwd,
+          python_path: [@support_python],
+          env: %{"PYTHONPATH" => "#{ctx.probe_dir}::"}
+        )
+
+      path = call!(pool, "sys_path")
+      assert Enum.take(path, 3) == [@support_python, ctx.priv_python, ctx.probe_dir]
+      refute_under(path, ctx.cwd)
+      assert File.ls!(ctx.markers) == []
+    end
+  end
 end
