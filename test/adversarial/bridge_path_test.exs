@@ -3,8 +3,9 @@ defmodule Snakepit.Adversarial.BridgePathTest do
   # what it imports (docs/python.md, "The worker's sys.path"). Not async:
   # one test changes the BEAM's own PYTHONPATH, which every pool inherits.
   use ExUnit.Case, async: false
+  import ExUnit.CaptureLog
 
-  alias Snakepit.TestPools
+  alias Snakepit.{Error, TestPools}
 
   @support_python Path.expand("../support/python", __DIR__)
 
@@ -174,6 +175,52 @@ defmodule Snakepit.Adversarial.BridgePathTest do
       assert Enum.take(path, 3) == [@support_python, ctx.priv_python, ctx.probe_dir]
       refute_under(path, ctx.cwd)
       assert File.ls!(ctx.markers) == []
+    end
+  end
+
+  describe "an adapter in the working directory" do
+    setup ctx do
+      File.write!(Path.join(ctx.cwd, "cwd_adapter.py"), """
+      from snakepit_bridge import BaseAdapter, tool
+
+
+      class Adapter(BaseAdapter):
+          @tool
+          def hello(self):
+              return "hello from the cwd"
+      """)
+
+      :ok
+    end
+
+    test "is not importable by accident: the error says to add it to :python_path", ctx do
+      Process.flag(:trap_exit, true)
+
+      capture_log(fn ->
+        result =
+          Snakepit.Pool.start_link(
+            TestPools.opts(size: 1, adapter: "cwd_adapter.Adapter", cwd: ctx.cwd)
+          )
+
+        send(self(), {:result, result})
+      end)
+
+      assert_received {:result, {:error, %Error{category: :pool} = e}}
+      assert e.message =~ "No module named 'cwd_adapter'"
+      assert e.message =~ "working directory #{ctx.cwd} has cwd_adapter.py"
+      assert e.message =~ ":python_path"
+    end
+
+    test "is importable once its directory is on :python_path", ctx do
+      pool =
+        TestPools.start_pool(
+          size: 1,
+          adapter: "cwd_adapter.Adapter",
+          cwd: ctx.cwd,
+          python_path: [ctx.cwd]
+        )
+
+      assert call!(pool, "hello") == "hello from the cwd"
     end
   end
 end

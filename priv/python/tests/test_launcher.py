@@ -128,3 +128,12 @@ def test_safe_path_leaves_the_first_pythonpath_entry_in_place(spawn, probe_dir):
     # directory on sys.path: the launcher must not remove anything then.
     w = _ready(spawn("path_probe.Probe", python_path=[probe_dir], extra_env={"PYTHONSAFEPATH": "1"}))
     assert _call(w, "sys_path")[:2] == [str(probe_dir), str(PRIV_PYTHON)]
+
+
+def test_an_adapter_in_the_working_directory_is_not_imported_and_the_error_says_why(spawn, tmp_path):
+    (tmp_path / "cwd_adapter.py").write_text("raise AssertionError('imported from the cwd')\n")
+    w = spawn("cwd_adapter.Adapter", cwd=tmp_path)
+    kind, request_id, body = w.recv()
+    assert (kind, request_id, body["kind"], body["type"]) == ("error", 0, "adapter_load", "ModuleNotFoundError")
+    assert f"working directory {tmp_path} has cwd_adapter.py" in body["message"]
+    assert w.proc.wait(timeout=10) == 3
