@@ -334,19 +334,22 @@ defmodule Snakepit.Pool do
   defp start_worker(state, slot) do
     %{config: config} = state
     id = state.next_id
-    priv_python = Path.join(:code.priv_dir(:snakepit), "python")
-    python_path = config.python_path ++ [priv_python] ++ List.wrap(System.get_env("PYTHONPATH"))
+    priv_python = Path.expand(Path.join(:code.priv_dir(:snakepit), "python"))
 
     env =
       [
-        {"PYTHONPATH", Enum.join(python_path, ":")},
+        {"PYTHONPATH", worker_pythonpath(config, priv_python)},
         {"PYTHONUNBUFFERED", "1"},
         {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
         {"SNAKEPIT_POOL", to_string(config.name)},
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
-      ] ++ config.env
+      ] ++ Enum.reject(config.env, &match?({"PYTHONPATH", _}, &1))
 
-    argv = ["-m", "snakepit_bridge", "--adapter", config.adapter]
+    # A script run by absolute path, not `-m snakepit_bridge`: `-m` puts the
+    # worker's cwd first on sys.path, where a `snakepit_bridge` or a
+    # `msgpack.py` would shadow ours (docs/python.md).
+    launcher = Path.join([priv_python, "launcher", "snakepit_worker.py"])
+    argv = [launcher, "--adapter", config.adapter]
     state = %{state | next_id: id + 1}
 
     case Native.pool_start_worker(state.handle, id, config.python, argv, env, config.cwd) do
@@ -373,6 +376,22 @@ defmodule Snakepit.Pool do
           |> give_up_if_failing(%{slot: slot, startup_error: Error.pool(message), stderr_tail: []})
         end
     end
+  end
+
+  # :python_path, the bridge, then the PYTHONPATH the worker would have had:
+  # the pool's :env's (which extends the path rather than replacing it, or
+  # the bridge could not be imported), else the BEAM's. Empty entries are
+  # dropped: Python reads one as the working directory (docs/python.md).
+  defp worker_pythonpath(config, priv_python) do
+    inherited =
+      case for({"PYTHONPATH", value} <- config.env, do: value) do
+        [] -> System.get_env("PYTHONPATH", "")
+        values -> List.last(values)
+      end
+
+    (config.python_path ++ [priv_python] ++ String.split(inherited, ":"))
+    |> Enum.reject(&(&1 == ""))
+    |> Enum.join(":")
   end
 
   defp handle_event({:snakepit_worker, id, event, data}, state) do

@@ -1,7 +1,8 @@
 """Snakepit's Python worker runtime.
 
-Write an adapter (see ``snakepit_bridge.adapter``) and Snakepit runs it with
-``python3 -m snakepit_bridge --adapter my_pkg.module.ClassName``.
+Write an adapter (see ``snakepit_bridge.adapter``) and Snakepit runs it in
+workers started as ``python3 <priv>/python/launcher/snakepit_worker.py
+--adapter my_pkg.module.ClassName`` (``python3 -m snakepit_bridge`` by hand).
 """
 
 from .adapter import BaseAdapter, tool

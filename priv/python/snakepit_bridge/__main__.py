@@ -1,5 +1,10 @@
 """``python3 -m snakepit_bridge --adapter pkg.module.ClassName``
 
+Snakepit does not start workers this way but through
+``launcher/snakepit_worker.py``, which calls ``main()``: ``-m`` puts the
+working directory first on ``sys.path``, where a module could shadow the
+bridge's own (see docs/python.md). By hand, ``-m`` is fine.
+
 Keeps the protocol pipes away from user code: the real stdin/stdout are
 moved to private descriptors, fd 0 becomes /dev/null and fd 1 points at
 stderr, so ``print()`` (and C extensions, and child processes) write to

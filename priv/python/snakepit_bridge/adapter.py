@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from typing import Any, Callable, Dict, Optional, TypeVar, overload
 
 __all__ = ["BaseAdapter", "tool", "load_adapter", "AdapterLoadError"]
@@ -97,10 +98,39 @@ def load_adapter(path: str) -> BaseAdapter:
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise AdapterLoadError(f"adapter {path!r} is not of the form 'package.module.ClassName'")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        hint = _cwd_hint(module_name, exc)
+        if hint is None:
+            raise
+        raise ModuleNotFoundError(f"{exc} ({hint})", name=exc.name, path=exc.path) from exc
     cls = getattr(module, class_name, None)
     if cls is None:
         raise AdapterLoadError(f"module {module_name!r} has no attribute {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, BaseAdapter)):
         raise AdapterLoadError(f"{path!r} is not a subclass of snakepit_bridge.BaseAdapter")
     return cls()
+
+
+def _cwd_hint(module_name: str, exc: ModuleNotFoundError) -> Optional[str]:
+    """Why the adapter's package was not found, if it is in the working directory.
+
+    Workers do not have their working directory on ``sys.path`` (it could
+    shadow the bridge's own imports; see docs/python.md), so an adapter that
+    lives there must be on the pool's ``:python_path``.
+    """
+    top = module_name.split(".")[0]
+    if exc.name != top:
+        return None
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    for candidate in (f"{top}.py", top):
+        if os.path.exists(os.path.join(cwd, candidate)):
+            return (
+                f"the worker's working directory {cwd} has {candidate}, but the working directory "
+                "is not on sys.path: add it to the pool's :python_path"
+            )
+    return None

@@ -4,12 +4,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 PRIV_PYTHON = HERE.parent
+LAUNCHER = PRIV_PYTHON / "launcher" / "snakepit_worker.py"
 TEST_ADAPTERS = PRIV_PYTHON.parent.parent / "test" / "support" / "python"
 
 for p in (str(PRIV_PYTHON), str(TEST_ADAPTERS)):
@@ -20,12 +21,24 @@ from snakepit_bridge import codec  # noqa: E402
 
 
 class WorkerProcess:
-    """A real `python -m snakepit_bridge` process driven over its pipes."""
+    """A real worker process, started as Snakepit starts them (the launcher
+    script by absolute path), driven over its pipes."""
 
-    def __init__(self, adapter: str, control: bool = False, blocked: Sequence[str] = ()) -> None:
-        """``blocked``: modules the worker cannot import (``sys.modules[name] = None``)."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(PRIV_PYTHON), str(TEST_ADAPTERS)])
+    def __init__(
+        self,
+        adapter: str,
+        control: bool = False,
+        blocked: Sequence[str] = (),
+        cwd: Optional[Path] = None,
+        python_path: Sequence[Path] = (),
+        extra_env: Optional[Dict[str, str]] = None,
+        launcher: Path = LAUNCHER,
+    ) -> None:
+        """``blocked``: modules the worker cannot import (``sys.modules[name] = None``).
+        ``python_path``: directories before the bridge's on PYTHONPATH, like the
+        pool's ``:python_path``; ``extra_env``: more environment variables."""
+        env = {**os.environ, **(extra_env or {})}
+        env["PYTHONPATH"] = os.pathsep.join(map(str, [*python_path, PRIV_PYTHON, TEST_ADAPTERS]))
         pass_fds: Tuple[int, ...] = ()
         self.control_fd: Optional[int] = None
         if control:
@@ -36,7 +49,7 @@ class WorkerProcess:
             block = f"import sys; sys.modules.update(dict.fromkeys({list(blocked)!r}))"
             start = ["-c", f"{block}; from snakepit_bridge.__main__ import main; sys.exit(main())"]
         else:
-            start = ["-m", "snakepit_bridge"]
+            start = [str(launcher)]
         self.proc = subprocess.Popen(
             [sys.executable, *start, "--adapter", adapter],
             stdin=subprocess.PIPE,
@@ -44,6 +57,7 @@ class WorkerProcess:
             stderr=subprocess.PIPE,
             env=env,
             pass_fds=pass_fds,
+            cwd=cwd,
         )
         if control:
             os.close(read_end)
@@ -119,8 +133,8 @@ def controlled() -> Iterator[WorkerProcess]:
 def spawn() -> Iterator[Any]:
     started: List[WorkerProcess] = []
 
-    def _spawn(adapter: str, blocked: Sequence[str] = ()) -> WorkerProcess:
-        w = WorkerProcess(adapter, blocked=blocked)
+    def _spawn(adapter: str, blocked: Sequence[str] = (), **options: Any) -> WorkerProcess:
+        w = WorkerProcess(adapter, blocked=blocked, **options)
         started.append(w)
         return w
 

@@ -60,6 +60,29 @@ def test_load_adapter_errors_say_what_is_wrong(path, fragment):
         load_adapter(path)
 
 
+def test_an_adapter_only_in_the_working_directory_is_not_imported_and_the_error_says_why(tmp_path, monkeypatch):
+    (tmp_path / "snakepit_cwd_only_adapter.py").write_text("raise AssertionError('imported from the cwd')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModuleNotFoundError) as e:
+        load_adapter("snakepit_cwd_only_adapter.Adapter")
+    assert e.value.name == "snakepit_cwd_only_adapter"
+    assert str(e.value) == (
+        f"No module named 'snakepit_cwd_only_adapter' (the worker's working directory {tmp_path} has "
+        "snakepit_cwd_only_adapter.py, but the working directory is not on sys.path: "
+        "add it to the pool's :python_path)"
+    )
+
+
+def test_no_working_directory_hint_when_it_would_not_help(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModuleNotFoundError, match=r"^No module named 'snakepit_nowhere'$"):
+        load_adapter("snakepit_nowhere.Adapter")
+    # The package was found (elsewhere): what is missing is not in the cwd.
+    (tmp_path / "snakepit_bridge").mkdir()
+    with pytest.raises(ModuleNotFoundError, match=r"^No module named 'snakepit_bridge.nowhere'$"):
+        load_adapter("snakepit_bridge.nowhere.Adapter")
+
+
 def test_importing_the_package_has_no_side_effects():
     import subprocess
     import sys
