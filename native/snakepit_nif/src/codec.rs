@@ -306,10 +306,9 @@ fn decode_item<'a>(
     depth: usize,
 ) -> Result<Term<'a>, DecodeError> {
     if depth > MAX_DEPTH {
-        // Reported as malformed: a worker never legitimately nests this deep.
-        return Err(DecodeError::BadMarker {
+        return Err(DecodeError::TooDeep {
             at: r.position(),
-            byte: 0,
+            max: MAX_DEPTH,
         });
     }
     Ok(match r.next_token()? {

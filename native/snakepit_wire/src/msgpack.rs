@@ -40,6 +40,8 @@ pub enum DecodeError {
     Truncated { at: usize },
     /// A byte that is no MessagePack marker (only 0xc1).
     BadMarker { at: usize, byte: u8 },
+    /// Containers nested deeper than the reader allows.
+    TooDeep { at: usize, max: usize },
 }
 
 impl fmt::Display for DecodeError {
@@ -48,6 +50,9 @@ impl fmt::Display for DecodeError {
             DecodeError::Truncated { at } => write!(f, "MessagePack data ends early at byte {at}"),
             DecodeError::BadMarker { at, byte } => {
                 write!(f, "invalid MessagePack marker 0x{byte:02x} at byte {at}")
+            }
+            DecodeError::TooDeep { at, max } => {
+                write!(f, "data nested deeper than {max} levels (at byte {at})")
             }
         }
     }

@@ -7,6 +7,7 @@ FAKE_WORKER_BREAK_ON, on which it does FAKE_WORKER_MODE:
 - "oversize": announces a frame of 4 GiB - 1 bytes;
 - "garbage": writes bytes that are not a frame;
 - "close_stdout": closes stdout and keeps running;
+- "deep_result": answers with a result nested 300 levels deep;
 - "stall_big": announces a frame of FAKE_WORKER_ANNOUNCE bytes (default
   60 MiB), writes 1 MiB of it, creates the file FAKE_WORKER_MARKER, and stalls.
 """
@@ -45,6 +46,9 @@ def main():
         elif mode == "garbage":
             os.write(1, b"\x00\x00\x00\x03not msgpack at all")
             time.sleep(30)
+        elif mode == "deep_result":
+            payload = b"\x93\xa6result" + codec.packb(request_id) + b"\x91" * 300 + b"\xc0"
+            os.write(1, len(payload).to_bytes(4, "big") + payload)
         elif mode == "stall_big":
             announce = int(os.environ.get("FAKE_WORKER_ANNOUNCE", 60 << 20))
             os.write(1, announce.to_bytes(4, "big"))

@@ -75,6 +75,14 @@ class TestAdapter(BaseAdapter):
         return text
 
     @tool
+    def nest(self, depth: int) -> Any:
+        """A list nested `depth` levels deep."""
+        value: Any = None
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    @tool
     def flood_stderr(self, mb: int, line_bytes: int = 100) -> int:
         """Writes `mb` MiB to stderr in lines of `line_bytes` (newline included)."""
         line = b"f" * (line_bytes - 1) + b"\n"
