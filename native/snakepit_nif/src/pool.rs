@@ -442,6 +442,16 @@ impl Events for PoolCore {
         envelope: Envelope,
         frame: OwnedBinary,
     ) -> Result<bool, String> {
+        // Bodies that Elixir reads as maps must be maps: a worker that sends
+        // anything else broke the protocol (it is killed, its call answered).
+        if matches!(envelope.kind, Kind::Error | Kind::Log)
+            && !protocol::body_is_map(frame.as_slice(), envelope.body)
+        {
+            return Err(format!(
+                "sent a {} frame whose body is not a map",
+                envelope.kind.as_str()
+            ));
+        }
         match envelope.kind {
             Kind::Ready => self.on_ready(worker, envelope, frame),
             Kind::Result | Kind::Error if envelope.id != 0 => {

@@ -195,6 +195,12 @@ fn map_value<'a>(
     Ok(None)
 }
 
+/// Whether the body at `body` in `frame` is a map (as `ready`, `error` and
+/// `log` bodies must be).
+pub fn body_is_map(frame: &[u8], body: usize) -> bool {
+    matches!(Reader::at(frame, body).next_token(), Ok(Token::Map(_)))
+}
+
 /// Why a worker's `ready` frame is refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HandshakeError {
@@ -409,6 +415,15 @@ mod tests {
         let frame = &f[HEADER_LEN..];
         let env = parse_envelope(frame).unwrap();
         assert_eq!(check_ready(frame, env.body), Ok(()));
+    }
+
+    #[test]
+    fn map_bodies_are_told_from_others() {
+        assert!(body_is_map(&body_of(&[("kind", Some("x"), None)]), 0));
+        assert!(body_is_map(&body_of(&[]), 0));
+        for not_map in [&[0xc0][..], &[0x91, 0x01], &[0x05], &[0xa1, b'x'], &[]] {
+            assert!(!body_is_map(not_map, 0), "{not_map:?}");
+        }
     }
 
     #[test]
