@@ -181,14 +181,12 @@ defmodule Snakepit do
       {:result, {:ok, result}} ->
         {:ok, result}
 
-      {:python_error, {:ok, %{} = body}} ->
+      # Any body, of any shape: from_python/1 makes an error of it.
+      {:python_error, {:ok, body}} ->
         {:error, Error.from_python(body)}
 
       {_, {:error, why}} ->
         {:error, Error.transport("the worker's answer could not be decoded: #{why}")}
-
-      {_, {:ok, other}} ->
-        {:error, Error.transport("the worker sent a malformed error: #{inspect(other)}")}
     end
   end
 
