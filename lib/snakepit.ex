@@ -138,7 +138,7 @@ defmodule Snakepit do
     if Native.dequeue(handle, request_id) do
       {:error,
        Error.timeout(
-         "no worker was free for #{inspect(tool)} within #{queue_timeout} ms (:queue_timeout)",
+         "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
          %{tool: tool, timeout: queue_timeout, queue: true}
        )}
     else
@@ -161,12 +161,12 @@ defmodule Snakepit do
           {^tag, :error, reason} -> {:error, Error.from_native(reason)}
         after
           @reply_in_flight_wait ->
-            {:error, Error.transport("the reply to #{inspect(tool)} was lost", %{tool: tool})}
+            {:error, Error.transport("the reply to #{Error.excerpt(tool)} was lost", %{tool: tool})}
         end
 
       cancelled when cancelled in [:cancelled, :running] ->
         {:error,
-         Error.timeout("no answer from #{inspect(tool)} within #{timeout} ms", %{
+         Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", %{
            tool: tool,
            timeout: timeout,
            queue: cancelled == :cancelled
@@ -424,7 +424,7 @@ defmodule Snakepit do
 
   defp fetch_pool(pool) do
     case Pool.lookup(pool) do
-      nil -> {:error, Error.pool("no pool named #{inspect(pool)} is running", %{pool: pool})}
+      nil -> {:error, Error.pool("no pool named #{Error.excerpt(pool)} is running", %{pool: pool})}
       found -> {:ok, found}
     end
   end
@@ -437,7 +437,7 @@ defmodule Snakepit do
   defp check_command(command),
     do:
       {:error,
-       Error.validation("the command must be a string or an atom, got: #{inspect(command)}")}
+       Error.validation("the command must be a string or an atom, got: #{Error.excerpt(command)}")}
 
   defp check_args(args) when is_map(args), do: {:ok, args}
 
@@ -445,11 +445,14 @@ defmodule Snakepit do
     if Keyword.keyword?(args),
       do: {:ok, Map.new(args)},
       else:
-        {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
+        {:error,
+         Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
   end
 
   defp check_args(args),
-    do: {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
+    do:
+      {:error,
+       Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
 
   defp check_timeout(_, :infinity), do: :ok
   defp check_timeout(_, t) when is_integer(t) and t >= 0, do: :ok
@@ -458,12 +461,14 @@ defmodule Snakepit do
     do:
       {:error,
        Error.validation(
-         "the #{inspect(key)} must be a non-negative integer or :infinity, got: #{inspect(t)}"
+         "the #{inspect(key)} must be a non-negative integer or :infinity, got: #{Error.excerpt(t)}"
        )}
 
   defp check_session(nil), do: :ok
   defp check_session(s) when is_binary(s), do: :ok
 
   defp check_session(s),
-    do: {:error, Error.validation("the :session_id must be a string or nil, got: #{inspect(s)}")}
+    do:
+      {:error,
+       Error.validation("the :session_id must be a string or nil, got: #{Error.excerpt(s)}")}
 end
