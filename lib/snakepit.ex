@@ -44,6 +44,7 @@ defmodule Snakepit do
   alias Snakepit.{Error, Native, Pool}
 
   @default_timeout 30_000
+  @max_timeout Snakepit.Config.max_timeout()
   # After a timeout, `cancel` may report that the reply was already sent; it
   # is then in the mailbox or arriving. This bounds that wait, defensively.
   @reply_in_flight_wait 5_000
@@ -74,7 +75,10 @@ defmodule Snakepit do
   - `:session_id` - a string passed to the worker with the call.
 
   `args` is a map (or a keyword list); its keys become the tool's keyword
-  argument names.
+  argument names. Timeouts are `:infinity` or integers from 0 to
+  `Snakepit.Config.max_timeout/0` (about 49.7 days, the most the VM can wait
+  for); other values, like bad arguments, are refused with a `:validation`
+  error before the call is made.
 
       iex> Snakepit.execute("add", %{a: 1, b: 2})
       {:ok, 3}
@@ -205,14 +209,18 @@ defmodule Snakepit do
   end
 
   @doc """
-  Waits until every worker of `pool` has started, up to `timeout` ms.
+  Waits until every worker of `pool` has started, up to `timeout` ms
+  (`:infinity`, or at most `Snakepit.Config.max_timeout/0`; another value
+  is a `:validation` error).
 
       iex> Snakepit.await_ready(:default, 10_000)
       :ok
   """
   @spec await_ready(atom(), timeout()) :: :ok | {:error, Error.t()}
   def await_ready(pool \\ :default, timeout \\ @default_timeout) do
-    Pool.await_ready(pool, timeout)
+    with :ok <- check_timeout(:timeout, timeout) do
+      Pool.await_ready(pool, timeout)
+    end
   end
 
   @doc """
@@ -454,14 +462,20 @@ defmodule Snakepit do
       {:error,
        Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
 
+  # Checked before anything is submitted: past Config.max_timeout/0 the VM
+  # cannot wait (`receive ... after` raises), and the answer would be left
+  # in the caller's mailbox.
   defp check_timeout(_, :infinity), do: :ok
-  defp check_timeout(_, t) when is_integer(t) and t >= 0, do: :ok
+
+  defp check_timeout(_, t) when is_integer(t) and t >= 0 and t <= @max_timeout, do: :ok
 
   defp check_timeout(key, t),
     do:
       {:error,
        Error.validation(
-         "the #{inspect(key)} must be a non-negative integer or :infinity, got: #{Error.excerpt(t)}"
+         "the #{inspect(key)} must be :infinity or an integer from 0 to #{@max_timeout} (ms), " <>
+           "got: #{Error.excerpt(t)}",
+         %{option: key}
        )}
 
   defp check_session(nil), do: :ok

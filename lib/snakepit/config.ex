@@ -5,6 +5,9 @@ defmodule Snakepit.Config do
   alias Snakepit.Error
 
   @max_frame_limit 0xFFFF_FFFF
+  # The longest wait `receive ... after` and timers accept: 2^32 - 1 ms,
+  # about 49.7 days. Every duration option is checked against it.
+  @max_ms 4_294_967_295
 
   # The shapes an option's value can take: the typespec of the validated
   # value, and the words that say what is expected (in error messages and in
@@ -13,8 +16,11 @@ defmodule Snakepit.Config do
     pool_name: {quote(do: atom()), "an atom"},
     python_class: {quote(do: String.t()), ~s(a dotted Python path like "my_pkg.module.ClassName")},
     pos_integer: {quote(do: pos_integer()), "a positive integer"},
-    pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds)"},
-    non_neg_ms: {quote(do: non_neg_integer()), "a non-negative integer (milliseconds)"},
+    pos_ms: {quote(do: pos_integer()), "an integer from 1 to 4_294_967_295 (ms)"},
+    non_neg_ms: {quote(do: non_neg_integer()), "an integer from 0 to 4_294_967_295 (ms)"},
+    pos_ms_or_infinity:
+      {quote(do: pos_integer() | :infinity),
+       "an integer from 1 to 4_294_967_295 (ms), or :infinity"},
     pos_or_infinity: {quote(do: pos_integer() | :infinity), "a positive integer or :infinity"},
     string: {quote(do: String.t()), "a non-empty string"},
     dir_list: {quote(do: [String.t()]), "a list of directory strings"},
@@ -98,13 +104,13 @@ defmodule Snakepit.Config do
     },
     %{
       name: :timeout,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: 30_000,
       doc: "ms a call may take, queueing included, when the call gives no `:timeout`"
     },
     %{
       name: :queue_timeout,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: :infinity,
       doc: "ms a call may wait for a worker (per call too)"
     },
@@ -123,7 +129,7 @@ defmodule Snakepit.Config do
     },
     %{
       name: :heartbeat_interval,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: 5_000,
       doc: "ms between heartbeats, or `:infinity` for none"
     },
@@ -142,7 +148,7 @@ defmodule Snakepit.Config do
     },
     %{
       name: :max_age,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: :infinity,
       native: true,
       doc: "ms a worker lives before it is recycled"
@@ -366,6 +372,17 @@ defmodule Snakepit.Config do
                 do: {name, if(name in @enforce_keys, do: nil, else: default)}
 
   @doc """
+  The longest duration, in milliseconds, that a timeout option (of a pool,
+  of `Snakepit.execute/3` or of `Snakepit.await_ready/2`) accepts: 2^32 - 1,
+  about 49.7 days, the most the VM can wait for in `receive ... after`.
+
+      iex> Snakepit.Config.max_timeout()
+      4294967295
+  """
+  @spec max_timeout() :: pos_integer()
+  def max_timeout, do: @max_ms
+
+  @doc """
   The option names a pool accepts, in the order of the table above.
 
       iex> Enum.take(Snakepit.Config.known_options(), 3)
@@ -386,7 +403,7 @@ defmodule Snakepit.Config do
       true
       iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", timeout: 0)
       iex> {error.message, error.details}
-      {"invalid pool option :timeout: expected a positive integer or :infinity, got: 0", %{option: :timeout}}
+      {"invalid pool option :timeout: expected an integer from 1 to 4_294_967_295 (ms), or :infinity, got: 0", %{option: :timeout}}
   """
   @spec validate(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def validate(opts) when is_list(opts) do
@@ -783,10 +800,11 @@ defmodule Snakepit.Config do
     if String.match?(v, ~r/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$/), do: {:ok, v}, else: :error
   end
 
-  defp accept(shape, v) when shape in [:pos_integer, :pos_ms] and is_integer(v) and v > 0,
-    do: {:ok, v}
-
-  defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0, do: {:ok, v}
+  defp accept(:pos_integer, v) when is_integer(v) and v > 0, do: {:ok, v}
+  defp accept(:pos_ms, v) when is_integer(v) and v > 0 and v <= @max_ms, do: {:ok, v}
+  defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0 and v <= @max_ms, do: {:ok, v}
+  defp accept(:pos_ms_or_infinity, :infinity), do: {:ok, :infinity}
+  defp accept(:pos_ms_or_infinity, v) when is_integer(v) and v > 0 and v <= @max_ms, do: {:ok, v}
   defp accept(:pos_or_infinity, :infinity), do: {:ok, :infinity}
   defp accept(:pos_or_infinity, v) when is_integer(v) and v > 0, do: {:ok, v}
   defp accept(:string, v) when is_binary(v) and v != "", do: {:ok, v}

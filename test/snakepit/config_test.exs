@@ -5,6 +5,9 @@ defmodule Snakepit.ConfigTest do
 
   alias Snakepit.{Config, Error}
 
+  # The longest wait the VM accepts in `receive ... after` (ms).
+  @max_ms 4_294_967_295
+
   # Every option, written out here independently of Config's own table:
   # {option, default, accepted values, refused values}. A default of
   # :required or {:computed, fun} is not a literal.
@@ -18,20 +21,20 @@ defmodule Snakepit.ConfigTest do
     {:env, [], [[], [{"A", "1"}]], [[{"A", 1}], [{"A", 1.5}], ["A=1"], "A=1", [{1, "a"}]]},
     {:cwd, nil, [nil, "/tmp"], [:tmp, ~c"/tmp", 1]},
     {:max_frame_bytes, 67_108_864, [1, 0xFFFF_FFFF], [0, 0xFFFF_FFFF + 1, 2 ** 40, :infinity]},
-    {:startup_timeout, 30_000, [1, 60_000], [0, -1, :infinity, 1.0]},
+    {:startup_timeout, 30_000, [1, 60_000, @max_ms], [0, -1, :infinity, 1.0, @max_ms + 1]},
     {:pipeline_depth, 1, [1, 64], [0, 65, :infinity, 2.0]},
-    {:timeout, 30_000, [1, 5_000, :infinity], [0, -1, nil, "5000", 1.5]},
-    {:queue_timeout, :infinity, [1, :infinity], [0, -5, nil]},
+    {:timeout, 30_000, [1, 5_000, :infinity, @max_ms], [0, -1, nil, "5000", 1.5, @max_ms + 1]},
+    {:queue_timeout, :infinity, [1, :infinity, @max_ms], [0, -5, nil, @max_ms + 1]},
     {:max_queue, 10_000, [1, 100], [0, :infinity, nil]},
-    {:cancel_grace, 2_000, [0, 100], [-5, :infinity, 1.5]},
-    {:heartbeat_interval, 5_000, [1, :infinity], [0, nil]},
+    {:cancel_grace, 2_000, [0, 100, @max_ms], [-5, :infinity, 1.5, @max_ms + 1]},
+    {:heartbeat_interval, 5_000, [1, :infinity, @max_ms], [0, nil, @max_ms + 1]},
     {:heartbeat_misses, 3, [1, 10], [0, :infinity]},
     {:max_requests, :infinity, [1, :infinity], [0, :never]},
-    {:max_age, :infinity, [1, :infinity], [0, -1]},
+    {:max_age, :infinity, [1, :infinity, @max_ms], [0, -1, @max_ms + 1]},
     {:max_memory_mb, :infinity, [1, :infinity], [0, "1G"]},
     {:startup_batch_size, 8, [1, 100], [0, :infinity]},
     {:max_start_failures, 5, [1, 100], [0, 1.5]},
-    {:shutdown_timeout, 5_000, [0, 100], [-1, :infinity]}
+    {:shutdown_timeout, 5_000, [0, 100, @max_ms], [-1, :infinity, @max_ms + 1]}
   ]
 
   @native_keys [
@@ -306,7 +309,7 @@ defmodule Snakepit.ConfigTest do
       assert {:error, %Error{details: %{key: :worker_timeout}} = e} =
                Config.pools_from_env(adapter_module: "m.A", worker_timeout: 0)
 
-      assert e.message =~ "expected a positive integer or :infinity, got: 0"
+      assert e.message =~ "expected an integer from 1 to 4_294_967_295 (ms), or :infinity, got: 0"
 
       assert {:error, %Error{details: %{key: :adapter_module}} = e} =
                Config.pools_from_env(adapter_module: "not a path")
