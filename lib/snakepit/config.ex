@@ -302,6 +302,30 @@ defmodule Snakepit.Config do
   FIFO order, and those written behind a call whose worker dies are queued
   again, not failed (they never started).
 
+  ### Worker environment
+
+  Workers inherit the BEAM's environment; `:env` adds variables to it or
+  overrides them. The pool sets these itself:
+
+  | variable                              | value                                                    |
+  |---------------------------------------|----------------------------------------------------------|
+  | `PYTHONPATH`                          | the `:python_path` directories, then Snakepit's own      |
+  |                                       | `priv/python`, then the BEAM's own `PYTHONPATH`          |
+  | `PYTHONUNBUFFERED`                    | `1`, so that what a worker prints is logged at once      |
+  | `SNAKEPIT_MAX_FRAME_BYTES`            | the pool's `:max_frame_bytes`                            |
+  | `SNAKEPIT_POOL`, `SNAKEPIT_WORKER_ID` | the pool's name and the worker's id                      |
+  | `SNAKEPIT_CONTROL_FD`                 | the worker's end of the control pipe                     |
+  | `SNAKEPIT_OWNER`                      | this BEAM, for `Snakepit.Orphans`                        |
+
+  `:env` may not name `PYTHONPATH` (give directories in `:python_path`) or
+  any `SNAKEPIT_` variable: the pool and the bridge rely on their values.
+  Those are refused with a `:validation` error, as are empty names, names
+  containing `=` or a NUL byte, and values containing a NUL byte. A
+  `PYTHONUNBUFFERED` in `:env` replaces the pool's.
+
+  `:env` often carries secrets, so errors about it name the variable, never
+  its value.
+
   Snakepit's own `priv/python` is always on the workers' `PYTHONPATH`, so
   `snakepit_bridge` needs no install.
 
@@ -421,13 +445,11 @@ defmodule Snakepit.Config do
         end)
       end
     else
-      {:error, Error.validation("pool options must be a keyword list, got: #{inspect(opts)}")}
+      not_a_keyword_list("pool options", opts)
     end
   end
 
-  def validate(other) do
-    {:error, Error.validation("pool options must be a keyword list, got: #{inspect(other)}")}
-  end
+  def validate(other), do: not_a_keyword_list("pool options", other)
 
   @doc """
   The options of a validated pool that the native pool takes: #{Enum.map_join(@native, ", ", &"`#{inspect(&1)}`")},
@@ -478,17 +500,14 @@ defmodule Snakepit.Config do
         {:ok, if(enabled?, do: flat ++ pools, else: [])}
       end
     else
-      not_a_keyword_list(env)
+      not_a_keyword_list("the :snakepit application environment", env)
     end
   end
 
-  def pools_from_env(env), do: not_a_keyword_list(env)
+  def pools_from_env(env), do: not_a_keyword_list("the :snakepit application environment", env)
 
-  defp not_a_keyword_list(env) do
-    {:error,
-     Error.validation(
-       "the :snakepit application environment must be a keyword list, got: #{inspect(env)}"
-     )}
+  defp not_a_keyword_list(what, term) do
+    {:error, Error.validation("#{what} must be a keyword list, got: #{Error.excerpt(term)}")}
   end
 
   # The design's flat keys and the pool option each one sets.
@@ -777,19 +796,26 @@ defmodule Snakepit.Config do
     end)
   end
 
+  # An :env problem is described without its values (they may be secrets).
+  defp invalid(:env, {:env, problem, details}, _value) do
+    Error.validation("invalid pool option :env: " <> problem, Map.put(details, :option, :env))
+  end
+
   defp invalid(key, expected, value) do
     Error.validation(
-      "invalid pool option #{inspect(key)}: expected #{expected}, got: #{inspect(value)}",
+      "invalid pool option #{inspect(key)}: expected #{expected}, got: #{Error.excerpt(value)}",
       %{option: key}
     )
   end
 
-  # {:ok, normalized value} or {:error, what was expected}.
+  # {:ok, normalized value} or {:error, what was expected}; for :env,
+  # {:error, {:env, what is wrong, details}}.
   defp check_option(key, value) do
     shape = Map.fetch!(@shape_of, key)
 
     case accept(shape, value) do
       {:ok, value} -> {:ok, value}
+      {:error, {:env, _, _}} = error -> error
       :error -> {:error, Map.fetch!(@expected, shape)}
     end
   end
@@ -813,13 +839,7 @@ defmodule Snakepit.Config do
     if Enum.all?(v, &is_binary/1), do: {:ok, v}, else: :error
   end
 
-  defp accept(:env, v) when is_map(v), do: accept(:env, Map.to_list(v))
-
-  defp accept(:env, v) when is_list(v) do
-    if Enum.all?(v, &env_pair?/1),
-      do: {:ok, Enum.map(v, fn {k, val} -> {to_string(k), to_string(val)} end)},
-      else: :error
-  end
+  defp accept(:env, v), do: check_env(v)
 
   defp accept(:dir_or_nil, v) when is_nil(v) or is_binary(v), do: {:ok, v}
 
@@ -829,6 +849,78 @@ defmodule Snakepit.Config do
   defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
   defp accept(_shape, _value), do: :error
 
-  defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
-  defp env_pair?(_), do: false
+  # The :env as string pairs, or what is wrong with it, never quoting a
+  # value. Names are checked against what the pool sets itself.
+  defp check_env(env) when is_map(env), do: check_env(Map.to_list(env))
+
+  defp check_env(env) when is_list(env), do: check_env(env, 1, [])
+
+  defp check_env(env) do
+    env_error("expected #{@expected[:env]}, got #{kind_of(env)}")
+  end
+
+  defp check_env([], _index, pairs), do: {:ok, Enum.reverse(pairs)}
+
+  defp check_env([entry | rest], index, pairs) do
+    case env_entry(entry, index) do
+      {:ok, pair} -> check_env(rest, index + 1, [pair | pairs])
+      error -> error
+    end
+  end
+
+  defp check_env(_improper_tail, _index, _pairs),
+    do: env_error("expected #{@expected[:env]}, got an improper list")
+
+  defp env_entry({name, value}, _index) when is_binary(name) or is_atom(name) do
+    name = to_string(name)
+
+    cond do
+      (problem = env_name_problem(name)) != nil ->
+        env_error(problem, name)
+
+      not (is_binary(value) or is_atom(value)) ->
+        env_error("the value of #{Error.excerpt(name)} is not a string or an atom", name)
+
+      String.contains?(to_string(value), <<0>>) ->
+        env_error("the value of #{Error.excerpt(name)} contains a NUL byte", name)
+
+      true ->
+        {:ok, {name, to_string(value)}}
+    end
+  end
+
+  defp env_entry({_name, _value}, index),
+    do: env_error("the name of entry #{index} is not a string or an atom")
+
+  defp env_entry(_entry, index),
+    do: env_error("entry #{index} is not a {name, value} pair (expected #{@expected[:env]})")
+
+  defp env_name_problem(""), do: "a name is empty"
+
+  defp env_name_problem("PYTHONPATH"),
+    do:
+      "PYTHONPATH is set by the pool: give the directories in :python_path instead " <>
+        "(see \"Worker environment\" in Snakepit.Config)"
+
+  defp env_name_problem("SNAKEPIT_" <> _ = name),
+    do:
+      "#{Error.excerpt(name)}: names starting with SNAKEPIT_ are reserved for the " <>
+        "variables the pool sets itself"
+
+  defp env_name_problem(name) do
+    cond do
+      String.contains?(name, "=") -> "the name #{Error.excerpt(name)} contains \"=\""
+      String.contains?(name, <<0>>) -> "the name #{Error.excerpt(name)} contains a NUL byte"
+      true -> nil
+    end
+  end
+
+  defp env_error(problem), do: {:error, {:env, problem, %{}}}
+  defp env_error(problem, name), do: {:error, {:env, problem, %{name: name}}}
+
+  defp kind_of(term) when is_binary(term), do: "a string"
+  defp kind_of(term) when is_number(term), do: "a number"
+  defp kind_of(term) when is_atom(term), do: "an atom"
+  defp kind_of(term) when is_tuple(term), do: "a tuple"
+  defp kind_of(_term), do: "another term"
 end

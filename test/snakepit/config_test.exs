@@ -82,10 +82,16 @@ defmodule Snakepit.ConfigTest do
                    Config.validate([{option, value} | base_opts(option)]),
                  "#{inspect(option)} accepted #{inspect(value)}"
 
-          assert e.details == %{option: option}
+          if option == :env do
+            # :env values are never quoted: see the :env tests below.
+            assert e.details.option == :env
+            assert e.message =~ ~r/^invalid pool option :env: ./
+          else
+            assert e.details == %{option: option}
 
-          assert e.message =~
-                   ~r/^invalid pool option #{inspect(option)}: expected .+, got: #{Regex.escape(inspect(value))}$/
+            assert e.message =~
+                     ~r/^invalid pool option #{inspect(option)}: expected .+, got: #{Regex.escape(inspect(value))}$/
+          end
         end
       end
     end
@@ -134,6 +140,63 @@ defmodule Snakepit.ConfigTest do
 
       assert {:error, %Error{details: %{option: :env}}} =
                Config.validate(adapter: "m.A", env: %{"A" => 1})
+    end
+
+    test "env names: empty, with = or NUL, PYTHONPATH and SNAKEPIT_* are refused, named" do
+      for {name, words} <- [
+            {"", "a name is empty"},
+            {"A=B", ~s(the name "A=B" contains "=")},
+            {"=A", ~s(the name "=A" contains "=")},
+            {"A\0B", "contains a NUL byte"},
+            {:"X=Y", ~s(the name "X=Y" contains "=")},
+            {nil, "a name is empty"},
+            {"PYTHONPATH", "PYTHONPATH is set by the pool: give the directories in :python_path"},
+            {"SNAKEPIT_POOL", "names starting with SNAKEPIT_ are reserved"},
+            {"SNAKEPIT_MAX_FRAME_BYTES", "names starting with SNAKEPIT_ are reserved"},
+            {"SNAKEPIT_ANYTHING", "names starting with SNAKEPIT_ are reserved"}
+          ] do
+        assert {:error, %Error{category: :validation} = e} =
+                 Config.validate(adapter: "m.A", env: [{"OK", "1"}, {name, "the-value"}])
+
+        assert e.message == "invalid pool option :env: " <> words or e.message =~ words,
+               e.message
+
+        assert e.details == %{option: :env, name: to_string(name)}
+        refute e.message =~ "the-value"
+      end
+
+      # Names that merely look alike are fine.
+      assert {:ok, _} =
+               Config.validate(adapter: "m.A", env: [{"PYTHONPATH2", "x"}, {"MY_SNAKEPIT_X", "y"}])
+    end
+
+    test "a value with a NUL byte is refused, naming its variable" do
+      assert {:error, %Error{} = e} = Config.validate(adapter: "m.A", env: %{"TOKEN" => "abc\0def"})
+
+      assert e.message == ~s(invalid pool option :env: the value of "TOKEN" contains a NUL byte)
+      assert e.details == %{option: :env, name: "TOKEN"}
+
+      # = in a value is fine: only the first = of NAME=value separates them.
+      assert {:ok, %{env: [{"A", "b=c"}]}} = Config.validate(adapter: "m.A", env: [{"A", "b=c"}])
+    end
+
+    test "errors about :env never show its values" do
+      secret = "s3cr3t"
+
+      for env <- [
+            [{"A", 1}, {"B", secret}],
+            [{"TOKEN", secret}, "TOKEN=" <> secret],
+            "TOKEN=" <> secret,
+            [{"TOKEN", secret}, {1, secret}],
+            %{"TOKEN" => secret, "BAD" => [secret]},
+            [{"TOKEN", secret} | secret]
+          ] do
+        assert {:error, %Error{category: :validation} = e} =
+                 Config.validate(adapter: "m.A", env: env)
+
+        assert e.details.option == :env
+        refute e.message =~ secret, e.message
+      end
     end
   end
 
