@@ -323,8 +323,10 @@ defmodule Snakepit.Config do
   containing `=` or a NUL byte, and values containing a NUL byte. A
   `PYTHONUNBUFFERED` in `:env` replaces the pool's.
 
-  `:env` often carries secrets, so errors about it name the variable, never
-  its value.
+  `:env` often carries secrets, so its values are never shown: errors about
+  it name the variable only, and `Snakepit.Pool` shows them as
+  `"**redacted**"` in `:sys.get_status/1` and in crash reports (see
+  `redact/1`).
 
   Snakepit's own `priv/python` is always on the workers' `PYTHONPATH`, so
   `snakepit_bridge` needs no install.
@@ -452,6 +454,39 @@ defmodule Snakepit.Config do
   def validate(other), do: not_a_keyword_list("pool options", other)
 
   @doc """
+  `term` with the values of every `:env` in it (pool options, a pool's
+  config, or anything holding them) replaced by `"**redacted**"`, their
+  names kept: what may be shown in an error message, a log or a crash
+  report.
+
+      iex> Snakepit.Config.redact(adapter: "m.A", env: %{"TOKEN" => "s3cr3t"})
+      [adapter: "m.A", env: %{"TOKEN" => "**redacted**"}]
+  """
+  @spec redact(term()) :: term()
+  def redact({:env, env}), do: {:env, redact_env(env)}
+  def redact({key, value}), do: {key, redact(value)}
+  def redact([head | tail]), do: [redact(head) | redact(tail)]
+
+  def redact(map) when is_map(map) do
+    :maps.map(
+      fn
+        :env, env -> redact_env(env)
+        _key, value -> redact(value)
+      end,
+      map
+    )
+  end
+
+  def redact(other), do: other
+
+  defp redact_env(env) when is_map(env), do: Map.new(env, &redact_env_entry/1)
+  defp redact_env(env) when is_list(env), do: Enum.map(env, &redact_env_entry/1)
+  defp redact_env(_env), do: "**redacted**"
+
+  defp redact_env_entry({name, _value}), do: {name, "**redacted**"}
+  defp redact_env_entry(_entry), do: "**redacted**"
+
+  @doc """
   The options of a validated pool that the native pool takes: #{Enum.map_join(@native, ", ", &"`#{inspect(&1)}`")},
   as integers, with `:infinity` passed as `0` ("no limit").
 
@@ -507,7 +542,8 @@ defmodule Snakepit.Config do
   def pools_from_env(env), do: not_a_keyword_list("the :snakepit application environment", env)
 
   defp not_a_keyword_list(what, term) do
-    {:error, Error.validation("#{what} must be a keyword list, got: #{Error.excerpt(term)}")}
+    {:error,
+     Error.validation("#{what} must be a keyword list, got: #{Error.excerpt(redact(term))}")}
   end
 
   # The design's flat keys and the pool option each one sets.
@@ -555,7 +591,7 @@ defmodule Snakepit.Config do
             do: [],
             else: [
               "For example: config :snakepit, pools: [default: " <>
-                inspect(misplaced_example(env, misplaced)) <> "]"
+                inspect(redact(misplaced_example(env, misplaced))) <> "]"
             ]
 
         message =
@@ -629,7 +665,7 @@ defmodule Snakepit.Config do
 
   defp invalid_app_key(key, expected, value) do
     Error.validation(
-      "invalid config :snakepit, #{key}: expected #{expected}, got: #{inspect(value)}",
+      "invalid config :snakepit, #{key}: expected #{expected}, got: #{Error.excerpt(redact(value))}",
       %{key: key}
     )
   end

@@ -324,6 +324,17 @@ defmodule Snakepit.Pool do
     :ok
   end
 
+  # What :sys.get_status/1 and the crash report of this process show: the
+  # values of the pool's :env (which may hold secrets) are redacted, in the
+  # state and wherever else they appear (the last message, the reason, the
+  # sys log). OTP 25 calls format_status/1, and older OTPs format_status/2.
+  @doc false
+  @spec format_status(map()) :: map()
+  def format_status(status), do: Map.new(status, fn {key, value} -> {key, Config.redact(value)} end)
+
+  @impl true
+  def format_status(_reason, [_pdict, state]), do: [data: [{~c"State", Config.redact(state)}]]
+
   defp stop_all(state, how) do
     :ok = apply(Native, how, [state.handle])
     drain_exits(state, @kill_wait)

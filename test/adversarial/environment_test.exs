@@ -1,11 +1,13 @@
 defmodule Snakepit.Adversarial.EnvironmentTest do
-  # A pool's :env reaches its workers as given, and what the pool itself
-  # sets cannot be overridden by accident (issue 9).
+  # A pool's :env reaches its workers as given, what the pool itself sets
+  # cannot be overridden by accident, and the values of :env (often
+  # secrets) never show in the pool's status or crash report (issue 9).
   use ExUnit.Case, async: true
   @moduletag :capture_log
+  import ExUnit.CaptureLog
   import Snakepit.TestPools
 
-  alias Snakepit.Error
+  alias Snakepit.{Error, TestLogForwarder}
 
   @hostile Path.expand("../support/hostile_worker.py", __DIR__)
 
@@ -34,6 +36,53 @@ defmodule Snakepit.Adversarial.EnvironmentTest do
     for env <- [[{"A=B", "c"}], [{"", "c"}], [{"PYTHONPATH", "/x"}], [{"SNAKEPIT_POOL", "x"}]] do
       assert {:error, %Error{category: :validation, details: %{option: :env}}} =
                Snakepit.Pool.start_link(hostile_opts(env: env))
+    end
+  end
+
+  test ":sys.get_status/1 shows the names of :env, not its values" do
+    value = secret()
+    pool = start_pool(hostile_opts(env: %{"APP_TOKEN" => value}))
+    [{pid, _}] = Registry.lookup(Snakepit.Registry, pool)
+
+    status = inspect(:sys.get_status(pid), limit: :infinity, printable_limit: :infinity)
+    refute status =~ value
+    assert status =~ ~s({"APP_TOKEN", "**redacted**"})
+    # The same for OTPs older than 25, which call format_status/2.
+    old_style = Snakepit.Pool.format_status(:normal, [[], :sys.get_state(pid)])
+    refute inspect(old_style, limit: :infinity, printable_limit: :infinity) =~ value
+
+    # The pool still works with its real environment.
+    assert Snakepit.execute("getenv", %{name: "APP_TOKEN"}, pool: pool) == {:ok, value}
+  end
+
+  test "the crash report of a pool that stops abnormally shows no :env value" do
+    Process.flag(:trap_exit, true)
+    value = secret()
+    {:ok, pid} = Snakepit.Pool.start_link(hostile_opts(env: [{"APP_TOKEN", value}]))
+    handler = TestLogForwarder.attach(self())
+
+    log =
+      capture_log(fn ->
+        Process.exit(pid, :boom)
+        assert_receive {:EXIT, ^pid, :boom}, 10_000
+      end)
+
+    TestLogForwarder.detach(handler)
+    # The report as every handler gets it, and as the console prints it.
+    reports = for {:log, :error, text} <- drain_logs([]), text =~ "boom", do: text
+    assert reports != []
+    assert log =~ "boom" and log =~ "**redacted**"
+
+    for text <- [log | reports] do
+      refute text =~ value
+    end
+  end
+
+  defp drain_logs(acc) do
+    receive do
+      {:log, _, _} = log -> drain_logs([log | acc])
+    after
+      0 -> Enum.reverse(acc)
     end
   end
 end

@@ -197,6 +197,41 @@ defmodule Snakepit.ConfigTest do
         assert e.details.option == :env
         refute e.message =~ secret, e.message
       end
+
+      # Nor do the errors that show whole options.
+      for bad <- [
+            %{adapter: "m.A", env: %{"TOKEN" => secret}},
+            [{:adapter, "m.A"}, {:env, [{"TOKEN", secret}]}, :oops]
+          ] do
+        assert {:error, %Error{} = e} = Config.validate(bad)
+        refute e.message =~ secret, e.message
+        assert e.message =~ "**redacted**"
+      end
+
+      for env <- [
+            [pools: %{ml: [adapter: "m.A", env: %{"TOKEN" => secret}]}],
+            [adapter_module: "m.A", env: %{"TOKEN" => secret}],
+            [{:pools, [ml: [adapter: "m.A", env: %{"TOKEN" => secret}]]}, :oops]
+          ] do
+        assert {:error, %Error{} = e} = Config.pools_from_env(env)
+        refute e.message =~ secret, e.message
+      end
+    end
+  end
+
+  describe "redact/1" do
+    test "replaces the values of every :env, keeps its names and everything else" do
+      {:ok, config} = Config.validate(adapter: "m.A", env: %{"TOKEN" => "s", "USER" => "u"})
+      redacted = Config.redact(config)
+      assert %Config{} = redacted
+      assert Enum.sort(redacted.env) == [{"TOKEN", "**redacted**"}, {"USER", "**redacted**"}]
+      assert %{redacted | env: config.env} == config
+
+      state = %{config: config, workers: %{1 => %{os_pid: 5}}, log: [{:in, {:env, ["x"]}}]}
+      assert Config.redact(state).config == redacted
+      assert Config.redact(state).log == [{:in, {:env, ["**redacted**"]}}]
+      assert Config.redact([1 | 2]) == [1 | 2]
+      assert Config.redact(env: "TOKEN=s") == [env: "**redacted**"]
     end
   end
 
@@ -484,9 +519,10 @@ defmodule Snakepit.ConfigTest do
       assert e.details.unknown_keys == [:python_path, :env]
       assert e.message =~ "- :python_path is a pool option, not a key of the application"
 
+      # (the values of :env are not shown, even there)
       assert e.message =~
                ~s(For example: config :snakepit, pools: [default: [adapter: "m.A", size: 2, ) <>
-                 ~s(python_path: ["/srv/py"], env: %{"A" => "1"}]])
+                 ~s(python_path: ["/srv/py"], env: %{"A" => "**redacted**"}]])
 
       # without adapter_module the example names a placeholder class
       assert {:error, %Error{} = e} = Config.pools_from_env(size: 2)
