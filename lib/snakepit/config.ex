@@ -16,11 +16,12 @@ defmodule Snakepit.Config do
     pool_name: {quote(do: atom()), "an atom"},
     python_class: {quote(do: String.t()), ~s(a dotted Python path like "my_pkg.module.ClassName")},
     pos_integer: {quote(do: pos_integer()), "a positive integer"},
-    pos_ms: {quote(do: pos_integer()), "an integer from 1 to 4_294_967_295 (ms)"},
-    non_neg_ms: {quote(do: non_neg_integer()), "an integer from 0 to 4_294_967_295 (ms)"},
+    pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds) up to 4_294_967_295"},
+    non_neg_ms:
+      {quote(do: non_neg_integer()), "a non-negative integer (milliseconds) up to 4_294_967_295"},
     pos_ms_or_infinity:
       {quote(do: pos_integer() | :infinity),
-       "an integer from 1 to 4_294_967_295 (ms), or :infinity"},
+       "a positive integer or :infinity (milliseconds, up to 4_294_967_295)"},
     pos_or_infinity: {quote(do: pos_integer() | :infinity), "a positive integer or :infinity"},
     string: {quote(do: String.t()), "a non-empty string"},
     dir_list: {quote(do: [String.t()]), "a list of directory strings"},
@@ -318,10 +319,11 @@ defmodule Snakepit.Config do
   | `SNAKEPIT_OWNER`                      | this BEAM, for `Snakepit.Orphans`                        |
 
   `:env` may not name `PYTHONPATH` (give directories in `:python_path`) or
-  any `SNAKEPIT_` variable: the pool and the bridge rely on their values.
-  Those are refused with a `:validation` error, as are empty names, names
-  containing `=` or a NUL byte, and values containing a NUL byte. A
-  `PYTHONUNBUFFERED` in `:env` replaces the pool's.
+  any of the `SNAKEPIT_` variables above: the pool and the bridge rely on
+  their values. Those are refused with a `:validation` error, as are empty
+  names, names containing `=` or a NUL byte, and values containing a NUL
+  byte. A `PYTHONUNBUFFERED` in `:env` replaces the pool's; other
+  `SNAKEPIT_` names are free (Snakepit's own tests use `SNAKEPIT_TEST_*`).
 
   `:env` often carries secrets, so its values are never shown: errors about
   it name the variable only, and `Snakepit.Pool` shows them as
@@ -429,7 +431,7 @@ defmodule Snakepit.Config do
       true
       iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", timeout: 0)
       iex> {error.message, error.details}
-      {"invalid pool option :timeout: expected an integer from 1 to 4_294_967_295 (ms), or :infinity, got: 0", %{option: :timeout}}
+      {"invalid pool option :timeout: expected a positive integer or :infinity (milliseconds, up to 4_294_967_295), got: 0", %{option: :timeout}}
   """
   @spec validate(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def validate(opts) when is_list(opts) do
@@ -885,6 +887,12 @@ defmodule Snakepit.Config do
   defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
   defp accept(_shape, _value), do: :error
 
+  # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the
+  # native side (native/snakepit_nif/src/worker.rs) set for every worker:
+  # :env may not replace them. Keep in step with those two.
+  @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
+               SNAKEPIT_OWNER)
+
   # The :env as string pairs, or what is wrong with it, never quoting a
   # value. Names are checked against what the pool sets itself.
   defp check_env(env) when is_map(env), do: check_env(Map.to_list(env))
@@ -938,10 +946,8 @@ defmodule Snakepit.Config do
       "PYTHONPATH is set by the pool: give the directories in :python_path instead " <>
         "(see \"Worker environment\" in Snakepit.Config)"
 
-  defp env_name_problem("SNAKEPIT_" <> _ = name),
-    do:
-      "#{Error.excerpt(name)}: names starting with SNAKEPIT_ are reserved for the " <>
-        "variables the pool sets itself"
+  defp env_name_problem(name) when name in @pool_env,
+    do: "#{name} is set by the pool itself (see \"Worker environment\" in Snakepit.Config)"
 
   defp env_name_problem(name) do
     cond do

@@ -142,7 +142,7 @@ defmodule Snakepit.ConfigTest do
                Config.validate(adapter: "m.A", env: %{"A" => 1})
     end
 
-    test "env names: empty, with = or NUL, PYTHONPATH and SNAKEPIT_* are refused, named" do
+    test "env names: empty, with = or NUL, and those the pool sets are refused, named" do
       for {name, words} <- [
             {"", "a name is empty"},
             {"A=B", ~s(the name "A=B" contains "=")},
@@ -151,9 +151,11 @@ defmodule Snakepit.ConfigTest do
             {:"X=Y", ~s(the name "X=Y" contains "=")},
             {nil, "a name is empty"},
             {"PYTHONPATH", "PYTHONPATH is set by the pool: give the directories in :python_path"},
-            {"SNAKEPIT_POOL", "names starting with SNAKEPIT_ are reserved"},
-            {"SNAKEPIT_MAX_FRAME_BYTES", "names starting with SNAKEPIT_ are reserved"},
-            {"SNAKEPIT_ANYTHING", "names starting with SNAKEPIT_ are reserved"}
+            {"SNAKEPIT_POOL", "SNAKEPIT_POOL is set by the pool itself"},
+            {"SNAKEPIT_WORKER_ID", "SNAKEPIT_WORKER_ID is set by the pool itself"},
+            {"SNAKEPIT_MAX_FRAME_BYTES", "SNAKEPIT_MAX_FRAME_BYTES is set by the pool itself"},
+            {:SNAKEPIT_CONTROL_FD, "SNAKEPIT_CONTROL_FD is set by the pool itself"},
+            {"SNAKEPIT_OWNER", "SNAKEPIT_OWNER is set by the pool itself"}
           ] do
         assert {:error, %Error{category: :validation} = e} =
                  Config.validate(adapter: "m.A", env: [{"OK", "1"}, {name, "the-value"}])
@@ -167,7 +169,10 @@ defmodule Snakepit.ConfigTest do
 
       # Names that merely look alike are fine.
       assert {:ok, _} =
-               Config.validate(adapter: "m.A", env: [{"PYTHONPATH2", "x"}, {"MY_SNAKEPIT_X", "y"}])
+               Config.validate(
+                 adapter: "m.A",
+                 env: [{"PYTHONPATH2", "x"}, {"SNAKEPIT_TEST_VAR", "y"}, {"snakepit_pool", "z"}]
+               )
     end
 
     test "a value with a NUL byte is refused, naming its variable" do
@@ -407,7 +412,8 @@ defmodule Snakepit.ConfigTest do
       assert {:error, %Error{details: %{key: :worker_timeout}} = e} =
                Config.pools_from_env(adapter_module: "m.A", worker_timeout: 0)
 
-      assert e.message =~ "expected an integer from 1 to 4_294_967_295 (ms), or :infinity, got: 0"
+      assert e.message =~
+               "expected a positive integer or :infinity (milliseconds, up to 4_294_967_295), got: 0"
 
       assert {:error, %Error{details: %{key: :adapter_module}} = e} =
                Config.pools_from_env(adapter_module: "not a path")
