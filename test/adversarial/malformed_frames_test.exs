@@ -131,6 +131,13 @@ defmodule Snakepit.Adversarial.MalformedFramesTest do
     end
   end
 
+  test "the hostile worker's handshake is checked like any other: another version is refused" do
+    Process.flag(:trap_exit, true)
+    opts = hostile_opts(env: %{"HOSTILE_PROTOCOL" => "2"}, max_start_failures: 1)
+    assert {:error, %Error{category: :worker} = e} = Snakepit.Pool.start_link(opts)
+    assert e.message =~ "speaks protocol version 2, this host speaks 1"
+  end
+
   test "a first worker whose ready body is not a map: the pool fails to start with an error" do
     Process.flag(:trap_exit, true)
 

@@ -72,7 +72,8 @@ def pack(v):
 
 # Decoding: what the host sends (call frames with any argument values).
 _FIXED = {0xC0: None, 0xC2: False, 0xC3: True}
-_SIZED = {  # tag: (struct format, what follows)
+# fmt: off
+_SIZED = {  # tag: (struct format of the size or value, what follows)
     0xC4: (">B", "bin"), 0xC5: (">H", "bin"), 0xC6: (">I", "bin"),
     0xD9: (">B", "str"), 0xDA: (">H", "str"), 0xDB: (">I", "str"),
     0xDC: (">H", "array"), 0xDD: (">I", "array"),
@@ -81,6 +82,7 @@ _SIZED = {  # tag: (struct format, what follows)
     0xCC: (">B", None), 0xCD: (">H", None), 0xCE: (">I", None), 0xCF: (">Q", None),
     0xD0: (">b", None), 0xD1: (">h", None), 0xD2: (">i", None), 0xD3: (">q", None),
 }
+# fmt: on
 
 
 def unpack(data, pos=0):
@@ -137,27 +139,43 @@ LOG_BODIES = {
     "send_log_fields_wrong": {"level": 3, "logger": ["x"], "message": {"m": 1}},
 }
 ERROR_BODIES = {
-    "send_error_message_map": {"kind": "exception", "type": "ValueError", "message": {"secret": [1, 2]}, "traceback": None, "tool": "x"},
-    "send_error_message_bin": {"kind": "exception", "type": "ValueError", "message": b"\xff\xfe not utf-8", "traceback": None, "tool": "x"},
+    "send_error_message_map": {
+        "kind": "exception",
+        "type": "ValueError",
+        "message": {"secret": [1, 2]},
+        "traceback": None,
+        "tool": "x",
+    },
+    "send_error_message_bin": {
+        "kind": "exception",
+        "type": "ValueError",
+        "message": b"\xff\xfe not utf-8",
+        "traceback": None,
+        "tool": "x",
+    },
     "send_error_fields_wrong": WRONG_FIELDS,
     "send_error_body_list": ["exception", "ValueError"],
     "send_error_body_int": 42,
 }
 
 
+BEFORE_READY = {  # mode: the frame sent instead of, or before, the `ready`
+    "error_body_list": ("error", ["adapter_load", "boom"]),
+    "error_body_int": ("error", 3),
+    "error_fields_wrong": ("error", WRONG_FIELDS),
+    "ready_body_int": ("ready", 1),
+    "ready_body_list": ("ready", [1, "fake"]),
+    "log_body_list": ("log", ["info", "hostile", "a list"]),
+}
+
+
 def before_ready(mode):
-    """Misbehaves per HOSTILE_BEFORE_READY; returns True if `ready` is still to be sent."""
-    if mode.startswith("error_"):
-        body = {"error_body_list": ["adapter_load", "boom"], "error_body_int": 3, "error_fields_wrong": WRONG_FIELDS}[mode]
-        send("error", 0, body)
-        sys.exit(3)
-    if mode.startswith("ready_"):
-        send("ready", 0, {"ready_body_int": 1, "ready_body_list": [1, "fake"]}[mode])
-        return False
-    if mode == "log_body_list":
-        send("log", 0, ["info", "hostile", "a list"])
-        return True
-    raise SystemExit(f"hostile_worker: unknown HOSTILE_BEFORE_READY {mode!r}")
+    """Sends the frame of a HOSTILE_BEFORE_READY mode; True if a valid `ready` is still to be sent."""
+    kind, body = BEFORE_READY[mode]
+    send(kind, 0, body)
+    if kind == "error":
+        sys.exit(3)  # as the bridge does after an adapter_load error
+    return kind == "log"
 
 
 def main():
@@ -170,7 +188,18 @@ def main():
     tools = ["echo", "getenv", "exit", "send_log_undecodable", *LOG_BODIES, *ERROR_BODIES]
     protocol = int(os.environ.get("HOSTILE_PROTOCOL", "1"))
     if not mode or before_ready(mode):
-        send("ready", 0, {"protocol": protocol, "pid": os.getpid(), "adapter": "hostile", "tools": tools, "codec": "hand-made", "python": sys.version.split()[0]})
+        send(
+            "ready",
+            0,
+            {
+                "protocol": protocol,
+                "pid": os.getpid(),
+                "adapter": "hostile",
+                "tools": tools,
+                "codec": "hand-made",
+                "python": sys.version.split()[0],
+            },
+        )
     stdin = sys.stdin.buffer
     while True:
         frame = read_frame(stdin)
@@ -199,7 +228,11 @@ def main():
             send("error", request_id, ERROR_BODIES[tool])
         else:
             message = f"unknown tool ({len(tool)} bytes)"
-            send("error", request_id, {"kind": "unknown_tool", "type": None, "message": message, "traceback": None, "tool": None})
+            send(
+                "error",
+                request_id,
+                {"kind": "unknown_tool", "type": None, "message": message, "traceback": None, "tool": None},
+            )
 
 
 if __name__ == "__main__":
