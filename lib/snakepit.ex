@@ -46,6 +46,7 @@ defmodule Snakepit do
   alias Snakepit.{Error, Native, Pool}
 
   @default_timeout 30_000
+  @max_timeout Snakepit.Config.max_timeout()
   # After a timeout, `cancel` may report that the reply was already sent; it
   # is then in the mailbox or arriving. This bounds that wait, defensively.
   @reply_in_flight_wait 5_000
@@ -76,7 +77,10 @@ defmodule Snakepit do
   - `:session_id` - a string passed to the worker with the call.
 
   `args` is a map (or a keyword list); its keys become the tool's keyword
-  argument names.
+  argument names. Timeouts are `:infinity` or integers from 0 to
+  `Snakepit.Config.max_timeout/0` (about 49.7 days, the most the VM can wait
+  for); other values, like bad arguments, are refused with a `:validation`
+  error before the call is made.
 
       iex> Snakepit.execute("add", %{a: 1, b: 2})
       {:ok, 3}
@@ -140,7 +144,7 @@ defmodule Snakepit do
     if Native.dequeue(handle, request_id) do
       {:error,
        Error.timeout(
-         "no worker was free for #{inspect(tool)} within #{queue_timeout} ms (:queue_timeout)",
+         "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
          %{tool: tool, timeout: queue_timeout, queue: true}
        )}
     else
@@ -163,12 +167,12 @@ defmodule Snakepit do
           {^tag, :error, reason} -> {:error, Error.from_native(reason)}
         after
           @reply_in_flight_wait ->
-            {:error, Error.transport("the reply to #{inspect(tool)} was lost", %{tool: tool})}
+            {:error, Error.transport("the reply to #{Error.excerpt(tool)} was lost", %{tool: tool})}
         end
 
       cancelled when cancelled in [:cancelled, :running] ->
         {:error,
-         Error.timeout("no answer from #{inspect(tool)} within #{timeout} ms", %{
+         Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", %{
            tool: tool,
            timeout: timeout,
            queue: cancelled == :cancelled
@@ -183,14 +187,12 @@ defmodule Snakepit do
       {:result, {:ok, result}} ->
         {:ok, result}
 
-      {:python_error, {:ok, %{} = body}} ->
+      # Any body, of any shape: from_python/1 makes an error of it.
+      {:python_error, {:ok, body}} ->
         {:error, Error.from_python(body)}
 
       {_, {:error, why}} ->
         {:error, Error.transport("the worker's answer could not be decoded: #{why}")}
-
-      {_, {:ok, other}} ->
-        {:error, Error.transport("the worker sent a malformed error: #{inspect(other)}")}
     end
   end
 
@@ -209,14 +211,18 @@ defmodule Snakepit do
   end
 
   @doc """
-  Waits until every worker of `pool` has started, up to `timeout` ms.
+  Waits until every worker of `pool` has started, up to `timeout` ms
+  (`:infinity`, or at most `Snakepit.Config.max_timeout/0`; another value
+  is a `:validation` error).
 
       iex> Snakepit.await_ready(:default, 10_000)
       :ok
   """
   @spec await_ready(atom(), timeout()) :: :ok | {:error, Error.t()}
   def await_ready(pool \\ :default, timeout \\ @default_timeout) do
-    Pool.await_ready(pool, timeout)
+    with :ok <- check_timeout(:timeout, timeout) do
+      Pool.await_ready(pool, timeout)
+    end
   end
 
   @doc """
@@ -431,7 +437,7 @@ defmodule Snakepit do
 
   defp fetch_pool(pool) do
     case Pool.lookup(pool) do
-      nil -> {:error, Error.pool("no pool named #{inspect(pool)} is running", %{pool: pool})}
+      nil -> {:error, Error.pool("no pool named #{Error.excerpt(pool)} is running", %{pool: pool})}
       found -> {:ok, found}
     end
   end
@@ -444,7 +450,7 @@ defmodule Snakepit do
   defp check_command(command),
     do:
       {:error,
-       Error.validation("the command must be a string or an atom, got: #{inspect(command)}")}
+       Error.validation("the command must be a string or an atom, got: #{Error.excerpt(command)}")}
 
   defp check_args(args) when is_map(args), do: {:ok, args}
 
@@ -452,25 +458,36 @@ defmodule Snakepit do
     if Keyword.keyword?(args),
       do: {:ok, Map.new(args)},
       else:
-        {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
+        {:error,
+         Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
   end
 
   defp check_args(args),
-    do: {:error, Error.validation("args must be a map or a keyword list, got: #{inspect(args)}")}
+    do:
+      {:error,
+       Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
 
+  # Checked before anything is submitted: past Config.max_timeout/0 the VM
+  # cannot wait (`receive ... after` raises), and the answer would be left
+  # in the caller's mailbox.
   defp check_timeout(_, :infinity), do: :ok
-  defp check_timeout(_, t) when is_integer(t) and t >= 0, do: :ok
+
+  defp check_timeout(_, t) when is_integer(t) and t >= 0 and t <= @max_timeout, do: :ok
 
   defp check_timeout(key, t),
     do:
       {:error,
        Error.validation(
-         "the #{inspect(key)} must be a non-negative integer or :infinity, got: #{inspect(t)}"
+         "the #{inspect(key)} must be :infinity or an integer from 0 to #{@max_timeout} (ms), " <>
+           "got: #{Error.excerpt(t)}",
+         %{option: key}
        )}
 
   defp check_session(nil), do: :ok
   defp check_session(s) when is_binary(s), do: :ok
 
   defp check_session(s),
-    do: {:error, Error.validation("the :session_id must be a string or nil, got: #{inspect(s)}")}
+    do:
+      {:error,
+       Error.validation("the :session_id must be a string or nil, got: #{Error.excerpt(s)}")}
 end

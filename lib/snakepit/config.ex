@@ -5,6 +5,9 @@ defmodule Snakepit.Config do
   alias Snakepit.Error
 
   @max_frame_limit 0xFFFF_FFFF
+  # The longest wait `receive ... after` and timers accept: 2^32 - 1 ms,
+  # about 49.7 days. Every duration option is checked against it.
+  @max_ms 4_294_967_295
 
   # The shapes an option's value can take: the typespec of the validated
   # value, and the words that say what is expected (in error messages and in
@@ -13,8 +16,12 @@ defmodule Snakepit.Config do
     pool_name: {quote(do: atom()), "an atom"},
     python_class: {quote(do: String.t()), ~s(a dotted Python path like "my_pkg.module.ClassName")},
     pos_integer: {quote(do: pos_integer()), "a positive integer"},
-    pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds)"},
-    non_neg_ms: {quote(do: non_neg_integer()), "a non-negative integer (milliseconds)"},
+    pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds) up to 4_294_967_295"},
+    non_neg_ms:
+      {quote(do: non_neg_integer()), "a non-negative integer (milliseconds) up to 4_294_967_295"},
+    pos_ms_or_infinity:
+      {quote(do: pos_integer() | :infinity),
+       "a positive integer or :infinity (milliseconds, up to 4_294_967_295)"},
     pos_or_infinity: {quote(do: pos_integer() | :infinity), "a positive integer or :infinity"},
     string: {quote(do: String.t()), "a non-empty string"},
     dir_list: {quote(do: [String.t()]), "a list of directory strings"},
@@ -98,13 +105,13 @@ defmodule Snakepit.Config do
     },
     %{
       name: :timeout,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: 30_000,
       doc: "ms a call may take, queueing included, when the call gives no `:timeout`"
     },
     %{
       name: :queue_timeout,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: :infinity,
       doc: "ms a call may wait for a worker (per call too)"
     },
@@ -123,7 +130,7 @@ defmodule Snakepit.Config do
     },
     %{
       name: :heartbeat_interval,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: 5_000,
       doc: "ms between heartbeats, or `:infinity` for none"
     },
@@ -142,7 +149,7 @@ defmodule Snakepit.Config do
     },
     %{
       name: :max_age,
-      shape: :pos_or_infinity,
+      shape: :pos_ms_or_infinity,
       default: :infinity,
       native: true,
       doc: "ms a worker lives before it is recycled"
@@ -307,6 +314,35 @@ defmodule Snakepit.Config do
   FIFO order, and those written behind a call whose worker dies are queued
   again, not failed (they never started).
 
+  ### Worker environment
+
+  Workers inherit the BEAM's environment; `:env` adds variables to it or
+  overrides them. The pool sets these itself:
+
+  | variable                              | value                                                    |
+  |---------------------------------------|----------------------------------------------------------|
+  | `PYTHONPATH`                          | the `:python_path` directories, then Snakepit's own      |
+  |                                       | `priv/python`, then the `PYTHONPATH` of `:env` if it has |
+  |                                       | one, else the BEAM's own; empty entries are dropped      |
+  | `PYTHONUNBUFFERED`                    | `1`, so that what a worker prints is logged at once      |
+  | `SNAKEPIT_MAX_FRAME_BYTES`            | the pool's `:max_frame_bytes`                            |
+  | `SNAKEPIT_POOL`, `SNAKEPIT_WORKER_ID` | the pool's name and the worker's id                      |
+  | `SNAKEPIT_CONTROL_FD`                 | the worker's end of the control pipe                     |
+  | `SNAKEPIT_OWNER`                      | this BEAM, for `Snakepit.Orphans`                        |
+
+  `:env` may not name any of the `SNAKEPIT_` variables above: the pool and
+  the bridge rely on their values. Those are refused with a `:validation`
+  error, as are empty names, names containing `=` or a NUL byte, and values
+  containing a NUL byte. A `PYTHONPATH` in `:env` extends the workers' path
+  (after `:python_path` and `priv/python`, see `docs/python.md`); a
+  `PYTHONUNBUFFERED` in `:env` replaces the pool's; other `SNAKEPIT_` names
+  are free (Snakepit's own tests use `SNAKEPIT_TEST_*`).
+
+  `:env` often carries secrets, so its values are never shown: errors about
+  it name the variable only, and `Snakepit.Pool` shows them as
+  `"**redacted**"` in `:sys.get_status/1` and in crash reports (see
+  `redact/1`).
+
   Snakepit's own `priv/python` is always on the workers' `PYTHONPATH`, so
   `snakepit_bridge` needs no install.
 
@@ -377,6 +413,17 @@ defmodule Snakepit.Config do
                 do: {name, if(name in @enforce_keys, do: nil, else: default)}
 
   @doc """
+  The longest duration, in milliseconds, that a timeout option (of a pool,
+  of `Snakepit.execute/3` or of `Snakepit.await_ready/2`) accepts: 2^32 - 1,
+  about 49.7 days, the most the VM can wait for in `receive ... after`.
+
+      iex> Snakepit.Config.max_timeout()
+      4294967295
+  """
+  @spec max_timeout() :: pos_integer()
+  def max_timeout, do: @max_ms
+
+  @doc """
   The option names a pool accepts, in the order of the table above.
 
       iex> Enum.take(Snakepit.Config.known_options(), 3)
@@ -397,7 +444,7 @@ defmodule Snakepit.Config do
       true
       iex> {:error, error} = Snakepit.Config.validate(adapter: "m.A", timeout: 0)
       iex> {error.message, error.details}
-      {"invalid pool option :timeout: expected a positive integer or :infinity, got: 0", %{option: :timeout}}
+      {"invalid pool option :timeout: expected a positive integer or :infinity (milliseconds, up to 4_294_967_295), got: 0", %{option: :timeout}}
   """
   @spec validate(keyword()) :: {:ok, t()} | {:error, Error.t()}
   def validate(opts) when is_list(opts) do
@@ -415,13 +462,44 @@ defmodule Snakepit.Config do
         end)
       end
     else
-      {:error, Error.validation("pool options must be a keyword list, got: #{inspect(opts)}")}
+      not_a_keyword_list("pool options", opts)
     end
   end
 
-  def validate(other) do
-    {:error, Error.validation("pool options must be a keyword list, got: #{inspect(other)}")}
+  def validate(other), do: not_a_keyword_list("pool options", other)
+
+  @doc """
+  `term` with the values of every `:env` in it (pool options, a pool's
+  config, or anything holding them) replaced by `"**redacted**"`, their
+  names kept: what may be shown in an error message, a log or a crash
+  report.
+
+      iex> Snakepit.Config.redact(adapter: "m.A", env: %{"TOKEN" => "s3cr3t"})
+      [adapter: "m.A", env: %{"TOKEN" => "**redacted**"}]
+  """
+  @spec redact(term()) :: term()
+  def redact({:env, env}), do: {:env, redact_env(env)}
+  def redact({key, value}), do: {key, redact(value)}
+  def redact([head | tail]), do: [redact(head) | redact(tail)]
+
+  def redact(map) when is_map(map) do
+    :maps.map(
+      fn
+        :env, env -> redact_env(env)
+        _key, value -> redact(value)
+      end,
+      map
+    )
   end
+
+  def redact(other), do: other
+
+  defp redact_env(env) when is_map(env), do: Map.new(env, &redact_env_entry/1)
+  defp redact_env(env) when is_list(env), do: Enum.map(env, &redact_env_entry/1)
+  defp redact_env(_env), do: "**redacted**"
+
+  defp redact_env_entry({name, _value}), do: {name, "**redacted**"}
+  defp redact_env_entry(_entry), do: "**redacted**"
 
   @doc """
   The options of a validated pool that the native pool takes: #{Enum.map_join(@native, ", ", &"`#{inspect(&1)}`")},
@@ -472,17 +550,15 @@ defmodule Snakepit.Config do
         {:ok, if(enabled?, do: flat ++ pools, else: [])}
       end
     else
-      not_a_keyword_list(env)
+      not_a_keyword_list("the :snakepit application environment", env)
     end
   end
 
-  def pools_from_env(env), do: not_a_keyword_list(env)
+  def pools_from_env(env), do: not_a_keyword_list("the :snakepit application environment", env)
 
-  defp not_a_keyword_list(env) do
+  defp not_a_keyword_list(what, term) do
     {:error,
-     Error.validation(
-       "the :snakepit application environment must be a keyword list, got: #{inspect(env)}"
-     )}
+     Error.validation("#{what} must be a keyword list, got: #{Error.excerpt(redact(term))}")}
   end
 
   # The design's flat keys and the pool option each one sets.
@@ -530,7 +606,7 @@ defmodule Snakepit.Config do
             do: [],
             else: [
               "For example: config :snakepit, pools: [default: " <>
-                inspect(misplaced_example(env, misplaced)) <> "]"
+                inspect(redact(misplaced_example(env, misplaced))) <> "]"
             ]
 
         message =
@@ -604,7 +680,7 @@ defmodule Snakepit.Config do
 
   defp invalid_app_key(key, expected, value) do
     Error.validation(
-      "invalid config :snakepit, #{key}: expected #{expected}, got: #{inspect(value)}",
+      "invalid config :snakepit, #{key}: expected #{expected}, got: #{Error.excerpt(redact(value))}",
       %{key: key}
     )
   end
@@ -771,19 +847,26 @@ defmodule Snakepit.Config do
     end)
   end
 
+  # An :env problem is described without its values (they may be secrets).
+  defp invalid(:env, {:env, problem, details}, _value) do
+    Error.validation("invalid pool option :env: " <> problem, Map.put(details, :option, :env))
+  end
+
   defp invalid(key, expected, value) do
     Error.validation(
-      "invalid pool option #{inspect(key)}: expected #{expected}, got: #{inspect(value)}",
+      "invalid pool option #{inspect(key)}: expected #{expected}, got: #{Error.excerpt(value)}",
       %{option: key}
     )
   end
 
-  # {:ok, normalized value} or {:error, what was expected}.
+  # {:ok, normalized value} or {:error, what was expected}; for :env,
+  # {:error, {:env, what is wrong, details}}.
   defp check_option(key, value) do
     shape = Map.fetch!(@shape_of, key)
 
     case accept(shape, value) do
       {:ok, value} -> {:ok, value}
+      {:error, {:env, _, _}} = error -> error
       :error -> {:error, Map.fetch!(@expected, shape)}
     end
   end
@@ -794,10 +877,11 @@ defmodule Snakepit.Config do
     if String.match?(v, ~r/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$/), do: {:ok, v}, else: :error
   end
 
-  defp accept(shape, v) when shape in [:pos_integer, :pos_ms] and is_integer(v) and v > 0,
-    do: {:ok, v}
-
-  defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0, do: {:ok, v}
+  defp accept(:pos_integer, v) when is_integer(v) and v > 0, do: {:ok, v}
+  defp accept(:pos_ms, v) when is_integer(v) and v > 0 and v <= @max_ms, do: {:ok, v}
+  defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0 and v <= @max_ms, do: {:ok, v}
+  defp accept(:pos_ms_or_infinity, :infinity), do: {:ok, :infinity}
+  defp accept(:pos_ms_or_infinity, v) when is_integer(v) and v > 0 and v <= @max_ms, do: {:ok, v}
   defp accept(:pos_or_infinity, :infinity), do: {:ok, :infinity}
   defp accept(:pos_or_infinity, v) when is_integer(v) and v > 0, do: {:ok, v}
   defp accept(:string, v) when is_binary(v) and v != "", do: {:ok, v}
@@ -806,13 +890,7 @@ defmodule Snakepit.Config do
     if Enum.all?(v, &is_binary/1), do: {:ok, v}, else: :error
   end
 
-  defp accept(:env, v) when is_map(v), do: accept(:env, Map.to_list(v))
-
-  defp accept(:env, v) when is_list(v) do
-    if Enum.all?(v, &env_pair?/1),
-      do: {:ok, Enum.map(v, fn {k, val} -> {to_string(k), to_string(val)} end)},
-      else: :error
-  end
+  defp accept(:env, v), do: check_env(v)
 
   defp accept(:dir_or_nil, v) when is_nil(v) or is_binary(v), do: {:ok, v}
 
@@ -822,6 +900,77 @@ defmodule Snakepit.Config do
   defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
   defp accept(_shape, _value), do: :error
 
-  defp env_pair?({k, v}), do: (is_binary(k) or is_atom(k)) and (is_binary(v) or is_atom(v))
-  defp env_pair?(_), do: false
+  # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the
+  # native side (native/snakepit_nif/src/worker.rs) set for every worker:
+  # :env may not replace them. Keep in step with those two.
+  @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
+               SNAKEPIT_OWNER)
+
+  # The :env as string pairs, or what is wrong with it, never quoting a
+  # value. Names are checked against what the pool sets itself.
+  defp check_env(env) when is_map(env), do: check_env(Map.to_list(env))
+
+  defp check_env(env) when is_list(env), do: check_env(env, 1, [])
+
+  defp check_env(env) do
+    env_error("expected #{@expected[:env]}, got #{kind_of(env)}")
+  end
+
+  defp check_env([], _index, pairs), do: {:ok, Enum.reverse(pairs)}
+
+  defp check_env([entry | rest], index, pairs) do
+    case env_entry(entry, index) do
+      {:ok, pair} -> check_env(rest, index + 1, [pair | pairs])
+      error -> error
+    end
+  end
+
+  defp check_env(_improper_tail, _index, _pairs),
+    do: env_error("expected #{@expected[:env]}, got an improper list")
+
+  defp env_entry({name, value}, _index) when is_binary(name) or is_atom(name) do
+    name = to_string(name)
+
+    cond do
+      (problem = env_name_problem(name)) != nil ->
+        env_error(problem, name)
+
+      not (is_binary(value) or is_atom(value)) ->
+        env_error("the value of #{Error.excerpt(name)} is not a string or an atom", name)
+
+      String.contains?(to_string(value), <<0>>) ->
+        env_error("the value of #{Error.excerpt(name)} contains a NUL byte", name)
+
+      true ->
+        {:ok, {name, to_string(value)}}
+    end
+  end
+
+  defp env_entry({_name, _value}, index),
+    do: env_error("the name of entry #{index} is not a string or an atom")
+
+  defp env_entry(_entry, index),
+    do: env_error("entry #{index} is not a {name, value} pair (expected #{@expected[:env]})")
+
+  defp env_name_problem(""), do: "a name is empty"
+
+  defp env_name_problem(name) when name in @pool_env,
+    do: "#{name} is set by the pool itself (see \"Worker environment\" in Snakepit.Config)"
+
+  defp env_name_problem(name) do
+    cond do
+      String.contains?(name, "=") -> "the name #{Error.excerpt(name)} contains \"=\""
+      String.contains?(name, <<0>>) -> "the name #{Error.excerpt(name)} contains a NUL byte"
+      true -> nil
+    end
+  end
+
+  defp env_error(problem), do: {:error, {:env, problem, %{}}}
+  defp env_error(problem, name), do: {:error, {:env, problem, %{name: name}}}
+
+  defp kind_of(term) when is_binary(term), do: "a string"
+  defp kind_of(term) when is_number(term), do: "a number"
+  defp kind_of(term) when is_atom(term), do: "an atom"
+  defp kind_of(term) when is_tuple(term), do: "a tuple"
+  defp kind_of(_term), do: "another term"
 end

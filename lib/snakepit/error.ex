@@ -97,25 +97,86 @@ defmodule Snakepit.Error do
 
   def from_native(other), do: transport("unexpected reply from the native core: #{inspect(other)}")
 
+  @excerpt_chars 200
+
+  @doc """
+  `term` as it may appear in an error message: `inspect/2`-ed, cut short
+  (about #{@excerpt_chars} characters of a string, 20 items of a
+  collection), with the size of a long binary. For data that comes from a
+  caller or a worker, which can be of any size.
+
+      iex> Snakepit.Error.excerpt("add")
+      ~s("add")
+      iex> Snakepit.Error.excerpt(String.duplicate("x", 1_000_000)) |> String.ends_with?("<> ... (1000000 bytes)")
+      true
+      iex> Snakepit.Error.excerpt(Enum.to_list(1..1000)) |> String.length() < 100
+      true
+  """
+  @spec excerpt(term()) :: String.t()
+  def excerpt(term) do
+    text = inspect(term, limit: 20, printable_limit: @excerpt_chars)
+
+    # Nested collections can still add up: keep the text itself short.
+    text =
+      if String.length(text) > 4 * @excerpt_chars,
+        do: String.slice(text, 0, 4 * @excerpt_chars) <> "...",
+        else: text
+
+    if is_binary(term) and byte_size(term) > @excerpt_chars,
+      do: text <> " (#{byte_size(term)} bytes)",
+      else: text
+  end
+
   @doc false
-  # A worker's `error` frame body (string keys, from Python).
-  @spec from_python(map()) :: t()
-  def from_python(body) do
-    kind = body["kind"]
-    details = %{kind: kind, tool: body["tool"]}
-    message = body["message"] || "unknown error"
+  # A worker's `error` frame body: untrusted data, of any shape. Always an
+  # error: a body that is not a map is the worker breaking the protocol
+  # (`:transport`); a message or type that is not a string is shown with
+  # `excerpt/1`, and a kind, tool or traceback that is not one is dropped.
+  @spec from_python(term()) :: t()
+  def from_python(body) when is_map(body) do
+    kind = string_field(body, "kind")
+    details = %{kind: kind, tool: string_field(body, "tool")}
+    traceback = string_field(body, "traceback")
+    message = shown_field(body, "message") || "unknown error"
 
     case kind do
       k when k in ["unknown_tool", "bad_arguments", "bad_request"] ->
-        %__MODULE__{
-          new(:validation, message, details)
-          | python_traceback: body["traceback"]
-        }
+        %__MODULE__{new(:validation, message, details) | python_traceback: traceback}
 
       _ ->
-        python_error(body["type"] || "Error", message, body["traceback"], details)
+        python_error(shown_field(body, "type") || "Error", message, traceback, details)
     end
   end
+
+  def from_python(body), do: transport("the worker sent a malformed error: " <> excerpt(body))
+
+  # A UTF-8 string field, or nil.
+  defp string_field(body, key) do
+    case Map.get(body, key) do
+      value when is_binary(value) -> if String.valid?(value), do: value
+      _ -> nil
+    end
+  end
+
+  # A UTF-8 string field as is (a type name cut short), nil if absent, and
+  # anything else (a map, a number, bytes that are not UTF-8) as its excerpt.
+  defp shown_field(body, key) do
+    case {key, Map.get(body, key)} do
+      {_, nil} ->
+        nil
+
+      {"type", type} when is_binary(type) and byte_size(type) <= @excerpt_chars ->
+        string_or_excerpt(type)
+
+      {"message", message} when is_binary(message) ->
+        string_or_excerpt(message)
+
+      {_, value} ->
+        excerpt(value)
+    end
+  end
+
+  defp string_or_excerpt(value), do: if(String.valid?(value), do: value, else: excerpt(value))
 
   defimpl String.Chars do
     def to_string(%{category: category, message: message}), do: "[#{category}] #{message}"

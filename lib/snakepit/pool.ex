@@ -324,6 +324,17 @@ defmodule Snakepit.Pool do
     :ok
   end
 
+  # What :sys.get_status/1 and the crash report of this process show: the
+  # values of the pool's :env (which may hold secrets) are redacted, in the
+  # state and wherever else they appear (the last message, the reason, the
+  # sys log). OTP 25 calls format_status/1, and older OTPs format_status/2.
+  @doc false
+  @spec format_status(map()) :: map()
+  def format_status(status), do: Map.new(status, fn {key, value} -> {key, Config.redact(value)} end)
+
+  @impl true
+  def format_status(_reason, [_pdict, state]), do: [data: [{~c"State", Config.redact(state)}]]
+
   defp stop_all(state, how) do
     :ok = apply(Native, how, [state.handle])
     drain_exits(state, @kill_wait)
@@ -402,18 +413,16 @@ defmodule Snakepit.Pool do
   end
 
   # Frame-carrying events hold the raw frame; bodies are decoded here, in a
-  # process (see native/snakepit_nif/src/codec.rs for why).
-  defp decode_body({:msgpack, frame, offset}) do
-    case Native.decode_frame(frame, offset) do
-      {:ok, body} -> body
-      {:error, _} -> nil
-    end
-  end
-
+  # process (see native/snakepit_nif/src/codec.rs for why), as
+  # `{:frame, {:ok, body} | {:error, why}}`. A body is the worker's data, of
+  # any shape: each clause of worker_event/5 checks the shape it uses, and
+  # one that does not fit is the worker breaking the protocol, never a crash
+  # of this process.
+  defp decode_body({:msgpack, frame, offset}), do: {:frame, Native.decode_frame(frame, offset)}
   defp decode_body(data), do: data
 
   # The native side checked the handshake (protocol version included)
-  # before it reported the worker ready.
+  # before it reported the worker ready; the body is not used here.
   defp worker_event(:ready, _info, id, worker, state) do
     failures = Map.put(state.failures, worker.slot, 0)
 
@@ -469,14 +478,29 @@ defmodule Snakepit.Pool do
     put_worker(state, id, %{worker | stderr_tail: tail})
   end
 
-  defp worker_event(:log, body, id, _worker, state) do
-    level = log_level(body["level"])
-    message = "[snakepit #{state.config.name}/#{id}] #{body["logger"]}: #{body["message"]}"
-    Logger.log(level, message, snakepit_pool: state.config.name, snakepit_worker: id)
+  defp worker_event(
+         :log,
+         {:frame, {:ok, %{"level" => level, "logger" => logger, "message" => message}}},
+         id,
+         _worker,
+         state
+       )
+       when is_binary(level) and is_binary(logger) and is_binary(message) do
+    Logger.log(
+      log_level(level),
+      "[snakepit #{state.config.name}/#{id}] #{logger}: #{message}",
+      snakepit_pool: state.config.name,
+      snakepit_worker: id
+    )
+
     state
   end
 
-  defp worker_event(:dropped_output, lines, id, _worker, state) do
+  defp worker_event(:log, {:frame, body}, id, worker, state) do
+    protocol_warning(state, id, worker, "log", body, "a map of string level, logger and message")
+  end
+
+  defp worker_event(:dropped_output, lines, id, _worker, state) when is_integer(lines) do
     Logger.warning(
       "[snakepit] worker #{id} of pool #{inspect(state.config.name)} writes output faster " <>
         "than it can be logged: dropped #{lines} lines (see :dropped_output_lines in " <>
@@ -487,6 +511,33 @@ defmodule Snakepit.Pool do
 
     state
   end
+
+  # An event this version does not know (the native side is newer): ignored.
+  defp worker_event(event, _data, id, _worker, state) do
+    Logger.warning(
+      "[snakepit] ignored an unknown event #{inspect(event)} of worker #{id} of pool " <>
+        inspect(state.config.name)
+    )
+
+    state
+  end
+
+  # A frame of the wrong shape that reached this process: the worker broke
+  # the protocol. (The native side checks shapes too, and kills such a
+  # worker; this is the defence of last resort.) Logged once, then ignored.
+  defp protocol_warning(state, id, worker, kind, body, expected) do
+    Logger.warning(
+      "[snakepit] worker #{id} (os pid #{worker.os_pid}) of pool #{inspect(state.config.name)} " <>
+        "sent a malformed #{kind} frame, ignored: " <> malformed(body, expected),
+      snakepit_pool: state.config.name,
+      snakepit_worker: id
+    )
+
+    state
+  end
+
+  defp malformed({:ok, body}, expected), do: "expected #{expected}, got: #{Error.excerpt(body)}"
+  defp malformed({:error, why}, _expected), do: "its body could not be decoded: #{why}"
 
   defp put_worker(state, id, worker), do: %{state | workers: Map.put(state.workers, id, worker)}
 
@@ -506,7 +557,7 @@ defmodule Snakepit.Pool do
     }
   end
 
-  defp startup_error(state, body) do
+  defp startup_error(state, {:frame, {:ok, body}}) when is_map(body) do
     error = Error.from_python(body)
 
     %{
@@ -519,6 +570,14 @@ defmodule Snakepit.Pool do
     }
   end
 
+  defp startup_error(state, {:frame, body}) do
+    Error.pool(
+      "pool #{inspect(state.config.name)} could not start its workers: a worker sent a " <>
+        "malformed error before its handshake (" <> malformed(body, "a map") <> ")",
+      %{pool: state.config.name}
+    )
+  end
+
   defp early_exit_error(state, worker, details) do
     case worker.startup_error do
       %Error{} = error ->
@@ -527,9 +586,12 @@ defmodule Snakepit.Pool do
       nil ->
         output = worker.stderr_tail |> Enum.reverse() |> Enum.join("\n")
 
+        reason = if is_binary(details[:reason]), do: ": " <> details[:reason], else: ""
+
         Error.pool(
           "pool #{inspect(state.config.name)} could not start: worker #{describe_exit(details)} " <>
-            "before its handshake" <> if(output == "", do: "", else: ". Its stderr:\n" <> output),
+            "before its handshake" <>
+            reason <> if(output == "", do: "", else: ". Its stderr:\n" <> output),
           Map.put(details, :pool, state.config.name)
         )
     end

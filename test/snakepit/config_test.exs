@@ -5,6 +5,9 @@ defmodule Snakepit.ConfigTest do
 
   alias Snakepit.{Config, Error}
 
+  # The longest wait the VM accepts in `receive ... after` (ms).
+  @max_ms 4_294_967_295
+
   # Every option, written out here independently of Config's own table:
   # {option, default, accepted values, refused values}. A default of
   # :required or {:computed, fun} is not a literal.
@@ -18,20 +21,20 @@ defmodule Snakepit.ConfigTest do
     {:env, [], [[], [{"A", "1"}]], [[{"A", 1}], [{"A", 1.5}], ["A=1"], "A=1", [{1, "a"}]]},
     {:cwd, nil, [nil, "/tmp"], [:tmp, ~c"/tmp", 1]},
     {:max_frame_bytes, 67_108_864, [1, 0xFFFF_FFFF], [0, 0xFFFF_FFFF + 1, 2 ** 40, :infinity]},
-    {:startup_timeout, 30_000, [1, 60_000], [0, -1, :infinity, 1.0]},
+    {:startup_timeout, 30_000, [1, 60_000, @max_ms], [0, -1, :infinity, 1.0, @max_ms + 1]},
     {:pipeline_depth, 1, [1, 64], [0, 65, :infinity, 2.0]},
-    {:timeout, 30_000, [1, 5_000, :infinity], [0, -1, nil, "5000", 1.5]},
-    {:queue_timeout, :infinity, [1, :infinity], [0, -5, nil]},
+    {:timeout, 30_000, [1, 5_000, :infinity, @max_ms], [0, -1, nil, "5000", 1.5, @max_ms + 1]},
+    {:queue_timeout, :infinity, [1, :infinity, @max_ms], [0, -5, nil, @max_ms + 1]},
     {:max_queue, 10_000, [1, 100], [0, :infinity, nil]},
-    {:cancel_grace, 2_000, [0, 100], [-5, :infinity, 1.5]},
-    {:heartbeat_interval, 5_000, [1, :infinity], [0, nil]},
+    {:cancel_grace, 2_000, [0, 100, @max_ms], [-5, :infinity, 1.5, @max_ms + 1]},
+    {:heartbeat_interval, 5_000, [1, :infinity, @max_ms], [0, nil, @max_ms + 1]},
     {:heartbeat_misses, 3, [1, 10], [0, :infinity]},
     {:max_requests, :infinity, [1, :infinity], [0, :never]},
-    {:max_age, :infinity, [1, :infinity], [0, -1]},
+    {:max_age, :infinity, [1, :infinity, @max_ms], [0, -1, @max_ms + 1]},
     {:max_memory_mb, :infinity, [1, :infinity], [0, "1G"]},
     {:startup_batch_size, 8, [1, 100], [0, :infinity]},
     {:max_start_failures, 5, [1, 100], [0, 1.5]},
-    {:shutdown_timeout, 5_000, [0, 100], [-1, :infinity]}
+    {:shutdown_timeout, 5_000, [0, 100, @max_ms], [-1, :infinity, @max_ms + 1]}
   ]
 
   @native_keys [
@@ -79,10 +82,16 @@ defmodule Snakepit.ConfigTest do
                    Config.validate([{option, value} | base_opts(option)]),
                  "#{inspect(option)} accepted #{inspect(value)}"
 
-          assert e.details == %{option: option}
+          if option == :env do
+            # :env values are never quoted: see the :env tests below.
+            assert e.details.option == :env
+            assert e.message =~ ~r/^invalid pool option :env: ./
+          else
+            assert e.details == %{option: option}
 
-          assert e.message =~
-                   ~r/^invalid pool option #{inspect(option)}: expected .+, got: #{Regex.escape(inspect(value))}$/
+            assert e.message =~
+                     ~r/^invalid pool option #{inspect(option)}: expected .+, got: #{Regex.escape(inspect(value))}$/
+          end
         end
       end
     end
@@ -131,6 +140,102 @@ defmodule Snakepit.ConfigTest do
 
       assert {:error, %Error{details: %{option: :env}}} =
                Config.validate(adapter: "m.A", env: %{"A" => 1})
+    end
+
+    test "env names: empty, with = or NUL, and those the pool sets are refused, named" do
+      for {name, words} <- [
+            {"", "a name is empty"},
+            {"A=B", ~s(the name "A=B" contains "=")},
+            {"=A", ~s(the name "=A" contains "=")},
+            {"A\0B", "contains a NUL byte"},
+            {:"X=Y", ~s(the name "X=Y" contains "=")},
+            {nil, "a name is empty"},
+            {"SNAKEPIT_POOL", "SNAKEPIT_POOL is set by the pool itself"},
+            {"SNAKEPIT_WORKER_ID", "SNAKEPIT_WORKER_ID is set by the pool itself"},
+            {"SNAKEPIT_MAX_FRAME_BYTES", "SNAKEPIT_MAX_FRAME_BYTES is set by the pool itself"},
+            {:SNAKEPIT_CONTROL_FD, "SNAKEPIT_CONTROL_FD is set by the pool itself"},
+            {"SNAKEPIT_OWNER", "SNAKEPIT_OWNER is set by the pool itself"}
+          ] do
+        assert {:error, %Error{category: :validation} = e} =
+                 Config.validate(adapter: "m.A", env: [{"OK", "1"}, {name, "the-value"}])
+
+        assert e.message == "invalid pool option :env: " <> words or e.message =~ words,
+               e.message
+
+        assert e.details == %{option: :env, name: to_string(name)}
+        refute e.message =~ "the-value"
+      end
+
+      # Names that merely look alike are fine.
+      assert {:ok, _} =
+               Config.validate(
+                 adapter: "m.A",
+                 env: [{"PYTHONPATH2", "x"}, {"SNAKEPIT_TEST_VAR", "y"}, {"snakepit_pool", "z"}]
+               )
+    end
+
+    test "a value with a NUL byte is refused, naming its variable" do
+      assert {:error, %Error{} = e} = Config.validate(adapter: "m.A", env: %{"TOKEN" => "abc\0def"})
+
+      assert e.message == ~s(invalid pool option :env: the value of "TOKEN" contains a NUL byte)
+      assert e.details == %{option: :env, name: "TOKEN"}
+
+      # = in a value is fine: only the first = of NAME=value separates them.
+      assert {:ok, %{env: [{"A", "b=c"}]}} = Config.validate(adapter: "m.A", env: [{"A", "b=c"}])
+    end
+
+    test "errors about :env never show its values" do
+      secret = "s3cr3t"
+
+      for env <- [
+            [{"A", 1}, {"B", secret}],
+            [{"TOKEN", secret}, "TOKEN=" <> secret],
+            "TOKEN=" <> secret,
+            [{"TOKEN", secret}, {1, secret}],
+            %{"TOKEN" => secret, "BAD" => [secret]},
+            [{"TOKEN", secret} | secret]
+          ] do
+        assert {:error, %Error{category: :validation} = e} =
+                 Config.validate(adapter: "m.A", env: env)
+
+        assert e.details.option == :env
+        refute e.message =~ secret, e.message
+      end
+
+      # Nor do the errors that show whole options.
+      for bad <- [
+            %{adapter: "m.A", env: %{"TOKEN" => secret}},
+            [{:adapter, "m.A"}, {:env, [{"TOKEN", secret}]}, :oops]
+          ] do
+        assert {:error, %Error{} = e} = Config.validate(bad)
+        refute e.message =~ secret, e.message
+        assert e.message =~ "**redacted**"
+      end
+
+      for env <- [
+            [pools: %{ml: [adapter: "m.A", env: %{"TOKEN" => secret}]}],
+            [adapter_module: "m.A", env: %{"TOKEN" => secret}],
+            [{:pools, [ml: [adapter: "m.A", env: %{"TOKEN" => secret}]]}, :oops]
+          ] do
+        assert {:error, %Error{} = e} = Config.pools_from_env(env)
+        refute e.message =~ secret, e.message
+      end
+    end
+  end
+
+  describe "redact/1" do
+    test "replaces the values of every :env, keeps its names and everything else" do
+      {:ok, config} = Config.validate(adapter: "m.A", env: %{"TOKEN" => "s", "USER" => "u"})
+      redacted = Config.redact(config)
+      assert %Config{} = redacted
+      assert Enum.sort(redacted.env) == [{"TOKEN", "**redacted**"}, {"USER", "**redacted**"}]
+      assert %{redacted | env: config.env} == config
+
+      state = %{config: config, workers: %{1 => %{os_pid: 5}}, log: [{:in, {:env, ["x"]}}]}
+      assert Config.redact(state).config == redacted
+      assert Config.redact(state).log == [{:in, {:env, ["**redacted**"]}}]
+      assert Config.redact([1 | 2]) == [1 | 2]
+      assert Config.redact(env: "TOKEN=s") == [env: "**redacted**"]
     end
   end
 
@@ -306,7 +411,8 @@ defmodule Snakepit.ConfigTest do
       assert {:error, %Error{details: %{key: :worker_timeout}} = e} =
                Config.pools_from_env(adapter_module: "m.A", worker_timeout: 0)
 
-      assert e.message =~ "expected a positive integer or :infinity, got: 0"
+      assert e.message =~
+               "expected a positive integer or :infinity (milliseconds, up to 4_294_967_295), got: 0"
 
       assert {:error, %Error{details: %{key: :adapter_module}} = e} =
                Config.pools_from_env(adapter_module: "not a path")
@@ -418,9 +524,10 @@ defmodule Snakepit.ConfigTest do
       assert e.details.unknown_keys == [:python_path, :env]
       assert e.message =~ "- :python_path is a pool option, not a key of the application"
 
+      # (the values of :env are not shown, even there)
       assert e.message =~
                ~s(For example: config :snakepit, pools: [default: [adapter: "m.A", size: 2, ) <>
-                 ~s(python_path: ["/srv/py"], env: %{"A" => "1"}]])
+                 ~s(python_path: ["/srv/py"], env: %{"A" => "**redacted**"}]])
 
       # without adapter_module the example names a placeholder class
       assert {:error, %Error{} = e} = Config.pools_from_env(size: 2)

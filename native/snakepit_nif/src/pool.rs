@@ -447,9 +447,14 @@ impl Events for PoolCore {
         if matches!(envelope.kind, Kind::Error | Kind::Log)
             && !protocol::body_is_map(frame.as_slice(), envelope.body)
         {
+            let kind = envelope.kind.as_str();
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
             return Err(format!(
-                "sent a {} frame whose body is not a map",
-                envelope.kind.as_str()
+                "sent {article} {kind} frame whose body is not a map"
             ));
         }
         match envelope.kind {

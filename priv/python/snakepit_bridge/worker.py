@@ -135,7 +135,7 @@ class Worker:
         fn = self.tools.get(name) if isinstance(name, str) else None
         if fn is None:
             known = ", ".join(sorted(self.tools))
-            msg = f"unknown tool {name!r}; this adapter has: {known}"
+            msg = f"unknown tool {_quote(name)}; this adapter has: {known}"
             self._reply_error(request_id, error_body("unknown_tool", message=msg, tool=_text(name)))
             return
         if args is None:
@@ -174,6 +174,19 @@ def _binds(fn: Callable[..., Any], args: Dict[str, Any]) -> bool:
         return False
     except ValueError:  # no signature available (builtins)
         return True
+
+
+_QUOTE_LIMIT = 200
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short: the caller's data can
+    be of any size, and the message is sent back and logged."""
+    if isinstance(value, (str, bytes)) and len(value) > _QUOTE_LIMIT:
+        size = len(value.encode("utf-8", "replace")) if isinstance(value, str) else len(value)
+        return f"{value[:_QUOTE_LIMIT]!r}\u2026 ({size} bytes)"
+    text = repr(value)
+    return text if len(text) <= _QUOTE_LIMIT else f"{text[:_QUOTE_LIMIT]}\u2026 ({len(text)} characters)"
 
 
 def _text(value: Any) -> Optional[str]:

@@ -63,6 +63,18 @@ def test_unknown_tool_lists_the_known_ones(worker):
     assert "'nope'" in body["message"] and "echo" in body["message"]
 
 
+def test_unknown_tool_quotes_a_huge_name_cut_short(worker):
+    name = "x" * 1_000_000
+    kind, _, body = worker.call(1, name)
+    assert kind == "error" and body["kind"] == "unknown_tool"
+    assert len(body["message"]) < 1024
+    assert "'xxxx" in body["message"] and "(1000000 bytes)" in body["message"]
+    assert "echo" in body["message"]
+    # A name that is not a string is quoted cut short too.
+    _, _, body = worker.call(2, list(range(100_000)))
+    assert body["kind"] == "unknown_tool" and len(body["message"]) < 1024
+
+
 def test_missing_and_extra_arguments_are_bad_arguments(worker):
     _, _, missing = worker.call(1, "add", {"a": 1})
     _, _, extra = worker.call(2, "add", {"a": 1, "b": 2, "c": 3})
