@@ -86,6 +86,25 @@ defmodule Snakepit.StatsTest do
            }
   end
 
+  test "with pipelining, answers to timed-out calls are not counted again" do
+    # 2 ok and 2 timeouts were once reported as 3 completed and 1 Python error.
+    pool = start_pool(size: 1, pipeline_depth: 2, cancel_grace: 5_000)
+    run = &Snakepit.execute(&1, &2, Keyword.put(&3, :pool, pool))
+
+    slow = Task.async(fn -> run.("sleep", %{ms: 200}, timeout: 50) end)
+    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
+    assert {:error, %Error{category: :timeout}} = run.("boom", %{}, timeout: 50)
+    assert {:error, %Error{category: :timeout}} = Task.await(slow)
+    assert {:ok, 1} = run.("echo", %{value: 1}, [])
+    assert {:ok, 2} = run.("echo", %{value: 2}, [])
+    wait_until(fn -> quiet?(pool) end)
+
+    assert %{completed: 2, timeouts: 2, python_errors: 0, requests: 4} =
+             stats = Snakepit.get_stats(pool)
+
+    assert_partition(stats)
+  end
+
   test "calls refused before reaching the pool are not counted" do
     pool = start_pool(size: 1)
     before = Snakepit.get_stats(pool)
