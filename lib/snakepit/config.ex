@@ -338,8 +338,12 @@ defmodule Snakepit.Config do
   `PYTHONUNBUFFERED` in `:env` replaces the pool's; other `SNAKEPIT_` names
   are free (Snakepit's own tests use `SNAKEPIT_TEST_*`).
 
+  `:env` may also be a function of no arguments returning it.
+
   `:env` often carries secrets, so its values are never shown: errors about
-  it name the variable only, and `Snakepit.Pool` shows them as
+  it name the variable only, `Snakepit.Pool.child_spec/1` hands the pool its
+  `:env` wrapped in a function (supervisor reports print a child's start
+  arguments), and `Snakepit.Pool` shows them as
   `"**redacted**"` in `:sys.get_status/1` and in crash reports (see
   `redact/1`).
 
@@ -890,6 +894,9 @@ defmodule Snakepit.Config do
     if Enum.all?(v, &is_binary/1), do: {:ok, v}, else: :error
   end
 
+  # A function returning the env: how `Snakepit.Pool.child_spec/1` keeps the
+  # values out of supervisor reports, which print a child's start arguments.
+  defp accept(:env, v) when is_function(v, 0), do: check_env(v.())
   defp accept(:env, v), do: check_env(v)
 
   defp accept(:dir_or_nil, v) when is_nil(v) or is_binary(v), do: {:ok, v}

@@ -82,6 +82,14 @@ defmodule Snakepit.Pool do
   @doc false
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
+    # Supervisor reports print the start arguments: the :env values (often
+    # secrets) travel inside a function, which prints as #Fun<...>.
+    opts =
+      case Keyword.fetch(opts, :env) do
+        {:ok, env} when not is_function(env, 0) -> Keyword.put(opts, :env, fn -> env end)
+        _ -> opts
+      end
+
     %{
       id: {__MODULE__, Keyword.get(opts, :name, :default)},
       start: {__MODULE__, :start_link, [opts]},

@@ -78,6 +78,31 @@ defmodule Snakepit.Adversarial.EnvironmentTest do
     end
   end
 
+  test "a supervisor's reports about a pool show no :env value" do
+    Process.flag(:trap_exit, true)
+    value = secret()
+    opts = hostile_opts(env: [{"APP_TOKEN", value}])
+    handler = TestLogForwarder.attach(self())
+
+    {:ok, sup} =
+      Supervisor.start_link([{Snakepit.Pool, opts}], strategy: :one_for_one, max_restarts: 0)
+
+    [{pid, _}] = Registry.lookup(Snakepit.Registry, opts[:name])
+
+    capture_log(fn ->
+      Process.exit(pid, :boom)
+      assert_receive {:EXIT, ^sup, _}, 10_000
+    end)
+
+    TestLogForwarder.detach(handler)
+    reports = for {:log, _, text} <- drain_logs([]), text =~ "boom", do: text
+    assert Enum.any?(reports, &(&1 =~ "child_terminated" or &1 =~ "start_link"))
+
+    for text <- reports do
+      refute text =~ value
+    end
+  end
+
   defp drain_logs(acc) do
     receive do
       {:log, _, _} = log -> drain_logs([log | acc])
