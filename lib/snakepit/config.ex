@@ -192,6 +192,7 @@ defmodule Snakepit.Config do
   @required for %{name: name, default: :required} <- @options, do: name
   @computed for %{name: name, default: {:computed, mfa}} <- @options, do: {name, mfa}
   @native for %{name: name, native: true} <- @options, do: name
+  @max_native 0x7FFF_FFFF_FFFF_FFFF
   @shape_of Map.new(@options, &{&1.name, &1.shape})
   @expected Map.new(@shapes, fn {shape, {_type, expected}} -> {shape, expected} end)
 
@@ -869,9 +870,18 @@ defmodule Snakepit.Config do
     shape = Map.fetch!(@shape_of, key)
 
     case accept(shape, value) do
-      {:ok, value} -> {:ok, value}
-      {:error, {:env, _, _}} = error -> error
-      :error -> {:error, Map.fetch!(@expected, shape)}
+      # The native pool takes 64-bit integers.
+      {:ok, value} when key in @native and is_integer(value) and value > @max_native ->
+        {:error, "#{Map.fetch!(@expected, shape)} up to #{@max_native}"}
+
+      {:ok, value} ->
+        {:ok, value}
+
+      {:error, {:env, _, _}} = error ->
+        error
+
+      :error ->
+        {:error, Map.fetch!(@expected, shape)}
     end
   end
 

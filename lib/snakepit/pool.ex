@@ -93,7 +93,11 @@ defmodule Snakepit.Pool do
     %{
       id: {__MODULE__, Keyword.get(opts, :name, :default)},
       start: {__MODULE__, :start_link, [opts]},
-      shutdown: Keyword.get(opts, :shutdown_timeout, 5_000) + 3 * @kill_wait + 5_000
+      shutdown:
+        min(
+          Keyword.get(opts, :shutdown_timeout, 5_000) + 3 * @kill_wait + 5_000,
+          Config.max_timeout()
+        )
     }
   end
 

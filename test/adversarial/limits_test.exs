@@ -112,5 +112,19 @@ defmodule Snakepit.Adversarial.LimitsTest do
                  Snakepit.Config.validate([{option, @max + 1}, adapter: "m.A"])
       end
     end
+
+    test "a pool with the longest shutdown_timeout still has a valid child spec" do
+      spec = Snakepit.Pool.child_spec(adapter: "m.A", shutdown_timeout: @max)
+      assert spec.shutdown <= @max
+    end
+  end
+
+  test "integers the native pool cannot hold are refused, not a crash at start" do
+    for option <- [:max_requests, :max_queue, :max_memory_mb] do
+      assert {:error, %Error{category: :validation, details: %{option: ^option}} = e} =
+               Snakepit.Pool.start_link(opts([{option, 2 ** 70}]))
+
+      assert e.message =~ "up to 9223372036854775807"
+    end
   end
 end
