@@ -22,6 +22,7 @@ defmodule Snakepit.Adversarial.LimitsTest do
       assert byte_size(e.message) < 1024
       assert e.message =~ "unknown tool 'xxxx"
       assert e.message =~ "(1000000 bytes)"
+      assert byte_size(e.details.tool) < 1024
     end
 
     test "a 1 MB tool name that times out, in the queue or running", %{pool: pool} do

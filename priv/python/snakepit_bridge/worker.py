@@ -190,7 +190,10 @@ def _quote(value: Any) -> str:
 
 
 def _text(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) else None
+    """A string field of an error body (e.g. ``tool``), cut like quotes are."""
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= _QUOTE_LIMIT else _quote(value)
 
 
 # The envelope prefix of a call frame, in each MessagePack form an encoder may

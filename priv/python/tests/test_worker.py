@@ -70,6 +70,7 @@ def test_unknown_tool_quotes_a_huge_name_cut_short(worker):
     assert len(body["message"]) < 1024
     assert "'xxxx" in body["message"] and "(1000000 bytes)" in body["message"]
     assert "echo" in body["message"]
+    assert len(body["tool"]) < 1024 and "(1000000 bytes)" in body["tool"]
     # A name that is not a string is quoted cut short too.
     _, _, body = worker.call(2, list(range(100_000)))
     assert body["kind"] == "unknown_tool" and len(body["message"]) < 1024
