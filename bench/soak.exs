@@ -67,8 +67,10 @@ defmodule Bench.Soak.LogCounter do
 
   @impl true
   def handle_event({level, _gl, {Logger, message, _ts, _md}}, state) do
-    :ets.update_counter(@table, {:level, level}, 1, {{:level, level}, 0})
+    n = :ets.update_counter(@table, {:level, level}, 1, {{:level, level}, 0})
     text = IO.chardata_to_string(message)
+    # Worker exits are logged as warnings; errors are kept to be shown.
+    if level == :error and n <= 10, do: :ets.insert(@table, {{:error, n}, text})
 
     case :binary.match(text, "soakflood ") do
       :nomatch ->
@@ -153,7 +155,7 @@ defmodule Bench.Soak do
     Process.unlink(pool)
     pool_ref = Process.monitor(pool)
     :ok = Snakepit.await_ready(@pool, 120_000)
-    cfg = Map.put(cfg, :pool, pool)
+    cfg = Map.merge(cfg, %{pool: pool, pool_ref: pool_ref})
 
     IO.puts("\n## Rows\n")
     IO.puts(row_header())
@@ -172,14 +174,15 @@ defmodule Bench.Soak do
 
     t_calls = System.monotonic_time(:millisecond)
     run_state = %{last: first, next: cfg.interval, results: %{}, crashed: []}
-    {run_state, aborted} = drive(cfg, callers, run_state, problems)
+    {run_state, ended} = drive(cfg, callers, run_state, problems)
     calls_ms = System.monotonic_time(:millisecond) - t_calls
 
     kills = if killer, do: stop_killer(killer), else: {0, 0}
-    quiet_ms = await_quiet(cfg, 60_000)
+    pool_alive = ended != :pool_down
+    quiet_ms = if pool_alive, do: await_quiet(cfg, 60_000), else: 0
     last = sample(cfg, cfg.t0)
     print_row(last, run_state.last)
-    stats = Snakepit.get_stats(@pool)
+    stats = if pool_alive, do: Snakepit.get_stats(@pool)
 
     strays_after = final_mailbox_check(callers, run_state, problems)
     results = Map.values(run_state.results)
@@ -193,11 +196,11 @@ defmodule Bench.Soak do
     )
 
     report_answers(counts, results, strays_after, problems)
-    report_stats(stats, counts, cfg, aborted, problems)
+    if pool_alive, do: report_stats(stats, counts, cfg, ended != :done, problems)
 
-    {stop_ms, clean_ms, after_stop} = stop_pool(cfg, pool, pool_ref)
+    {stop_ms, clean_ms, after_stop} = stop_pool(cfg, pool_alive)
     report_figures(before, first, last, after_stop, stop_ms, clean_ms, problems)
-    report_logger()
+    report_logger(cfg, counts, problems)
     verdict(problems)
   end
 
@@ -402,15 +405,24 @@ defmodule Bench.Soak do
     after
       cfg.kill_ms ->
         case Snakepit.list_workers(@pool) do
-          workers when is_list(workers) and workers != [] ->
-            %{os_pid: os_pid} = Enum.random(workers)
-            {_, status} = System.cmd("kill", ["-KILL", "#{os_pid}"], stderr_to_stdout: true)
-            killer(cfg, sent + 1, gone + if(status == 0, do: 0, else: 1))
+          workers when is_list(workers) ->
+            kill(cfg, sent, gone, Enum.filter(workers, &(&1.state in [:idle, :busy])))
 
           _ ->
             killer(cfg, sent, gone)
         end
     end
+  end
+
+  # A worker killed while it starts counts as a failed start, and enough
+  # of those in a row stop the pool (:max_start_failures): only ready
+  # workers are killed.
+  defp kill(cfg, sent, gone, []), do: killer(cfg, sent, gone)
+
+  defp kill(cfg, sent, gone, workers) do
+    %{os_pid: os_pid} = Enum.random(workers)
+    {_, status} = System.cmd("kill", ["-KILL", "#{os_pid}"], stderr_to_stdout: true)
+    killer(cfg, sent + 1, gone + if(status == 0, do: 0, else: 1))
   end
 
   defp stop_killer(killer) do
@@ -426,9 +438,20 @@ defmodule Bench.Soak do
 
   defp drive(cfg, callers, st, problems, progress, warned) do
     if map_size(st.results) + length(st.crashed) == map_size(callers) do
-      {st, false}
+      {st, :done}
     else
       receive do
+        {:DOWN, ref, :process, _pid, reason} when ref == cfg.pool_ref ->
+          IO.puts("\nTHE POOL STOPPED: #{inspect(reason, limit: 20)}")
+
+          :ets.insert(
+            problems,
+            {:pool_down, "the pool stopped during the run: #{inspect(reason, limit: 20)}"}
+          )
+
+          Enum.each(callers, fn {_, {_, pid}} -> Process.exit(pid, :kill) end)
+          {st, :pool_down}
+
         {:results, idx, acc} ->
           drive(
             cfg,
@@ -469,7 +492,7 @@ defmodule Bench.Soak do
               )
 
               Enum.each(callers, fn {_, {_, pid}} -> Process.exit(pid, :kill) end)
-              {st, true}
+              {st, :hang}
 
             now - since > cfg.stall * 1000 and not warned ->
               IO.puts("\nno call returned for #{div(now - since, 1000)} s; calls in progress:")
@@ -550,7 +573,12 @@ defmodule Bench.Soak do
   defp sample(cfg, t0) do
     os = System.pid()
     {children, zombies} = descendants(String.to_integer(os))
-    stats = if t0, do: Snakepit.get_stats(@pool), else: %{}
+
+    stats =
+      case t0 && Snakepit.get_stats(@pool) do
+        %{} = stats -> stats
+        _ -> %{}
+      end
 
     %{
       t_ms: if(t0, do: System.monotonic_time(:millisecond) - t0, else: 0),
@@ -811,10 +839,14 @@ defmodule Bench.Soak do
     end
   end
 
-  defp stop_pool(cfg, pool, ref) do
+  defp stop_pool(cfg, pool_alive) do
     t0 = System.monotonic_time(:millisecond)
-    GenServer.stop(pool, :normal, 120_000)
-    receive do: ({:DOWN, ^ref, _, _, _} -> :ok)
+
+    if pool_alive do
+      GenServer.stop(cfg.pool, :normal, 120_000)
+      receive do: ({:DOWN, ref, _, _, _} when ref == cfg.pool_ref -> :ok)
+    end
+
     stop_ms = System.monotonic_time(:millisecond) - t0
 
     # The shepherds kill and reap their workers after the pool is gone.
@@ -889,14 +921,35 @@ defmodule Bench.Soak do
     end
   end
 
-  defp report_logger do
+  defp report_logger(cfg, answers, problems) do
+    Logger.flush()
     counts = Map.new(:ets.tab2list(Bench.Soak.LogCounter.table()))
     levels = for {{:level, l}, n} <- Enum.sort(counts), do: "#{l} #{n}"
+    errors = for {{:error, _}, text} <- Enum.sort(counts), do: String.slice(text, 0, 400)
 
     IO.puts(
       "\nLogger events seen by the counting backend: #{Enum.join(levels, ", ")}; flood lines " <>
         "whole: #{counts[:flood_whole] || 0}, broken: #{counts[:flood_broken] || 0}."
     )
+
+    {floods, _} = Map.get(answers, {:flood, :ok}, {0, nil})
+    whole = counts[:flood_whole] || 0
+    broken = counts[:flood_broken] || 0
+
+    # Floods whose worker was killed add some lines of their own.
+    unless whole >= floods * cfg.flood_lines and broken == 0 do
+      :ets.insert(
+        problems,
+        {:flood,
+         "#{floods} floods answered :ok wrote #{floods * cfg.flood_lines} lines; Logger saw " <>
+           "#{whole} whole and #{broken} broken ones (Logger may discard under load: see its warnings)"}
+      )
+    end
+
+    if errors != [] do
+      IO.puts("\nThe first Logger errors:\n")
+      for text <- errors, do: IO.puts("    " <> String.replace(text, "\n", "\n    "))
+    end
   end
 
   defp verdict(problems) do
