@@ -55,9 +55,9 @@
 # (the console backend is removed), so no flood reaches the terminal.
 # Exits with status 1 if anything was flagged.
 #
-# A full run (10^6 calls, defaults) took ~140 s here (~7,000 calls/s on 2
-# vCPUs shared with other test runs, load average 8-11); CALLS=20000 takes
-# ~5 s plus the pool's start.
+# A full run (10^6 calls, defaults) takes 90-140 s here: 91 s (~11,000
+# calls/s) at a load average of 0.6-3.2, ~140 s (~7,000 calls/s) at 8-11,
+# on 2 vCPUs shared with other test runs. CALLS=20000 takes ~5 s.
 
 defmodule Bench.Soak.LogCounter do
   @moduledoc false
