@@ -68,7 +68,8 @@ defmodule Snakepit do
     or `:infinity` (default: the pool's `:timeout`, itself `30_000` by
     default). On timeout the worker
     is told to cancel and the caller gets a `:timeout` error; a late
-    answer is dropped, never delivered (see "Timeouts and cancellation" in
+    answer is dropped, never delivered. (An answer already on its way
+    when the timer fires is returned instead: the call did complete.) (see "Timeouts and cancellation" in
     `Snakepit.Config`);
   - `:queue_timeout` - milliseconds the call may wait for a free worker
     (default: the pool's `:queue_timeout`, itself `:infinity` by default).
