@@ -9,15 +9,6 @@ defmodule Snakepit.Adversarial.EnvironmentTest do
 
   alias Snakepit.{Error, TestLogForwarder}
 
-  @hostile Path.expand("../support/hostile_worker.py", __DIR__)
-
-  defp hostile_opts(extra) do
-    opts(
-      [size: 1, python: @hostile, adapter: "hostile.Worker", heartbeat_interval: :infinity] ++
-        extra
-    )
-  end
-
   defp secret, do: "s3cr3t-#{System.unique_integer([:positive])}"
 
   test "the worker sees :env as given; a PYTHONUNBUFFERED there replaces the pool's" do

@@ -8,8 +8,6 @@ defmodule Snakepit.Adversarial.MalformedErrorsTest do
 
   alias Snakepit.Error
 
-  @hostile Path.expand("../support/hostile_worker.py", __DIR__)
-
   # An error a caller can print, match on and log.
   defp assert_valid_error(%Error{} = e) do
     assert e.category in [:python_error, :validation, :transport, :worker]
@@ -22,13 +20,7 @@ defmodule Snakepit.Adversarial.MalformedErrorsTest do
 
   describe "through a pool of hostile workers" do
     setup do
-      pool =
-        start_pool(
-          size: 1,
-          python: @hostile,
-          adapter: "hostile.Worker",
-          heartbeat_interval: :infinity
-        )
+      pool = start_pool(hostile_opts())
 
       %{pool: pool}
     end

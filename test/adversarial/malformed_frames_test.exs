@@ -10,15 +10,6 @@ defmodule Snakepit.Adversarial.MalformedFramesTest do
 
   alias Snakepit.Error
 
-  @hostile Path.expand("../support/hostile_worker.py", __DIR__)
-
-  defp hostile_opts(extra) do
-    opts(
-      [size: 1, python: @hostile, adapter: "hostile.Worker", heartbeat_interval: :infinity] ++
-        extra
-    )
-  end
-
   defp start_hostile(extra \\ []) do
     opts = hostile_opts(extra)
     start_supervised!({Snakepit.Pool, opts})

@@ -3,6 +3,7 @@ defmodule Snakepit.TestPools do
   # Options for pools running the test adapters in test/support/python.
 
   @python_dir Path.expand("python", __DIR__)
+  @hostile Path.expand("hostile_worker.py", __DIR__)
 
   def opts(extra \\ []) do
     Keyword.merge(
@@ -13,6 +14,17 @@ defmodule Snakepit.TestPools do
         python_path: [@python_dir]
       ],
       extra
+    )
+  end
+
+  @doc """
+  Options for a pool of `test/support/hostile_worker.py` workers (they do
+  not read the control pipe, so heartbeats are off).
+  """
+  def hostile_opts(extra \\ []) do
+    opts(
+      [size: 1, python: @hostile, adapter: "hostile.Worker", heartbeat_interval: :infinity] ++
+        extra
     )
   end
 
