@@ -1,7 +1,7 @@
 defmodule Snakepit.Adversarial.EnvironmentTest do
   # A pool's :env reaches its workers as given, what the pool itself sets
   # cannot be overridden by accident, and the values of :env (often
-  # secrets) never show in the pool's status or crash report (issue 9).
+  # secrets) never show in the pool's status or crash report.
   use ExUnit.Case, async: true
   @moduletag :capture_log
   import ExUnit.CaptureLog

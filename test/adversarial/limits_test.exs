@@ -1,6 +1,5 @@
 defmodule Snakepit.Adversarial.LimitsTest do
-  # Caller data of any size, and durations past what the VM can wait for
-  # (issue 9):
+  # Caller data of any size, and durations past what the VM can wait for:
   # errors quote the data cut short, and bad values are refused before
   # anything is submitted.
   use ExUnit.Case, async: true
