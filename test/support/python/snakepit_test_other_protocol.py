@@ -15,20 +15,13 @@ from __future__ import annotations
 
 import os
 
-from snakepit_bridge import PROTOCOL_VERSION, BaseAdapter, tool, worker
+from snakepit_bridge import PROTOCOL_VERSION, worker
+from snakepit_test_adapters import TestAdapter
 
 _switch = os.environ.get("SNAKEPIT_TEST_OTHER_PROTOCOL_WHILE")
 if _switch is None or os.path.exists(_switch):
     worker.PROTOCOL_VERSION = PROTOCOL_VERSION + 1
 
 
-class OtherProtocolAdapter(BaseAdapter):
-    """Tools for the workers that do speak our version."""
-
-    @tool
-    def pid(self) -> int:
-        return os.getpid()
-
-    @tool
-    def exit_now(self, code: int = 7) -> None:
-        os._exit(code)
+class OtherProtocolAdapter(TestAdapter):
+    """The test adapter's tools, for the workers that do speak our version."""
