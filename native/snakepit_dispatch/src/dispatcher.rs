@@ -569,10 +569,6 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         self.closed
     }
 
-    pub fn worker(&self, id: u64) -> Option<Arc<W>> {
-        self.slots.get(&id).map(|s| Arc::clone(&s.worker))
-    }
-
     pub fn all_workers(&self) -> Vec<Arc<W>> {
         self.slots.values().map(|s| Arc::clone(&s.worker)).collect()
     }

@@ -117,6 +117,7 @@ impl PoolCore {
         env: Vec<(String, String)>,
         cwd: Option<String>,
     ) -> Result<u32, String> {
+        // start_registered refuses too, but only after the process is spawned.
         if self.dispatch.lock().is_closed() {
             return Err(dispatcher::Unregistrable::Closed.as_str().into());
         }
