@@ -16,21 +16,29 @@
 //! dropped) or dies. Each request's [`Outcome`] is counted when its `C`
 //! leaves, so the counters partition the requests (see [`crate::stats`]).
 //!
-//! **Dispatch.** The queue is strictly FIFO. A request goes to an idle worker
-//! first, the most recently idle one (at low load the same warm worker keeps
-//! serving); with `pipeline_depth` > 1 it may also be written behind a
-//! running call, to the ready worker with the fewest in flight, so that
-//! worker finds its next call in its pipe. After every change, while the
-//! queue is not empty, no worker that takes requests has room.
+//! **Dispatch.** The queue is FIFO: each request goes, in queue order, to a
+//! worker it may run on. A request goes to an idle worker first, the most
+//! recently idle one (at low load the same warm worker keeps serving); with
+//! `pipeline_depth` > 1 it may also be written behind a running call, to the
+//! ready worker with the fewest in flight, so that worker finds its next call
+//! in its pipe. A call of a session may run only on the session's worker
+//! (`Strict`, `FailFast`), or prefers it (`Hint`): see [`crate::sessions`].
+//! After every change, no queued request has a worker it may go to.
+//!
+//! **Streams.** A streaming request is answered by chunks, then one final
+//! answer. Its worker may send at most as many chunks as it has credits: it
+//! starts with the request's window and [`Dispatcher::ack`] gives credits
+//! back as the caller consumes chunks.
 //!
 //! **Worker death.** A worker runs its calls one at a time, in order. When it
 //! dies, its running call is answered with an error, and the ones written
 //! behind it, which never started, are queued again at the front.
 
 use crate::recycle::{Policy, Reason, Vitals};
+use crate::sessions::{Affinity, Key, Refusal, SessionRow, Sessions};
 use crate::stats::{Outcome, Stats};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +58,30 @@ pub struct Config {
     /// Most requests waiting in the queue; past it, `submit` refuses.
     pub max_queue: usize,
     pub recycle: Policy,
+    /// Most sessions at once (0: no limit).
+    pub max_sessions: usize,
+    /// Sessions idle this long are ended (`None`: never).
+    pub session_ttl: Option<Duration>,
+}
+
+/// What a request is, besides its frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Call {
+    /// The session it belongs to, and how it picks its worker.
+    pub session: Option<(Vec<u8>, Affinity)>,
+    /// A streaming call's credit window (at least 1).
+    pub stream: Option<u32>,
+}
+
+/// How a worker ended a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// `result`: the answer to a plain call.
+    Result,
+    /// `done`: a streaming call finished.
+    Done,
+    /// `error`: either kind of call failed.
+    Error,
 }
 
 /// What a worker is doing, as `list_workers` reports it.
@@ -70,6 +102,8 @@ pub enum Refused {
     Closed,
     /// The queue holds `max_queue` requests (the number given).
     Full(usize),
+    /// A session call that cannot be taken (see [`Refusal`]).
+    Session(Refusal),
 }
 
 /// Why `register` refused a worker.
@@ -130,6 +164,11 @@ pub struct Answered<C, W> {
 pub struct Gone<C> {
     /// The caller of the call it was running, to answer with an error.
     pub running: Option<C>,
+    /// That call's session was bound to the worker: its state is lost.
+    pub running_lost_session: bool,
+    /// Calls of sessions bound to the worker that had not started: answer
+    /// them with a `:worker` error saying the session was lost.
+    pub lost: Vec<C>,
     /// Calls it had in its pipe that cannot be queued again because the
     /// pool is closed: answer them with a `:pool` error.
     pub stopped: Vec<C>,
@@ -175,6 +214,19 @@ pub struct Row<W> {
     pub in_flight: usize,
     pub served: u64,
     pub age: Duration,
+    /// Sessions bound to it.
+    pub sessions: usize,
+}
+
+/// What [`Dispatcher::end_session`] and [`Dispatcher::expire_sessions`] did.
+pub struct Ended<W> {
+    /// Workers a `session_end` frame was enqueued to.
+    pub writes: Writes<W>,
+    /// Workers kept past `max_requests` for their sessions, now free to go:
+    /// close their stdin.
+    pub retire: Vec<(Arc<W>, Reason)>,
+    /// Sessions ended.
+    pub ended: usize,
 }
 
 /// Workers by state and requests by place, right now.
@@ -188,6 +240,7 @@ pub struct Gauges {
     pub queued: u64,
     /// Requests written to workers, their callers waiting.
     pub in_flight: u64,
+    pub sessions: u64,
 }
 
 struct Request<C> {
@@ -197,6 +250,16 @@ struct Request<C> {
     frame: Vec<u8>,
     /// `None` once the caller gave up.
     caller: Option<C>,
+    session: Option<(Key, Affinity)>,
+    stream: Option<Credits>,
+}
+
+/// A streaming request's flow control.
+#[derive(Debug, Clone, Copy)]
+struct Credits {
+    window: u32,
+    /// Chunks its worker may send before the next ack.
+    left: u32,
 }
 
 struct Slot<C, W> {
@@ -212,6 +275,11 @@ struct Slot<C, W> {
     /// Heartbeats sent since the last one it answered.
     missed_heartbeats: u32,
     started: Instant,
+    /// Sessions bound to it.
+    sessions: usize,
+    /// Past `max_requests`, kept for its sessions: takes no new session if
+    /// another worker can.
+    overdue: bool,
 }
 
 impl<C, W> Slot<C, W> {
@@ -239,6 +307,7 @@ pub struct Dispatcher<C, W> {
     /// Ready workers with nothing in flight; the most recently idle is last.
     idle: VecDeque<u64>,
     queue: VecDeque<Request<C>>,
+    sessions: Sessions,
     closed: bool,
     stats: Stats,
 }
@@ -251,6 +320,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             slots: HashMap::new(),
             idle: VecDeque::new(),
             queue: VecDeque::new(),
+            sessions: Sessions::new(config.max_sessions),
             closed: false,
             stats: Stats::default(),
         }
@@ -276,6 +346,8 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             served: 0,
             missed_heartbeats: 0,
             started: now,
+            sessions: 0,
+            overdue: false,
         };
         self.slots.insert(id, slot);
         Ok(())
@@ -294,27 +366,60 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         }
     }
 
-    /// Queues a request behind those already waiting and dispatches what can
-    /// be. A refused request's caller comes back with the reason.
+    /// Queues a plain request (see [`Self::submit_call`]).
     pub fn submit(
         &mut self,
         id: u64,
         frame: Vec<u8>,
         caller: C,
     ) -> Result<Writes<W>, (Refused, C)> {
+        self.submit_call(id, frame, caller, Call::default(), Instant::now())
+    }
+
+    /// Queues a request behind those already waiting and dispatches what can
+    /// be. A refused request's caller comes back with the reason.
+    pub fn submit_call(
+        &mut self,
+        id: u64,
+        frame: Vec<u8>,
+        caller: C,
+        call: Call,
+        now: Instant,
+    ) -> Result<Writes<W>, (Refused, C)> {
         self.stats.requests += 1;
         if self.closed {
             self.stats.record(Outcome::Stopped);
             return Err((Refused::Closed, caller));
         }
-        if self.queue.len() >= self.config.max_queue && self.idle.is_empty() {
+        let session = call.session.map(|(k, a)| (k.into_boxed_slice(), a));
+        if self.queue.len() >= self.config.max_queue && self.pick(session.as_ref()).is_none() {
             self.stats.record(Outcome::Rejected);
             return Err((Refused::Full(self.queue.len()), caller));
+        }
+        if let Some((key, affinity)) = &session {
+            let slots = &self.slots;
+            let busy = |w: u64| {
+                slots
+                    .get(&w)
+                    .is_none_or(|s| !s.in_flight.is_empty() || !s.takes_requests())
+            };
+            if let Err(why) = self.sessions.admit(key, *affinity, busy, now) {
+                self.stats.record(match why {
+                    Refusal::Lost => Outcome::WorkerError,
+                    Refusal::Busy | Refusal::TooMany(_) => Outcome::Rejected,
+                });
+                return Err((Refused::Session(why), caller));
+            }
         }
         self.queue.push_back(Request {
             id,
             frame,
             caller: Some(caller),
+            session,
+            stream: call.stream.map(|window| Credits {
+                window: window.max(1),
+                left: window.max(1),
+            }),
         });
         Ok(self.fill())
     }
@@ -345,35 +450,66 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         Ok(self.fill())
     }
 
-    /// The worker answered `request_id` (with `outcome`: `Completed`,
-    /// `PythonError` or `Validation`). It must be the call it is running.
+    /// The worker answered `request_id` with a `result` (see [`Self::finish`]).
     pub fn answer(
         &mut self,
         worker_id: u64,
         request_id: u64,
         outcome: Outcome,
     ) -> Result<Answered<C, W>, Violation> {
-        let slot = self
-            .slots
-            .get_mut(&worker_id)
-            .ok_or_else(|| Violation("answered after removal".into()))?;
-        if slot.in_flight.front().map(|r| r.id) != Some(request_id) {
-            return Err(Violation(format!(
-                "answered request {request_id} that it was not running"
-            )));
+        let terminal = match outcome {
+            Outcome::Completed => Terminal::Result,
+            _ => Terminal::Error,
+        };
+        self.finish(worker_id, request_id, outcome, terminal, Instant::now())
+    }
+
+    /// The worker ended `request_id` (with `outcome`: `Completed`,
+    /// `PythonError` or `Validation`). It must be the call it is running,
+    /// and `terminal` must fit it: `Result` a plain call, `Done` a stream.
+    pub fn finish(
+        &mut self,
+        worker_id: u64,
+        request_id: u64,
+        outcome: Outcome,
+        terminal: Terminal,
+        now: Instant,
+    ) -> Result<Answered<C, W>, Violation> {
+        let slot = running(&mut self.slots, worker_id, request_id)?;
+        let streaming = slot.in_flight.front().is_some_and(|r| r.stream.is_some());
+        match (terminal, streaming) {
+            (Terminal::Result, true) => {
+                return Err(Violation(format!(
+                    "sent a result to streaming call {request_id}"
+                )))
+            }
+            (Terminal::Done, false) => {
+                return Err(Violation(format!(
+                    "sent done to call {request_id}, which is not a stream"
+                )))
+            }
+            _ => {}
         }
         let req = slot.in_flight.pop_front().expect("checked above");
         slot.served += 1;
-        let retire = match self.config.recycle.after_answer(slot.served) {
+        let retire = match self
+            .config
+            .recycle
+            .after_answer(slot.served, slot.sessions > 0)
+        {
             Some(reason) if !slot.stopping => {
                 slot.stopping = true;
                 Some((Arc::clone(&slot.worker), reason))
             }
-            _ => None,
+            _ => {
+                slot.overdue = self.config.recycle.overdue(slot.served);
+                None
+            }
         };
         if req.caller.is_some() {
             self.stats.record(outcome);
         }
+        self.leave(&req, now);
         self.settle(worker_id);
         let writes = self.fill();
         let now_idle = self
@@ -388,15 +524,56 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         })
     }
 
+    /// The worker sent a chunk of the streaming call `request_id`, which it
+    /// must be running and have a credit for. Returns its caller, if it
+    /// still waits (else the chunk is dropped).
+    pub fn chunk(&mut self, worker_id: u64, request_id: u64) -> Result<Option<&C>, Violation> {
+        let slot = running(&mut self.slots, worker_id, request_id)?;
+        let req = slot.in_flight.front_mut().expect("checked by running");
+        let Some(credits) = req.stream.as_mut() else {
+            return Err(Violation(format!(
+                "sent a chunk to call {request_id}, which is not a stream"
+            )));
+        };
+        if credits.left == 0 {
+            return Err(Violation(format!(
+                "sent a chunk of stream {request_id} beyond its {} credits",
+                credits.window
+            )));
+        }
+        credits.left -= 1;
+        if req.caller.is_some() {
+            self.stats.chunks += 1;
+        }
+        Ok(req.caller.as_ref())
+    }
+
+    /// The caller of streaming call `request_id` consumed `n` chunks: its
+    /// worker gets `n` credits back. Returns the worker, to send it an
+    /// `ack`, if a worker has the call.
+    pub fn ack(&mut self, request_id: u64, n: u32) -> Option<Arc<W>> {
+        self.slots.values_mut().find_map(|slot| {
+            let req = slot.in_flight.iter_mut().find(|r| r.id == request_id)?;
+            let credits = req.stream.as_mut()?;
+            credits.left = credits.left.saturating_add(n).min(credits.window);
+            Some(Arc::clone(&slot.worker))
+        })
+    }
+
     /// The worker's process is gone: its running call is answered, the ones
     /// behind it are queued again (or stopped, if the pool is closed), and it
-    /// is forgotten.
+    /// is forgotten. Sessions bound to it are lost: their calls that had not
+    /// started (`Strict` and `FailFast`, queued or in its pipe) are answered
+    /// with an error saying so; `Hint` calls are queued again.
     pub fn worker_down(&mut self, id: u64, exit: Exit) -> (Gone<C>, Writes<W>) {
+        let now = Instant::now();
         self.idle.retain(|&w| w != id);
         let Some(slot) = self.slots.remove(&id) else {
             return (
                 Gone {
                     running: None,
+                    running_lost_session: false,
+                    lost: Vec::new(),
                     stopped: Vec::new(),
                 },
                 Vec::new(),
@@ -407,35 +584,95 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             _ if !self.closed => self.stats.restarts += 1,
             _ => {}
         }
+        let lost_keys: HashSet<Key> = self.sessions.worker_gone(id, now).into_iter().collect();
+        self.stats.sessions_lost += lost_keys.len() as u64;
+        let mut told: HashSet<Key> = HashSet::new();
+        let pinned = |req: &Request<C>| {
+            req.session
+                .as_ref()
+                .is_some_and(|(k, a)| *a != Affinity::Hint && lost_keys.contains(k))
+        };
         let mut in_flight = slot.in_flight;
-        let running = in_flight.pop_front().and_then(|r| r.caller);
-        if running.is_some() {
-            self.stats.record(match exit {
-                Exit::BrokeProtocol => Outcome::TransportError,
-                _ => Outcome::WorkerError,
-            });
+        let mut running = None;
+        let mut running_lost_session = false;
+        if let Some(req) = in_flight.pop_front() {
+            if let Some((key, _)) = &req.session {
+                if lost_keys.contains(key) {
+                    running_lost_session = true;
+                    told.insert(key.clone());
+                }
+            }
+            if req.caller.is_some() {
+                self.stats.record(match exit {
+                    Exit::BrokeProtocol => Outcome::TransportError,
+                    _ => Outcome::WorkerError,
+                });
+            }
+            self.leave(&req, now);
+            running = req.caller;
         }
+        let mut lost = Vec::new();
         let mut stopped = Vec::new();
-        for req in in_flight.into_iter().rev() {
-            let Some(caller) = req.caller else { continue };
-            if self.closed {
-                self.stats.record(Outcome::Stopped);
-                stopped.push(caller);
+        for mut req in in_flight.into_iter().rev() {
+            if pinned(&req) || self.closed || req.caller.is_none() {
+                if let Some(caller) = req.caller.take() {
+                    if self.closed {
+                        self.stats.record(Outcome::Stopped);
+                        stopped.push(caller);
+                    } else {
+                        self.stats.record(Outcome::WorkerError);
+                        told.insert(req.session.as_ref().expect("pinned").0.clone());
+                        lost.push(caller);
+                    }
+                }
+                self.leave(&req, now);
             } else {
                 debug_assert!(
                     !req.frame.is_empty(),
                     "prefetched requests keep their frame"
                 );
                 self.stats.requeued += 1;
-                self.queue.push_front(Request {
-                    caller: Some(caller),
-                    ..req
-                });
+                if let Some(credits) = req.stream.as_mut() {
+                    credits.left = credits.window;
+                }
+                self.queue.push_front(req);
             }
         }
         stopped.reverse();
+        lost.reverse();
+        if !lost_keys.is_empty() && self.queue.iter().any(pinned) {
+            let mut kept = VecDeque::with_capacity(self.queue.len());
+            let mut purged = Vec::new();
+            for req in std::mem::take(&mut self.queue) {
+                if pinned(&req) {
+                    purged.push(req);
+                } else {
+                    kept.push_back(req);
+                }
+            }
+            self.queue = kept;
+            for mut req in purged {
+                if let Some(caller) = req.caller.take() {
+                    self.stats.record(Outcome::WorkerError);
+                    told.insert(req.session.as_ref().expect("pinned").0.clone());
+                    lost.push(caller);
+                }
+                self.leave(&req, now);
+            }
+        }
+        for key in told {
+            self.sessions.told(&key);
+        }
         let writes = self.fill();
-        (Gone { running, stopped }, writes)
+        (
+            Gone {
+                running,
+                running_lost_session,
+                lost,
+                stopped,
+            },
+            writes,
+        )
     }
 
     /// The caller timed out: gives up its request, wherever it is.
@@ -474,17 +711,33 @@ impl<C, W: Pipe> Dispatcher<C, W> {
 
     fn take_queued(&mut self, request_id: u64) -> Option<C> {
         let pos = self.queue.iter().position(|r| r.id == request_id)?;
-        self.queue.remove(pos).and_then(|r| r.caller)
+        let req = self.queue.remove(pos)?;
+        self.leave(&req, Instant::now());
+        req.caller
+    }
+
+    /// A request left the queue or its worker for good.
+    fn leave(&mut self, req: &Request<C>, now: Instant) {
+        if let Some((key, _)) = &req.session {
+            self.sessions.leave(key, now);
+        }
     }
 
     /// The callers that `dead` picks died: their requests are given up.
     pub fn caller_down(&mut self, dead: impl Fn(&C) -> bool) -> GivenUp<C, W> {
+        let now = Instant::now();
         let mut queued = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
-        for req in self.queue.drain(..) {
-            match req.caller {
-                Some(c) if dead(&c) => queued.push(c),
-                _ => kept.push_back(req),
+        for mut req in std::mem::take(&mut self.queue) {
+            match req.caller.take() {
+                Some(c) if dead(&c) => {
+                    self.leave(&req, now);
+                    queued.push(c);
+                }
+                caller => {
+                    req.caller = caller;
+                    kept.push_back(req);
+                }
             }
         }
         self.queue = kept;
@@ -550,7 +803,12 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     pub fn close(&mut self) -> (Vec<C>, Vec<Arc<W>>) {
         self.closed = true;
         self.idle.clear();
-        let queued: Vec<C> = self.queue.drain(..).filter_map(|r| r.caller).collect();
+        let now = Instant::now();
+        let mut queued = Vec::new();
+        for req in std::mem::take(&mut self.queue) {
+            self.leave(&req, now);
+            queued.extend(req.caller);
+        }
         for _ in &queued {
             self.stats.record(Outcome::Stopped);
         }
@@ -586,6 +844,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 in_flight: s.in_flight.len(),
                 served: s.served,
                 age: now.saturating_duration_since(s.started),
+                sessions: s.sessions,
             })
             .collect();
         rows.sort_by_key(|r| r.id);
@@ -600,6 +859,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             .map(|r| Vitals {
                 id: r.id,
                 settled: matches!(r.state, State::Idle | State::Busy) && !r.stopping,
+                holds_sessions: r.sessions > 0,
                 age: r.age,
                 rss_bytes: rss(&r.worker),
             })
@@ -614,6 +874,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let mut g = Gauges {
             workers: self.slots.len() as u64,
             queued: self.queue.len() as u64,
+            sessions: self.sessions.len() as u64,
             ..Gauges::default()
         };
         for slot in self.slots.values() {
@@ -631,48 +892,180 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     /// Moves queued requests to workers (see the module docs) and returns
     /// the workers to flush.
     fn fill(&mut self) -> Writes<W> {
-        let depth = self.config.pipeline_depth;
         let mut writes: Vec<(u64, Arc<W>)> = Vec::new();
-        while !self.queue.is_empty() {
-            let target = match self.idle.pop_back() {
-                Some(id) => id,
-                None if depth > 1 => match self.roomiest(depth) {
-                    Some(id) => id,
-                    None => break,
-                },
-                None => break,
+        let mut i = 0;
+        while i < self.queue.len() && self.any_room() {
+            let Some(target) = self.pick(self.queue[i].session.as_ref()) else {
+                i += 1;
+                continue;
             };
-            let mut req = self.queue.pop_front().expect("queue not empty");
-            let slot = self.slots.get_mut(&target).expect("target has a slot");
-            let frame = if slot.in_flight.is_empty() {
-                std::mem::take(&mut req.frame)
-            } else {
-                req.frame.clone()
-            };
-            if let Err(frame) = slot.worker.enqueue(frame) {
+            let req = self.queue.remove(i).expect("index in range");
+            match self.place(target, req) {
+                Ok(worker) => {
+                    if !writes.iter().any(|(id, _)| *id == target) {
+                        writes.push((target, worker));
+                    }
+                }
                 // Its stdin is closed: it is on its way out and its exit will
                 // be reported. The request never reached it.
-                slot.stopping = true;
-                req.frame = frame;
-                self.queue.push_front(req);
-                self.idle.retain(|&id| id != target);
-                continue;
-            }
-            slot.in_flight.push_back(req);
-            if !writes.iter().any(|(id, _)| *id == target) {
-                writes.push((target, Arc::clone(&slot.worker)));
+                Err(req) => self.queue.insert(i, req),
             }
         }
         writes.into_iter().map(|(_, w)| w).collect()
     }
 
-    /// The ready worker with the fewest requests in flight, below `depth`.
-    fn roomiest(&self, depth: usize) -> Option<u64> {
+    /// Writes `req` to `target`, or hands it back if its stdin is closed.
+    fn place(&mut self, target: u64, mut req: Request<C>) -> Result<Arc<W>, Request<C>> {
+        let slot = self.slots.get_mut(&target).expect("target has a slot");
+        let frame = if slot.in_flight.is_empty() {
+            std::mem::take(&mut req.frame)
+        } else {
+            req.frame.clone()
+        };
+        self.idle.retain(|&id| id != target);
+        if let Err(frame) = slot.worker.enqueue(frame) {
+            slot.stopping = true;
+            req.frame = frame;
+            return Err(req);
+        }
+        if let Some((key, _)) = &req.session {
+            if self.sessions.ran_on(key, target) {
+                slot.sessions += 1;
+            }
+        }
+        slot.in_flight.push_back(req);
+        Ok(Arc::clone(&slot.worker))
+    }
+
+    /// Whether some worker could take a request that may run anywhere.
+    fn any_room(&self) -> bool {
+        !self.idle.is_empty() || (self.config.pipeline_depth > 1 && self.roomiest().is_some())
+    }
+
+    /// The worker a request of `session` (or of none) goes to now, if any.
+    fn pick(&self, session: Option<&(Key, Affinity)>) -> Option<u64> {
+        let Some((key, affinity)) = session else {
+            return self.pick_any();
+        };
+        match (self.sessions.worker_of(key), affinity) {
+            (Some(w), Affinity::Hint) if self.has_room(w) => Some(w),
+            (Some(_), Affinity::Hint) => self.pick_any(),
+            (Some(w), _) => self.has_room(w).then_some(w),
+            // A new session: not on a worker kept only for its sessions.
+            (None, _) => self
+                .idle
+                .iter()
+                .rev()
+                .find(|id| !self.slots[id].overdue)
+                .copied()
+                .or_else(|| self.pick_any()),
+        }
+    }
+
+    /// The most recently idle worker, else (pipelining) the roomiest.
+    fn pick_any(&self) -> Option<u64> {
+        match self.idle.back() {
+            Some(&id) => Some(id),
+            None if self.config.pipeline_depth > 1 => self.roomiest(),
+            None => None,
+        }
+    }
+
+    fn has_room(&self, id: u64) -> bool {
+        self.slots
+            .get(&id)
+            .is_some_and(|s| s.takes_requests() && s.in_flight.len() < self.config.pipeline_depth)
+    }
+
+    /// The ready worker with the fewest requests in flight, below the depth.
+    fn roomiest(&self) -> Option<u64> {
+        let depth = self.config.pipeline_depth;
         self.slots
             .iter()
             .filter(|(_, s)| s.takes_requests() && s.in_flight.len() < depth)
             .min_by_key(|(id, s)| (s.in_flight.len(), **id))
             .map(|(id, _)| *id)
+    }
+
+    /// Ends the session `key`: enqueues `frame` (a `session_end`) to each
+    /// worker holding state for it and unbinds it. Calls of it still queued
+    /// start it afresh. `None` if there is no such session.
+    pub fn end_session(&mut self, key: &[u8], frame: &[u8]) -> Option<Ended<W>> {
+        let (bound, seen) = self.sessions.end(key, Instant::now())?;
+        let mut ended = Ended {
+            writes: Vec::new(),
+            retire: Vec::new(),
+            ended: 1,
+        };
+        for w in seen {
+            if let Some(slot) = self.slots.get(&w) {
+                if slot.worker.enqueue(frame.to_vec()).is_ok() {
+                    ended.writes.push(Arc::clone(&slot.worker));
+                }
+            }
+        }
+        if let Some(w) = bound {
+            ended.retire.extend(self.unbind(w));
+        }
+        // Its queued calls may now go to any worker.
+        for w in self.fill() {
+            if !ended.writes.iter().any(|x| Arc::ptr_eq(x, &w)) {
+                ended.writes.push(w);
+            }
+        }
+        Some(ended)
+    }
+
+    /// Ends the sessions idle for `session_ttl`, as [`Self::end_session`];
+    /// `frame` makes each one's `session_end`.
+    pub fn expire_sessions(&mut self, now: Instant, frame: impl Fn(&[u8]) -> Vec<u8>) -> Ended<W> {
+        let mut all = Ended {
+            writes: Vec::new(),
+            retire: Vec::new(),
+            ended: 0,
+        };
+        let Some(ttl) = self.config.session_ttl else {
+            return all;
+        };
+        for key in self.sessions.idle_for(ttl, now) {
+            let lost = self.sessions.get(&key).is_some_and(|s| s.lost);
+            if let Some(ended) = self.end_session(&key, &frame(&key)) {
+                if !lost {
+                    all.ended += 1;
+                }
+                for w in ended.writes {
+                    if !all.writes.iter().any(|x| Arc::ptr_eq(x, &w)) {
+                        all.writes.push(w);
+                    }
+                }
+                all.retire.extend(ended.retire);
+            }
+        }
+        self.stats.sessions_expired += all.ended as u64;
+        all
+    }
+
+    /// A session bound to `id` ended: if it was the last one keeping the
+    /// worker past `max_requests`, the worker is retired.
+    fn unbind(&mut self, id: u64) -> Option<(Arc<W>, Reason)> {
+        let slot = self.slots.get_mut(&id)?;
+        slot.sessions = slot.sessions.saturating_sub(1);
+        if slot.sessions > 0 || slot.stopping {
+            return None;
+        }
+        let reason = self.config.recycle.after_answer(slot.served, false)?;
+        slot.stopping = true;
+        self.idle.retain(|&w| w != id);
+        Some((Arc::clone(&slot.worker), reason))
+    }
+
+    /// Every session, ordered by id.
+    pub fn sessions(&self, now: Instant) -> Vec<SessionRow> {
+        self.sessions.rows(now)
+    }
+
+    pub fn session(&self, key: &[u8], now: Instant) -> Option<SessionRow> {
+        self.sessions.row(key, now)
     }
 
     /// After a worker's in-flight list shrank: idle again, if it takes requests.
@@ -683,6 +1076,23 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             }
         }
     }
+}
+
+/// The slot of `worker_id`, which must be running `request_id`.
+fn running<C, W>(
+    slots: &mut HashMap<u64, Slot<C, W>>,
+    worker_id: u64,
+    request_id: u64,
+) -> Result<&mut Slot<C, W>, Violation> {
+    let slot = slots
+        .get_mut(&worker_id)
+        .ok_or_else(|| Violation("answered after removal".into()))?;
+    if slot.in_flight.front().map(|r| r.id) != Some(request_id) {
+        return Err(Violation(format!(
+            "answered request {request_id} that it was not running"
+        )));
+    }
+    Ok(slot)
 }
 
 /// Registers a worker, then runs `start` (which starts the threads that
@@ -704,5 +1114,7 @@ pub fn start_registered<C, W: Pipe, T, E>(
     })
 }
 
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //! - [`dispatcher`]: the FIFO queue, the worker slots, dispatch (idle workers
 //!   first, then pipelining), requeue on worker death, cancel and dequeue, and
 //!   the rule that every request gets exactly one answer.
+//! - [`sessions`]: which worker holds each session's state.
 //! - [`stats`]: the outcome counters, which partition the requests.
 //! - [`recycle`]: when a worker is retired (`max_requests`, `max_age`,
 //!   `max_memory_mb`).
@@ -17,6 +18,7 @@
 pub mod dispatcher;
 pub mod output;
 pub mod recycle;
+pub mod sessions;
 pub mod stats;
 
 pub use dispatcher::{Dispatcher, Pipe};

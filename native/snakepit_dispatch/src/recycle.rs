@@ -5,6 +5,13 @@
 //! by [`Policy::due`], which the pool runs about once a second. Those two
 //! retire one worker at a time, and only while no worker is starting or
 //! stopping, so the pool never loses more than one worker of capacity to them.
+//!
+//! **Sessions.** A worker that holds sessions keeps their state, so
+//! `max_requests` and `max_age` wait for its sessions to end (it takes no new
+//! session meanwhile, if another worker can), up to twice the limit: then it
+//! is recycled anyway and its sessions are lost. The bound keeps a session
+//! that never ends from pinning a worker forever, while a session of normal
+//! length survives. `max_memory_mb` does not wait: memory is a safety limit.
 
 use std::time::Duration;
 
@@ -40,6 +47,8 @@ pub struct Vitals {
     pub id: u64,
     /// Starting or stopping workers hold back age and memory recycling.
     pub settled: bool,
+    /// Sessions are bound to it (see the module docs).
+    pub holds_sessions: bool,
     pub age: Duration,
     /// Resident memory, when it could be read.
     pub rss_bytes: Option<u64>,
@@ -56,11 +65,21 @@ impl Policy {
         }
     }
 
-    /// After a worker has served `served` requests: is it done?
-    pub fn after_answer(&self, served: u64) -> Option<Reason> {
-        self.max_requests
-            .filter(|&max| served >= max)
-            .map(|_| Reason::MaxRequests)
+    /// After a worker has served `served` requests: is it done? One that
+    /// holds sessions waits until twice `max_requests`.
+    pub fn after_answer(&self, served: u64, holds_sessions: bool) -> Option<Reason> {
+        let max = self.max_requests?;
+        let limit = if holds_sessions {
+            max.saturating_mul(2)
+        } else {
+            max
+        };
+        (served >= limit).then_some(Reason::MaxRequests)
+    }
+
+    /// Past `max_requests` (perhaps kept for its sessions).
+    pub fn overdue(&self, served: u64) -> bool {
+        self.max_requests.is_some_and(|max| served >= max)
     }
 
     /// Whether age and memory are watched at all (else the pool need not
@@ -82,7 +101,8 @@ impl Policy {
     }
 
     fn reason(&self, w: &Vitals) -> Option<Reason> {
-        if self.max_age.is_some_and(|max| w.age >= max) {
+        let age_limit = |max: Duration| if w.holds_sessions { max * 2 } else { max };
+        if self.max_age.is_some_and(|max| w.age >= age_limit(max)) {
             Some(Reason::MaxAge)
         } else if matches!((self.max_memory_bytes, w.rss_bytes), (Some(max), Some(rss)) if rss > max)
         {
@@ -101,6 +121,7 @@ mod tests {
         Vitals {
             id,
             settled: true,
+            holds_sessions: false,
             age: Duration::from_millis(age_ms),
             rss_bytes: rss_mb.map(|mb| mb * 1024 * 1024),
         }
@@ -110,7 +131,7 @@ mod tests {
     fn zero_means_no_limit() {
         let p = Policy::from_limits(0, 0, 0);
         assert_eq!(p, Policy::default());
-        assert_eq!(p.after_answer(u64::MAX), None);
+        assert_eq!(p.after_answer(u64::MAX, false), None);
         assert!(!p.watches_vitals());
         assert_eq!(p.due(&[vitals(1, u64::MAX / 2, Some(1 << 20))]), None);
     }
@@ -118,9 +139,9 @@ mod tests {
     #[test]
     fn max_requests_is_reached_at_the_limit_not_before() {
         let p = Policy::from_limits(3, 0, 0);
-        assert_eq!(p.after_answer(2), None);
-        assert_eq!(p.after_answer(3), Some(Reason::MaxRequests));
-        assert_eq!(p.after_answer(4), Some(Reason::MaxRequests));
+        assert_eq!(p.after_answer(2, false), None);
+        assert_eq!(p.after_answer(3, false), Some(Reason::MaxRequests));
+        assert_eq!(p.after_answer(4, false), Some(Reason::MaxRequests));
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub struct Stats {
     /// Lines of worker output (stderr, log records) dropped over the
     /// output budget (see [`crate::output`]).
     pub dropped_output_lines: u64,
+    /// Chunks of streaming calls delivered to their callers.
+    pub chunks: u64,
+    /// Sessions ended by `session_ttl`.
+    pub sessions_expired: u64,
+    /// Sessions whose worker died or was recycled with their state.
+    pub sessions_lost: u64,
 }
 
 impl Stats {

@@ -2,20 +2,21 @@
 //! written to them and callers that are plain numbers.
 
 use super::*;
+use crate::sessions::{Affinity, Refusal};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A worker's stdin that records frames; each test frame is a request id.
 #[derive(Default)]
-struct FakePipe {
+pub(super) struct FakePipe {
     frames: parking_lot::Mutex<Vec<u64>>,
     closed: AtomicBool,
 }
 
 impl FakePipe {
-    fn written(&self) -> Vec<u64> {
+    pub(super) fn written(&self) -> Vec<u64> {
         self.frames.lock().clone()
     }
-    fn close(&self) {
+    pub(super) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
     }
 }
@@ -32,54 +33,56 @@ impl Pipe for FakePipe {
 }
 
 /// A caller: `(process, request id)`.
-type Caller = (u32, u64);
-type D = Dispatcher<Caller, FakePipe>;
+pub(super) type Caller = (u32, u64);
+pub(super) type D = Dispatcher<Caller, FakePipe>;
 
-fn config(depth: usize, max_queue: usize) -> Config {
+pub(super) fn config(depth: usize, max_queue: usize) -> Config {
     Config {
         pipeline_depth: depth,
         max_queue,
         recycle: Policy::default(),
+        max_sessions: 0,
+        session_ttl: None,
     }
 }
 
-fn pool(depth: usize) -> D {
+pub(super) fn pool(depth: usize) -> D {
     Dispatcher::new(config(depth, 1_000))
 }
 
-fn frame(id: u64) -> Vec<u8> {
+pub(super) fn frame(id: u64) -> Vec<u8> {
     id.to_be_bytes().to_vec()
 }
 
 /// Submits request `id` from process 0.
-fn submit(d: &mut D, id: u64) -> Writes<FakePipe> {
+pub(super) fn submit(d: &mut D, id: u64) -> Writes<FakePipe> {
     submit_from(d, 0, id)
 }
 
-fn submit_from(d: &mut D, process: u32, id: u64) -> Writes<FakePipe> {
+pub(super) fn submit_from(d: &mut D, process: u32, id: u64) -> Writes<FakePipe> {
     match d.submit(id, frame(id), (process, id)) {
         Ok(w) => w,
         Err((why, _)) => panic!("refused: {why:?}"),
     }
 }
 
-fn add(d: &mut D, id: u64) -> Arc<FakePipe> {
+pub(super) fn add(d: &mut D, id: u64) -> Arc<FakePipe> {
     let w = Arc::new(FakePipe::default());
     d.register(id, Arc::clone(&w), Instant::now()).unwrap();
     w
 }
 
-fn add_ready(d: &mut D, id: u64) -> Arc<FakePipe> {
+pub(super) fn add_ready(d: &mut D, id: u64) -> Arc<FakePipe> {
     let w = add(d, id);
     d.ready(id).unwrap();
     w
 }
 
-fn complete(d: &mut D, worker: u64, request: u64) -> Answered<Caller, FakePipe> {
+pub(super) fn complete(d: &mut D, worker: u64, request: u64) -> Answered<Caller, FakePipe> {
     d.answer(worker, request, Outcome::Completed).unwrap()
 }
 
-fn invariant(d: &D) {
+pub(super) fn invariant(d: &D) {
     let g = d.gauges();
     assert_eq!(
         d.stats().requests,
@@ -87,6 +90,40 @@ fn invariant(d: &D) {
         "requests are partitioned by outcome, queue and in-flight: {:?} {g:?}",
         d.stats()
     );
+    // After every change, no queued request has a worker it may go to.
+    for req in &d.queue {
+        assert_eq!(
+            d.pick(req.session.as_ref()),
+            None,
+            "request {} is queued though a worker may take it",
+            req.id
+        );
+    }
+    // Sessions count their live requests and their workers count them.
+    let all = d
+        .queue
+        .iter()
+        .chain(d.slots.values().flat_map(|s| s.in_flight.iter()));
+    let mut live: HashMap<Vec<u8>, usize> = HashMap::new();
+    for req in all {
+        if let Some((key, _)) = &req.session {
+            *live.entry(key.to_vec()).or_default() += 1;
+        }
+    }
+    let rows = d.sessions(Instant::now());
+    for row in &rows {
+        assert_eq!(
+            row.pending,
+            live.remove(&row.id).unwrap_or(0),
+            "session {:?} counts its live requests",
+            row.id
+        );
+    }
+    assert!(live.is_empty(), "requests of unknown sessions: {live:?}");
+    for (&id, slot) in &d.slots {
+        let bound = rows.iter().filter(|r| r.worker == Some(id)).count();
+        assert_eq!(slot.sessions, bound, "worker {id} counts its sessions");
+    }
 }
 
 // --- dispatch ---
@@ -836,6 +873,8 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
         let depth = 1 + rng.below(3) as usize;
         let mut d: D = Dispatcher::new(Config {
             recycle: Policy::from_limits(rng.below(4), 0, 0),
+            max_sessions: rng.below(4) as usize,
+            session_ttl: Some(Duration::from_secs(1)),
             ..config(depth, 1 + rng.below(8) as usize)
         });
         let mut workers: Vec<(u64, Arc<FakePipe>)> = Vec::new();
@@ -856,8 +895,21 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     submitted += 1;
                     let id = submitted;
                     let process = rng.below(4) as u32;
-                    if let Err((_, c)) = d.submit(id, frame(id), (process, id)) {
-                        leave(c, "refused", &mut left);
+                    let affinity = [Affinity::Strict, Affinity::Hint, Affinity::FailFast]
+                        [rng.below(3) as usize];
+                    let call = Call {
+                        session: (rng.below(2) == 0)
+                            .then(|| (vec![b'a' + rng.below(3) as u8], affinity)),
+                        stream: (rng.below(3) == 0).then(|| 1 + rng.below(3) as u32),
+                    };
+                    if let Err((why, c)) =
+                        d.submit_call(id, frame(id), (process, id), call, Instant::now())
+                    {
+                        let how = match why {
+                            Refused::Session(Refusal::Lost) => "session lost",
+                            _ => "refused",
+                        };
+                        leave(c, how, &mut left);
                     }
                 }
                 3 if workers.len() < 4 => {
@@ -884,7 +936,22 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                             Outcome::PythonError,
                             Outcome::Validation,
                         ][rng.below(3) as usize];
-                        let a = d.answer(id, front, outcome).unwrap();
+                        let req = d.slots[&id].in_flight.front().unwrap();
+                        let terminal = match (req.stream.is_some(), outcome) {
+                            (true, Outcome::Completed) => Terminal::Done,
+                            (false, Outcome::Completed) => Terminal::Result,
+                            _ => Terminal::Error,
+                        };
+                        if req.stream.is_some() && rng.below(2) == 0 {
+                            // A chunk instead, if it has a credit.
+                            let left_credits = req.stream.unwrap().left;
+                            let sent = d.chunk(id, front);
+                            assert_eq!(sent.is_ok(), left_credits > 0, "seed {seed}");
+                            continue;
+                        }
+                        let a = d
+                            .finish(id, front, outcome, terminal, Instant::now())
+                            .unwrap();
                         if let Some(c) = a.caller {
                             leave(c, "answered", &mut left);
                         }
@@ -902,6 +969,24 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     gone.stopped
                         .into_iter()
                         .for_each(|c| leave(c, "stopped", &mut left));
+                    gone.lost
+                        .into_iter()
+                        .for_each(|c| leave(c, "session lost", &mut left));
+                }
+                8 if submitted > 0 && rng.below(3) == 0 => {
+                    let key = [b'a' + rng.below(3) as u8];
+                    match rng.below(3) {
+                        0 => {
+                            d.end_session(&key, &frame(u64::MAX));
+                        }
+                        1 => {
+                            let later = Instant::now() + Duration::from_secs(rng.below(3));
+                            d.expire_sessions(later, |_| frame(u64::MAX));
+                        }
+                        _ => {
+                            d.ack(1 + rng.below(submitted), 1 + rng.below(2) as u32);
+                        }
+                    }
                 }
                 8 if submitted > 0 => {
                     let id = 1 + rng.below(submitted);
@@ -943,7 +1028,8 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
             invariant(&d);
             for (id, w) in &workers {
                 if let Some(slot) = d.slots.get(id) {
-                    let written = w.written();
+                    let written: Vec<u64> =
+                        w.written().into_iter().filter(|&f| f != u64::MAX).collect();
                     let pending: Vec<u64> = slot.in_flight.iter().map(|r| r.id).collect();
                     assert!(
                         written.ends_with(&pending),
@@ -959,6 +1045,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
             .for_each(|c| leave(c, "closed", &mut left));
         for (id, _) in workers.drain(..) {
             let (gone, _) = d.worker_down(id, Exit::Died);
+            assert!(gone.lost.is_empty(), "a closed pool stops, never loses");
             gone.running
                 .into_iter()
                 .for_each(|c| leave(c, "worker down", &mut left));
@@ -989,6 +1076,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
             "closed",
             "dequeued",
             "refused",
+            "session lost",
             "stopped",
             "worker down"
         ],
