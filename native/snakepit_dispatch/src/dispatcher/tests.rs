@@ -942,11 +942,10 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                             (false, Outcome::Completed) => Terminal::Result,
                             _ => Terminal::Error,
                         };
-                        if req.stream.is_some() && rng.below(2) == 0 {
+                        if let (Some(credits), 0) = (req.stream, rng.below(2)) {
                             // A chunk instead, if it has a credit.
-                            let left_credits = req.stream.unwrap().left;
                             let sent = d.chunk(id, front);
-                            assert_eq!(sent.is_ok(), left_credits > 0, "seed {seed}");
+                            assert_eq!(sent.is_ok(), credits.left > 0, "seed {seed}");
                             continue;
                         }
                         let a = d
