@@ -57,6 +57,13 @@ defmodule Snakepit do
           | {:timeout, timeout()}
           | {:queue_timeout, timeout()}
           | {:session_id, String.t() | nil}
+          | {:affinity, affinity()}
+
+  @typedoc "How a call of a session picks its worker; see \"Sessions\"."
+  @type affinity :: :strict | :hint | :fail_fast
+
+  @typedoc "Options of `execute_stream/4` and `stream/3`."
+  @type stream_opt :: execute_opt() | {:chunk_timeout, timeout()} | {:stream_window, pos_integer()}
 
   @doc """
   Calls `command` (a tool of the pool's adapter) with `args` as keyword
@@ -75,7 +82,11 @@ defmodule Snakepit do
     (default: the pool's `:queue_timeout`, itself `:infinity` by default).
     Past it the call leaves the queue with a `:timeout` error whose details
     have `queue: true`;
-  - `:session_id` - a string passed to the worker with the call.
+  - `:session_id` - the session the call belongs to (a string of 1 to 256
+    bytes), or `nil`; see "Sessions" below and `execute_in_session/4`;
+  - `:affinity` - how a session's call picks its worker: `:strict`,
+    `:hint` or `:fail_fast` (default: the pool's `:affinity`, itself
+    `:strict`). Ignored without a `:session_id`.
 
   `args` is a map (or a keyword list); its keys become the tool's keyword
   argument names. Timeouts are `:infinity` or integers from 0 to
@@ -93,28 +104,27 @@ defmodule Snakepit do
           {:ok, term()} | {:error, Error.t()}
   def execute(command, args \\ %{}, opts \\ []) do
     pool = Keyword.get(opts, :pool, :default)
-    session_id = Keyword.get(opts, :session_id)
 
-    with {:ok, {handle, pool_queue_timeout, pool_timeout}} <- fetch_pool(pool),
+    with {:ok, entry} <- fetch_pool(pool),
          {:ok, tool} <- check_command(command),
          {:ok, args} <- check_args(args),
-         timeout = Keyword.get(opts, :timeout, pool_timeout),
+         timeout = Keyword.get(opts, :timeout, entry.timeout),
          :ok <- check_timeout(:timeout, timeout),
-         queue_timeout = Keyword.get(opts, :queue_timeout, pool_queue_timeout),
+         queue_timeout = Keyword.get(opts, :queue_timeout, entry.queue_timeout),
          :ok <- check_timeout(:queue_timeout, queue_timeout),
-         :ok <- check_session(session_id) do
-      call(handle, tool, args, session_id, timeout, queue_timeout)
+         {:ok, session} <- session_route(opts, entry) do
+      call(entry.handle, tool, args, session, timeout, queue_timeout)
     end
   end
 
   # make_ref/0 and the receive stay in one function so the VM only scans
   # messages that arrived after the ref was made (the receive optimization).
-  defp call(handle, tool, args, session_id, timeout, queue_timeout) do
+  defp call(handle, tool, args, session, timeout, queue_timeout) do
     tag = make_ref()
 
     submitted =
-      case Native.submit(handle, tag, tool, args, session_id) do
-        :dirty -> Native.submit_dirty(handle, tag, tool, args, session_id)
+      case Native.submit(handle, tag, tool, args, session, nil) do
+        :dirty -> Native.submit_dirty(handle, tag, tool, args, session, nil)
         other -> other
       end
 
@@ -212,6 +222,158 @@ defmodule Snakepit do
   end
 
   @doc """
+  Calls `command` in the session `session_id`: `execute/3` with the
+  `:session_id` option. See "Sessions" in the module docs.
+
+      iex> id = Snakepit.new_session_id()
+      iex> Snakepit.execute_in_session(id, "remember", %{key: "lang", value: "elixir"})
+      {:ok, "elixir"}
+      iex> Snakepit.execute_in_session(id, "remember", %{key: "lang"})
+      {:ok, "elixir"}
+      iex> Snakepit.end_session(id)
+      :ok
+  """
+  @spec execute_in_session(String.t(), String.t() | atom(), map() | keyword(), [execute_opt()]) ::
+          {:ok, term()} | {:error, Error.t()}
+  def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
+    execute(command, args, Keyword.put(opts, :session_id, session_id))
+  end
+
+  @doc """
+  Ends a session: each worker that holds state for it forgets it (after
+  the calls of it already sent to that worker, calling the adapter's
+  `on_session_end` hook first), and its binding is freed. Calls of it still
+  queued start it afresh. Ending a session the pool does not know is not an
+  error: it returns `:ok` too.
+
+  Options: `:pool` (default `:default`).
+  """
+  @spec end_session(String.t(), keyword()) :: :ok | {:error, Error.t()}
+  def end_session(session_id, opts \\ []) do
+    with {:ok, entry} <- fetch_pool(Keyword.get(opts, :pool, :default)),
+         {:ok, {id, _}} <- session_route([session_id: session_id], entry) do
+      _ = Native.end_session(entry.handle, id)
+      :ok
+    end
+  end
+
+  @doc """
+  The sessions of a pool, ordered by id. Each is a map: `:session_id`,
+  `:worker_id` and `:os_pid` of the worker it is bound to (`nil` before its
+  first call runs, or after its worker was lost), `:age_ms` (since it
+  started), `:idle_ms` (since its last call was submitted or answered),
+  `:calls` (submitted since it started), `:pending` (calls queued or
+  running) and `:lost` (its worker is gone and no call was told yet).
+
+      iex> id = Snakepit.new_session_id()
+      iex> {:ok, _} = Snakepit.execute_in_session(id, "remember", %{key: "k", value: 1})
+      iex> [info] = Enum.filter(Snakepit.list_sessions(), &(&1.session_id == id))
+      iex> {info.calls, info.pending, is_integer(info.os_pid)}
+      {1, 0, true}
+  """
+  @spec list_sessions(atom()) :: [map()] | {:error, Error.t()}
+  def list_sessions(pool \\ :default) do
+    with {:ok, %{handle: handle}} <- fetch_pool(pool) do
+      Native.pool_sessions(handle)
+    end
+  end
+
+  @doc """
+  One session, as a map like those of `list_sessions/1`, or a
+  `:validation` error if the pool has no such session.
+
+  Options: `:pool` (default `:default`).
+  """
+  @spec session_info(String.t(), keyword()) :: {:ok, map()} | {:error, Error.t()}
+  def session_info(session_id, opts \\ []) do
+    pool = Keyword.get(opts, :pool, :default)
+
+    with {:ok, entry} <- fetch_pool(pool),
+         {:ok, {id, _}} <- session_route([session_id: session_id], entry) do
+      case Native.pool_session(entry.handle, id) do
+        nil ->
+          {:error,
+           Error.validation("pool #{inspect(pool)} has no session #{Error.excerpt(id)}", %{
+             session_id: id,
+             pool: pool
+           })}
+
+        info ->
+          {:ok, info}
+      end
+    end
+  end
+
+  @doc """
+  A new random session id: 128 bits from `:crypto.strong_rand_bytes/1`,
+  URL-safe Base64 (22 characters).
+
+      iex> id = Snakepit.new_session_id()
+      iex> byte_size(id)
+      22
+      iex> id == Snakepit.new_session_id()
+      false
+  """
+  @spec new_session_id() :: String.t()
+  def new_session_id do
+    :crypto.strong_rand_bytes(16) |> Base.url_encode64(padding: false)
+  end
+
+  @doc """
+  Runs a streaming call and gives each chunk to `callback`, in order, in
+  the calling process; returns `:ok` once the tool has finished, or the
+  first error. See "Streams" in the module docs for the options
+  (`execute/3`'s, plus `:chunk_timeout` and `:stream_window`).
+
+  If `callback` raises, the stream is cancelled (the Python generator is
+  closed) and the exception goes on.
+
+      iex> {:ok, agent} = Agent.start_link(fn -> [] end)
+      iex> Snakepit.execute_stream("countdown", %{n: 3}, fn n -> Agent.update(agent, &[n | &1]) end)
+      :ok
+      iex> Agent.get(agent, &Enum.reverse/1)
+      [3, 2, 1]
+  """
+  @spec execute_stream(String.t() | atom(), map() | keyword(), (term() -> any()), [stream_opt()]) ::
+          :ok | {:error, Error.t()}
+  def execute_stream(command, args, callback, opts \\ []) when is_function(callback, 1) do
+    Snakepit.Stream.run(command, args, callback, opts)
+  end
+
+  @doc """
+  `execute_stream/4` in the session `session_id`.
+  """
+  @spec execute_in_session_stream(
+          String.t(),
+          String.t() | atom(),
+          map() | keyword(),
+          (term() -> any()),
+          [stream_opt()]
+        ) :: :ok | {:error, Error.t()}
+  def execute_in_session_stream(session_id, command, args, callback, opts \\ []) do
+    execute_stream(command, args, callback, Keyword.put(opts, :session_id, session_id))
+  end
+
+  @doc """
+  A streaming call as a lazy `Enumerable`: nothing runs until it is
+  enumerated, and each enumeration is a new call. Halting early
+  (`Enum.take/2`, `Stream.take_while/2`, an exception in the consumer, the
+  consuming process dying) cancels it: the Python generator is closed, so
+  its `finally` blocks run, and the worker is free for the next call.
+
+  An error (the tool raised, a timeout, a dead worker) is raised as a
+  `Snakepit.Error` from the enumeration, after the chunks that came
+  before it. Options as for `execute_stream/4`.
+
+      iex> Snakepit.stream("countdown", %{n: 5}) |> Enum.take(2)
+      [5, 4]
+  """
+  @spec stream(String.t() | atom(), map() | keyword(), [stream_opt()]) :: Enumerable.t()
+  def stream(command, args \\ %{}, opts \\ []) do
+    Snakepit.Stream.lazy(command, args, opts)
+  end
+
+  @doc """
   Waits until every worker of `pool` has started, up to `timeout` ms
   (`:infinity`, or at most `Snakepit.Config.max_timeout/0`; another value
   is a `:validation` error).
@@ -281,7 +443,7 @@ defmodule Snakepit do
   """
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ :default) do
-    with {:ok, {handle, _, _}} <- fetch_pool(pool) do
+    with {:ok, %{handle: handle}} <- fetch_pool(pool) do
       stats = Native.pool_stats(handle)
 
       errors = %{
@@ -309,7 +471,7 @@ defmodule Snakepit do
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do
-    with {:ok, {handle, _, _}} <- fetch_pool(pool) do
+    with {:ok, %{handle: handle}} <- fetch_pool(pool) do
       Native.pool_workers(handle)
     end
   end
@@ -436,26 +598,33 @@ defmodule Snakepit do
     )
   end
 
-  defp fetch_pool(pool) do
+  @doc false
+  # Shared with Snakepit.Stream: the pool's entry, or a :pool error.
+  @spec fetch_pool(term()) :: {:ok, Pool.entry()} | {:error, Error.t()}
+  def fetch_pool(pool) do
     case Pool.lookup(pool) do
       nil -> {:error, Error.pool("no pool named #{Error.excerpt(pool)} is running", %{pool: pool})}
       found -> {:ok, found}
     end
   end
 
-  defp check_command(command) when is_binary(command), do: {:ok, command}
+  @doc false
+  @spec check_command(term()) :: {:ok, String.t()} | {:error, Error.t()}
+  def check_command(command) when is_binary(command), do: {:ok, command}
 
-  defp check_command(command) when is_atom(command) and command not in [nil, true, false],
+  def check_command(command) when is_atom(command) and command not in [nil, true, false],
     do: {:ok, Atom.to_string(command)}
 
-  defp check_command(command),
+  def check_command(command),
     do:
       {:error,
        Error.validation("the command must be a string or an atom, got: #{Error.excerpt(command)}")}
 
-  defp check_args(args) when is_map(args), do: {:ok, args}
+  @doc false
+  @spec check_args(term()) :: {:ok, map()} | {:error, Error.t()}
+  def check_args(args) when is_map(args), do: {:ok, args}
 
-  defp check_args(args) when is_list(args) do
+  def check_args(args) when is_list(args) do
     if Keyword.keyword?(args),
       do: {:ok, Map.new(args)},
       else:
@@ -463,7 +632,7 @@ defmodule Snakepit do
          Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
   end
 
-  defp check_args(args),
+  def check_args(args),
     do:
       {:error,
        Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
@@ -471,11 +640,13 @@ defmodule Snakepit do
   # Checked before anything is submitted: past Config.max_timeout/0 the VM
   # cannot wait (`receive ... after` raises), and the answer would be left
   # in the caller's mailbox.
-  defp check_timeout(_, :infinity), do: :ok
+  @doc false
+  @spec check_timeout(atom(), term()) :: :ok | {:error, Error.t()}
+  def check_timeout(_, :infinity), do: :ok
 
-  defp check_timeout(_, t) when is_integer(t) and t >= 0 and t <= @max_timeout, do: :ok
+  def check_timeout(_, t) when is_integer(t) and t >= 0 and t <= @max_timeout, do: :ok
 
-  defp check_timeout(key, t),
+  def check_timeout(key, t),
     do:
       {:error,
        Error.validation(
@@ -484,11 +655,41 @@ defmodule Snakepit do
          %{option: key}
        )}
 
-  defp check_session(nil), do: :ok
-  defp check_session(s) when is_binary(s), do: :ok
+  @doc false
+  # `nil` (no session) or `{session_id, affinity}`, as the native submit takes it.
+  @spec session_route(keyword(), Pool.entry()) ::
+          {:ok, {String.t(), affinity()} | nil} | {:error, Error.t()}
+  def session_route(opts, entry) do
+    affinity = Keyword.get(opts, :affinity, entry.affinity)
 
-  defp check_session(s),
+    with :ok <- check_affinity(affinity) do
+      case Keyword.get(opts, :session_id) do
+        nil -> {:ok, nil}
+        id -> with :ok <- check_session_id(id), do: {:ok, {id, affinity}}
+      end
+    end
+  end
+
+  @max_session_id 256
+
+  defp check_session_id(id) when is_binary(id) and byte_size(id) in 1..@max_session_id, do: :ok
+
+  defp check_session_id(id),
     do:
       {:error,
-       Error.validation("the :session_id must be a string or nil, got: #{Error.excerpt(s)}")}
+       Error.validation(
+         "the :session_id must be a string of 1 to #{@max_session_id} bytes, got: " <>
+           Error.excerpt(id),
+         %{option: :session_id}
+       )}
+
+  defp check_affinity(a) when a in [:strict, :hint, :fail_fast], do: :ok
+
+  defp check_affinity(a),
+    do:
+      {:error,
+       Error.validation(
+         "the :affinity must be :strict, :hint or :fail_fast, got: #{Error.excerpt(a)}",
+         %{option: :affinity}
+       )}
 end

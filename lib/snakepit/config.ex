@@ -29,7 +29,9 @@ defmodule Snakepit.Config do
       {quote(do: [{String.t(), String.t()}]), ~s(a list of {"NAME", "value"} string pairs or a map)},
     dir_or_nil: {quote(do: String.t() | nil), "a directory string or nil"},
     frame_size: {quote(do: pos_integer()), "an integer from 1 to #{@max_frame_limit}"},
-    depth: {quote(do: 1..64), "an integer from 1 to 64"}
+    depth: {quote(do: 1..64), "an integer from 1 to 64"},
+    affinity: {quote(do: :strict | :hint | :fail_fast), "one of :strict, :hint, :fail_fast"},
+    window: {quote(do: 1..65_536), "an integer from 1 to 65_536"}
   }
 
   # THE table of pool options: everything else (the struct, its type,
@@ -160,6 +162,33 @@ defmodule Snakepit.Config do
       default: :infinity,
       native: true,
       doc: "resident memory (MiB) past which it is recycled"
+    },
+    %{
+      name: :affinity,
+      shape: :affinity,
+      default: :strict,
+      doc: "how a session's calls pick their worker (per call too; see `Snakepit`)"
+    },
+    %{
+      name: :session_ttl,
+      shape: :pos_ms_or_infinity,
+      default: 1_800_000,
+      note: "30 min",
+      native: true,
+      doc: "ms a session may stay idle before it is ended"
+    },
+    %{
+      name: :max_sessions,
+      shape: :pos_or_infinity,
+      default: 10_000,
+      native: true,
+      doc: "most sessions at once; past it new sessions fail at once"
+    },
+    %{
+      name: :stream_window,
+      shape: :window,
+      default: 32,
+      doc: "chunks a stream may send ahead of its consumer (per call too)"
     },
     %{
       name: :startup_batch_size,
@@ -915,6 +944,8 @@ defmodule Snakepit.Config do
     do: {:ok, v}
 
   defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
+  defp accept(:affinity, v) when v in [:strict, :hint, :fail_fast], do: {:ok, v}
+  defp accept(:window, v) when is_integer(v) and v in 1..65_536, do: {:ok, v}
   defp accept(_shape, _value), do: :error
 
   # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the

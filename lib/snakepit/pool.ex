@@ -116,12 +116,21 @@ defmodule Snakepit.Pool do
     end
   end
 
+  @typedoc "What callers need of a running pool: its native handle and call defaults."
+  @type entry :: %{
+          handle: reference(),
+          queue_timeout: timeout(),
+          timeout: timeout(),
+          affinity: :strict | :hint | :fail_fast,
+          stream_window: pos_integer()
+        }
+
   @doc """
-  The native handle and the default `:queue_timeout` and `:timeout` of a
-  running pool, or `nil`. Callers read it from `:persistent_term`, not from
-  this process.
+  The native handle and the call defaults (`:queue_timeout`, `:timeout`,
+  `:affinity`, `:stream_window`) of a running pool, or `nil`. Callers read
+  it from `:persistent_term`, not from this process.
   """
-  @spec lookup(atom()) :: {reference(), timeout(), timeout()} | nil
+  @spec lookup(atom()) :: entry() | nil
   def lookup(name), do: :persistent_term.get({__MODULE__, name}, nil)
 
   @doc """
@@ -202,17 +211,21 @@ defmodule Snakepit.Pool do
 
     case await_first_worker(state, deadline) do
       {:ok, state} ->
-        :persistent_term.put(
-          {__MODULE__, config.name},
-          {handle, config.queue_timeout, config.timeout}
-        )
+        :persistent_term.put({__MODULE__, config.name}, %{
+          handle: handle,
+          queue_timeout: config.queue_timeout,
+          timeout: config.timeout,
+          affinity: config.affinity,
+          stream_window: config.stream_window
+        })
 
         schedule(:heartbeat, config.heartbeat_interval)
 
         :ok =
-          if config.max_age != :infinity or config.max_memory_mb != :infinity,
-            do: schedule(:maintain, @maintain_interval),
-            else: :ok
+          if config.max_age != :infinity or config.max_memory_mb != :infinity or
+               config.session_ttl != :infinity,
+             do: schedule(:maintain, @maintain_interval),
+             else: :ok
 
         {:ok, %{state | phase: :running}}
 

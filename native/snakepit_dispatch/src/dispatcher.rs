@@ -164,11 +164,11 @@ pub struct Answered<C, W> {
 pub struct Gone<C> {
     /// The caller of the call it was running, to answer with an error.
     pub running: Option<C>,
-    /// That call's session was bound to the worker: its state is lost.
-    pub running_lost_session: bool,
-    /// Calls of sessions bound to the worker that had not started: answer
-    /// them with a `:worker` error saying the session was lost.
-    pub lost: Vec<C>,
+    /// That call's session, if it was bound to the worker: its state is lost.
+    pub running_lost_session: Option<Key>,
+    /// Calls of sessions bound to the worker that had not started, with
+    /// their session: answer them with a `:worker` error saying it was lost.
+    pub lost: Vec<(C, Key)>,
     /// Calls it had in its pipe that cannot be queued again because the
     /// pool is closed: answer them with a `:pool` error.
     pub stopped: Vec<C>,
@@ -572,7 +572,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             return (
                 Gone {
                     running: None,
-                    running_lost_session: false,
+                    running_lost_session: None,
                     lost: Vec::new(),
                     stopped: Vec::new(),
                 },
@@ -594,11 +594,11 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         };
         let mut in_flight = slot.in_flight;
         let mut running = None;
-        let mut running_lost_session = false;
+        let mut running_lost_session = None;
         if let Some(req) = in_flight.pop_front() {
             if let Some((key, _)) = &req.session {
                 if lost_keys.contains(key) {
-                    running_lost_session = true;
+                    running_lost_session = Some(key.clone());
                     told.insert(key.clone());
                 }
             }
@@ -621,8 +621,9 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                         stopped.push(caller);
                     } else {
                         self.stats.record(Outcome::WorkerError);
-                        told.insert(req.session.as_ref().expect("pinned").0.clone());
-                        lost.push(caller);
+                        let key = req.session.as_ref().expect("pinned").0.clone();
+                        told.insert(key.clone());
+                        lost.push((caller, key));
                     }
                 }
                 self.leave(&req, now);
@@ -654,8 +655,9 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             for mut req in purged {
                 if let Some(caller) = req.caller.take() {
                     self.stats.record(Outcome::WorkerError);
-                    told.insert(req.session.as_ref().expect("pinned").0.clone());
-                    lost.push(caller);
+                    let key = req.session.as_ref().expect("pinned").0.clone();
+                    told.insert(key.clone());
+                    lost.push((caller, key));
                 }
                 self.leave(&req, now);
             }

@@ -15,6 +15,14 @@ rustler::atoms! {
     // replies: {tag, :result | :python_error, frame, offset} | {tag, :error, reason}
     result,
     python_error,
+    chunk,
+    done,
+    // session affinities
+    strict,
+    hint,
+    fail_fast,
+    session_lost,
+    session_id,
     // submit/cancel/expire
     dirty,
     cancelled,

@@ -35,14 +35,16 @@ mod writer;
 
 use pool::{PoolConfig, PoolCore, PoolHandle, Reply};
 use rustler::{Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
-use snakepit_dispatch::dispatcher;
+use snakepit_dispatch::dispatcher::{self, Call};
 use snakepit_dispatch::recycle::Policy;
+use snakepit_dispatch::sessions::Affinity;
 use snakepit_wire::{frame, protocol};
 use std::sync::Arc;
+use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 5;
+const ABI_VERSION: u32 = 6;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -63,6 +65,9 @@ struct PoolOptions {
     max_requests: u64,
     max_age: u64,
     max_memory_mb: u64,
+    max_sessions: usize,
+    /// Milliseconds; 0: sessions never expire.
+    session_ttl: u64,
     shepherd: String,
 }
 
@@ -81,6 +86,8 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
             pipeline_depth: opts.pipeline_depth,
             max_queue: opts.max_queue,
             recycle: Policy::from_limits(opts.max_requests, opts.max_age, opts.max_memory_mb),
+            max_sessions: opts.max_sessions,
+            session_ttl: (opts.session_ttl > 0).then(|| Duration::from_millis(opts.session_ttl)),
         },
     };
     let core = Arc::new(PoolCore::new(owner, config));
@@ -185,6 +192,8 @@ fn pool_workers(pool: ResourceArc<PoolHandle>) -> Vec<WorkerInfo> {
 
 /// Queues a call. Returns `{:ok, request_id}`, `{:error, {category, message,
 /// details}}`, or `:dirty` when the args are too large to encode here.
+/// `session` is `nil` or `{session_id, :strict | :hint | :fail_fast}`;
+/// `stream` is `nil` (a plain call) or a streaming call's credit window.
 #[rustler::nif]
 fn submit<'a>(
     env: Env<'a>,
@@ -192,20 +201,22 @@ fn submit<'a>(
     tag: Term<'a>,
     tool: Binary<'a>,
     call_args: Term<'a>,
-    session_id: Option<Binary<'a>>,
-) -> Term<'a> {
-    submit_with_budget(
+    session: Option<(Binary<'a>, rustler::Atom)>,
+    stream: Option<u32>,
+) -> NifResult<Term<'a>> {
+    let call = call_spec(session, stream)?;
+    Ok(submit_with_budget(
         env,
         &pool,
         tag,
         tool,
         call_args,
-        session_id,
+        call,
         SCHEDULER_ENCODE_BUDGET,
-    )
+    ))
 }
 
-/// `submit/5` for arguments too large to encode on a normal scheduler.
+/// `submit/6` for arguments too large to encode on a normal scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn submit_dirty<'a>(
     env: Env<'a>,
@@ -213,9 +224,41 @@ fn submit_dirty<'a>(
     tag: Term<'a>,
     tool: Binary<'a>,
     call_args: Term<'a>,
-    session_id: Option<Binary<'a>>,
-) -> Term<'a> {
-    submit_with_budget(env, &pool, tag, tool, call_args, session_id, usize::MAX)
+    session: Option<(Binary<'a>, rustler::Atom)>,
+    stream: Option<u32>,
+) -> NifResult<Term<'a>> {
+    let call = call_spec(session, stream)?;
+    Ok(submit_with_budget(
+        env,
+        &pool,
+        tag,
+        tool,
+        call_args,
+        call,
+        usize::MAX,
+    ))
+}
+
+fn call_spec(session: Option<(Binary, rustler::Atom)>, stream: Option<u32>) -> NifResult<Call> {
+    let session = match session {
+        None => None,
+        Some((id, affinity)) => {
+            let affinity = if affinity == atoms::strict() {
+                Affinity::Strict
+            } else if affinity == atoms::hint() {
+                Affinity::Hint
+            } else if affinity == atoms::fail_fast() {
+                Affinity::FailFast
+            } else {
+                return Err(rustler::Error::BadArg);
+            };
+            Some((id.as_slice().to_vec(), affinity))
+        }
+    };
+    if stream == Some(0) {
+        return Err(rustler::Error::BadArg);
+    }
+    Ok(Call { session, stream })
 }
 
 fn submit_with_budget<'a>(
@@ -224,7 +267,7 @@ fn submit_with_budget<'a>(
     tag: Term<'a>,
     tool: Binary<'a>,
     args: Term<'a>,
-    session_id: Option<Binary<'a>>,
+    call: Call,
     budget: usize,
 ) -> Term<'a> {
     let core = &pool.core;
@@ -233,7 +276,8 @@ fn submit_with_budget<'a>(
     let mut buf = protocol::begin_call(
         id,
         tool.as_slice(),
-        session_id.as_ref().map(|s| s.as_slice()),
+        call.session.as_ref().map(|(s, _)| s.as_slice()),
+        call.stream,
         64,
     );
     // Stop encoding a little past the frame limit: that is enough to refuse it.
@@ -267,8 +311,12 @@ fn submit_with_budget<'a>(
         core.refuse_invalid();
         return (atoms::error(), failure).encode(env);
     }
-    let reply = Reply::new(env, tag, pool);
-    match core.submit(env, id, buf, reply) {
+    let reply = if call.stream.is_some() {
+        Reply::new_stream(env, tag, pool)
+    } else {
+        Reply::new(env, tag, pool)
+    };
+    match core.submit(env, id, buf, reply, call) {
         Ok(()) => (atoms::ok(), id).encode(env),
         Err(failure) => (atoms::error(), failure).encode(env),
     }
@@ -292,6 +340,33 @@ fn frame_too_large(size: Option<usize>, max_frame: usize) -> Failure {
 #[rustler::nif]
 fn cancel(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
     pool.core.cancel(env, request_id)
+}
+
+/// The caller of streaming call `request_id` consumed `n` chunks; its
+/// worker may send `n` more.
+#[rustler::nif]
+fn stream_ack(pool: ResourceArc<PoolHandle>, request_id: u64, n: u32) -> rustler::Atom {
+    pool.core.ack(request_id, n);
+    atoms::ok()
+}
+
+/// Ends a session (its workers are sent `session_end`): whether the pool
+/// had it.
+#[rustler::nif]
+fn end_session(pool: ResourceArc<PoolHandle>, session_id: Binary) -> bool {
+    pool.core.end_session(session_id.as_slice())
+}
+
+/// Every session of the pool, ordered by id.
+#[rustler::nif]
+fn pool_sessions(pool: ResourceArc<PoolHandle>) -> Vec<terms::SessionInfo> {
+    pool.core.sessions()
+}
+
+/// One session, or `nil`.
+#[rustler::nif]
+fn pool_session(pool: ResourceArc<PoolHandle>, session_id: Binary) -> Option<terms::SessionInfo> {
+    pool.core.session(session_id.as_slice())
 }
 
 /// After a queue timeout: `true` if the request was still queued (it is

@@ -13,15 +13,21 @@
 
 use crate::atoms;
 use crate::reply::{send_raw, ReplyTo};
-use crate::terms::{state_atom, Details, Failure, HandshakeDetails, PoolStats, WorkerInfo};
+use crate::terms::{
+    state_atom, Bytes, Details, Failure, HandshakeDetails, PoolStats, SessionDetails, SessionInfo,
+    SessionLimitDetails, WorkerInfo,
+};
 use crate::worker::{self, Events, ExitInfo, Worker, WorkerSpec};
 use parking_lot::Mutex;
 use rustler::env::OwnedEnv;
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource};
-use snakepit_dispatch::dispatcher::{self, Cancel, Exit, Refused, StartError, Writes};
+use snakepit_dispatch::dispatcher::{
+    self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Writes,
+};
 use snakepit_dispatch::output::Admit;
 use snakepit_dispatch::recycle::Reason;
+use snakepit_dispatch::sessions::{Affinity, Refusal, SessionRow};
 use snakepit_dispatch::stats::Outcome;
 use snakepit_dispatch::Dispatcher;
 use snakepit_wire::protocol::{self, Envelope, ErrorKind, HandshakeError, Kind, PROTOCOL_VERSION};
@@ -147,10 +153,21 @@ impl PoolCore {
         }
     }
 
-    /// Queues an encoded call (see `Dispatcher::submit`). On refusal the
-    /// caller gets the failure as the NIF's return value.
-    pub fn submit(&self, env: Env, id: u64, frame: Vec<u8>, reply: Reply) -> Result<(), Failure> {
-        let submitted = self.dispatch.lock().submit(id, frame, reply);
+    /// Queues an encoded call (see `Dispatcher::submit_call`). On refusal
+    /// the caller gets the failure as the NIF's return value.
+    pub fn submit(
+        &self,
+        env: Env,
+        id: u64,
+        frame: Vec<u8>,
+        reply: Reply,
+        call: Call,
+    ) -> Result<(), Failure> {
+        let session = call.session.clone();
+        let submitted = self
+            .dispatch
+            .lock()
+            .submit_call(id, frame, reply, call, Instant::now());
         match submitted {
             Ok(writes) => {
                 flush(writes);
@@ -160,6 +177,10 @@ impl PoolCore {
                 reply.release(Some(env));
                 Err(match why {
                     Refused::Closed => Failure::stopped(),
+                    Refused::Session(refusal) => {
+                        let (key, affinity) = session.expect("a session call");
+                        session_refused(refusal, key, affinity)
+                    }
                     Refused::Full(queued) => {
                         let limit = self.dispatch.lock().config().max_queue;
                         Failure::new(
@@ -181,6 +202,57 @@ impl PoolCore {
     /// Counts a call refused before it was queued (bad arguments).
     pub fn refuse_invalid(&self) {
         self.dispatch.lock().refuse_invalid();
+    }
+
+    /// The caller of streaming call `request_id` consumed `n` chunks: its
+    /// worker may send `n` more.
+    pub fn ack(&self, request_id: u64, n: u32) {
+        let worker = self.dispatch.lock().ack(request_id, n);
+        if let Some(worker) = worker {
+            worker.ack(request_id, n);
+        }
+    }
+
+    /// Ends a session: each worker holding state for it is sent
+    /// `session_end`. Returns whether there was such a session.
+    pub fn end_session(&self, session_id: &[u8]) -> bool {
+        let frame = protocol::session_end_frame(session_id);
+        let ended = self.dispatch.lock().end_session(session_id, &frame);
+        match ended {
+            Some(ended) => {
+                apply(ended);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every session, ordered by id.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let now = Instant::now();
+        let (rows, workers) = {
+            let d = self.dispatch.lock();
+            (d.sessions(now), d.workers(now))
+        };
+        let os_pid = |id: Option<u64>| {
+            let id = id?;
+            workers.iter().find(|w| w.id == id).map(|w| w.worker.os_pid)
+        };
+        rows.into_iter().map(|r| session_info(r, os_pid)).collect()
+    }
+
+    /// One session, if the pool has it.
+    pub fn session(&self, session_id: &[u8]) -> Option<SessionInfo> {
+        let now = Instant::now();
+        let (row, workers) = {
+            let d = self.dispatch.lock();
+            (d.session(session_id, now)?, d.workers(now))
+        };
+        let os_pid = |id: Option<u64>| {
+            let id = id?;
+            workers.iter().find(|w| w.id == id).map(|w| w.worker.os_pid)
+        };
+        Some(session_info(row, os_pid))
     }
 
     /// Gives up a request after the caller's timeout (`env` is the
@@ -253,9 +325,15 @@ impl PoolCore {
             .collect()
     }
 
-    /// Retires the worker that `max_age` or `max_memory_mb` says is due, if
-    /// any. Reads `/proc`: call it from a dirty scheduler.
+    /// Ends the sessions idle for `session_ttl`, then retires the worker
+    /// that `max_age` or `max_memory_mb` says is due, if any. Reads `/proc`:
+    /// call it from a dirty scheduler.
     pub fn maintain(&self) -> Option<(u64, Reason)> {
+        let ended = self
+            .dispatch
+            .lock()
+            .expire_sessions(Instant::now(), protocol::session_end_frame);
+        apply(ended);
         let (policy, rows) = {
             let d = self.dispatch.lock();
             (d.config().recycle, d.workers(Instant::now()))
@@ -325,6 +403,7 @@ impl PoolCore {
                 requests: r.served,
                 age_ms: r.age.as_millis() as u64,
                 rss_bytes: worker::rss_bytes(r.worker.os_pid),
+                sessions: r.sessions as u64,
             })
             .collect()
     }
@@ -406,17 +485,18 @@ impl PoolCore {
         envelope: Envelope,
         frame: OwnedBinary,
     ) -> Result<bool, String> {
-        let (status, outcome) = match envelope.kind {
-            Kind::Result => (atoms::result(), Outcome::Completed),
+        let (status, outcome, terminal) = match envelope.kind {
+            Kind::Result => (atoms::result(), Outcome::Completed, Terminal::Result),
+            Kind::Done => (atoms::done(), Outcome::Completed, Terminal::Done),
             _ => match protocol::error_kind(frame.as_slice(), envelope.body) {
-                ErrorKind::Refused => (atoms::python_error(), Outcome::Validation),
-                ErrorKind::Failed => (atoms::python_error(), Outcome::PythonError),
+                ErrorKind::Refused => (atoms::python_error(), Outcome::Validation, Terminal::Error),
+                ErrorKind::Failed => (atoms::python_error(), Outcome::PythonError, Terminal::Error),
             },
         };
         let answered = self
             .dispatch
             .lock()
-            .answer(worker.id, envelope.id, outcome)
+            .finish(worker.id, envelope.id, outcome, terminal, Instant::now())
             .map_err(|v| v.0)?;
         // Deliver first: writing the next request wakes the worker, and on a
         // busy machine the kernel then preempts this thread at once, which
@@ -460,8 +540,20 @@ impl Events for PoolCore {
         }
         match envelope.kind {
             Kind::Ready => self.on_ready(worker, envelope, frame),
-            Kind::Result | Kind::Error if envelope.id != 0 => {
+            Kind::Result | Kind::Error | Kind::Done if envelope.id != 0 => {
                 self.on_answer(worker, envelope, frame)
+            }
+            Kind::Chunk if envelope.id != 0 => {
+                let sink = self
+                    .dispatch
+                    .lock()
+                    .chunk(worker.id, envelope.id)
+                    .map_err(|v| v.0)?
+                    .and_then(|reply| reply.sink());
+                if let Some(sink) = sink {
+                    sink.chunk(frame, envelope.body);
+                }
+                Ok(false)
             }
             Kind::Error => {
                 // id 0: the worker could not start (e.g. the adapter failed to import).
@@ -486,7 +578,7 @@ impl Events for PoolCore {
                 "sent a {} frame this host does not expect",
                 envelope.kind.as_str()
             )),
-            Kind::Call | Kind::Cancel => Err(format!(
+            Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd => Err(format!(
                 "sent a {} frame, which only the host sends",
                 envelope.kind.as_str()
             )),
@@ -537,10 +629,33 @@ impl Events for PoolCore {
                 Exit::BrokeProtocol => atoms::transport(),
                 _ => atoms::worker(),
             };
+            let failure = match gone.running_lost_session {
+                Some(key) => Failure::new(
+                    category,
+                    format!(
+                        "{}; session {} was lost with it",
+                        exit.describe(worker),
+                        excerpt(&key)
+                    ),
+                    Details::ExitLost(details.clone(), Bytes(key.into())),
+                ),
+                None => Failure::new(
+                    category,
+                    exit.describe(worker),
+                    Details::Exit(details.clone()),
+                ),
+            };
+            reply.fail(None, &failure);
+        }
+        for (reply, key) in gone.lost {
             let failure = Failure::new(
-                category,
-                exit.describe(worker),
-                Details::Exit(details.clone()),
+                atoms::worker(),
+                format!(
+                    "session {} was lost: its worker ended before this call started ({})",
+                    excerpt(&key),
+                    exit.describe(worker)
+                ),
+                Details::ExitLost(details.clone(), Bytes(key.into())),
             );
             reply.fail(None, &failure);
         }
@@ -548,5 +663,78 @@ impl Events for PoolCore {
             reply.fail(None, &Failure::stopped());
         }
         self.notify(None, worker.id, atoms::exit(), details);
+    }
+}
+
+/// Flushes the `session_end` frames of ended sessions and retires the
+/// workers they released.
+fn apply(ended: Ended<Worker>) {
+    flush(ended.writes);
+    for (worker, reason) in ended.retire {
+        worker.recycle(reason);
+    }
+}
+
+fn affinity_atom(affinity: Affinity) -> Atom {
+    match affinity {
+        Affinity::Strict => atoms::strict(),
+        Affinity::Hint => atoms::hint(),
+        Affinity::FailFast => atoms::fail_fast(),
+    }
+}
+
+/// A session id for a message: quoted, cut short, lossy.
+fn excerpt(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&key[..key.len().min(64)]);
+    let more = if key.len() > 64 { "…" } else { "" };
+    format!("{text:?}{more}")
+}
+
+/// The failure of a session call refused before it was queued.
+fn session_refused(refusal: Refusal, key: Vec<u8>, affinity: Affinity) -> Failure {
+    let details = |lost: bool| {
+        Details::Session(SessionDetails {
+            session_id: Bytes(key.clone()),
+            affinity: affinity_atom(affinity),
+            session_lost: lost,
+        })
+    };
+    match refusal {
+        Refusal::Lost => Failure::new(
+            atoms::worker(),
+            format!(
+                "session {} was lost: its worker ended since its last call; the next call starts it afresh",
+                excerpt(&key)
+            ),
+            details(true),
+        ),
+        Refusal::Busy => Failure::new(
+            atoms::pool(),
+            format!(
+                "the worker of session {} is busy (affinity: :fail_fast)",
+                excerpt(&key)
+            ),
+            details(false),
+        ),
+        Refusal::TooMany(max) => Failure::new(
+            atoms::pool(),
+            format!("the pool already holds {max} sessions (:max_sessions)"),
+            Details::SessionLimit(SessionLimitDetails {
+                max_sessions: max as u64,
+            }),
+        ),
+    }
+}
+
+fn session_info(row: SessionRow, os_pid: impl Fn(Option<u64>) -> Option<u32>) -> SessionInfo {
+    SessionInfo {
+        os_pid: os_pid(row.worker),
+        session_id: Bytes(row.id),
+        worker_id: row.worker,
+        age_ms: row.age.as_millis() as u64,
+        idle_ms: row.idle.as_millis() as u64,
+        calls: row.calls,
+        pending: row.pending as u64,
+        lost: row.lost,
     }
 }

@@ -2,13 +2,18 @@
 //!
 //! A [`ReplyTo`] is what the dispatcher (`snakepit_dispatch`) holds for each
 //! request and hands back exactly once, to be answered or, when the caller
-//! gave up, released.
+//! gave up, released. A streaming call's chunks go out before that, through
+//! its [`Sink`], which the worker's reader thread uses outside the pool's
+//! lock; answering or releasing the `ReplyTo` closes the sink first, so no
+//! chunk ever follows the final answer or reaches a caller that gave up.
 
 use crate::atoms;
 use crate::terms::Failure;
+use parking_lot::Mutex;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource, ResourceArc, Term};
+use std::sync::Arc;
 
 /// The caller of one request. `R` is the resource that monitors the caller
 /// (the pool's handle), so a caller that dies gives up its request.
@@ -19,6 +24,42 @@ pub struct ReplyTo<R: Resource> {
     tag: SavedTerm,
     /// Released when the request is answered or given up.
     watch: Option<(ResourceArc<R>, Monitor)>,
+    /// A streaming call's chunks go here.
+    sink: Option<Arc<Sink>>,
+}
+
+/// Where a streaming call's chunks go: `{tag, :chunk, frame, body_offset}`
+/// to its caller, until it is closed.
+pub struct Sink {
+    target: Mutex<Option<Target>>,
+}
+
+struct Target {
+    caller: LocalPid,
+    env: OwnedEnv,
+    tag: SavedTerm,
+}
+
+impl Sink {
+    /// Sends a chunk unless the sink is closed. From a thread of ours only
+    /// (not a scheduler thread).
+    pub fn chunk(&self, frame: OwnedBinary, body: usize) {
+        let target = self.target.lock();
+        let Some(t) = target.as_ref() else {
+            return;
+        };
+        let mut msg = OwnedEnv::new();
+        let _ = msg.send_and_clear(&t.caller, |e| {
+            let tag = t.env.run(|te| t.tag.load(te).in_env(e));
+            let frame = frame.release(e).encode(e);
+            make_tuple(e, &[tag, atoms::chunk().encode(e), frame, body.encode(e)])
+        });
+    }
+
+    /// No chunk is sent after this returns (one being sent has arrived).
+    fn close(&self) {
+        self.target.lock().take();
+    }
 }
 
 impl<R: Resource> ReplyTo<R> {
@@ -30,13 +71,34 @@ impl<R: Resource> ReplyTo<R> {
             .monitor(Some(env), &caller)
             .map(|m| (resource.clone(), m));
         let owned = OwnedEnv::new();
-        let tag = owned.save(tag);
+        let saved = owned.save(tag);
         ReplyTo {
             caller,
             env: owned,
-            tag,
+            tag: saved,
             watch,
+            sink: None,
         }
+    }
+
+    /// For a streaming call: also makes the sink its chunks go through.
+    pub fn new_stream(env: Env, tag: Term, resource: &ResourceArc<R>) -> ReplyTo<R> {
+        let mut reply = ReplyTo::new(env, tag, resource);
+        let sink_env = OwnedEnv::new();
+        let sink_tag = sink_env.save(tag);
+        reply.sink = Some(Arc::new(Sink {
+            target: Mutex::new(Some(Target {
+                caller: reply.caller,
+                env: sink_env,
+                tag: sink_tag,
+            })),
+        }));
+        reply
+    }
+
+    /// The sink of a streaming call.
+    pub fn sink(&self) -> Option<Arc<Sink>> {
+        self.sink.clone()
     }
 
     /// Whether this is the request `monitor` watches.
@@ -46,6 +108,9 @@ impl<R: Resource> ReplyTo<R> {
 
     /// The caller gave up: drops the monitor (`from` as in [`Self::reply`]).
     pub fn release(mut self, from: Option<Env>) {
+        if let Some(sink) = self.sink.take() {
+            sink.close();
+        }
         if let Some((resource, monitor)) = self.watch.take() {
             resource.demonitor(from, &monitor);
         }
@@ -59,6 +124,9 @@ impl<R: Resource> ReplyTo<R> {
     where
         F: for<'a> FnOnce(Env<'a>) -> Vec<Term<'a>>,
     {
+        if let Some(sink) = self.sink.take() {
+            sink.close();
+        }
         if let Some((resource, monitor)) = self.watch.take() {
             resource.demonitor(from, &monitor);
         }
@@ -78,7 +146,7 @@ impl<R: Resource> ReplyTo<R> {
         self.reply(from, |e| vec![atoms::error().encode(e), failure.encode(e)]);
     }
 
-    /// `{tag, :result | :python_error, frame, body_offset}`: the worker's raw
+    /// `{tag, :result | :done | :python_error, frame, body_offset}`: the worker's raw
     /// frame, which the caller decodes itself (see `codec.rs` for why).
     pub fn answer(self, status: rustler::Atom, frame: OwnedBinary, body: usize) {
         self.reply(None, move |e| {

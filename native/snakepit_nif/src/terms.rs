@@ -31,6 +31,10 @@ pub struct PoolStats {
     pub restarts: u64,
     pub recycles: u64,
     pub dropped_output_lines: u64,
+    pub sessions: u64,
+    pub sessions_expired: u64,
+    pub sessions_lost: u64,
+    pub chunks: u64,
 }
 
 impl PoolStats {
@@ -58,6 +62,10 @@ impl PoolStats {
             restarts: s.restarts,
             recycles: s.recycles,
             dropped_output_lines: s.dropped_output_lines,
+            sessions: g.sessions,
+            sessions_expired: s.sessions_expired,
+            sessions_lost: s.sessions_lost,
+            chunks: s.chunks,
         }
     }
 }
@@ -72,6 +80,55 @@ pub struct WorkerInfo {
     pub requests: u64,
     pub age_ms: u64,
     pub rss_bytes: Option<u64>,
+    /// Sessions bound to it.
+    pub sessions: u64,
+}
+
+/// A binary made from bytes (a `Vec<u8>` would encode as a list).
+pub struct Bytes(pub Vec<u8>);
+
+impl Encoder for Bytes {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let mut bin = rustler::NewBinary::new(env, self.0.len());
+        bin.as_mut_slice().copy_from_slice(&self.0);
+        rustler::Binary::from(bin).encode(env)
+    }
+}
+
+impl<'a> rustler::Decoder<'a> for Bytes {
+    fn decode(term: Term<'a>) -> rustler::NifResult<Self> {
+        Ok(Bytes(rustler::Binary::decode(term)?.as_slice().to_vec()))
+    }
+}
+
+/// One row of `Snakepit.Native.pool_sessions/1`.
+#[derive(NifMap)]
+pub struct SessionInfo {
+    pub session_id: Bytes,
+    /// The worker it is bound to (`nil` until its first call runs, or once
+    /// it is lost).
+    pub worker_id: Option<u64>,
+    pub os_pid: Option<u32>,
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    pub calls: u64,
+    /// Its calls queued or running.
+    pub pending: u64,
+    /// Its worker is gone and no call has been told yet.
+    pub lost: bool,
+}
+
+/// Details of a session call refused or failed for its session.
+#[derive(NifMap)]
+pub struct SessionDetails {
+    pub session_id: Bytes,
+    pub affinity: Atom,
+    pub session_lost: bool,
+}
+
+#[derive(NifMap)]
+pub struct SessionLimitDetails {
+    pub max_sessions: u64,
 }
 
 pub fn state_atom(state: State) -> Atom {
@@ -134,7 +191,11 @@ pub enum Details {
     Size(SizeDetails),
     Queue(QueueDetails),
     Exit(ExitDetails),
+    /// The worker died with the session's state.
+    ExitLost(ExitDetails, Bytes),
     Handshake(HandshakeDetails),
+    Session(SessionDetails),
+    SessionLimit(SessionLimitDetails),
 }
 
 /// A failure found on the native side: `{category, message, details}`,
@@ -168,7 +229,15 @@ impl Encoder for Failure {
             Details::Size(d) => d.encode(env),
             Details::Queue(d) => d.encode(env),
             Details::Exit(d) => d.encode(env),
+            Details::ExitLost(d, session_id) => {
+                let map = d.encode(env);
+                map.map_put(atoms::session_lost(), true)
+                    .and_then(|m| m.map_put(atoms::session_id(), session_id))
+                    .unwrap_or(map)
+            }
             Details::Handshake(d) => d.encode(env),
+            Details::Session(d) => d.encode(env),
+            Details::SessionLimit(d) => d.encode(env),
         };
         (self.category, self.message.as_str(), details).encode(env)
     }

@@ -156,11 +156,19 @@ impl Worker {
         }
     }
 
-    /// Sends a control frame (`cancel`, `heartbeat`) without blocking. A
+    /// Sends a control frame (`cancel`, `heartbeat`, `ack`) without blocking. A
     /// full control pipe means the worker is not reading it: the frame is
     /// dropped, and a missed heartbeat will tell.
     pub fn control(&self, kind: Kind, request_id: u64) {
-        let frame = protocol::control_frame(kind, request_id);
+        self.send_control(&protocol::control_frame(kind, request_id));
+    }
+
+    /// Gives a streaming call `n` more credits (an `ack` on the control pipe).
+    pub fn ack(&self, request_id: u64, n: u32) {
+        self.send_control(&protocol::ack_frame(request_id, n));
+    }
+
+    fn send_control(&self, frame: &[u8]) {
         let control = self.control.lock();
         if let Some(fd) = control.as_ref() {
             // SAFETY: writing a borrowed buffer to an fd we own.

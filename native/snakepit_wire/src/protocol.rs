@@ -10,7 +10,7 @@ use std::fmt;
 
 /// Version of the protocol spoken by this crate; a worker announces its own
 /// in its `ready` frame and the host refuses a mismatch.
-pub const PROTOCOL_VERSION: u64 = 1;
+pub const PROTOCOL_VERSION: u64 = 2;
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +33,14 @@ pub enum Kind {
     Log,
     /// both ways: liveness probe and its echo.
     Heartbeat,
+    /// host → worker: credits for a streaming call.
+    Ack,
+    /// host → worker: forget a session's state.
+    SessionEnd,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Ready,
         Kind::Call,
         Kind::Result,
@@ -46,6 +50,8 @@ impl Kind {
         Kind::Done,
         Kind::Log,
         Kind::Heartbeat,
+        Kind::Ack,
+        Kind::SessionEnd,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +65,8 @@ impl Kind {
             Kind::Done => "done",
             Kind::Log => "log",
             Kind::Heartbeat => "heartbeat",
+            Kind::Ack => "ack",
+            Kind::SessionEnd => "session_end",
         }
     }
 
@@ -147,11 +155,18 @@ pub fn begin_frame(kind: Kind, id: u64, capacity: usize) -> Vec<u8> {
 }
 
 /// Starts a `call` frame up to its `args` value: the body is the map
-/// `{"tool": tool, "session_id": session_id | nil, "args": ...}` and the
-/// caller appends the encoded args, then calls [`frame::finish`].
-pub fn begin_call(id: u64, tool: &[u8], session_id: Option<&[u8]>, capacity: usize) -> Vec<u8> {
-    let mut buf = begin_frame(Kind::Call, id, capacity + tool.len() + 32);
-    rmp::encode::write_map_len(&mut buf, 3).expect("Vec write");
+/// `{"tool": tool, "session_id": session_id | nil, "stream": window | nil,
+/// "args": ...}` and the caller writes the args, then [`frame::finish`]es.
+pub fn begin_call(
+    id: u64,
+    tool: &[u8],
+    session_id: Option<&[u8]>,
+    stream: Option<u32>,
+    capacity: usize,
+) -> Vec<u8> {
+    let session_len = session_id.map_or(0, <[u8]>::len);
+    let mut buf = begin_frame(Kind::Call, id, capacity + tool.len() + session_len + 48);
+    rmp::encode::write_map_len(&mut buf, 4).expect("Vec write");
     write_str(&mut buf, b"tool");
     write_str(&mut buf, tool);
     write_str(&mut buf, b"session_id");
@@ -159,7 +174,32 @@ pub fn begin_call(id: u64, tool: &[u8], session_id: Option<&[u8]>, capacity: usi
         Some(s) => write_str(&mut buf, s),
         None => rmp::encode::write_nil(&mut buf).expect("Vec write"),
     }
+    write_str(&mut buf, b"stream");
+    match stream {
+        Some(window) => {
+            rmp::encode::write_uint(&mut buf, window.into()).expect("Vec write");
+        }
+        None => rmp::encode::write_nil(&mut buf).expect("Vec write"),
+    }
     write_str(&mut buf, b"args");
+    buf
+}
+
+/// A complete `ack` frame: `n` more chunks of stream `id` were consumed.
+pub fn ack_frame(id: u64, n: u32) -> Vec<u8> {
+    let mut buf = begin_frame(Kind::Ack, id, 8);
+    rmp::encode::write_uint(&mut buf, n.into()).expect("Vec write");
+    frame::finish(&mut buf, frame::DEFAULT_MAX_FRAME).expect("tiny frame");
+    buf
+}
+
+/// A complete `session_end` frame for `session_id`.
+pub fn session_end_frame(session_id: &[u8]) -> Vec<u8> {
+    let mut buf = begin_frame(Kind::SessionEnd, 0, session_id.len() + 16);
+    rmp::encode::write_map_len(&mut buf, 1).expect("Vec write");
+    write_str(&mut buf, b"session_id");
+    write_str(&mut buf, session_id);
+    frame::finish(&mut buf, frame::DEFAULT_MAX_FRAME).expect("small frame");
     buf
 }
 
@@ -296,16 +336,16 @@ mod tests {
 
     #[test]
     fn call_frames_carry_tool_session_and_args() {
-        let mut f = begin_call(u64::MAX, b"predict", Some(b"s-1"), 8);
+        let mut f = begin_call(u64::MAX, b"predict", Some(b"s-1"), Some(32), 8);
         rmp::encode::write_sint(&mut f, -5).unwrap();
         frame::finish(&mut f, 1024).unwrap();
         let body = &f[HEADER_LEN..];
         let env = parse_envelope(body).unwrap();
         assert_eq!((env.kind, env.id), (Kind::Call, u64::MAX));
         let mut r = Reader::at(body, env.body);
-        assert_eq!(r.next_token().unwrap(), Token::Map(3));
+        assert_eq!(r.next_token().unwrap(), Token::Map(4));
         let mut fields = vec![];
-        for _ in 0..3 {
+        for _ in 0..4 {
             let Token::Str(k) = r.next_token().unwrap() else {
                 panic!()
             };
@@ -321,6 +361,7 @@ mod tests {
             vec![
                 ("tool".into(), "predict".into()),
                 ("session_id".into(), "s-1".into()),
+                ("stream".into(), "Int(32)".into()),
                 ("args".into(), "Int(-5)".into())
             ]
         );

@@ -187,8 +187,9 @@ fn a_dead_workers_sessions_are_lost_and_their_waiting_calls_told() {
     invariant(&d);
     let (gone, _) = d.worker_down(first, Exit::Died);
     assert_eq!(gone.running, Some((0, 10)));
-    assert!(gone.running_lost_session);
-    assert_eq!(gone.lost, [(0, 11), (0, 12)], "in submission order");
+    assert_eq!(gone.running_lost_session.as_deref(), Some(&b"s"[..]));
+    let lost: Vec<Caller> = gone.lost.into_iter().map(|(c, _)| c).collect();
+    assert_eq!(lost, [(0, 11), (0, 12)], "in submission order");
     assert_eq!(d.stats().sessions_lost, 1);
     invariant(&d);
     // The loss was told: the next call starts the session afresh.

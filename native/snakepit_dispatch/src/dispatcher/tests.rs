@@ -970,7 +970,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                         .for_each(|c| leave(c, "stopped", &mut left));
                     gone.lost
                         .into_iter()
-                        .for_each(|c| leave(c, "session lost", &mut left));
+                        .for_each(|(c, _)| leave(c, "session lost", &mut left));
                 }
                 8 if submitted > 0 && rng.below(3) == 0 => {
                     let key = [b'a' + rng.below(3) as u8];

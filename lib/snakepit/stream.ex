@@ -1,0 +1,274 @@
+defmodule Snakepit.Stream do
+  @moduledoc """
+  The consumer side of a streaming call, behind `Snakepit.execute_stream/4`
+  and `Snakepit.stream/3`.
+
+  A streaming call is submitted like any call, with a credit window `W`
+  (`:stream_window`). The worker's chunks arrive in the caller's mailbox as
+  `{tag, :chunk, frame, offset}`, decoded here, in the caller, like answers
+  are; the stream ends with exactly one `{tag, :done, ...}`,
+  `{tag, :python_error, ...}` or `{tag, :error, reason}`.
+
+  **Backpressure.** The worker may send at most `W` chunks that the
+  consumer has not taken. Each time the consumer has taken `max(1, div(W,
+  2))` chunks, `Snakepit.Native.stream_ack/3` gives the worker that many
+  credits back (an `ack` on its control pipe). So the mailbox never holds
+  more than `W` chunks, however slow the consumer, and a Python generator
+  that is ahead blocks in `yield`.
+
+  **Ending early.** `cancel/1` gives the call up (`Snakepit.Native.cancel/2`,
+  which closes the native side's sink, so no chunk is sent after it) and
+  drops the chunks already in the mailbox. The worker is told on its
+  control pipe and closes the generator. A consumer that dies gives the
+  call up the same way, through the pool's monitor.
+
+  **Timeouts.** `:timeout` bounds the whole stream (default `:infinity`),
+  `:chunk_timeout` each wait for the next chunk (default: the pool's
+  `:timeout`). Either gives a `:timeout` error and cancels the call.
+  """
+
+  alias Snakepit.{Error, Native}
+
+  # After a cancel that reports the final answer as sent, how long to wait
+  # for it, defensively (it is in the mailbox or arriving).
+  @reply_in_flight_wait 5_000
+
+  @enforce_keys [:handle, :tag, :request_id, :tool, :ack_every, :deadline, :chunk_timeout]
+  defstruct @enforce_keys ++ [taken: 0]
+
+  @typedoc "A streaming call in progress."
+  @type t :: %__MODULE__{
+          handle: reference(),
+          tag: reference(),
+          request_id: pos_integer(),
+          tool: String.t(),
+          ack_every: pos_integer(),
+          deadline: integer() | :infinity,
+          chunk_timeout: timeout(),
+          taken: non_neg_integer()
+        }
+
+  @doc """
+  Submits a streaming call. Options as `Snakepit.execute_stream/4`.
+  """
+  @spec start(String.t() | atom(), map() | keyword(), keyword()) ::
+          {:ok, t()} | {:error, Error.t()}
+  def start(command, args, opts) do
+    with {:ok, entry} <- Snakepit.fetch_pool(Keyword.get(opts, :pool, :default)),
+         {:ok, tool} <- Snakepit.check_command(command),
+         {:ok, args} <- Snakepit.check_args(args),
+         timeout = Keyword.get(opts, :timeout, :infinity),
+         :ok <- Snakepit.check_timeout(:timeout, timeout),
+         chunk_timeout = Keyword.get(opts, :chunk_timeout, entry.timeout),
+         :ok <- Snakepit.check_timeout(:chunk_timeout, chunk_timeout),
+         {:ok, window} <- check_window(Keyword.get(opts, :stream_window, entry.stream_window)),
+         {:ok, session} <- Snakepit.session_route(opts, entry) do
+      tag = make_ref()
+
+      submitted =
+        case Native.submit(entry.handle, tag, tool, args, session, window) do
+          :dirty -> Native.submit_dirty(entry.handle, tag, tool, args, session, window)
+          other -> other
+        end
+
+      case submitted do
+        {:ok, request_id} ->
+          {:ok,
+           %__MODULE__{
+             handle: entry.handle,
+             tag: tag,
+             request_id: request_id,
+             tool: tool,
+             ack_every: max(1, div(window, 2)),
+             deadline: deadline(timeout),
+             chunk_timeout: chunk_timeout
+           }}
+
+        {:error, reason} ->
+          {:error, Error.from_native(reason)}
+      end
+    end
+  end
+
+  @doc """
+  Waits for the next chunk: `{:chunk, value, stream}`, `:done`, or
+  `{:error, error}` (the call is over either way, cancelled if need be).
+  """
+  @spec next(t()) :: {:chunk, term(), t()} | :done | {:error, Error.t()}
+  def next(%__MODULE__{tag: tag} = s) do
+    receive do
+      {^tag, :chunk, frame, offset} ->
+        case Native.decode_frame(frame, offset) do
+          {:ok, value} ->
+            {:chunk, value, taken(s)}
+
+          {:error, why} ->
+            cancel(s)
+
+            {:error,
+             Error.transport("a chunk of #{Error.excerpt(s.tool)} could not be decoded: #{why}")}
+        end
+
+      {^tag, status, frame, offset} ->
+        final(status, frame, offset)
+
+      {^tag, :error, reason} ->
+        {:error, Error.from_native(reason)}
+    after
+      wait(s) -> timed_out(s)
+    end
+  end
+
+  @doc """
+  Gives the call up and drops its chunks from the mailbox. Call it once,
+  on a stream that has not ended.
+  """
+  @spec cancel(t()) :: :ok
+  def cancel(%__MODULE__{tag: tag} = s) do
+    case Native.cancel(s.handle, s.request_id) do
+      :replied -> await_final(tag)
+      _gave_up -> :ok
+    end
+
+    flush(tag)
+  end
+
+  @doc false
+  # Snakepit.execute_stream/4.
+  @spec run(String.t() | atom(), map() | keyword(), (term() -> any()), keyword()) ::
+          :ok | {:error, Error.t()}
+  def run(command, args, callback, opts) do
+    with {:ok, s} <- start(command, args, opts), do: run_loop(s, callback)
+  end
+
+  defp run_loop(s, callback) do
+    case next(s) do
+      {:chunk, value, s} ->
+        try do
+          callback.(value)
+        rescue
+          e ->
+            cancel(s)
+            reraise e, __STACKTRACE__
+        catch
+          kind, reason ->
+            cancel(s)
+            :erlang.raise(kind, reason, __STACKTRACE__)
+        end
+
+        run_loop(s, callback)
+
+      :done ->
+        :ok
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  @doc false
+  # Snakepit.stream/3: a Stream.resource whose accumulator is the stream,
+  # or what to raise once it halts.
+  @spec lazy(String.t() | atom(), map() | keyword(), keyword()) :: Enumerable.t()
+  def lazy(command, args, opts) do
+    Stream.resource(
+      fn ->
+        case start(command, args, opts) do
+          {:ok, s} -> s
+          {:error, error} -> {:raise, error}
+        end
+      end,
+      fn
+        %__MODULE__{} = s ->
+          case next(s) do
+            {:chunk, value, s} -> {[value], s}
+            :done -> {:halt, :done}
+            {:error, error} -> {:halt, {:raise, error}}
+          end
+
+        other ->
+          {:halt, other}
+      end,
+      fn
+        %__MODULE__{} = s -> cancel(s)
+        :done -> :ok
+        {:raise, error} -> raise error
+      end
+    )
+  end
+
+  defp taken(%__MODULE__{taken: taken, ack_every: every} = s) when taken + 1 >= every do
+    :ok = Native.stream_ack(s.handle, s.request_id, taken + 1)
+    %{s | taken: 0}
+  end
+
+  defp taken(s), do: %{s | taken: s.taken + 1}
+
+  defp final(:done, _frame, _offset), do: :done
+
+  defp final(:python_error, frame, offset) do
+    case Native.decode_frame(frame, offset) do
+      {:ok, body} -> {:error, Error.from_python(body)}
+      {:error, why} -> {:error, Error.transport("the worker's error could not be decoded: #{why}")}
+    end
+  end
+
+  defp final(status, _frame, _offset),
+    do: {:error, Error.transport("a stream ended with an unexpected #{inspect(status)} answer")}
+
+  defp timed_out(s) do
+    cancel(s)
+
+    if s.deadline != :infinity and now() >= s.deadline do
+      {:error,
+       Error.timeout("the stream of #{Error.excerpt(s.tool)} did not end within its :timeout", %{
+         tool: s.tool
+       })}
+    else
+      {:error,
+       Error.timeout(
+         "no chunk of #{Error.excerpt(s.tool)} came within #{s.chunk_timeout} ms (:chunk_timeout)",
+         %{tool: s.tool, timeout: s.chunk_timeout, chunk: true}
+       )}
+    end
+  end
+
+  # The final answer is in the mailbox or arriving; chunks may precede it.
+  defp await_final(tag) do
+    receive do
+      {^tag, :chunk, _, _} -> await_final(tag)
+      {^tag, _, _, _} -> :ok
+      {^tag, :error, _} -> :ok
+    after
+      @reply_in_flight_wait -> :ok
+    end
+  end
+
+  defp flush(tag) do
+    receive do
+      {^tag, _, _, _} -> flush(tag)
+      {^tag, _, _} -> flush(tag)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp wait(%{deadline: :infinity, chunk_timeout: chunk}), do: chunk
+  defp wait(%{deadline: deadline, chunk_timeout: :infinity}), do: max(deadline - now(), 0)
+  defp wait(%{deadline: deadline, chunk_timeout: chunk}), do: min(max(deadline - now(), 0), chunk)
+
+  defp deadline(:infinity), do: :infinity
+  defp deadline(ms), do: now() + ms
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  defp check_window(w) when is_integer(w) and w in 1..65_536, do: {:ok, w}
+
+  defp check_window(w),
+    do:
+      {:error,
+       Error.validation(
+         "the :stream_window must be an integer from 1 to 65_536, got: #{Error.excerpt(w)}",
+         %{option: :stream_window}
+       )}
+end
