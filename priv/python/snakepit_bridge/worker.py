@@ -18,37 +18,17 @@ import inspect
 import logging
 import os
 import sys
-import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import codec
 from .adapter import BaseAdapter, load_adapter
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
 from .control import Cancellation, ControlThread, _state
+from .errors import error_body
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
 PROTOCOL_VERSION = 1
-
-
-def error_body(
-    kind: str,
-    exc: Optional[BaseException] = None,
-    *,
-    message: Optional[str] = None,
-    tool: Optional[str] = None,
-) -> Dict[str, Any]:
-    """The body of an ``error`` frame."""
-    body: Dict[str, Any] = {"kind": kind, "tool": tool}
-    if exc is not None:
-        body["type"] = type(exc).__name__
-        body["message"] = message if message is not None else str(exc)
-        body["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    else:
-        body["type"] = None
-        body["message"] = message or kind
-        body["traceback"] = None
-    return body
 
 
 class LogForwarder(logging.Handler):
@@ -156,8 +136,7 @@ class Worker:
             self._reply_error(request_id, error_body("exception", exc, tool=name))
             return
         try:
-            payload = codec.packb(["result", request_id, result])
-            self.channel.write_encoded(payload)
+            self.channel.write_encoded(self.channel.encode("result", request_id, result))
         except Exception as exc:
             msg = f"the result of tool {name!r} cannot be sent: {exc}"
             self._reply_error(request_id, error_body("unencodable_result", exc, message=msg, tool=name))
