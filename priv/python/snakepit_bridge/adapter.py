@@ -17,7 +17,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import Any, Callable, Dict, Optional, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, TypeVar, overload
+
+if TYPE_CHECKING:
+    from .context import Session
 
 __all__ = ["BaseAdapter", "tool", "load_adapter", "AdapterLoadError"]
 
@@ -46,7 +49,8 @@ class BaseAdapter:
     """Base class for adapters. Subclasses add ``@tool`` methods.
 
     Built in: ``ping`` and ``describe``. Override ``close`` to release
-    resources when the worker stops.
+    resources when the worker stops, and ``on_session_end`` to release a
+    session's.
     """
 
     def tools(self) -> Dict[str, Callable[..., Any]]:
@@ -79,6 +83,15 @@ class BaseAdapter:
 
     def close(self) -> None:
         """Called once when the worker stops. Does nothing by default."""
+
+    def on_session_end(self, session: "Session") -> None:
+        """Called when the host ends a session this worker holds, just before
+        the worker forgets it (and its ``state``). Does nothing by default.
+
+        Runs on the main thread between calls. An exception it raises is
+        logged and otherwise ignored. It is not called for the sessions still
+        held when the worker stops: ``close`` is.
+        """
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:

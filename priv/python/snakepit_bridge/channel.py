@@ -49,17 +49,26 @@ class Channel:
     def write(self, kind: str, request_id: int, body: Any) -> None:
         """Encodes and writes one frame. Raises if the body cannot be encoded
         or the frame is over the size limit; nothing is written then."""
+        self.write_encoded(self.encode(kind, request_id, body))
+
+    def encode(self, kind: str, request_id: int, body: Any) -> bytes:
+        """One frame's MessagePack bytes, for :meth:`write_encoded`. Raises if
+        the body cannot be encoded or the frame is over the size limit."""
         payload = codec.packb([kind, request_id, body])
-        self.write_encoded(payload)
+        self._check_size(payload)
+        return payload
 
     def write_encoded(self, payload: bytes) -> None:
+        self._check_size(payload)
+        data = [len(payload).to_bytes(HEADER_LEN, "big"), payload]
+        with self._lock:
+            _writev_all(self._out_fd, data)
+
+    def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.max_frame:
             raise ValueError(
                 f"reply of {len(payload)} bytes exceeds the frame limit of {self.max_frame} bytes"
             )
-        data = [len(payload).to_bytes(HEADER_LEN, "big"), payload]
-        with self._lock:
-            _writev_all(self._out_fd, data)
 
 
 def _writev_all(fd: int, parts: List[bytes]) -> None:

@@ -1,4 +1,4 @@
-"""The control pipe, and cancellation of the running call.
+"""The control pipe: cancellation of the running call, and stream credits.
 
 Calls run one at a time on the main thread, which reads them from stdin.
 Frames that must be acted on *while* a call runs come on a second pipe,
@@ -10,20 +10,26 @@ daemon thread:
   heartbeats and is replaced by the host.
 - ``cancel``: the host gave up on a call (its caller timed out or died).
   If it is running, :func:`cancelled` turns true, so a long tool can stop
-  early; if it has not started yet, it is skipped. A tool that does not stop
-  is killed after the pool's ``cancel_grace``.
+  early, and a stream waiting for credits stops at once; if it has not
+  started yet, it is skipped. A tool that does not stop is killed after the
+  pool's ``cancel_grace``.
+- ``ack``: the host's consumer took ``n`` chunks of the running stream,
+  which may send ``n`` more (see :class:`Credits`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from .channel import Channel
 
-__all__ = ["Cancellation", "ControlThread", "cancelled"]
+__all__ = ["Cancellation", "Credits", "ControlThread", "cancelled"]
+
+_log = logging.getLogger(__name__)
 
 
 class Cancellation:
@@ -66,6 +72,62 @@ class Cancellation:
         return self._event.is_set()
 
 
+class Credits:
+    """The credits of the running stream: how many chunks it may still send.
+
+    The main thread calls :meth:`begin` with the call's window before its
+    first chunk, :meth:`take` before each chunk, and :meth:`end` when the
+    stream is over. The control thread calls :meth:`ack` for each ``ack``
+    and :meth:`wake` after each ``cancel``. Acks count from :meth:`begin`
+    on, whether or not :meth:`take` is waiting yet, so none is lost; acks
+    for any other request (a stream already over, a plain call) are ignored.
+    """
+
+    def __init__(self, cancellation: Cancellation) -> None:
+        self._cond = threading.Condition()
+        self._cancellation = cancellation
+        self._stream: Optional[int] = None
+        self._left = 0
+
+    def begin(self, request_id: int, window: int) -> None:
+        with self._cond:
+            self._stream = request_id
+            self._left = window
+
+    def end(self) -> None:
+        with self._cond:
+            self._stream = None
+            self._left = 0
+
+    def ack(self, request_id: int, n: int) -> None:
+        """Gives ``n`` credits back to stream ``request_id``, if it is running."""
+        with self._cond:
+            if self._stream == request_id:
+                self._left += n
+                self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wakes :meth:`take` so it sees a cancel (set on the Cancellation first)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def take(self) -> bool:
+        """Spends one credit, waiting until there is one. False, without
+        spending, once the running call is cancelled (even while waiting)."""
+        with self._cond:
+            while True:
+                if self._cancellation.is_set():
+                    return False
+                if self._left > 0:
+                    self._left -= 1
+                    return True
+                self._cond.wait()
+
+    def left(self) -> int:
+        with self._cond:
+            return self._left
+
+
 _state = Cancellation()
 
 
@@ -78,6 +140,9 @@ def cancelled() -> bool:
             if snakepit_bridge.cancelled():
                 return None  # the answer is dropped anyway
             ...
+
+    A streaming tool need not: the bridge checks before each item, and
+    closes the generator when the stream is cancelled.
     """
     return _state.is_set()
 
@@ -85,11 +150,18 @@ def cancelled() -> bool:
 class ControlThread(threading.Thread):
     """Serves the control pipe until it closes."""
 
-    def __init__(self, control: "Channel", replies: "Channel", state: Cancellation = _state) -> None:
+    def __init__(
+        self,
+        control: "Channel",
+        replies: "Channel",
+        state: Cancellation = _state,
+        credits: Optional[Credits] = None,
+    ) -> None:
         super().__init__(name="snakepit-control", daemon=True)
         self.control = control
         self.replies = replies
         self.state = state
+        self.credits = credits if credits is not None else Credits(state)
 
     def run(self) -> None:
         from . import codec
@@ -99,10 +171,19 @@ class ControlThread(threading.Thread):
                 raw = self.control.read_raw()
                 if raw is None:
                     return
-                kind, request_id, _body = codec.unpackb(raw)
+                kind, request_id, body = codec.unpackb(raw)
                 if kind == "heartbeat":
                     self.replies.write("heartbeat", request_id, None)
                 elif kind == "cancel":
                     self.state.cancel(request_id)
+                    self.credits.wake()
+                elif kind == "ack":
+                    self._ack(request_id, body)
         except Exception:  # a broken control pipe shows as missed heartbeats
             return
+
+    def _ack(self, request_id: Any, n: Any) -> None:
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            self.credits.ack(request_id, n)
+        else:
+            _log.warning("ignored an ack for request %r whose count is not an int >= 1: %.100r", request_id, n)

@@ -1,15 +1,22 @@
 """The worker loop: handshake, then one call at a time until stdin closes.
 
 Every ``call`` frame gets exactly one ``result`` or ``error`` frame with the
-same id. Errors carry a ``kind`` the host maps to an error category:
+same id; a streaming call (``stream`` = W >= 1) gets ``chunk`` frames first
+and ends with ``done`` or ``error`` instead (see ``streaming.py``). Errors
+carry a ``kind`` the host maps to an error category:
 
 - ``exception``: the tool raised (``type``, ``message``, ``traceback``);
 - ``unknown_tool``: no tool of that name;
 - ``bad_arguments``: the args do not fit the tool's signature;
 - ``bad_request``: the call frame itself is not usable;
-- ``unencodable_result``: the tool returned something MessagePack can't hold;
-- ``cancelled``: the host cancelled the call before it started;
+- ``unencodable_result``: the tool returned (or yielded) something
+  MessagePack can't hold, or that is over the frame limit;
+- ``cancelled``: the host cancelled the call before it started, or while it
+  streamed (or collected a generator's items);
 - ``adapter_load`` (id 0, before ``ready``): the adapter failed to load.
+
+``session_end`` frames (stdin, id 0) end a session the worker holds (see
+``context.py``); nothing answers them.
 """
 
 from __future__ import annotations
@@ -18,37 +25,23 @@ import inspect
 import logging
 import os
 import sys
-import traceback
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from . import codec
 from .adapter import BaseAdapter, load_adapter
+from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
-from .control import Cancellation, ControlThread, _state
+from .context import Context, Session, Sessions
+from .control import Cancellation, ControlThread, Credits, _state
+from .errors import error_body
+from .streaming import TOOL_ERRORS, collect, items_of, one_item, stream
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
-
-def error_body(
-    kind: str,
-    exc: Optional[BaseException] = None,
-    *,
-    message: Optional[str] = None,
-    tool: Optional[str] = None,
-) -> Dict[str, Any]:
-    """The body of an ``error`` frame."""
-    body: Dict[str, Any] = {"kind": kind, "tool": tool}
-    if exc is not None:
-        body["type"] = type(exc).__name__
-        body["message"] = message if message is not None else str(exc)
-        body["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    else:
-        body["type"] = None
-        body["message"] = message or kind
-        body["traceback"] = None
-    return body
+_log = logging.getLogger(__name__)
 
 
 class LogForwarder(logging.Handler):
@@ -70,14 +63,36 @@ class LogForwarder(logging.Handler):
             self.handleError(record)
 
 
+@dataclass
+class _Call:
+    """A ``call`` frame that passed validation."""
+
+    tool: str
+    fn: Callable[..., Any]
+    args: Dict[str, Any]
+    session_id: Optional[str]
+    window: Optional[int]  # None: a plain call
+    wants_ctx: bool
+
+
 class Worker:
     """Serves one adapter over one channel."""
 
-    def __init__(self, adapter: BaseAdapter, channel: Channel, cancellation: Cancellation = _state) -> None:
+    def __init__(
+        self,
+        adapter: BaseAdapter,
+        channel: Channel,
+        cancellation: Cancellation = _state,
+        credits: Optional[Credits] = None,
+    ) -> None:
         self.adapter = adapter
         self.channel = channel
         self.cancellation = cancellation
+        self.credits = credits if credits is not None else Credits(cancellation)
         self.tools: Dict[str, Callable[..., Any]] = adapter.tools()
+        self.sessions = Sessions()
+        self.loop = EventLoop()
+        self._takes_ctx: Dict[str, bool] = {}
 
     def handshake(self, adapter_path: str) -> None:
         self.channel.write(
@@ -101,6 +116,10 @@ class Worker:
                 return
             self.handle(raw)
 
+    def close(self) -> None:
+        """Closes the event loop, if a call needed one."""
+        self.loop.close()
+
     def handle(self, raw: bytes) -> None:
         try:
             frame = codec.unpackb(raw)
@@ -119,6 +138,8 @@ class Worker:
                 self.call(request_id, body)
             finally:
                 self.cancellation.end()
+        elif kind == "session_end":
+            self.end_session(body)
         elif kind == "heartbeat":
             self.channel.write("heartbeat", request_id, None)
         elif kind == "cancel":
@@ -127,43 +148,140 @@ class Worker:
             self.cancellation.cancel(request_id)
 
     def call(self, request_id: int, body: Any) -> None:
-        if not isinstance(body, dict):
-            self._reply_error(request_id, error_body("bad_request", message="call body is not a map"))
+        parsed = self._parse(body)
+        if not isinstance(parsed, _Call):
+            self._reply_error(request_id, parsed)
             return
+        session = self.sessions.enter(parsed.session_id) if parsed.session_id is not None else None
+        try:
+            self._run(request_id, parsed, session)
+        finally:
+            if session is not None:
+                self.sessions.leave(session)
+
+    def end_session(self, body: Any) -> None:
+        """Forgets a session, after the adapter's ``on_session_end`` hook."""
+        session_id = body.get("session_id") if isinstance(body, dict) else None
+        if not isinstance(session_id, str):
+            _log.warning("ignored a session_end whose body has no session_id string: %s", _quote(body))
+            return
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        try:
+            self.adapter.on_session_end(session)
+        except Exception:
+            _log.exception("on_session_end raised for session %s", _quote(session_id))
+        finally:
+            self.sessions.pop(session_id)
+
+    def _parse(self, body: Any) -> Union[_Call, Dict[str, Any]]:
+        """The validated call, or the body of the error that answers it."""
+        if not isinstance(body, dict):
+            return error_body("bad_request", message="call body is not a map")
+        window = body.get("stream")
+        if window is not None and not (_is_int(window) and window >= 1):
+            msg = f"stream must be nil (a plain call) or an integer >= 1 (a credit window), got {_quote(window)}"
+            return error_body("bad_request", message=msg)
+        session_id = body.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            return error_body("bad_request", message=f"session_id must be a string or nil, got {_quote(session_id)}")
         name = body.get("tool")
         args = body.get("args")
         fn = self.tools.get(name) if isinstance(name, str) else None
         if fn is None:
             known = ", ".join(sorted(self.tools))
             msg = f"unknown tool {_quote(name)}; this adapter has: {known}"
-            self._reply_error(request_id, error_body("unknown_tool", message=msg, tool=_text(name)))
-            return
+            return error_body("unknown_tool", message=msg, tool=_text(name))
+        assert isinstance(name, str)
         if args is None:
             args = {}
         if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
             msg = "args must be a map with string keys (they become keyword arguments)"
-            self._reply_error(request_id, error_body("bad_arguments", message=msg, tool=name))
-            return
+            return error_body("bad_arguments", message=msg, tool=name)
+        wants_ctx = self._wants_ctx(name, fn)
+        if wants_ctx and "ctx" in args:
+            msg = f"tool {name!r} receives the call's context as its ctx parameter: the args cannot have a 'ctx' key"
+            return error_body("bad_arguments", message=msg, tool=name)
+        return _Call(name, fn, args, session_id, window, wants_ctx)
+
+    def _wants_ctx(self, name: str, fn: Callable[..., Any]) -> bool:
+        wants = self._takes_ctx.get(name)
+        if wants is None:
+            wants = self._takes_ctx[name] = _has_ctx_parameter(fn)
+        return wants
+
+    def _run(self, request_id: int, call: _Call, session: Optional[Session]) -> None:
+        args = call.args
+        if call.wants_ctx:
+            ctx = Context(session, request_id, call.window is not None, self.cancellation)
+            args = {**args, "ctx": ctx}
         try:
-            result = fn(**args)
+            result = call.fn(**args)
         except TypeError as exc:
             # The call itself failed to bind (missing/extra kwargs), or the
             # tool raised TypeError from inside; only the first is bad_arguments.
-            kind = "exception" if _binds(fn, args) else "bad_arguments"
-            self._reply_error(request_id, error_body(kind, exc, tool=name))
+            kind = "exception" if _binds(call.fn, args) else "bad_arguments"
+            self._reply_error(request_id, error_body(kind, exc, tool=call.tool))
             return
         except Exception as exc:
-            self._reply_error(request_id, error_body("exception", exc, tool=name))
+            self._reply_error(request_id, error_body("exception", exc, tool=call.tool))
             return
+        if inspect.iscoroutine(result):
+            try:
+                result = self.loop.run(result)
+            except TOOL_ERRORS as exc:
+                self._reply_error(request_id, error_body("exception", exc, tool=call.tool))
+                return
+        if call.window is None:
+            self._answer(request_id, call.tool, result)
+        else:
+            items = items_of(result, self.loop) or one_item(result)
+            stream(
+                request_id,
+                call.tool,
+                items,
+                call.window,
+                channel=self.channel,
+                credits=self.credits,
+                cancellation=self.cancellation,
+            )
+
+    def _answer(self, request_id: int, name: str, result: Any) -> None:
+        """Answers a plain call with one ``result`` (a generator's items as a list)."""
+        items = items_of(result, self.loop)
+        if items is not None:
+            try:
+                collected = collect(items, name, self.cancellation)
+            except TOOL_ERRORS as exc:
+                self._reply_error(request_id, error_body("exception", exc, tool=name))
+                return
+            if collected is None:
+                msg = "the call was cancelled while it ran"
+                self._reply_error(request_id, error_body("cancelled", message=msg, tool=name))
+                return
+            result = collected
         try:
-            payload = codec.packb(["result", request_id, result])
-            self.channel.write_encoded(payload)
+            self.channel.write_encoded(self.channel.encode("result", request_id, result))
         except Exception as exc:
             msg = f"the result of tool {name!r} cannot be sent: {exc}"
             self._reply_error(request_id, error_body("unencodable_result", exc, message=msg, tool=name))
 
     def _reply_error(self, request_id: int, body: Dict[str, Any]) -> None:
         self.channel.write("error", request_id, body)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_ctx_parameter(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``ctx`` argument by keyword."""
+    try:
+        param = inspect.signature(fn).parameters.get("ctx")
+    except (TypeError, ValueError):  # no signature available (builtins)
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
 
 
 def _binds(fn: Callable[..., Any], args: Dict[str, Any]) -> bool:
@@ -246,7 +364,8 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     if control_fd is not None:
         fd = int(control_fd)
         os.set_inheritable(fd, False)
-        ControlThread(Channel(fd, out_fd, max_frame), channel).start()
+        control = Channel(fd, out_fd, max_frame)
+        ControlThread(control, channel, worker.cancellation, worker.credits).start()
     worker.handshake(adapter_path)
     try:
         worker.run()
@@ -254,5 +373,8 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
         print(f"snakepit_bridge: {exc}", file=sys.stderr)
         return 4
     finally:
-        adapter.close()
+        try:
+            adapter.close()
+        finally:
+            worker.close()
     return 0

@@ -62,10 +62,10 @@ class WorkerProcess:
         if control:
             os.close(read_end)
 
-    def send_control(self, kind: str, request_id: int) -> None:
-        """A frame on the control pipe, as the host sends heartbeats and cancels."""
+    def send_control(self, kind: str, request_id: int, body: Any = None) -> None:
+        """A frame on the control pipe, as the host sends heartbeats, cancels and acks."""
         assert self.control_fd is not None
-        payload = codec.packb([kind, request_id, None])
+        payload = codec.packb([kind, request_id, body])
         os.write(self.control_fd, len(payload).to_bytes(4, "big") + payload)
 
     def send(self, kind: str, request_id: int, body: Any) -> None:
@@ -91,11 +91,40 @@ class WorkerProcess:
             if frame is None or frame[0] != "log":
                 return frame
 
-    def call(self, request_id: int, tool: str, args: Any = None) -> Tuple[str, int, Any]:
-        self.send("call", request_id, {"tool": tool, "args": args or {}, "session_id": None})
+    def call(
+        self, request_id: int, tool: str, args: Any = None, session_id: Optional[str] = None
+    ) -> Tuple[str, int, Any]:
+        """A plain call, and its answer."""
+        self.send_call(request_id, tool, args, session_id=session_id)
+        return self.recv_frame()
+
+    def send_call(
+        self,
+        request_id: int,
+        tool: str,
+        args: Any = None,
+        session_id: Optional[str] = None,
+        stream: Any = None,
+    ) -> None:
+        body = {"tool": tool, "args": args or {}, "session_id": session_id, "stream": stream}
+        self.send("call", request_id, body)
+
+    def recv_frame(self) -> Tuple[str, int, Any]:
+        """The next frame that is not a log; fails if the worker closed stdout."""
         frame = self.recv_skipping_logs()
         assert frame is not None
         return frame
+
+    def stream(
+        self, request_id: int, tool: str, args: Any = None, session_id: Optional[str] = None
+    ) -> List[Tuple[str, int, Any]]:
+        """A streaming call with a window so large that it never waits for
+        an ack, and every frame that answers it, the last one included."""
+        self.send_call(request_id, tool, args, session_id=session_id, stream=2**32)
+        frames = [self.recv_frame()]
+        while frames[-1][0] == "chunk":
+            frames.append(self.recv_frame())
+        return frames
 
     def stop(self) -> None:
         """Kills the process if it still runs."""
@@ -110,8 +139,9 @@ class WorkerProcess:
         return code, self.proc.stderr.read()
 
 
-def _ready_worker(control: bool) -> Iterator[WorkerProcess]:
-    w = WorkerProcess("snakepit_test_adapters.TestAdapter", control=control)
+def _ready_worker(control: bool, adapter: str = "snakepit_test_adapters.TestAdapter") -> Iterator[WorkerProcess]:
+    python_path = [HERE] if adapter.startswith("pytest_adapters.") else []
+    w = WorkerProcess(adapter, control=control, python_path=python_path)
     ready = w.recv()
     assert ready is not None and ready[0] == "ready"
     yield w
@@ -127,6 +157,13 @@ def worker() -> Iterator[WorkerProcess]:
 def controlled() -> Iterator[WorkerProcess]:
     """A worker with a control pipe, as Snakepit starts them."""
     yield from _ready_worker(control=True)
+
+
+@pytest.fixture
+def extra() -> Iterator[WorkerProcess]:
+    """A worker with a control pipe, serving the test adapter's tools plus
+    those of ``pytest_adapters.PytestAdapter``."""
+    yield from _ready_worker(control=True, adapter="pytest_adapters.PytestAdapter")
 
 
 @pytest.fixture

@@ -111,3 +111,15 @@ def test_msgpack_fallback_codec_round_trips_like_ormsgpack():
         "assert codec.packb({'a': {1, 2}}) == codec.packb({'a': [1, 2]})\n"
     )
     subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": priv_python}, check=True)
+
+
+def test_demo_streaming_and_session_tools():
+    from snakepit_bridge import Context, Session
+
+    tools = DemoAdapter().tools()
+    assert list(tools["countdown"](n=3)) == [3, 2, 1]
+    ctx = Context(Session("s"), request_id=1, streaming=False)
+    assert tools["remember"](ctx=ctx, key="k", value=5) == 5
+    assert tools["remember"](ctx=ctx, key="k") == 5
+    with pytest.raises(ValueError, match="needs a session"):
+        tools["remember"](ctx=Context(None, request_id=2, streaming=False), key="k")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from snakepit_bridge.control import Cancellation
+import threading
+import time
+
+from snakepit_bridge.control import Cancellation, Credits
 
 
 def test_heartbeat_is_answered_while_a_call_runs(controlled):
@@ -44,3 +47,37 @@ def test_cancellation_state():
     assert c.is_set()
     c.end()
     assert c.begin(8) and not c.is_set()
+
+
+def test_credits_count_acks_of_the_running_stream_and_give_way_to_a_cancel():
+    cancellation = Cancellation()
+    credits = Credits(cancellation)
+    cancellation.begin(1)
+    credits.ack(1, 5)  # before begin: not this stream's yet
+    credits.begin(1, 1)
+    credits.ack(2, 5)  # another request
+    assert credits.take() and credits.left() == 0
+    credits.ack(1, 2)  # before take waits: kept
+    assert credits.take() and credits.take()
+
+    took = []
+    waiter = threading.Thread(target=lambda: took.append(credits.take()))
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive()
+    credits.ack(1, 1)
+    waiter.join(5)
+    assert took == [True]
+
+    waiter = threading.Thread(target=lambda: took.append(credits.take()))
+    waiter.start()
+    time.sleep(0.05)
+    cancellation.cancel(1)
+    credits.wake()
+    waiter.join(5)
+    assert took == [True, False]
+    credits.ack(1, 1)
+    assert not credits.take()  # cancelled: no credit is spent any more
+    credits.end()
+    credits.ack(1, 1)
+    assert credits.left() == 0

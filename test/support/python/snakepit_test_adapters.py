@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -10,10 +11,16 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
 
 import snakepit_bridge
-from snakepit_bridge import BaseAdapter, tool
+from snakepit_bridge import BaseAdapter, Context, Session, tool
+
+
+def _session(ctx: Context, tool_name: str) -> Session:
+    if ctx.session is None:
+        raise ValueError(f"{tool_name} needs a session")
+    return ctx.session
 
 
 class TestAdapter(BaseAdapter):
@@ -188,3 +195,91 @@ class TestAdapter(BaseAdapter):
         import ctypes
 
         ctypes.string_at(0)
+
+    # Sessions: these take the call's context as `ctx`.
+
+    @tool
+    def session_counter(self, ctx: Context) -> Dict[str, Any]:
+        """Counts the session's calls in its state: n is 1 on its first call."""
+        session = _session(ctx, "session_counter")
+        n = session.state.get("n", 0) + 1
+        session.state["n"] = n
+        return {"n": n, "pid": os.getpid(), "new": session.is_new, "calls": session.calls}
+
+    @tool
+    def session_put(self, ctx: Context, key: str, value: Any) -> None:
+        _session(ctx, "session_put").state[key] = value
+
+    @tool
+    def session_get(self, ctx: Context, key: str) -> Any:
+        return _session(ctx, "session_get").state.get(key)
+
+    @tool
+    def session_info(self, ctx: Context) -> Optional[Dict[str, Any]]:
+        """None outside a session."""
+        session = ctx.session
+        if session is None:
+            return None
+        return {
+            "id": session.id,
+            "new": session.is_new,
+            "calls": session.calls,
+            "pid": os.getpid(),
+            "keys": sorted(session.state),
+        }
+
+    def on_session_end(self, session: Session) -> None:
+        """With a "marker_dir" in the session's state, creates the empty file
+        <marker_dir>/session_end-<hex of the session id's UTF-8>."""
+        marker_dir = session.state.get("marker_dir")
+        if marker_dir is not None:
+            open(os.path.join(marker_dir, f"session_end-{session.id.encode().hex()}"), "w").close()
+
+    # Streams: generators and async generators.
+
+    @tool
+    def count_up(self, n: int, delay: float = 0.0) -> Iterator[int]:
+        """0..n-1, sleeping `delay` seconds before each."""
+        for i in range(n):
+            time.sleep(delay)
+            yield i
+
+    @tool
+    def infinite(self, marker: Optional[str] = None, size: int = 0) -> Iterator[Any]:
+        """0, 1, 2... (or `bytes(size)` each time when size > 0), forever. When
+        closed, writes to the file `marker` how many items it yielded. (The
+        bridge pulls an item before it waits for the credit to send it, so a
+        stream cancelled while out of credits has yielded one item more than
+        it sent.)"""
+        yielded = 0
+        try:
+            while True:
+                item = yielded if size == 0 else bytes(size)
+                yielded += 1
+                yield item
+        finally:
+            if marker is not None:
+                with open(marker, "w") as f:
+                    f.write(str(yielded))
+
+    @tool
+    def fail_after(self, n: int) -> Iterator[int]:
+        yield from range(n)
+        raise ValueError(f"failed after {n}")
+
+    @tool
+    async def async_count(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            if i:
+                await asyncio.sleep(0)
+            yield i
+
+    @tool
+    def chunks(self, n: int, size: int) -> Iterator[bytes]:
+        for _ in range(n):
+            yield bytes(size)
+
+    @tool
+    def stream_pid(self, n: int) -> Iterator[int]:
+        for _ in range(n):
+            yield os.getpid()

@@ -2,13 +2,17 @@
 
     Snakepit.execute("add", %{a: 1, b: 2})          #=> {:ok, 3}
     Snakepit.execute("word_count", %{text: "a b a"}) #=> {:ok, %{"a" => 2, "b" => 1}}
+
+``countdown`` is a generator: streamed, it sends its items one by one;
+called plainly, it returns them as a list. ``remember`` keeps state per
+session (calls with the same ``session_id``), through its ``ctx`` parameter.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
-from snakepit_bridge import BaseAdapter, tool
+from snakepit_bridge import BaseAdapter, Context, tool
 
 
 class DemoAdapter(BaseAdapter):
@@ -50,3 +54,18 @@ class DemoAdapter(BaseAdapter):
         """How many times this worker's counter was called (state per worker)."""
         self.calls += 1
         return self.calls
+
+    @tool
+    def countdown(self, n: int) -> Iterator[int]:
+        """Yields n, n-1, ..., 1: a streaming tool (called plainly, the list)."""
+        yield from range(n, 0, -1)
+
+    @tool
+    def remember(self, ctx: Context, key: str, value: Any = None) -> Any:
+        """Stores value under key in the session's state (when value is given),
+        and returns what the session holds under key. Needs a session_id."""
+        if ctx.session is None:
+            raise ValueError("remember needs a session: call it with a session_id")
+        if value is not None:
+            ctx.session.state[key] = value
+        return ctx.session.state.get(key)

@@ -1,0 +1,61 @@
+"""Tools only the pytest suite needs, on top of the test adapter's. Workers
+find this module when started with ``python_path=[TESTS]`` (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, Iterator, Optional
+
+from snakepit_test_adapters import TestAdapter
+
+from snakepit_bridge import Context, Session, tool
+
+
+class PytestAdapter(TestAdapter):
+    @tool
+    async def async_echo(self, value: Any = None) -> Any:
+        await asyncio.sleep(0)
+        return value
+
+    @tool
+    async def async_boom(self) -> None:
+        await asyncio.sleep(0)
+        raise KeyError("async boom")
+
+    @tool
+    def ctx_info(self, value: Any = None, *, ctx: Context) -> Dict[str, Any]:
+        """What the context says (ctx is keyword-only here, which works too)."""
+        return {
+            "request_id": ctx.request_id,
+            "streaming": ctx.streaming,
+            "session": ctx.session.id if ctx.session else None,
+            "cancelled": ctx.cancelled(),
+            "value": value,
+        }
+
+    @tool
+    def unencodable_after(self, n: int, marker: Optional[str] = None) -> Iterator[Any]:
+        """0..n-1, then an int MessagePack cannot hold; writes "closed" to
+        `marker` when closed."""
+        try:
+            yield from range(n)
+            yield 2**70
+            yield "never sent"
+        finally:
+            if marker is not None:
+                with open(marker, "w") as f:
+                    f.write("closed")
+
+    @tool
+    def stubborn(self) -> Iterator[int]:
+        """A generator that yields again when closed (Python raises RuntimeError)."""
+        while True:
+            try:
+                yield 1
+            except GeneratorExit:
+                yield 2
+
+    def on_session_end(self, session: Session) -> None:
+        if session.state.get("raise_on_end"):
+            raise RuntimeError(f"on_session_end of {session.id} failed")
+        super().on_session_end(session)
