@@ -95,7 +95,14 @@ defmodule Snakepit.Stream do
   `{:error, error}` (the call is over either way, cancelled if need be).
   """
   @spec next(t()) :: {:chunk, term(), t()} | :done | {:error, Error.t()}
-  def next(%__MODULE__{tag: tag} = s) do
+  def next(%__MODULE__{deadline: deadline} = s) when deadline != :infinity do
+    # A consumer that always finds a chunk waiting never reaches `after`.
+    if now() >= deadline, do: timed_out(s), else: receive_next(s)
+  end
+
+  def next(s), do: receive_next(s)
+
+  defp receive_next(%__MODULE__{tag: tag} = s) do
     receive do
       {^tag, :chunk, frame, offset} ->
         case Native.decode_frame(frame, offset) do
