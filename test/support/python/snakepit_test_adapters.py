@@ -241,7 +241,8 @@ class TestAdapter(BaseAdapter):
     def count_up(self, n: int, delay: float = 0.0) -> Iterator[int]:
         """0..n-1, sleeping `delay` seconds before each."""
         for i in range(n):
-            time.sleep(delay)
+            if delay > 0:
+                time.sleep(delay)
             yield i
 
     @tool
