@@ -542,7 +542,8 @@ defmodule Snakepit.Config do
       iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
       iex> Snakepit.Config.native_options(config)
       %{max_frame_bytes: 67108864, pipeline_depth: 1, max_queue: 10000,
-        max_requests: 500, max_age: 0, max_memory_mb: 0}
+        max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
+        session_ttl: 1800000}
   """
   @spec native_options(t()) :: native_options()
   def native_options(%__MODULE__{} = config) do
@@ -604,9 +605,10 @@ defmodule Snakepit.Config do
   # implementation does not have, and why.
   @unsupported %{
     session_affinity_enabled:
-      "workers keep no per-session state, so any worker serves any call; " <>
-        "a call's :session_id is passed to its worker (see Snakepit.execute/3)",
-    session_cleanup_interval: "Snakepit keeps no sessions, so there is nothing to clean up",
+      "sessions are always on: a call with a :session_id goes to its session's worker " <>
+        "as the pool option :affinity (or the call's) says; calls without one go anywhere",
+    session_cleanup_interval:
+      "idle sessions are ended after the pool option :session_ttl, checked every second",
     max_retries:
       "Snakepit never retries a call: only the caller knows whether running it twice is " <>
         "safe, so a failed call returns its error",

@@ -1,7 +1,8 @@
 defmodule Snakepit.ChaosTest do
-  # Thousands of calls from many callers while workers are SIGKILLed at
-  # random: every call gets exactly one answer, every {:ok, _} is the answer
-  # to its own request, and the pool ends healthy. Runs under the VM's
+  # Thousands of calls, session calls and streams from many callers while
+  # workers are SIGKILLed at random: every call and stream gets exactly one
+  # answer, every {:ok, _} is the answer to its own request, every stream's
+  # chunks are its own, in order, and the pool ends healthy. Runs under the VM's
   # long_schedule monitor: no NIF may hold a normal scheduler for 5 ms.
   # Not async: the system monitor is global to the VM.
   use ExUnit.Case, async: false
@@ -17,6 +18,7 @@ defmodule Snakepit.ChaosTest do
   # Killed mid-call, timed out (rem 10 == 2 always does), or a Python
   # error answered on purpose; never :transport or :pool.
   @expected_errors [:worker, :timeout]
+  @stream_items 20
 
   @tag timeout: 120_000
   test "random worker kills under load: one right answer per call, a healthy pool after" do
@@ -63,8 +65,25 @@ defmodule Snakepit.ChaosTest do
     for caller_results <- results do
       assert length(caller_results) == @calls_per_caller
 
+      check_session(caller_results)
+
       for {expected, answer} <- caller_results do
         case {expected, answer} do
+          {{:stream, items}, :ok} ->
+            assert items == Enum.to_list(0..(@stream_items - 1))
+
+          {{:stream, items}, {:error, %Error{category: category}}} ->
+            assert category in @expected_errors
+
+            assert items == Enum.take(0..(@stream_items - 1), length(items)),
+                   "a prefix, in order: #{inspect(items)}"
+
+          {:session, {:ok, %{"n" => _}}} ->
+            :ok
+
+          {:session, {:error, %Error{category: :worker, details: %{session_lost: true}}}} ->
+            :ok
+
           {{:raises, message}, {:error, %Error{category: :python_error} = e}} ->
             assert e.message == message
 
@@ -89,6 +108,7 @@ defmodule Snakepit.ChaosTest do
     # Every call was counted once, under the outcome its caller saw.
     assert_partition(stats)
     assert stats.requests == @callers * @calls_per_caller
+    assert stats.sessions_lost > 0 and stats.chunks > 0, "kills hit sessions; streams ran"
     seen = Enum.frequencies_by(answers, &outcome/1)
 
     assert Map.take(stats, [:completed, :python_errors, :worker_errors, :timeouts]) == %{
@@ -110,15 +130,27 @@ defmodule Snakepit.ChaosTest do
       for i <- 1..@calls_per_caller do
         value = %{"caller" => c, "call" => i, "pad" => String.duplicate("x", rem(i * 37, 300))}
 
-        answer =
-          case rem(i, 10) do
-            0 -> Snakepit.execute("sleep", %{ms: 5}, pool: pool)
-            1 -> Snakepit.execute("boom", %{message: "m#{c}.#{i}"}, pool: pool)
-            2 -> Snakepit.execute("sleep", %{ms: 300}, pool: pool, timeout: 20)
-            _ -> Snakepit.execute("echo", %{value: value}, pool: pool, timeout: 10_000)
-          end
+        case rem(i, 10) do
+          0 ->
+            {5, Snakepit.execute("sleep", %{ms: 5}, pool: pool)}
 
-        {expected(c, i, value), answer}
+          1 ->
+            {{:raises, "ValueError: m#{c}.#{i}"},
+             Snakepit.execute("boom", %{message: "m#{c}.#{i}"}, pool: pool)}
+
+          2 ->
+            {300, Snakepit.execute("sleep", %{ms: 300}, pool: pool, timeout: 20)}
+
+          3 ->
+            {:session,
+             Snakepit.execute_in_session("chaos-#{c}", "session_counter", %{}, pool: pool)}
+
+          4 ->
+            stream(pool)
+
+          _ ->
+            {value, Snakepit.execute("echo", %{value: value}, pool: pool, timeout: 10_000)}
+        end
       end
 
     send(test, {:results, self(), results})
@@ -130,14 +162,31 @@ defmodule Snakepit.ChaosTest do
     end
   end
 
-  # Python errors must carry their own call's message too.
-  defp expected(c, i, value) do
-    case rem(i, 10) do
-      0 -> 5
-      1 -> {:raises, "ValueError: m#{c}.#{i}"}
-      2 -> 300
-      _ -> value
-    end
+  # A stream's chunks, gathered in the caller: {{:stream, items}, outcome}.
+  defp stream(pool) do
+    Process.put(:items, [])
+    collect = fn item -> Process.put(:items, [item | Process.get(:items)]) end
+
+    outcome =
+      Snakepit.execute_stream("count_up", %{n: @stream_items}, collect, pool: pool, stream_window: 4)
+
+    {{:stream, Enum.reverse(Process.delete(:items))}, outcome}
+  end
+
+  # A session's counter goes up by one per call, and starts again at 1 only
+  # after a call was told that the session was lost.
+  defp check_session(results) do
+    Enum.reduce(results, 0, fn
+      {:session, {:ok, %{"n" => n}}}, previous ->
+        assert n == previous + 1, "session counter #{n} after #{previous}"
+        n
+
+      {:session, {:error, _}}, _previous ->
+        0
+
+      _, previous ->
+        previous
+    end)
   end
 
   defp kill_at_random(pool, kills) do
@@ -173,6 +222,7 @@ defmodule Snakepit.ChaosTest do
     end
   end
 
+  defp outcome({_, :ok}), do: :completed
   defp outcome({_, {:ok, _}}), do: :completed
   defp outcome({_, {:error, %Error{category: category}}}), do: category
 

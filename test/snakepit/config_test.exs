@@ -32,6 +32,10 @@ defmodule Snakepit.ConfigTest do
     {:max_requests, :infinity, [1, :infinity], [0, :never]},
     {:max_age, :infinity, [1, :infinity, @max_ms], [0, -1, @max_ms + 1]},
     {:max_memory_mb, :infinity, [1, :infinity], [0, "1G"]},
+    {:affinity, :strict, [:strict, :hint, :fail_fast], [nil, "strict", :sticky]},
+    {:session_ttl, 1_800_000, [1, :infinity, @max_ms], [0, -1, @max_ms + 1]},
+    {:max_sessions, 10_000, [1, :infinity], [0, -1, 1.5]},
+    {:stream_window, 32, [1, 65_536], [0, 65_537, :infinity]},
     {:startup_batch_size, 8, [1, 100], [0, :infinity]},
     {:max_start_failures, 5, [1, 100], [0, 1.5]},
     {:shutdown_timeout, 5_000, [0, 100, @max_ms], [-1, :infinity, @max_ms + 1]}
@@ -43,7 +47,9 @@ defmodule Snakepit.ConfigTest do
     :max_queue,
     :max_requests,
     :max_age,
-    :max_memory_mb
+    :max_memory_mb,
+    :max_sessions,
+    :session_ttl
   ]
 
   defp moduledoc do
@@ -316,7 +322,9 @@ defmodule Snakepit.ConfigTest do
                max_queue: 10_000,
                max_requests: 0,
                max_age: 0,
-               max_memory_mb: 0
+               max_memory_mb: 0,
+               max_sessions: 10_000,
+               session_ttl: 1_800_000
              }
 
       {:ok, config} =
@@ -328,6 +336,8 @@ defmodule Snakepit.ConfigTest do
           max_requests: 100,
           max_age: 60_000,
           max_memory_mb: 512,
+          max_sessions: :infinity,
+          session_ttl: :infinity,
           queue_timeout: 5
         )
 
@@ -337,7 +347,9 @@ defmodule Snakepit.ConfigTest do
                max_queue: 7,
                max_requests: 100,
                max_age: 60_000,
-               max_memory_mb: 512
+               max_memory_mb: 512,
+               max_sessions: 0,
+               session_ttl: 0
              }
     end
 
