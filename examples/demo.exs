@@ -40,6 +40,21 @@ Snakepit.run_as_script(fn ->
     IO.puts("  #{name}#{sig}")
   end
 
+  session = Snakepit.new_session_id()
+  {:ok, _} = Snakepit.execute_in_session(session, "remember", %{key: "lang", value: "elixir"})
+
+  IO.puts(
+    "\nin a session, remember(key: \"lang\") => " <>
+      inspect(Snakepit.execute_in_session(session, "remember", %{key: "lang"}))
+  )
+
+  :ok = Snakepit.end_session(session)
+
+  IO.puts(
+    "stream of countdown(n: 5)   => " <>
+      inspect(Snakepit.stream("countdown", %{n: 5}) |> Enum.to_list())
+  )
+
   IO.puts("\n100 concurrent callers share the 2 workers; each worker keeps its own state:")
 
   answers =

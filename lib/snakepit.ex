@@ -36,6 +36,79 @@ defmodule Snakepit do
   that Python would take for one key (`:x` and `"x"`, `1` and `1.0`, `true`
   and `1`), where Python would silently keep the last.
 
+  ## Sessions
+
+  A session keeps state in one worker across calls: a loaded program, a
+  cache, a conversation. Give calls a `:session_id` (or use
+  `execute_in_session/4`; `new_session_id/0` makes a random id). The
+  session's first call binds it to the worker that runs it; later calls go
+  to that worker, as their `:affinity` says:
+
+  - `:strict` (the default): only that worker, waiting in the queue for it
+    even while others are idle. The session's calls run in the order they
+    were submitted.
+  - `:hint`: that worker if it has room, else any: state may be absent
+    there (the tool sees `ctx.session.is_new`).
+  - `:fail_fast`: that worker if it is free, else a `:pool` error at once.
+
+  Python tools that take a `ctx` parameter get a `snakepit_bridge.Context`
+  whose `ctx.session` has the session's `id`, a `state` dict that lives as
+  long as the session does in that worker, `is_new` and `calls` (see
+  `docs/python.md`). The routing is decided natively, in the pool's
+  dispatcher, with no process on the way.
+
+  A session ends with `end_session/2`, or when it has been idle (no call
+  submitted or running) for the pool's `:session_ttl` (30 minutes by
+  default, checked every second); its workers then forget it, calling the
+  adapter's `on_session_end(session)` first. A pool holds at most
+  `:max_sessions` sessions (10,000 by default): past it, a call that would
+  start a new session gets a `:pool` error; nothing is evicted.
+  `list_sessions/1` and `session_info/2` show each session's worker, age
+  and calls.
+
+  **Loss.** When a session's worker dies or is recycled, its state is gone.
+  The session's calls that were waiting for that worker (`:strict`,
+  `:fail_fast`), and its call that was running there, get a `:worker` error
+  with `details.session_lost: true`; if none was waiting, its next call
+  gets that error. Either way the session then starts afresh on another
+  worker, and `ctx.session.is_new` is true there. A `:hint` call starts it
+  afresh without an error.
+
+  **Recycling.** `:max_requests` and `:max_age` wait for a worker's
+  sessions to end (the worker takes no new session meanwhile if another
+  worker can), but not forever: at twice the limit it is recycled anyway
+  and its sessions are lost. So a session of normal length survives a
+  recycle, and one that never ends cannot pin an old worker forever.
+  `:max_memory_mb` does not wait: memory is a safety limit.
+
+  ## Streams
+
+  A Python tool that is a generator (or an async generator) streams: each
+  `yield` is one chunk. `stream/3` makes a lazy `Enumerable` of them and
+  `execute_stream/4` runs a callback on each, in the caller's process:
+
+      iex> Snakepit.stream("countdown", %{n: 3}) |> Enum.to_list()
+      [3, 2, 1]
+
+  Chunks flow with backpressure by credits: the worker may run at most
+  `:stream_window` chunks (default 32) ahead of the consumer, so a slow
+  consumer of a fast or infinite generator keeps both the BEAM's and the
+  worker's memory flat; the generator waits in `yield`. Stopping early
+  (`Enum.take/2`, an exception, the consumer dying) cancels the call: the
+  generator is closed, so its `finally` blocks run, and the worker is free
+  for the next call.
+
+  For streams, `:timeout` bounds the whole stream and defaults to
+  `:infinity`, and `:chunk_timeout` bounds each wait for the next chunk and
+  defaults to the pool's `:timeout`. A stream ends with exactly one outcome:
+  `:ok` (or the end of the enumeration), or one error after the chunks that
+  came before it.
+
+  Tools that are not generators work with the stream functions too (one
+  chunk), and a generator tool called with `execute/3` returns the list of
+  all its items, which must fit in the pool's `:max_frame_bytes`, so an
+  infinite generator called that way only ends at its `:timeout`.
+
   ## Pools
 
   Pools are started by Snakepit's application from `config :snakepit, pools:`,
@@ -416,23 +489,30 @@ defmodule Snakepit do
   - `:validation_errors`: refused before running: unknown tool, arguments
     that do not fit, a value that cannot be sent, a request over
     `:max_frame_bytes`;
-  - `:worker_errors`: its worker died while running it;
+  - `:worker_errors`: its worker died while running it, or its session
+    was lost with its worker;
   - `:transport_errors`: its worker broke the protocol while running it;
   - `:timeouts`: its caller's `:timeout` passed (queued or running; a late
     answer is dropped and not counted again);
   - `:queue_timeouts`: its `:queue_timeout` passed while queued;
   - `:cancelled`: its caller died;
-  - `:rejected`: refused because the queue held `:max_queue` calls;
+  - `:rejected`: refused because the queue held `:max_queue` calls, the
+    pool held `:max_sessions` sessions, or (`:fail_fast`) its session's
+    worker was busy;
   - `:stopped`: the pool stopped before a worker took it.
 
   So `requests` equals the sum of those ten plus `queued` and `in_flight`,
-  and once the pool is quiet, the sum of the ten alone. Also: `:requeued`
+  and once the pool is quiet, the sum of the ten alone. A streaming call is
+  one request, counted once when it ends. Also: `:requeued`
   (calls queued again because their worker died before starting them),
   `:restarts` (workers that died and were replaced), `:recycles` (workers
   replaced by `:max_requests`, `:max_age` or `:max_memory_mb`),
   `:dropped_output_lines` (lines of worker stderr and Python log records
   dropped because a worker wrote faster than its output budget; see
   "Worker output" in `Snakepit.Config`), and
+  `:sessions` (sessions the pool holds now), `:sessions_expired` (ended by
+  `:session_ttl`), `:sessions_lost` (their worker died or was recycled),
+  `:chunks` (stream chunks delivered), and
   `:errors`, the error outcomes by category of `Snakepit.Error`:
   `%{python: _, validation: _, worker: _, transport: _, timeout: _,
   pool: _}`.

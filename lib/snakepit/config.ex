@@ -306,7 +306,17 @@ defmodule Snakepit.Config do
   drained of their calls first, after `:max_requests` calls, `:max_age` ms,
   or once their resident memory passes `:max_memory_mb` (checked every
   second; age and memory recycle one worker at a time, so capacity never
-  drops by more than one).
+  drops by more than one). A worker that holds sessions waits for them to
+  end before `:max_requests` or `:max_age` recycles it, up to twice the
+  limit (see "Sessions" in `Snakepit`).
+
+  ### Sessions and streams
+
+  `:affinity` is the default of the call option of the same name;
+  `:session_ttl` ends sessions idle that long (checked every second);
+  `:max_sessions` bounds the sessions a pool holds. `:stream_window` is the
+  default credit window of streaming calls: how many chunks a worker may
+  send ahead of the consumer. See "Sessions" and "Streams" in `Snakepit`.
 
   ### Worker output
 

@@ -70,10 +70,13 @@ class BaseAdapter:
 
     @tool
     def describe(self) -> Dict[str, Any]:
-        """The adapter's tools with their signatures and docs."""
+        """The adapter's tools with their signatures and docs: what a caller
+        passes, so without the ``ctx`` parameter the bridge fills in."""
         tools = {}
         for name, fn in sorted(self.tools().items()):
             sig = _signature(fn)
+            if "ctx" in sig.parameters:
+                sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "ctx"])
             tools[name] = {
                 "signature": str(sig),
                 "parameters": list(sig.parameters),

@@ -41,6 +41,12 @@ def test_describe_gives_signatures_and_docs():
     assert info["tools"]["renamed"]["doc"] == "Scales x."
 
 
+def test_describe_leaves_out_the_ctx_the_bridge_fills_in():
+    info = DemoAdapter().describe()["tools"]["remember"]
+    assert info["parameters"] == ["key", "value"]
+    assert "ctx" not in info["signature"]
+
+
 def test_load_adapter_by_dotted_path():
     adapter = load_adapter("snakepit_bridge.examples.demo.DemoAdapter")
     assert isinstance(adapter, DemoAdapter)
