@@ -637,7 +637,7 @@ impl Events for PoolCore {
                         exit.describe(worker),
                         excerpt(&key)
                     ),
-                    Details::ExitLost(details.clone(), Bytes(key.into())),
+                    Details::ExitLost(Box::new((details.clone(), Bytes(key.into())))),
                 ),
                 None => Failure::new(
                     category,
@@ -655,7 +655,7 @@ impl Events for PoolCore {
                     excerpt(&key),
                     exit.describe(worker)
                 ),
-                Details::ExitLost(details.clone(), Bytes(key.into())),
+                Details::ExitLost(Box::new((details.clone(), Bytes(key.into())))),
             );
             reply.fail(None, &failure);
         }

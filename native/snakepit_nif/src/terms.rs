@@ -192,7 +192,7 @@ pub enum Details {
     Queue(QueueDetails),
     Exit(ExitDetails),
     /// The worker died with the session's state.
-    ExitLost(ExitDetails, Bytes),
+    ExitLost(Box<(ExitDetails, Bytes)>),
     Handshake(HandshakeDetails),
     Session(SessionDetails),
     SessionLimit(SessionLimitDetails),
@@ -229,7 +229,8 @@ impl Encoder for Failure {
             Details::Size(d) => d.encode(env),
             Details::Queue(d) => d.encode(env),
             Details::Exit(d) => d.encode(env),
-            Details::ExitLost(d, session_id) => {
+            Details::ExitLost(lost) => {
+                let (d, session_id) = lost.as_ref();
                 let map = d.encode(env);
                 map.map_put(atoms::session_lost(), true)
                     .and_then(|m| m.map_put(atoms::session_id(), session_id))
