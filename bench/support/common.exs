@@ -1,0 +1,49 @@
+defmodule Bench.Common do
+  @moduledoc false
+  # Helpers shared by bench/stream.exs and bench/sessions.exs: interleaved
+  # rounds, percentiles, table rows, the machine's state.
+
+  # Runs `measure` for each candidate in each round, alternating which goes
+  # first, so that background noise hits all alike. Returns a map of
+  # candidate name to the list of its samples, one per round (newest first).
+  def interleave(rounds, candidates, measure) do
+    Enum.reduce(1..rounds, %{}, fn round, acc ->
+      order = if rem(round, 2) == 0, do: Enum.reverse(candidates), else: candidates
+
+      Enum.reduce(order, acc, fn {name, run}, acc ->
+        sample = measure.(run)
+        Map.update(acc, name, [sample], &[sample | &1])
+      end)
+    end)
+  end
+
+  def pct(sorted, p), do: Enum.at(sorted, min(length(sorted) - 1, div(length(sorted) * p, 100)))
+  def median(xs), do: xs |> Enum.sort() |> Enum.at(div(length(xs), 2))
+
+  # Native time units (integer or float) to µs.
+  def to_us(native), do: native * 1_000_000 / System.convert_time_unit(1, :second, :native)
+  def us(native), do: "#{Float.round(to_us(native), 1)}"
+  def ratio(a, b), do: "#{Float.round(a / b, 2)}"
+  def mb(bytes), do: "#{Float.round(bytes / 1_048_576, 1)}"
+  def row(cells), do: "| " <> Enum.join(cells, " | ") <> " |"
+  def rule(n), do: row(List.duplicate("---", n))
+  def env_int(name, default), do: String.to_integer(System.get_env(name, "#{default}"))
+  def loadavg, do: File.read!("/proc/loadavg") |> String.trim()
+
+  # Resident memory of an OS process, from /proc (nil if it is gone).
+  def rss_bytes(os_pid) do
+    case File.read("/proc/#{os_pid}/status") do
+      {:ok, text} ->
+        [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, text)
+        String.to_integer(kb) * 1024
+
+      {:error, _} ->
+        nil
+    end
+  end
+
+  def machine_line(extra) do
+    "#{System.schedulers_online()} schedulers, OTP #{System.otp_release()}, " <>
+      "Elixir #{System.version()}, #{extra}, load average before: #{loadavg()}"
+  end
+end
