@@ -953,12 +953,18 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             (Some(w), Affinity::Hint) if self.has_room(w) => Some(w),
             (Some(_), Affinity::Hint) => self.pick_any(),
             (Some(w), _) => self.has_room(w).then_some(w),
-            // A new session: not on a worker kept only for its sessions.
+            // A new session: the idle worker holding the fewest sessions
+            // (most recently idle first among equals), so sessions started
+            // together spread out; never one kept only for its sessions if
+            // another can take it.
             (None, _) => self
                 .idle
                 .iter()
                 .rev()
-                .find(|id| !self.slots[id].overdue)
+                .min_by_key(|id| {
+                    let slot = &self.slots[id];
+                    (slot.overdue, slot.sessions)
+                })
                 .copied()
                 .or_else(|| self.pick_any()),
         }

@@ -426,3 +426,23 @@ fn a_stream_queued_again_after_its_worker_died_starts_with_full_credits() {
     assert!(d.chunk(2, 11).is_err());
     invariant(&d);
 }
+
+#[test]
+fn new_sessions_spread_over_idle_workers_by_their_session_count() {
+    let mut d = pool(1);
+    add_ready(&mut d, 1);
+    add_ready(&mut d, 2);
+    add_ready(&mut d, 3);
+    for (i, s) in ["a", "b", "c"].iter().enumerate() {
+        strict(&mut d, 10 + i as u64, s);
+        let w = bound(&d, s).unwrap();
+        complete(&mut d, w, 10 + i as u64);
+    }
+    let mut workers: Vec<u64> = ["a", "b", "c"]
+        .iter()
+        .map(|s| bound(&d, s).unwrap())
+        .collect();
+    workers.sort();
+    assert_eq!(workers, [1, 2, 3], "one session per worker");
+    invariant(&d);
+}
