@@ -34,6 +34,8 @@
 //! dies, its running call is answered with an error, and the ones written
 //! behind it, which never started, are queued again at the front.
 
+use crate::breaker::{self, Breaker, Transition};
+use crate::latency::{Latency, Timing};
 use crate::recycle::{Policy, Reason, Vitals};
 use crate::sessions::{Affinity, Key, Refusal, SessionRow, Sessions};
 use crate::stats::{Outcome, Stats};
@@ -62,6 +64,8 @@ pub struct Config {
     pub max_sessions: usize,
     /// Sessions idle this long are ended (`None`: never).
     pub session_ttl: Option<Duration>,
+    /// The circuit breaker's settings (`None`: no breaker).
+    pub breaker: Option<breaker::Settings>,
 }
 
 /// What a request is, besides its frame.
@@ -104,6 +108,8 @@ pub enum Refused {
     Full(usize),
     /// A session call that cannot be taken (see [`Refusal`]).
     Session(Refusal),
+    /// The circuit breaker is open (see [`crate::breaker`]).
+    Circuit(breaker::Refused),
 }
 
 /// Why `register` refused a worker.
@@ -158,6 +164,8 @@ pub struct Answered<C, W> {
     /// The worker reached `max_requests`: close its stdin (it takes nothing
     /// new and exits once drained).
     pub retire: Option<(Arc<W>, Reason)>,
+    /// How long the request waited and ran.
+    pub timing: Timing,
 }
 
 /// What [`Dispatcher::worker_down`] decided.
@@ -252,6 +260,9 @@ struct Request<C> {
     caller: Option<C>,
     session: Option<(Key, Affinity)>,
     stream: Option<Credits>,
+    submitted: Instant,
+    /// When it became its worker's running call.
+    started: Option<Instant>,
 }
 
 /// A streaming request's flow control.
@@ -308,6 +319,8 @@ pub struct Dispatcher<C, W> {
     idle: VecDeque<u64>,
     queue: VecDeque<Request<C>>,
     sessions: Sessions,
+    breaker: Option<Breaker>,
+    latency: Latency,
     closed: bool,
     stats: Stats,
 }
@@ -321,6 +334,8 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             idle: VecDeque::new(),
             queue: VecDeque::new(),
             sessions: Sessions::new(config.max_sessions),
+            breaker: config.breaker.map(Breaker::new),
+            latency: Latency::new(Instant::now()),
             closed: false,
             stats: Stats::default(),
         }
@@ -411,6 +426,15 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 return Err((Refused::Session(why), caller));
             }
         }
+        if let Some(breaker) = self.breaker.as_mut() {
+            if let Err(refused) = breaker.admit(id, now) {
+                if let Some((key, _)) = &session {
+                    self.sessions.leave(key, now);
+                }
+                self.stats.record(Outcome::Rejected);
+                return Err((Refused::Circuit(refused), caller));
+            }
+        }
         self.queue.push_back(Request {
             id,
             frame,
@@ -420,6 +444,8 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 window: window.max(1),
                 left: window.max(1),
             }),
+            submitted: now,
+            started: None,
         });
         Ok(self.fill())
     }
@@ -491,6 +517,9 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             _ => {}
         }
         let req = slot.in_flight.pop_front().expect("checked above");
+        if let Some(next) = slot.in_flight.front_mut() {
+            next.started = Some(now);
+        }
         slot.served += 1;
         let retire = match self
             .config
@@ -507,8 +536,14 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             }
         };
         if req.caller.is_some() {
-            self.stats.record(outcome);
+            self.ended(req.id, outcome, now);
         }
+        let started = req.started.unwrap_or(req.submitted);
+        let timing = Timing {
+            queued: started.saturating_duration_since(req.submitted),
+            ran: now.saturating_duration_since(started),
+        };
+        self.latency.record(timing, now);
         self.leave(&req, now);
         self.settle(worker_id);
         let writes = self.fill();
@@ -521,6 +556,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             writes,
             now_idle,
             retire,
+            timing,
         })
     }
 
@@ -603,10 +639,11 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 }
             }
             if req.caller.is_some() {
-                self.stats.record(match exit {
+                let outcome = match exit {
                     Exit::BrokeProtocol => Outcome::TransportError,
                     _ => Outcome::WorkerError,
-                });
+                };
+                self.ended(req.id, outcome, now);
             }
             self.leave(&req, now);
             running = req.caller;
@@ -617,10 +654,10 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             if pinned(&req) || self.closed || req.caller.is_none() {
                 if let Some(caller) = req.caller.take() {
                     if self.closed {
-                        self.stats.record(Outcome::Stopped);
+                        self.ended(req.id, Outcome::Stopped, now);
                         stopped.push(caller);
                     } else {
-                        self.stats.record(Outcome::WorkerError);
+                        self.ended(req.id, Outcome::WorkerError, now);
                         let key = req.session.as_ref().expect("pinned").0.clone();
                         told.insert(key.clone());
                         lost.push((caller, key));
@@ -633,6 +670,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                     "prefetched requests keep their frame"
                 );
                 self.stats.requeued += 1;
+                req.started = None;
                 if let Some(credits) = req.stream.as_mut() {
                     credits.left = credits.window;
                 }
@@ -654,7 +692,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             self.queue = kept;
             for mut req in purged {
                 if let Some(caller) = req.caller.take() {
-                    self.stats.record(Outcome::WorkerError);
+                    self.ended(req.id, Outcome::WorkerError, now);
                     let key = req.session.as_ref().expect("pinned").0.clone();
                     told.insert(key.clone());
                     lost.push((caller, key));
@@ -679,27 +717,34 @@ impl<C, W: Pipe> Dispatcher<C, W> {
 
     /// The caller timed out: gives up its request, wherever it is.
     pub fn cancel(&mut self, request_id: u64) -> Cancel<C, W> {
+        let now = Instant::now();
         if let Some(caller) = self.take_queued(request_id) {
-            self.stats.record(Outcome::Timeout);
+            self.ended(request_id, Outcome::Timeout, now);
             return Cancel::Queued(caller);
         }
+        let mut found = None;
         for (&worker_id, slot) in self.slots.iter_mut() {
             let Some(req) = slot.in_flight.iter_mut().find(|r| r.id == request_id) else {
                 continue;
             };
-            return match req.caller.take() {
-                Some(caller) => {
-                    self.stats.record(Outcome::Timeout);
-                    Cancel::Running {
-                        caller,
-                        worker: Arc::clone(&slot.worker),
-                        worker_id,
-                    }
-                }
-                None => Cancel::Replied,
-            };
+            found = Some(
+                req.caller
+                    .take()
+                    .map(|caller| (caller, Arc::clone(&slot.worker), worker_id)),
+            );
+            break;
         }
-        Cancel::Replied
+        match found {
+            Some(Some((caller, worker, worker_id))) => {
+                self.ended(request_id, Outcome::Timeout, now);
+                Cancel::Running {
+                    caller,
+                    worker,
+                    worker_id,
+                }
+            }
+            _ => Cancel::Replied,
+        }
     }
 
     /// The caller's `queue_timeout` passed: takes its request out of the
@@ -707,7 +752,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     /// answered).
     pub fn dequeue(&mut self, request_id: u64) -> Option<C> {
         let caller = self.take_queued(request_id)?;
-        self.stats.record(Outcome::QueueTimeout);
+        self.ended(request_id, Outcome::QueueTimeout, Instant::now());
         Some(caller)
     }
 
@@ -716,6 +761,33 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let req = self.queue.remove(pos)?;
         self.leave(&req, Instant::now());
         req.caller
+    }
+
+    /// Request `id`'s caller has its outcome: counted, and seen by the
+    /// circuit breaker.
+    fn ended(&mut self, id: u64, outcome: Outcome, now: Instant) {
+        self.stats.record(outcome);
+        if let Some(breaker) = self.breaker.as_mut() {
+            breaker.observe(id, outcome, now);
+        }
+    }
+
+    /// The circuit breaker's state, if the pool has one.
+    pub fn circuit(&self) -> Option<breaker::State> {
+        self.breaker.as_ref().map(Breaker::state)
+    }
+
+    /// The circuit breaker's changes since the last call.
+    pub fn circuit_transitions(&mut self) -> Vec<Transition> {
+        self.breaker
+            .as_mut()
+            .map(Breaker::take_transitions)
+            .unwrap_or_default()
+    }
+
+    /// Percentiles of recent queue and run times.
+    pub fn latency(&mut self, now: Instant) -> crate::latency::Summary {
+        self.latency.summary(now)
     }
 
     /// A request left the queue or its worker for good.
@@ -734,6 +806,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             match req.caller.take() {
                 Some(c) if dead(&c) => {
                     self.leave(&req, now);
+                    self.ended(req.id, Outcome::Cancelled, now);
                     queued.push(c);
                 }
                 caller => {
@@ -752,8 +825,8 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 }
             }
         }
-        for _ in 0..queued.len() + running.len() {
-            self.stats.record(Outcome::Cancelled);
+        for &(_, _, _, id) in &running {
+            self.ended(id, Outcome::Cancelled, now);
         }
         GivenUp { queued, running }
     }
@@ -809,10 +882,10 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let mut queued = Vec::new();
         for req in std::mem::take(&mut self.queue) {
             self.leave(&req, now);
+            if req.caller.is_some() {
+                self.ended(req.id, Outcome::Stopped, now);
+            }
             queued.extend(req.caller);
-        }
-        for _ in &queued {
-            self.stats.record(Outcome::Stopped);
         }
         let workers = self
             .slots
@@ -934,6 +1007,9 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             if self.sessions.ran_on(key, target) {
                 slot.sessions += 1;
             }
+        }
+        if slot.in_flight.is_empty() {
+            req.started = Some(Instant::now());
         }
         slot.in_flight.push_back(req);
         Ok(Arc::clone(&slot.worker))

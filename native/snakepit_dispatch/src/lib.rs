@@ -8,6 +8,8 @@
 //! - [`stats`]: the outcome counters, which partition the requests.
 //! - [`recycle`]: when a worker is retired (`max_requests`, `max_age`,
 //!   `max_memory_mb`).
+//! - [`breaker`]: the circuit breaker.
+//! - [`latency`]: percentiles of recent queue and run times.
 //! - [`output`]: how much of a worker's stderr and log output reaches Elixir.
 //!
 //! The NIF (`native/snakepit_nif/src/pool.rs`) holds a [`Dispatcher`] under a
@@ -15,7 +17,9 @@
 //! (`W`) being real processes. Here, tests use plain values for both.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod dispatcher;
+pub mod latency;
 pub mod output;
 pub mod recycle;
 pub mod sessions;

@@ -43,6 +43,7 @@ pub(super) fn config(depth: usize, max_queue: usize) -> Config {
         recycle: Policy::default(),
         max_sessions: 0,
         session_ttl: None,
+        breaker: None,
     }
 }
 
@@ -875,6 +876,11 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
             recycle: Policy::from_limits(rng.below(4), 0, 0),
             max_sessions: rng.below(4) as usize,
             session_ttl: Some(Duration::from_secs(1)),
+            breaker: (rng.below(2) == 0).then(|| crate::breaker::Settings {
+                threshold: 1 + rng.below(3) as u32,
+                window: Duration::from_secs(10),
+                cooldown: Duration::from_millis(rng.below(2)),
+            }),
             ..config(depth, 1 + rng.below(8) as usize)
         });
         let mut workers: Vec<(u64, Arc<FakePipe>)> = Vec::new();
