@@ -131,6 +131,8 @@ defmodule Snakepit do
           | {:queue_timeout, timeout()}
           | {:session_id, String.t() | nil}
           | {:affinity, affinity()}
+          | {:correlation_id, String.t()}
+          | {:retry, keyword() | false}
 
   @typedoc "How a call of a session picks its worker; see \"Sessions\"."
   @type affinity :: :strict | :hint | :fail_fast
@@ -159,7 +161,14 @@ defmodule Snakepit do
     bytes), or `nil`; see "Sessions" below and `execute_in_session/4`;
   - `:affinity` - how a session's call picks its worker: `:strict`,
     `:hint` or `:fail_fast` (default: the pool's `:affinity`, itself
-    `:strict`). Ignored without a `:session_id`.
+    `:strict`). Ignored without a `:session_id`;
+  - `:correlation_id` - a string (1 to 128 bytes) that follows the call into
+    the worker's logs, its telemetry events and its error's details (see
+    `Snakepit.Correlation`; default: a new one);
+  - `:retry` - retry the call after errors that say it never started
+    (`Snakepit.Error.retryable?/1`), or in the listed categories, with
+    backoff, within `:timeout`: `false` or options of `Snakepit.Retry.run/2`
+    (default: the pool's `:retry`, itself `false`).
 
   `args` is a map (or a keyword list); its keys become the tool's keyword
   argument names. Timeouts are `:infinity` or integers from 0 to
@@ -175,9 +184,24 @@ defmodule Snakepit do
   """
   @spec execute(String.t() | atom(), map() | keyword(), [execute_opt()]) ::
           {:ok, term()} | {:error, Error.t()}
-  def execute(command, args \\ %{}, opts \\ []) do
+  def execute(command, args \\ %{}, opts \\ []), do: run(command, args, opts, false)
+
+  defp run(command, args, opts, raising?) do
     pool = Keyword.get(opts, :pool, :default)
 
+    case Snakepit.Correlation.from_opts(opts) do
+      {:ok, correlation_id} ->
+        command
+        |> prepare(args, opts, pool, correlation_id)
+        |> perform(raising?)
+        |> with_correlation(correlation_id)
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp prepare(command, args, opts, pool, correlation_id) do
     with {:ok, entry} <- fetch_pool(pool),
          {:ok, tool} <- check_command(command),
          {:ok, args} <- check_args(args),
@@ -185,29 +209,140 @@ defmodule Snakepit do
          :ok <- check_timeout(:timeout, timeout),
          queue_timeout = Keyword.get(opts, :queue_timeout, entry.queue_timeout),
          :ok <- check_timeout(:queue_timeout, queue_timeout),
-         {:ok, session} <- session_route(opts, entry) do
-      call(entry.handle, tool, args, session, timeout, queue_timeout)
+         {:ok, session} <- session_route(opts, entry),
+         {:ok, retry} <- retry_opts(Keyword.get(opts, :retry, entry.retry)) do
+      {:ok,
+       %{
+         handle: entry.handle,
+         pool: pool,
+         tool: tool,
+         args: args,
+         session: session,
+         correlation_id: correlation_id,
+         timeout: timeout,
+         queue_timeout: queue_timeout,
+         retry: retry
+       }}
     end
   end
 
+  defp perform({:error, _} = error, _raising?), do: error
+
+  defp perform({:ok, %{retry: nil} = c}, raising?), do: attempt(c, c.timeout, 1, raising?)
+
+  defp perform({:ok, c}, raising?) do
+    counter = :counters.new(1, [])
+
+    Snakepit.Retry.run(
+      fn budget ->
+        :counters.add(counter, 1, 1)
+        attempt(c, min_timeout(budget, c.timeout), :counters.get(counter, 1), raising?)
+      end,
+      Keyword.put(c.retry, :timeout, c.timeout)
+    )
+  end
+
+  defp min_timeout(:infinity, t), do: t
+  defp min_timeout(t, :infinity), do: t
+  defp min_timeout(a, b), do: min(a, b)
+
+  # One attempt: the call itself, inside its telemetry span when
+  # `:telemetry` is loaded.
+  defp attempt(c, timeout, n, raising?) do
+    if Snakepit.Telemetry.enabled?() do
+      metadata = %{
+        pool: c.pool,
+        command: c.tool,
+        session_id: session_id(c.session),
+        correlation_id: c.correlation_id,
+        attempt: n
+      }
+
+      Snakepit.Telemetry.emit([:snakepit, :call, :start], Snakepit.Telemetry.start_measurements(), metadata)
+      started = System.monotonic_time()
+      {result, meta} = call(c, timeout)
+      emit_call_end(result, meta, started, metadata, raising?)
+      result
+    else
+      c |> call(timeout) |> elem(0)
+    end
+  end
+
+  defp emit_call_end(result, meta, started, metadata, raising?) do
+    duration = System.monotonic_time() - started
+
+    case {result, raising?} do
+      {{:error, error}, true} ->
+        error = Snakepit.Redact.redact(error)
+
+        Snakepit.Telemetry.emit(
+          [:snakepit, :call, :exception],
+          %{duration: duration},
+          Map.merge(metadata, %{kind: :error, reason: error, stacktrace: []})
+        )
+
+      _ ->
+        {os_pid, queue_time, run_time} = meta || {nil, nil, nil}
+
+        measurements = %{
+          duration: duration,
+          queue_time: native_time(queue_time),
+          run_time: native_time(run_time)
+        }
+
+        {outcome, error} =
+          case result do
+            {:ok, _} -> {:ok, nil}
+            {:error, error} -> {error.category, Snakepit.Redact.redact(error)}
+          end
+
+        metadata = Map.merge(metadata, %{worker_os_pid: os_pid, outcome: outcome, error: error})
+        Snakepit.Telemetry.emit([:snakepit, :call, :stop], measurements, metadata)
+        Snakepit.Telemetry.emit([:snakepit, :pool, :request], measurements, metadata)
+    end
+  end
+
+  defp native_time(nil), do: nil
+  defp native_time(ns), do: System.convert_time_unit(ns, :nanosecond, :native)
+
+  defp session_id(nil), do: nil
+  defp session_id({id, _affinity}), do: id
+
+  defp with_correlation({:error, %Error{details: details} = error}, correlation_id)
+       when is_map(details),
+       do: {:error, %{error | details: Map.put_new(details, :correlation_id, correlation_id)}}
+
+  defp with_correlation(result, _correlation_id), do: result
+
   # make_ref/0 and the receive stay in one function so the VM only scans
   # messages that arrived after the ref was made (the receive optimization).
-  defp call(handle, tool, args, session, timeout, queue_timeout) do
+  # Returns the result and the answer's `{os_pid, queue_ns, run_ns}` (or nil).
+  defp call(c, timeout) do
+    queue_timeout = min_timeout(c.queue_timeout, timeout)
     tag = make_ref()
+    %{handle: handle, tool: tool, args: args, session: session} = c
 
     submitted =
-      case Native.submit(handle, tag, tool, args, session, nil) do
-        :dirty -> Native.submit_dirty(handle, tag, tool, args, session, nil)
+      case Native.submit(handle, tag, tool, args, session, nil, c.correlation_id) do
+        :dirty -> Native.submit_dirty(handle, tag, tool, args, session, nil, c.correlation_id)
         other -> other
       end
 
     case submitted do
-      {:ok, request_id} ->
-        first_wait = min(queue_timeout, timeout)
+      {:error, reason} ->
+        error = Error.from_native(reason)
+        if error.details[:queued], do: queue_full(c, error)
+        {{:error, error}, nil}
+
+      accepted ->
+        # {:ok, request_id} or {:ok, request_id, :new_session}
+        request_id = elem(accepted, 1)
+        if tuple_size(accepted) == 3, do: session_created(c)
+        first_wait = min_timeout(queue_timeout, timeout)
 
         receive do
-          {^tag, status, frame, offset} -> answer(status, frame, offset)
-          {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+          {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
+          {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
         after
           first_wait ->
             if first_wait == timeout do
@@ -216,27 +351,45 @@ defmodule Snakepit do
               queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout)
             end
         end
-
-      {:error, reason} ->
-        {:error, Error.from_native(reason)}
     end
+  end
+
+  @doc false
+  # Shared with Snakepit.Stream.
+  @spec session_created(map()) :: :ok
+  def session_created(%{session: {id, _}, pool: pool}) do
+    Snakepit.Telemetry.emit(
+      [:snakepit, :session, :created],
+      %{system_time: System.system_time()},
+      %{pool: pool, session_id: id}
+    )
+  end
+
+  @doc false
+  @spec queue_full(map(), Error.t()) :: :ok
+  def queue_full(c, error) do
+    Snakepit.Telemetry.emit(
+      [:snakepit, :pool, :queue_full],
+      %{queued: error.details[:queued], limit: error.details[:limit]},
+      %{pool: c.pool, command: c.tool, correlation_id: c.correlation_id}
+    )
   end
 
   # The call waited `queue_timeout` ms: it leaves the queue, unless a worker
   # has it already; then it gets the rest of its `timeout`.
   defp queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout) do
     if Native.dequeue(handle, request_id) do
-      {:error,
-       Error.timeout(
-         "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
-         %{tool: tool, timeout: queue_timeout, queue: true}
-       )}
+      {{:error,
+        Error.timeout(
+          "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
+          %{tool: tool, timeout: queue_timeout, queue: true, retryable: true}
+        )}, nil}
     else
       rest = if timeout == :infinity, do: :infinity, else: timeout - queue_timeout
 
       receive do
-        {^tag, status, frame, offset} -> answer(status, frame, offset)
-        {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+        {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
+        {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
       after
         rest -> timed_out(handle, tag, request_id, tool, timeout)
       end
@@ -247,20 +400,21 @@ defmodule Snakepit do
     case Native.cancel(handle, request_id) do
       replied when replied == :replied ->
         receive do
-          {^tag, status, frame, offset} -> answer(status, frame, offset)
-          {^tag, :error, reason} -> {:error, Error.from_native(reason)}
+          {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
+          {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
         after
           @reply_in_flight_wait ->
-            {:error, Error.transport("the reply to #{Error.excerpt(tool)} was lost", %{tool: tool})}
+            {{:error,
+              Error.transport("the reply to #{Error.excerpt(tool)} was lost", %{tool: tool})}, nil}
         end
 
       cancelled when cancelled in [:cancelled, :running] ->
-        {:error,
-         Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", %{
-           tool: tool,
-           timeout: timeout,
-           queue: cancelled == :cancelled
-         })}
+        queued = cancelled == :cancelled
+        details = %{tool: tool, timeout: timeout, queue: queued}
+        details = if queued, do: Map.put(details, :retryable, true), else: details
+
+        {{:error, Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", details)},
+         nil}
     end
   end
 
@@ -288,7 +442,7 @@ defmodule Snakepit do
   """
   @spec execute!(String.t() | atom(), map() | keyword(), [execute_opt()]) :: term()
   def execute!(command, args \\ %{}, opts \\ []) do
-    case execute(command, args, opts) do
+    case run(command, args, opts, true) do
       {:ok, result} -> result
       {:error, error} -> raise error
     end
@@ -323,9 +477,18 @@ defmodule Snakepit do
   """
   @spec end_session(String.t(), keyword()) :: :ok | {:error, Error.t()}
   def end_session(session_id, opts \\ []) do
-    with {:ok, entry} <- fetch_pool(Keyword.get(opts, :pool, :default)),
+    pool = Keyword.get(opts, :pool, :default)
+
+    with {:ok, entry} <- fetch_pool(pool),
          {:ok, {id, _}} <- session_route([session_id: session_id], entry) do
-      _ = Native.end_session(entry.handle, id)
+      if Native.end_session(entry.handle, id) do
+        Snakepit.Telemetry.emit(
+          [:snakepit, :session, :cleanup],
+          %{system_time: System.system_time()},
+          %{pool: pool, session_id: id, reason: :ended}
+        )
+      end
+
       :ok
     end
   end
@@ -750,6 +913,30 @@ defmodule Snakepit do
       end
     end
   end
+
+  @doc false
+  # `nil` (no retry) or the options of Snakepit.Retry.run/2.
+  @spec retry_opts(term()) :: {:ok, keyword() | nil} | {:error, Error.t()}
+  def retry_opts(false), do: {:ok, nil}
+  def retry_opts(nil), do: {:ok, nil}
+  def retry_opts(true), do: {:ok, []}
+
+  def retry_opts(opts) when is_list(opts) do
+    if Keyword.keyword?(opts) and not Keyword.has_key?(opts, :timeout),
+      do: {:ok, opts},
+      else: retry_refused(opts)
+  end
+
+  def retry_opts(other), do: retry_refused(other)
+
+  defp retry_refused(value),
+    do:
+      {:error,
+       Error.validation(
+         "the :retry option must be false, true or a keyword list of Snakepit.Retry options " <>
+           "(its total time is the call's :timeout), got: #{Error.excerpt(value)}",
+         %{option: :retry}
+       )}
 
   @max_session_id 256
 

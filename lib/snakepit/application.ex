@@ -11,6 +11,7 @@ defmodule Snakepit.Application do
   def start(_type, _args) do
     case Snakepit.Config.pools_from_env(Application.get_all_env(:snakepit)) do
       {:ok, pools} ->
+        _ = Snakepit.Telemetry.refresh()
         reap_orphans()
         children = [{Registry, keys: :unique, name: Snakepit.Registry}]
         children = children ++ for {_name, opts} <- pools, do: {Snakepit.Pool, opts}

@@ -8,6 +8,7 @@ defmodule Snakepit.Config do
   # The longest wait `receive ... after` and timers accept: 2^32 - 1 ms,
   # about 49.7 days. Every duration option is checked against it.
   @max_ms 4_294_967_295
+  @circuit_defaults [threshold: 5, window: 10_000, cooldown: 5_000]
 
   # The shapes an option's value can take: the typespec of the validated
   # value, and the words that say what is expected (in error messages and in
@@ -31,6 +32,10 @@ defmodule Snakepit.Config do
     frame_size: {quote(do: pos_integer()), "an integer from 1 to #{@max_frame_limit}"},
     depth: {quote(do: 1..64), "an integer from 1 to 64"},
     affinity: {quote(do: :strict | :hint | :fail_fast), "one of :strict, :hint, :fail_fast"},
+    circuit:
+      {quote(do: false | keyword()),
+       "false, or [threshold: n, window: ms, cooldown: ms] (defaults 5, 10_000, 5_000)"},
+    retry: {quote(do: false | keyword()), "false, or options of `Snakepit.Retry.run/2`"},
     window: {quote(do: 1..65_536), "an integer from 1 to 65_536"}
   }
 
@@ -189,6 +194,18 @@ defmodule Snakepit.Config do
       shape: :window,
       default: 32,
       doc: "chunks a stream may send ahead of its consumer (per call too)"
+    },
+    %{
+      name: :circuit_breaker,
+      shape: :circuit,
+      default: false,
+      doc: "fail calls at once after repeated worker failures (see `Snakepit`)"
+    },
+    %{
+      name: :retry,
+      shape: :retry,
+      default: false,
+      doc: "retry calls that never started, with backoff (per call too)"
     },
     %{
       name: :startup_batch_size,
@@ -449,7 +466,10 @@ defmodule Snakepit.Config do
 
   @typedoc "The options `native_options/1` passes to the native pool; 0 means no limit."
   @type native_options :: %{
-          unquote_splicing(for name <- @native, do: {name, quote(do: non_neg_integer())})
+          unquote_splicing(
+            for name <- @native ++ [:circuit_threshold, :circuit_window, :circuit_cooldown],
+                do: {name, quote(do: non_neg_integer())}
+          )
         }
 
   @enforce_keys @required ++ Keyword.keys(@computed)
@@ -557,7 +577,21 @@ defmodule Snakepit.Config do
   """
   @spec native_options(t()) :: native_options()
   def native_options(%__MODULE__{} = config) do
-    Map.new(@native, fn name -> {name, native_value(Map.fetch!(config, name))} end)
+    @native
+    |> Map.new(fn name -> {name, native_value(Map.fetch!(config, name))} end)
+    |> Map.merge(circuit_native(config.circuit_breaker))
+  end
+
+  # The circuit breaker goes to the native pool as three integers; a
+  # threshold of 0 means no breaker.
+  defp circuit_native(false), do: %{circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
+
+  defp circuit_native(settings) do
+    %{
+      circuit_threshold: settings[:threshold],
+      circuit_window: settings[:window],
+      circuit_cooldown: settings[:cooldown]
+    }
   end
 
   defp native_value(:infinity), do: 0
@@ -608,7 +642,7 @@ defmodule Snakepit.Config do
 
   # The design's flat keys and the pool option each one sets.
   @flat_keys [adapter_module: :adapter, pool_size: :size, worker_timeout: :timeout]
-  @app_keys [:pools | Keyword.keys(@flat_keys)] ++ [:pooling_enabled]
+  @app_keys [:pools | Keyword.keys(@flat_keys)] ++ [:pooling_enabled, :redact_keys]
   @example_adapter "my_pkg.module.ClassName"
 
   # Keys of the design documents (and of the gRPC-based Snakepit) that this
@@ -957,6 +991,24 @@ defmodule Snakepit.Config do
 
   defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
   defp accept(:affinity, v) when v in [:strict, :hint, :fail_fast], do: {:ok, v}
+  defp accept(:circuit, false), do: {:ok, false}
+
+  defp accept(:circuit, v) when is_list(v) do
+    with true <- Keyword.keyword?(v),
+         [] <- Keyword.keys(v) -- [:threshold, :window, :cooldown],
+         settings = Keyword.merge(@circuit_defaults, v),
+         true <- Enum.all?(Keyword.values(settings), &(is_integer(&1) and &1 > 0 and &1 <= @max_ms)) do
+      {:ok, settings}
+    else
+      _ -> :error
+    end
+  end
+
+  defp accept(:retry, false), do: {:ok, false}
+
+  defp accept(:retry, v) when is_list(v) do
+    if Keyword.keyword?(v) and not Keyword.has_key?(v, :timeout), do: {:ok, v}, else: :error
+  end
   defp accept(:window, v) when is_integer(v) and v in 1..65_536, do: {:ok, v}
   defp accept(_shape, _value), do: :error
 

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 6
+  @abi_version 7
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -83,8 +83,11 @@ defmodule Snakepit.Native do
   def pool_expire(_pool, _worker_id, _request_id), do: :erlang.nif_error(why())
   def pool_stats(_pool), do: :erlang.nif_error(why())
   def pool_workers(_pool), do: :erlang.nif_error(why())
-  def submit(_pool, _tag, _tool, _args, _session, _stream), do: :erlang.nif_error(why())
-  def submit_dirty(_pool, _tag, _tool, _args, _session, _stream), do: :erlang.nif_error(why())
+  def submit(_pool, _tag, _tool, _args, _session, _stream, _correlation_id),
+    do: :erlang.nif_error(why())
+
+  def submit_dirty(_pool, _tag, _tool, _args, _session, _stream, _correlation_id),
+    do: :erlang.nif_error(why())
   def stream_ack(_pool, _request_id, _n), do: :erlang.nif_error(why())
   def end_session(_pool, _session_id), do: :erlang.nif_error(why())
   def pool_sessions(_pool), do: :erlang.nif_error(why())

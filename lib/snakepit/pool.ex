@@ -73,7 +73,7 @@ defmodule Snakepit.Pool do
   use GenServer
   require Logger
 
-  alias Snakepit.{Config, Error, Native}
+  alias Snakepit.{Config, Error, Native, Telemetry}
 
   @max_backoff 10_000
   @kill_wait 1_000
@@ -122,7 +122,8 @@ defmodule Snakepit.Pool do
           queue_timeout: timeout(),
           timeout: timeout(),
           affinity: :strict | :hint | :fail_fast,
-          stream_window: pos_integer()
+          stream_window: pos_integer(),
+          retry: false | keyword()
         }
 
   @doc """
@@ -216,7 +217,8 @@ defmodule Snakepit.Pool do
           queue_timeout: config.queue_timeout,
           timeout: config.timeout,
           affinity: config.affinity,
-          stream_window: config.stream_window
+          stream_window: config.stream_window,
+          retry: config.retry
         })
 
         schedule(:heartbeat, config.heartbeat_interval)
@@ -296,6 +298,32 @@ defmodule Snakepit.Pool do
     {:noreply, msg |> handle_event(state) |> reply_if_ready()}
   end
 
+  def handle_info({:snakepit_circuit, circuit, retry_after_ms, failures}, state) do
+    name = state.config.name
+    measurements = %{system_time: System.system_time()}
+
+    case circuit do
+      :open ->
+        Logger.warning(
+          "[snakepit] pool #{inspect(name)}: circuit breaker open after #{failures} worker " <>
+            "failures in a row; calls fail at once for #{retry_after_ms} ms",
+          snakepit_pool: name
+        )
+
+        measurements = Map.merge(measurements, %{failures: failures, retry_after_ms: retry_after_ms})
+        Telemetry.emit([:snakepit, :circuit, :open], measurements, %{pool: name})
+
+      :half_open ->
+        Telemetry.emit([:snakepit, :circuit, :half_open], measurements, %{pool: name})
+
+      :closed ->
+        Logger.info("[snakepit] pool #{inspect(name)}: circuit breaker closed", snakepit_pool: name)
+        Telemetry.emit([:snakepit, :circuit, :close], measurements, %{pool: name})
+    end
+
+    {:noreply, state}
+  end
+
   def handle_info({:restart, slot}, state) do
     {:noreply, start_worker(state, slot)}
   end
@@ -330,7 +358,16 @@ defmodule Snakepit.Pool do
 
   # The native side decides which worker :max_age or :max_memory_mb retires.
   def handle_info(:maintain, state) do
-    _ = Native.pool_maintain(state.handle)
+    {_retired, expired} = Native.pool_maintain(state.handle)
+
+    for session_id <- expired do
+      Telemetry.emit(
+        [:snakepit, :session, :cleanup],
+        %{system_time: System.system_time()},
+        %{pool: state.config.name, session_id: session_id, reason: :expired}
+      )
+    end
+
     schedule(:maintain, @maintain_interval)
     {:noreply, state}
   end
@@ -450,6 +487,10 @@ defmodule Snakepit.Pool do
   # before it reported the worker ready; the body is not used here.
   defp worker_event(:ready, _info, id, worker, state) do
     failures = Map.put(state.failures, worker.slot, 0)
+    metadata = %{pool: state.config.name, worker_id: id, os_pid: worker.os_pid}
+    measurements = %{system_time: System.system_time()}
+    Telemetry.emit([:snakepit, :worker, :start], measurements, metadata)
+    Telemetry.emit([:snakepit, :pool, :worker_started], measurements, metadata)
 
     %{state | failures: failures}
     |> put_worker(id, %{worker | status: :ready})
@@ -468,6 +509,7 @@ defmodule Snakepit.Pool do
 
   defp worker_event(:exit, details, id, worker, state) do
     state = %{state | workers: Map.delete(state.workers, id)}
+    exit_telemetry(state, id, worker, details)
 
     cond do
       state.phase == :stopping ->
@@ -505,17 +547,24 @@ defmodule Snakepit.Pool do
 
   defp worker_event(
          :log,
-         {:frame, {:ok, %{"level" => level, "logger" => logger, "message" => message}}},
+         {:frame, {:ok, %{"level" => level, "logger" => logger, "message" => message} = body}},
          id,
          _worker,
          state
        )
        when is_binary(level) and is_binary(logger) and is_binary(message) do
+    metadata = [snakepit_pool: state.config.name, snakepit_worker: id]
+
+    metadata =
+      case body do
+        %{"correlation_id" => cid} when is_binary(cid) -> [{:correlation_id, cid} | metadata]
+        _ -> metadata
+      end
+
     Logger.log(
       log_level(level),
       "[snakepit #{state.config.name}/#{id}] #{logger}: #{message}",
-      snakepit_pool: state.config.name,
-      snakepit_worker: id
+      metadata
     )
 
     state
@@ -545,6 +594,30 @@ defmodule Snakepit.Pool do
     )
 
     state
+  end
+
+  defp exit_telemetry(state, id, worker, details) do
+    if Telemetry.enabled?() do
+      measurements = %{system_time: System.system_time()}
+      base = %{pool: state.config.name, worker_id: id, os_pid: worker.os_pid}
+
+      stopped =
+        Map.merge(base, %{
+          status: details[:status],
+          signal: details[:signal],
+          reason: details[:recycled] || details[:reason]
+        })
+
+      case details[:recycled] do
+        nil ->
+          Telemetry.emit([:snakepit, :worker, :exit], measurements, stopped)
+
+        reason ->
+          Telemetry.emit([:snakepit, :worker, :recycle], measurements, Map.put(base, :reason, reason))
+      end
+
+      Telemetry.emit([:snakepit, :pool, :worker_stopped], measurements, stopped)
+    end
   end
 
   # A frame of the wrong shape that reached this process: the worker broke

@@ -33,8 +33,18 @@ defmodule Snakepit.Stream do
   # for it, defensively (it is in the mailbox or arriving).
   @reply_in_flight_wait 5_000
 
-  @enforce_keys [:handle, :tag, :request_id, :tool, :ack_every, :deadline, :chunk_timeout]
-  defstruct @enforce_keys ++ [taken: 0]
+  @enforce_keys [
+    :handle,
+    :tag,
+    :request_id,
+    :tool,
+    :ack_every,
+    :deadline,
+    :chunk_timeout,
+    :correlation_id,
+    :telemetry
+  ]
+  defstruct @enforce_keys ++ [taken: 0, chunks: 0]
 
   @typedoc "A streaming call in progress."
   @type t :: %__MODULE__{
@@ -45,7 +55,10 @@ defmodule Snakepit.Stream do
           ack_every: pos_integer(),
           deadline: integer() | :infinity,
           chunk_timeout: timeout(),
-          taken: non_neg_integer()
+          correlation_id: String.t(),
+          telemetry: {map(), integer()} | nil,
+          taken: non_neg_integer(),
+          chunks: non_neg_integer()
         }
 
   @doc """
@@ -54,7 +67,10 @@ defmodule Snakepit.Stream do
   @spec start(String.t() | atom(), map() | keyword(), keyword()) ::
           {:ok, t()} | {:error, Error.t()}
   def start(command, args, opts) do
-    with {:ok, entry} <- Snakepit.fetch_pool(Keyword.get(opts, :pool, :default)),
+    pool = Keyword.get(opts, :pool, :default)
+
+    with {:ok, correlation_id} <- Snakepit.Correlation.from_opts(opts),
+         {:ok, entry} <- Snakepit.fetch_pool(pool),
          {:ok, tool} <- Snakepit.check_command(command),
          {:ok, args} <- Snakepit.check_args(args),
          timeout = Keyword.get(opts, :timeout, :infinity),
@@ -64,30 +80,107 @@ defmodule Snakepit.Stream do
          {:ok, window} <- check_window(Keyword.get(opts, :stream_window, entry.stream_window)),
          {:ok, session} <- Snakepit.session_route(opts, entry) do
       tag = make_ref()
+      call = %{pool: pool, tool: tool, session: session, correlation_id: correlation_id}
+      telemetry = span_start(call)
 
       submitted =
-        case Native.submit(entry.handle, tag, tool, args, session, window) do
-          :dirty -> Native.submit_dirty(entry.handle, tag, tool, args, session, window)
-          other -> other
+        case Native.submit(entry.handle, tag, tool, args, session, window, correlation_id) do
+          :dirty ->
+            Native.submit_dirty(entry.handle, tag, tool, args, session, window, correlation_id)
+
+          other ->
+            other
         end
 
       case submitted do
-        {:ok, request_id} ->
+        {:error, reason} ->
+          error = Error.from_native(reason)
+          if error.details[:queued], do: Snakepit.queue_full(call, error)
+          span_stop(telemetry, 0, {:error, error})
+          {:error, with_correlation(error, correlation_id)}
+
+        accepted ->
+          if tuple_size(accepted) == 3, do: Snakepit.session_created(call)
+
           {:ok,
            %__MODULE__{
              handle: entry.handle,
              tag: tag,
-             request_id: request_id,
+             request_id: elem(accepted, 1),
              tool: tool,
              ack_every: max(1, div(window, 2)),
              deadline: deadline(timeout),
-             chunk_timeout: chunk_timeout
+             chunk_timeout: chunk_timeout,
+             correlation_id: correlation_id,
+             telemetry: telemetry
            }}
-
-        {:error, reason} ->
-          {:error, Error.from_native(reason)}
       end
+    else
+      {:error, error} -> {:error, error}
     end
+  end
+
+  defp span_start(call) do
+    if Snakepit.Telemetry.enabled?() do
+      metadata = %{
+        pool: call.pool,
+        command: call.tool,
+        session_id: with({id, _} <- call.session, do: id),
+        correlation_id: call.correlation_id
+      }
+
+      Snakepit.Telemetry.emit(
+        [:snakepit, :stream, :start],
+        Snakepit.Telemetry.start_measurements(),
+        metadata
+      )
+
+      {metadata, System.monotonic_time()}
+    end
+  end
+
+  defp span_stop(nil, _chunks, _result), do: :ok
+
+  defp span_stop({metadata, started}, chunks, result) do
+    {outcome, error} =
+      case result do
+        :done -> {:ok, nil}
+        :halted -> {:halted, nil}
+        {:error, error} -> {error.category, Snakepit.Redact.redact(error)}
+      end
+
+    Snakepit.Telemetry.emit(
+      [:snakepit, :stream, :stop],
+      %{duration: System.monotonic_time() - started, chunks: chunks},
+      Map.merge(metadata, %{outcome: outcome, error: error})
+    )
+  end
+
+  defp span_exception(nil, _chunks, _kind, _reason, _stacktrace), do: :ok
+
+  defp span_exception({metadata, started}, chunks, kind, reason, stacktrace) do
+    Snakepit.Telemetry.emit(
+      [:snakepit, :stream, :exception],
+      %{duration: System.monotonic_time() - started, chunks: chunks},
+      Map.merge(metadata, %{kind: kind, reason: reason, stacktrace: stacktrace})
+    )
+  end
+
+  defp with_correlation(%Error{details: details} = error, correlation_id) when is_map(details),
+    do: %{error | details: Map.put_new(details, :correlation_id, correlation_id)}
+
+  defp with_correlation(error, _), do: error
+
+  # The stream ended (or failed): its telemetry span ends, its error gets
+  # the correlation id.
+  defp ended(s, :done) do
+    span_stop(s.telemetry, s.chunks, :done)
+    :done
+  end
+
+  defp ended(s, {:error, error}) do
+    span_stop(s.telemetry, s.chunks, {:error, error})
+    {:error, with_correlation(error, s.correlation_id)}
   end
 
   @doc """
@@ -97,7 +190,7 @@ defmodule Snakepit.Stream do
   @spec next(t()) :: {:chunk, term(), t()} | :done | {:error, Error.t()}
   def next(%__MODULE__{deadline: deadline} = s) when deadline != :infinity do
     # A consumer that always finds a chunk waiting never reaches `after`.
-    if now() >= deadline, do: timed_out(s), else: receive_next(s)
+    if now() >= deadline, do: ended(s, timed_out(s)), else: receive_next(s)
   end
 
   def next(s), do: receive_next(s)
@@ -110,19 +203,22 @@ defmodule Snakepit.Stream do
             {:chunk, value, taken(s)}
 
           {:error, why} ->
-            cancel(s)
+            drop(s)
 
-            {:error,
-             Error.transport("a chunk of #{Error.excerpt(s.tool)} could not be decoded: #{why}")}
+            ended(
+              s,
+              {:error,
+               Error.transport("a chunk of #{Error.excerpt(s.tool)} could not be decoded: #{why}")}
+            )
         end
 
-      {^tag, status, frame, offset} ->
-        final(status, frame, offset)
+      {^tag, status, frame, offset, _meta} ->
+        ended(s, final(status, frame, offset))
 
       {^tag, :error, reason} ->
-        {:error, Error.from_native(reason)}
+        ended(s, {:error, Error.from_native(reason)})
     after
-      wait(s) -> timed_out(s)
+      wait(s) -> ended(s, timed_out(s))
     end
   end
 
@@ -131,7 +227,13 @@ defmodule Snakepit.Stream do
   on a stream that has not ended.
   """
   @spec cancel(t()) :: :ok
-  def cancel(%__MODULE__{tag: tag} = s) do
+  def cancel(%__MODULE__{} = s) do
+    drop(s)
+    span_stop(s.telemetry, s.chunks, :halted)
+  end
+
+  # Gives the call up and empties the mailbox of its messages.
+  defp drop(%__MODULE__{tag: tag} = s) do
     case Native.cancel(s.handle, s.request_id) do
       :replied -> await_final(tag)
       _gave_up -> :ok
@@ -153,13 +255,10 @@ defmodule Snakepit.Stream do
       {:chunk, value, s} ->
         try do
           callback.(value)
-        rescue
-          e ->
-            cancel(s)
-            reraise e, __STACKTRACE__
         catch
           kind, reason ->
-            cancel(s)
+            drop(s)
+            span_exception(s.telemetry, s.chunks, kind, reason, __STACKTRACE__)
             :erlang.raise(kind, reason, __STACKTRACE__)
         end
 
@@ -206,10 +305,10 @@ defmodule Snakepit.Stream do
 
   defp taken(%__MODULE__{taken: taken, ack_every: every} = s) when taken + 1 >= every do
     :ok = Native.stream_ack(s.handle, s.request_id, taken + 1)
-    %{s | taken: 0}
+    %{s | taken: 0, chunks: s.chunks + 1}
   end
 
-  defp taken(s), do: %{s | taken: s.taken + 1}
+  defp taken(s), do: %{s | taken: s.taken + 1, chunks: s.chunks + 1}
 
   defp final(:done, _frame, _offset), do: :done
 
@@ -224,7 +323,7 @@ defmodule Snakepit.Stream do
     do: {:error, Error.transport("a stream ended with an unexpected #{inspect(status)} answer")}
 
   defp timed_out(s) do
-    cancel(s)
+    drop(s)
 
     if s.deadline != :infinity and now() >= s.deadline do
       {:error,
@@ -244,7 +343,7 @@ defmodule Snakepit.Stream do
   defp await_final(tag) do
     receive do
       {^tag, :chunk, _, _} -> await_final(tag)
-      {^tag, _, _, _} -> :ok
+      {^tag, _, _, _, _} -> :ok
       {^tag, :error, _} -> :ok
     after
       @reply_in_flight_wait -> :ok
@@ -253,6 +352,7 @@ defmodule Snakepit.Stream do
 
   defp flush(tag) do
     receive do
+      {^tag, _, _, _, _} -> flush(tag)
       {^tag, _, _, _} -> flush(tag)
       {^tag, _, _} -> flush(tag)
     after

@@ -117,7 +117,8 @@ defmodule Snakepit.TestPools do
 
   @doc """
   Fails if an answer of a call is in the test process's mailbox: the NIF
-  answers a caller with `{tag, status, frame, offset}` or
+  answers a caller with `{tag, status, frame, offset, meta}` (a stream's
+  chunks are `{tag, :chunk, frame, offset}`) or
   `{tag, :error, reason}`, `tag` a reference, and `Snakepit.execute/3`
   takes its own. One left there is a late answer that was delivered.
   """
@@ -126,6 +127,7 @@ defmodule Snakepit.TestPools do
 
     stray =
       Enum.filter(messages, fn
+        {tag, _, _, _, _} when is_reference(tag) -> true
         {tag, _, _, _} when is_reference(tag) -> true
         {tag, :error, _} when is_reference(tag) -> true
         _ -> false

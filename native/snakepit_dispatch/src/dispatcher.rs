@@ -154,6 +154,13 @@ pub enum Exit {
 /// Workers with frames enqueued, to flush once the lock is released.
 pub type Writes<W> = Vec<Arc<W>>;
 
+/// What [`Dispatcher::submit_call`] did with an accepted request.
+pub struct Submitted<W> {
+    pub writes: Writes<W>,
+    /// The request started a new session.
+    pub new_session: bool,
+}
+
 /// What [`Dispatcher::answer`] decided.
 pub struct Answered<C, W> {
     /// Whom to send the answer to; `None` if the caller gave up (drop it).
@@ -233,8 +240,8 @@ pub struct Ended<W> {
     /// Workers kept past `max_requests` for their sessions, now free to go:
     /// close their stdin.
     pub retire: Vec<(Arc<W>, Reason)>,
-    /// Sessions ended.
-    pub ended: usize,
+    /// Sessions ended (their ids).
+    pub ended: Vec<Key>,
 }
 
 /// Workers by state and requests by place, right now.
@@ -389,6 +396,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         caller: C,
     ) -> Result<Writes<W>, (Refused, C)> {
         self.submit_call(id, frame, caller, Call::default(), Instant::now())
+            .map(|s| s.writes)
     }
 
     /// Queues a request behind those already waiting and dispatches what can
@@ -400,7 +408,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         caller: C,
         call: Call,
         now: Instant,
-    ) -> Result<Writes<W>, (Refused, C)> {
+    ) -> Result<Submitted<W>, (Refused, C)> {
         self.stats.requests += 1;
         if self.closed {
             self.stats.record(Outcome::Stopped);
@@ -411,6 +419,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             self.stats.record(Outcome::Rejected);
             return Err((Refused::Full(self.queue.len()), caller));
         }
+        let mut new_session = false;
         if let Some((key, affinity)) = &session {
             let slots = &self.slots;
             let busy = |w: u64| {
@@ -418,12 +427,15 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                     .get(&w)
                     .is_none_or(|s| !s.in_flight.is_empty() || !s.takes_requests())
             };
-            if let Err(why) = self.sessions.admit(key, *affinity, busy, now) {
-                self.stats.record(match why {
-                    Refusal::Lost => Outcome::WorkerError,
-                    Refusal::Busy | Refusal::TooMany(_) => Outcome::Rejected,
-                });
-                return Err((Refused::Session(why), caller));
+            match self.sessions.admit(key, *affinity, busy, now) {
+                Ok(created) => new_session = created,
+                Err(why) => {
+                    self.stats.record(match why {
+                        Refusal::Lost => Outcome::WorkerError,
+                        Refusal::Busy | Refusal::TooMany(_) => Outcome::Rejected,
+                    });
+                    return Err((Refused::Session(why), caller));
+                }
             }
         }
         if let Some(breaker) = self.breaker.as_mut() {
@@ -447,7 +459,10 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             submitted: now,
             started: None,
         });
-        Ok(self.fill())
+        Ok(Submitted {
+            writes: self.fill(),
+            new_session,
+        })
     }
 
     /// Counts lines of worker output dropped over the output budget.
@@ -1079,7 +1094,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let mut ended = Ended {
             writes: Vec::new(),
             retire: Vec::new(),
-            ended: 1,
+            ended: vec![key.into()],
         };
         for w in seen {
             if let Some(slot) = self.slots.get(&w) {
@@ -1106,7 +1121,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let mut all = Ended {
             writes: Vec::new(),
             retire: Vec::new(),
-            ended: 0,
+            ended: Vec::new(),
         };
         let Some(ttl) = self.config.session_ttl else {
             return all;
@@ -1115,7 +1130,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             let lost = self.sessions.get(&key).is_some_and(|s| s.lost);
             if let Some(ended) = self.end_session(&key, &frame(&key)) {
                 if !lost {
-                    all.ended += 1;
+                    all.ended.extend(ended.ended);
                 }
                 for w in ended.writes {
                     if !all.writes.iter().any(|x| Arc::ptr_eq(x, &w)) {
@@ -1125,7 +1140,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 all.retire.extend(ended.retire);
             }
         }
-        self.stats.sessions_expired += all.ended as u64;
+        self.stats.sessions_expired += all.ended.len() as u64;
         all
     }
 

@@ -154,15 +154,17 @@ impl Sessions {
     }
 
     /// A call of `key` is submitted with `affinity`; `busy` says whether a
-    /// worker cannot take it at once. Counts it as live, or says why not.
+    /// worker cannot take it at once. Counts it as live (returning whether
+    /// this made a new session), or says why not.
     pub fn admit(
         &mut self,
         key: &[u8],
         affinity: Affinity,
         busy: impl Fn(u64) -> bool,
         now: Instant,
-    ) -> Result<(), Refusal> {
-        if !self.map.contains_key(key) {
+    ) -> Result<bool, Refusal> {
+        let created = !self.map.contains_key(key);
+        if created {
             if self.max > 0 && self.map.len() >= self.max {
                 return Err(Refusal::TooMany(self.max));
             }
@@ -184,7 +186,7 @@ impl Sessions {
         session.live += 1;
         session.calls += 1;
         session.last_used = now;
-        Ok(())
+        Ok(created)
     }
 
     /// A request of `key` left the queue or its worker.

@@ -22,7 +22,15 @@ rustler::atoms! {
     hint,
     fail_fast,
     session_lost,
+    new_session,
     session_id,
+    retryable,
+    // circuit states
+    closed,
+    open,
+    half_open,
+    circuit,
+    snakepit_circuit,
     // submit/cancel/expire
     dirty,
     cancelled,

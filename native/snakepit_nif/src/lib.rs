@@ -35,6 +35,7 @@ mod writer;
 
 use pool::{PoolConfig, PoolCore, PoolHandle, Reply};
 use rustler::{Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+use snakepit_dispatch::breaker;
 use snakepit_dispatch::dispatcher::{self, Call};
 use snakepit_dispatch::recycle::Policy;
 use snakepit_dispatch::sessions::Affinity;
@@ -44,7 +45,7 @@ use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 6;
+const ABI_VERSION: u32 = 7;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -68,6 +69,12 @@ struct PoolOptions {
     max_sessions: usize,
     /// Milliseconds; 0: sessions never expire.
     session_ttl: u64,
+    /// Failures in a row that open the circuit; 0: no circuit breaker.
+    circuit_threshold: u32,
+    /// Milliseconds.
+    circuit_window: u64,
+    /// Milliseconds.
+    circuit_cooldown: u64,
     shepherd: String,
 }
 
@@ -88,6 +95,11 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
             recycle: Policy::from_limits(opts.max_requests, opts.max_age, opts.max_memory_mb),
             max_sessions: opts.max_sessions,
             session_ttl: (opts.session_ttl > 0).then(|| Duration::from_millis(opts.session_ttl)),
+            breaker: (opts.circuit_threshold > 0).then(|| breaker::Settings {
+                threshold: opts.circuit_threshold,
+                window: Duration::from_millis(opts.circuit_window),
+                cooldown: Duration::from_millis(opts.circuit_cooldown),
+            }),
         },
     };
     let core = Arc::new(PoolCore::new(owner, config));
@@ -113,15 +125,22 @@ fn pool_start_worker<'a>(
     }
 }
 
-/// Retires the worker `:max_age` or `:max_memory_mb` says is due, if any:
-/// `{worker_id, reason}` or `nil`. On a dirty I/O scheduler: it reads each
-/// worker's `/proc/<pid>/status`.
+/// Ends the sessions idle for `:session_ttl` and retires the worker
+/// `:max_age` or `:max_memory_mb` says is due, if any: `{{worker_id,
+/// reason} | nil, [expired session id]}`. On a dirty I/O scheduler: it reads
+/// each worker's `/proc/<pid>/status`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn pool_maintain(env: Env, pool: ResourceArc<PoolHandle>) -> Term {
-    match pool.core.maintain() {
+    let (retired, expired) = pool.core.maintain();
+    let retired = match retired {
         Some((id, reason)) => (id, reason.as_str()).encode(env),
         None => atoms::nil().encode(env),
-    }
+    };
+    let expired: Vec<Term> = expired
+        .into_iter()
+        .map(|id| terms::Bytes(id).encode(env))
+        .collect();
+    (retired, expired).encode(env)
 }
 
 #[rustler::nif]
@@ -190,10 +209,12 @@ fn pool_workers(pool: ResourceArc<PoolHandle>) -> Vec<WorkerInfo> {
     pool.core.workers()
 }
 
-/// Queues a call. Returns `{:ok, request_id}`, `{:error, {category, message,
+/// Queues a call. Returns `{:ok, request_id}` (`{:ok, request_id,
+/// :new_session}` when it started a session), `{:error, {category, message,
 /// details}}`, or `:dirty` when the args are too large to encode here.
 /// `session` is `nil` or `{session_id, :strict | :hint | :fail_fast}`;
-/// `stream` is `nil` (a plain call) or a streaming call's credit window.
+/// `stream` is `nil` (a plain call) or a streaming call's credit window;
+/// `correlation_id` is `nil` or a string the worker tags the call's logs with.
 #[rustler::nif]
 fn submit<'a>(
     env: Env<'a>,
@@ -203,6 +224,7 @@ fn submit<'a>(
     call_args: Term<'a>,
     session: Option<(Binary<'a>, rustler::Atom)>,
     stream: Option<u32>,
+    correlation_id: Option<Binary<'a>>,
 ) -> NifResult<Term<'a>> {
     let call = call_spec(session, stream)?;
     Ok(submit_with_budget(
@@ -212,11 +234,12 @@ fn submit<'a>(
         tool,
         call_args,
         call,
+        correlation_id,
         SCHEDULER_ENCODE_BUDGET,
     ))
 }
 
-/// `submit/6` for arguments too large to encode on a normal scheduler.
+/// `submit/7` for arguments too large to encode on a normal scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn submit_dirty<'a>(
     env: Env<'a>,
@@ -226,6 +249,7 @@ fn submit_dirty<'a>(
     call_args: Term<'a>,
     session: Option<(Binary<'a>, rustler::Atom)>,
     stream: Option<u32>,
+    correlation_id: Option<Binary<'a>>,
 ) -> NifResult<Term<'a>> {
     let call = call_spec(session, stream)?;
     Ok(submit_with_budget(
@@ -235,6 +259,7 @@ fn submit_dirty<'a>(
         tool,
         call_args,
         call,
+        correlation_id,
         usize::MAX,
     ))
 }
@@ -268,6 +293,7 @@ fn submit_with_budget<'a>(
     tool: Binary<'a>,
     args: Term<'a>,
     call: Call,
+    correlation_id: Option<Binary<'a>>,
     budget: usize,
 ) -> Term<'a> {
     let core = &pool.core;
@@ -278,6 +304,7 @@ fn submit_with_budget<'a>(
         tool.as_slice(),
         call.session.as_ref().map(|(s, _)| s.as_slice()),
         call.stream,
+        correlation_id.as_ref().map(|c| c.as_slice()),
         64,
     );
     // Stop encoding a little past the frame limit: that is enough to refuse it.
@@ -317,7 +344,8 @@ fn submit_with_budget<'a>(
         Reply::new(env, tag, pool)
     };
     match core.submit(env, id, buf, reply, call) {
-        Ok(()) => (atoms::ok(), id).encode(env),
+        Ok(false) => (atoms::ok(), id).encode(env),
+        Ok(true) => (atoms::ok(), id, atoms::new_session()).encode(env),
         Err(failure) => (atoms::error(), failure).encode(env),
     }
 }

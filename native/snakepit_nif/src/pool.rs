@@ -14,14 +14,15 @@
 use crate::atoms;
 use crate::reply::{send_raw, ReplyTo};
 use crate::terms::{
-    state_atom, Bytes, Details, Failure, HandshakeDetails, PoolStats, SessionDetails, SessionInfo,
-    SessionLimitDetails, WorkerInfo,
+    state_atom, Bytes, CircuitDetails, Details, Failure, HandshakeDetails, PoolStats,
+    SessionDetails, SessionInfo, SessionLimitDetails, WorkerInfo,
 };
 use crate::worker::{self, Events, ExitInfo, Worker, WorkerSpec};
 use parking_lot::Mutex;
 use rustler::env::OwnedEnv;
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource};
+use snakepit_dispatch::breaker::{self, Transition};
 use snakepit_dispatch::dispatcher::{
     self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Writes,
 };
@@ -108,6 +109,41 @@ impl PoolCore {
         }
     }
 
+    /// Runs `f` on the dispatcher under the lock, then tells the owner of
+    /// any change of the circuit breaker's state that `f` caused.
+    fn with_dispatch<R>(&self, f: impl FnOnce(&mut Dispatcher<Reply, Worker>) -> R) -> R {
+        let (result, transitions) = {
+            let mut d = self.dispatch.lock();
+            let result = f(&mut d);
+            (result, d.circuit_transitions())
+        };
+        if !transitions.is_empty() {
+            self.circuit_changed(transitions);
+        }
+        result
+    }
+
+    /// Sends `{:snakepit_circuit, state, retry_after_ms | nil, failures | nil}`
+    /// to the owner for each change.
+    fn circuit_changed(&self, transitions: Vec<Transition>) {
+        let now = Instant::now();
+        for t in transitions {
+            let (state, after, failures) = match t {
+                Transition::Open { until, failures } => (
+                    atoms::open(),
+                    Some(until.saturating_duration_since(now).as_millis() as u64),
+                    Some(failures),
+                ),
+                Transition::HalfOpen => (atoms::half_open(), None, None),
+                Transition::Close => (atoms::closed(), None, None),
+            };
+            let mut env = OwnedEnv::new();
+            let _ = env.send_and_clear(&self.owner, |e| {
+                (atoms::snakepit_circuit(), state, after, failures).encode(e)
+            });
+        }
+    }
+
     pub fn next_request_id(&self) -> u64 {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
@@ -153,8 +189,9 @@ impl PoolCore {
         }
     }
 
-    /// Queues an encoded call (see `Dispatcher::submit_call`). On refusal
-    /// the caller gets the failure as the NIF's return value.
+    /// Queues an encoded call (see `Dispatcher::submit_call`); `Ok(true)`
+    /// if it started a new session. On refusal the caller gets the failure
+    /// as the NIF's return value.
     pub fn submit(
         &self,
         env: Env,
@@ -162,16 +199,14 @@ impl PoolCore {
         frame: Vec<u8>,
         reply: Reply,
         call: Call,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let session = call.session.clone();
-        let submitted = self
-            .dispatch
-            .lock()
-            .submit_call(id, frame, reply, call, Instant::now());
+        let submitted =
+            self.with_dispatch(|d| d.submit_call(id, frame, reply, call, Instant::now()));
         match submitted {
-            Ok(writes) => {
-                flush(writes);
-                Ok(())
+            Ok(submitted) => {
+                flush(submitted.writes);
+                Ok(submitted.new_session)
             }
             Err((why, reply)) => {
                 reply.release(Some(env));
@@ -179,8 +214,9 @@ impl PoolCore {
                     Refused::Closed => Failure::stopped(),
                     Refused::Session(refusal) => {
                         let (key, affinity) = session.expect("a session call");
-                        session_refused(refusal, key, affinity)
+                        session_refused(refusal, key, affinity).retryable()
                     }
+                    Refused::Circuit(refused) => circuit_refused(refused),
                     Refused::Full(queued) => {
                         let limit = self.dispatch.lock().config().max_queue;
                         Failure::new(
@@ -193,6 +229,7 @@ impl PoolCore {
                                 limit: limit as u64,
                             }),
                         )
+                        .retryable()
                     }
                 })
             }
@@ -259,7 +296,7 @@ impl PoolCore {
     /// caller's): `:cancelled` (it was queued), `:running` (its worker was
     /// told to cancel it) or `:replied` (its answer is sent or on its way).
     pub fn cancel(&self, env: Env, request_id: u64) -> Atom {
-        let found = self.dispatch.lock().cancel(request_id);
+        let found = self.with_dispatch(|d| d.cancel(request_id));
         match found {
             Cancel::Queued(reply) => {
                 reply.release(Some(env));
@@ -277,14 +314,14 @@ impl PoolCore {
     /// After a queue timeout: whether the request was still queued (it is
     /// removed, and no answer will come).
     pub fn dequeue(&self, env: Env, request_id: u64) -> bool {
-        let taken = self.dispatch.lock().dequeue(request_id);
+        let taken = self.with_dispatch(|d| d.dequeue(request_id));
         taken.map(|reply| reply.release(Some(env))).is_some()
     }
 
     /// The caller behind `monitor` died: its requests are given up. `env` is
     /// the monitor callback's; the monitor has fired, so nothing is released.
     pub fn caller_down(&self, env: Env, monitor: &Monitor) {
-        let given_up = self.dispatch.lock().caller_down(|r| r.watched_by(monitor));
+        let given_up = self.with_dispatch(|d| d.caller_down(|r| r.watched_by(monitor)));
         drop(given_up.queued);
         for (reply, worker, _, request_id) in given_up.running {
             drop(reply);
@@ -325,15 +362,23 @@ impl PoolCore {
             .collect()
     }
 
-    /// Ends the sessions idle for `session_ttl`, then retires the worker
-    /// that `max_age` or `max_memory_mb` says is due, if any. Reads `/proc`:
-    /// call it from a dirty scheduler.
-    pub fn maintain(&self) -> Option<(u64, Reason)> {
-        let ended = self
+    /// Ends the sessions idle for `session_ttl` (returned), then retires the
+    /// worker that `max_age` or `max_memory_mb` says is due, if any. Reads
+    /// `/proc`: call it from a dirty scheduler.
+    pub fn maintain(&self) -> (Option<(u64, Reason)>, Vec<Vec<u8>>) {
+        let mut ended = self
             .dispatch
             .lock()
             .expire_sessions(Instant::now(), protocol::session_end_frame);
+        let expired = std::mem::take(&mut ended.ended)
+            .into_iter()
+            .map(Vec::from)
+            .collect();
         apply(ended);
+        (self.retire_due(), expired)
+    }
+
+    fn retire_due(&self) -> Option<(u64, Reason)> {
         let (policy, rows) = {
             let d = self.dispatch.lock();
             (d.config().recycle, d.workers(Instant::now()))
@@ -351,7 +396,7 @@ impl PoolCore {
     /// Stops taking requests, answers the queued ones, and closes every
     /// worker's stdin so each exits after the calls it has.
     pub fn close(&self, from: Option<Env>) {
-        let (queued, workers) = self.dispatch.lock().close();
+        let (queued, workers) = self.with_dispatch(|d| d.close());
         for reply in queued {
             reply.fail(from, &Failure::stopped());
         }
@@ -382,8 +427,17 @@ impl PoolCore {
 
     pub fn stats(&self) -> PoolStats {
         let (mut stats, workers) = {
-            let d = self.dispatch.lock();
-            (PoolStats::new(d.gauges(), d.stats()), d.all_workers())
+            let mut d = self.dispatch.lock();
+            let circuit = d.circuit().map(|state| match state {
+                breaker::State::Closed => atoms::closed(),
+                breaker::State::Open(_) => atoms::open(),
+                breaker::State::HalfOpen(_) => atoms::half_open(),
+            });
+            let latency = d.latency(Instant::now());
+            (
+                PoolStats::new(d.gauges(), d.stats(), circuit, latency),
+                d.all_workers(),
+            )
         };
         // Drops are counted by the dispatcher as they are reported; add those
         // not reported yet.
@@ -494,15 +548,19 @@ impl PoolCore {
             },
         };
         let answered = self
-            .dispatch
-            .lock()
-            .finish(worker.id, envelope.id, outcome, terminal, Instant::now())
+            .with_dispatch(|d| d.finish(worker.id, envelope.id, outcome, terminal, Instant::now()))
             .map_err(|v| v.0)?;
         // Deliver first: writing the next request wakes the worker, and on a
         // busy machine the kernel then preempts this thread at once, which
         // would hold the reply back for a whole slice.
         if let Some(reply) = answered.caller {
-            reply.answer(status, frame, envelope.body);
+            let timing = answered.timing;
+            let meta = (
+                worker.os_pid,
+                timing.queued.as_nanos() as u64,
+                timing.ran.as_nanos() as u64,
+            );
+            reply.answer(status, frame, envelope.body, meta);
         }
         flush(answered.writes);
         if let Some((worker, reason)) = answered.retire {
@@ -621,7 +679,7 @@ impl Events for PoolCore {
         if dropped > 0 {
             self.output_dropped(worker.id, dropped);
         }
-        let (gone, writes) = self.dispatch.lock().worker_down(worker.id, how);
+        let (gone, writes) = self.with_dispatch(|d| d.worker_down(worker.id, how));
         flush(writes);
         let details = exit.details(worker);
         if let Some(reply) = gone.running {
@@ -656,7 +714,8 @@ impl Events for PoolCore {
                     exit.describe(worker)
                 ),
                 Details::ExitLost(Box::new((details.clone(), Bytes(key.into())))),
-            );
+            )
+            .retryable();
             reply.fail(None, &failure);
         }
         for reply in gone.stopped {
@@ -737,4 +796,37 @@ fn session_info(row: SessionRow, os_pid: impl Fn(Option<u64>) -> Option<u32>) ->
         pending: row.pending as u64,
         lost: row.lost,
     }
+}
+
+/// The failure of a call refused by the open (or half-open) circuit.
+fn circuit_refused(refused: breaker::Refused) -> Failure {
+    let (message, state, after) = match refused.until {
+        Some(until) => {
+            let ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+            (
+                format!(
+                    "the pool's circuit breaker is open after repeated worker failures: \
+                     calls fail at once for another {ms} ms"
+                ),
+                atoms::open(),
+                Some(ms),
+            )
+        }
+        None => (
+            "the pool's circuit breaker is half-open: one probe call is running, \
+             others fail at once until it succeeds"
+                .to_string(),
+            atoms::half_open(),
+            None,
+        ),
+    };
+    Failure::new(
+        atoms::pool(),
+        message,
+        Details::Circuit(CircuitDetails {
+            circuit: state,
+            retry_after_ms: after,
+        }),
+    )
+    .retryable()
 }

@@ -146,12 +146,20 @@ impl<R: Resource> ReplyTo<R> {
         self.reply(from, |e| vec![atoms::error().encode(e), failure.encode(e)]);
     }
 
-    /// `{tag, :result | :done | :python_error, frame, body_offset}`: the worker's raw
+    /// `{tag, :result | :done | :python_error, frame, body_offset, meta}`: the worker's raw
     /// frame, which the caller decodes itself (see `codec.rs` for why).
-    pub fn answer(self, status: rustler::Atom, frame: OwnedBinary, body: usize) {
+    /// `meta` is `{os_pid, queue_ns, run_ns}`: which worker answered, and
+    /// how long the call waited and ran (for telemetry).
+    pub fn answer(
+        self,
+        status: rustler::Atom,
+        frame: OwnedBinary,
+        body: usize,
+        meta: (u32, u64, u64),
+    ) {
         self.reply(None, move |e| {
             let frame = frame.release(e).encode(e);
-            vec![status.encode(e), frame, body.encode(e)]
+            vec![status.encode(e), frame, body.encode(e), meta.encode(e)]
         });
     }
 }

@@ -4,6 +4,7 @@
 use crate::atoms;
 use rustler::{Atom, Encoder, Env, NifMap, Term};
 use snakepit_dispatch::dispatcher::{Gauges, State};
+use snakepit_dispatch::latency::{Percentiles, Summary};
 use snakepit_dispatch::stats::Stats;
 
 /// `Snakepit.Native.pool_stats/1`: gauges (now) and counters (since start).
@@ -35,10 +36,39 @@ pub struct PoolStats {
     pub sessions_expired: u64,
     pub sessions_lost: u64,
     pub chunks: u64,
+    /// The circuit breaker's state: `:closed`, `:open`, `:half_open`, or
+    /// `nil` without a breaker.
+    pub circuit: Option<Atom>,
+    pub latency: LatencyStats,
+}
+
+/// Percentiles of recent queue and run times, in microseconds.
+#[derive(NifMap)]
+pub struct LatencyStats {
+    pub queue: PercentileStats,
+    pub run: PercentileStats,
+    pub samples: u64,
+}
+
+#[derive(NifMap)]
+pub struct PercentileStats {
+    pub p50: Option<u64>,
+    pub p95: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+impl From<Percentiles> for PercentileStats {
+    fn from(p: Percentiles) -> Self {
+        PercentileStats {
+            p50: p.p50,
+            p95: p.p95,
+            p99: p.p99,
+        }
+    }
 }
 
 impl PoolStats {
-    pub fn new(g: Gauges, s: &Stats) -> PoolStats {
+    pub fn new(g: Gauges, s: &Stats, circuit: Option<Atom>, latency: Summary) -> PoolStats {
         PoolStats {
             workers: g.workers,
             idle: g.idle,
@@ -66,6 +96,12 @@ impl PoolStats {
             sessions_expired: s.sessions_expired,
             sessions_lost: s.sessions_lost,
             chunks: s.chunks,
+            circuit,
+            latency: LatencyStats {
+                queue: latency.queue.into(),
+                run: latency.run.into(),
+                samples: latency.samples,
+            },
         }
     }
 }
@@ -129,6 +165,14 @@ pub struct SessionDetails {
 #[derive(NifMap)]
 pub struct SessionLimitDetails {
     pub max_sessions: u64,
+}
+
+/// Details of a call refused by the open circuit breaker.
+#[derive(NifMap)]
+pub struct CircuitDetails {
+    pub circuit: Atom,
+    /// Until the circuit half-opens; `nil` while a probe runs.
+    pub retry_after_ms: Option<u64>,
 }
 
 pub fn state_atom(state: State) -> Atom {
@@ -196,6 +240,7 @@ pub enum Details {
     Handshake(HandshakeDetails),
     Session(SessionDetails),
     SessionLimit(SessionLimitDetails),
+    Circuit(CircuitDetails),
 }
 
 /// A failure found on the native side: `{category, message, details}`,
@@ -204,6 +249,9 @@ pub struct Failure {
     pub category: Atom,
     pub message: String,
     pub details: Details,
+    /// The call never started: retrying it cannot repeat a side effect
+    /// (`details.retryable: true`, read by `Snakepit.Error.retryable?/1`).
+    pub retryable: bool,
 }
 
 impl Failure {
@@ -212,12 +260,19 @@ impl Failure {
             category,
             message: message.into(),
             details,
+            retryable: false,
         }
+    }
+
+    /// Marks a failure of a call that never started.
+    pub fn retryable(mut self) -> Failure {
+        self.retryable = true;
+        self
     }
 
     /// The pool was stopped before the call could run.
     pub fn stopped() -> Failure {
-        Failure::new(atoms::pool(), "the pool was stopped", Details::None)
+        Failure::new(atoms::pool(), "the pool was stopped", Details::None).retryable()
     }
 }
 
@@ -239,6 +294,12 @@ impl Encoder for Failure {
             Details::Handshake(d) => d.encode(env),
             Details::Session(d) => d.encode(env),
             Details::SessionLimit(d) => d.encode(env),
+            Details::Circuit(d) => d.encode(env),
+        };
+        let details = if self.retryable {
+            details.map_put(atoms::retryable(), true).unwrap_or(details)
+        } else {
+            details
         };
         (self.category, self.message.as_str(), details).encode(env)
     }

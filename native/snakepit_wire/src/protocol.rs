@@ -156,17 +156,18 @@ pub fn begin_frame(kind: Kind, id: u64, capacity: usize) -> Vec<u8> {
 
 /// Starts a `call` frame up to its `args` value: the body is the map
 /// `{"tool": tool, "session_id": session_id | nil, "stream": window | nil,
-/// "args": ...}` and the caller writes the args, then [`frame::finish`]es.
+/// "correlation_id": id | nil, "args": ...}` and the caller writes the args, then [`frame::finish`]es.
 pub fn begin_call(
     id: u64,
     tool: &[u8],
     session_id: Option<&[u8]>,
     stream: Option<u32>,
+    correlation_id: Option<&[u8]>,
     capacity: usize,
 ) -> Vec<u8> {
-    let session_len = session_id.map_or(0, <[u8]>::len);
-    let mut buf = begin_frame(Kind::Call, id, capacity + tool.len() + session_len + 48);
-    rmp::encode::write_map_len(&mut buf, 4).expect("Vec write");
+    let extra = session_id.map_or(0, <[u8]>::len) + correlation_id.map_or(0, <[u8]>::len);
+    let mut buf = begin_frame(Kind::Call, id, capacity + tool.len() + extra + 64);
+    rmp::encode::write_map_len(&mut buf, 5).expect("Vec write");
     write_str(&mut buf, b"tool");
     write_str(&mut buf, tool);
     write_str(&mut buf, b"session_id");
@@ -179,6 +180,11 @@ pub fn begin_call(
         Some(window) => {
             rmp::encode::write_uint(&mut buf, window.into()).expect("Vec write");
         }
+        None => rmp::encode::write_nil(&mut buf).expect("Vec write"),
+    }
+    write_str(&mut buf, b"correlation_id");
+    match correlation_id {
+        Some(c) => write_str(&mut buf, c),
         None => rmp::encode::write_nil(&mut buf).expect("Vec write"),
     }
     write_str(&mut buf, b"args");
@@ -336,16 +342,23 @@ mod tests {
 
     #[test]
     fn call_frames_carry_tool_session_and_args() {
-        let mut f = begin_call(u64::MAX, b"predict", Some(b"s-1"), Some(32), 8);
+        let mut f = begin_call(
+            u64::MAX,
+            b"predict",
+            Some(b"s-1"),
+            Some(32),
+            Some(b"c-9"),
+            8,
+        );
         rmp::encode::write_sint(&mut f, -5).unwrap();
         frame::finish(&mut f, 1024).unwrap();
         let body = &f[HEADER_LEN..];
         let env = parse_envelope(body).unwrap();
         assert_eq!((env.kind, env.id), (Kind::Call, u64::MAX));
         let mut r = Reader::at(body, env.body);
-        assert_eq!(r.next_token().unwrap(), Token::Map(4));
+        assert_eq!(r.next_token().unwrap(), Token::Map(5));
         let mut fields = vec![];
-        for _ in 0..4 {
+        for _ in 0..5 {
             let Token::Str(k) = r.next_token().unwrap() else {
                 panic!()
             };
@@ -362,6 +375,7 @@ mod tests {
                 ("tool".into(), "predict".into()),
                 ("session_id".into(), "s-1".into()),
                 ("stream".into(), "Int(32)".into()),
+                ("correlation_id".into(), "c-9".into()),
                 ("args".into(), "Int(-5)".into())
             ]
         );
