@@ -25,7 +25,8 @@ defmodule Snakepit.Redact do
       #{inspect(@default_keys)}
 
   Names are substrings, so short ones catch more than their word: `auth`
-  also masks `author`, and `token` masks `max_tokens`: configure a list
+  also masks `author` and `authority`, and `token` masks `max_tokens`:
+  configure a list
   without them if that hides something you need. The list is read each time an
   error is built or printed, so a change takes effect at once.
   """
