@@ -26,9 +26,9 @@ defmodule Snakepit.Redact do
 
   Names are substrings, so short ones catch more than their word: `auth`
   also masks `author` and `authority`, and `token` masks `max_tokens`:
-  configure a list
-  without them if that hides something you need. The list is read each time an
-  error is built or printed, so a change takes effect at once.
+  configure a list without them if that hides something you need. The list
+  is read each time an error is built or printed, so a change takes effect
+  at once.
   """
 
   @mask "**redacted**"
