@@ -284,3 +284,14 @@ class TestAdapter(BaseAdapter):
     def stream_pid(self, n: int) -> Iterator[int]:
         for _ in range(n):
             yield os.getpid()
+
+    @tool
+    def raise_tool_error(
+        self,
+        code: Any,
+        retryable: bool = False,
+        details: Optional[Dict[str, Any]] = None,
+        message: str = "the tool failed on purpose",
+    ) -> None:
+        """Raises a ToolError, for the tests of structured errors."""
+        raise snakepit_bridge.ToolError(message, code=code, details=details, retryable=retryable)
