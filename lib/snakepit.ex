@@ -258,7 +258,12 @@ defmodule Snakepit do
         attempt: n
       }
 
-      Snakepit.Telemetry.emit([:snakepit, :call, :start], Snakepit.Telemetry.start_measurements(), metadata)
+      Snakepit.Telemetry.emit(
+        [:snakepit, :call, :start],
+        Snakepit.Telemetry.start_measurements(),
+        metadata
+      )
+
       started = System.monotonic_time()
       {result, meta} = call(c, timeout)
       emit_call_end(result, meta, started, metadata, raising?)
@@ -413,7 +418,8 @@ defmodule Snakepit do
         details = %{tool: tool, timeout: timeout, queue: queued}
         details = if queued, do: Map.put(details, :retryable, true), else: details
 
-        {{:error, Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", details)},
+        {{:error,
+          Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", details)},
          nil}
     end
   end

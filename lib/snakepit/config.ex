@@ -573,7 +573,7 @@ defmodule Snakepit.Config do
       iex> Snakepit.Config.native_options(config)
       %{max_frame_bytes: 67108864, pipeline_depth: 1, max_queue: 10000,
         max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
-        session_ttl: 1800000}
+        session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """
   @spec native_options(t()) :: native_options()
   def native_options(%__MODULE__{} = config) do
@@ -996,7 +996,7 @@ defmodule Snakepit.Config do
   defp accept(:circuit, v) when is_list(v) do
     with true <- Keyword.keyword?(v),
          [] <- Keyword.keys(v) -- [:threshold, :window, :cooldown],
-         settings = Keyword.merge(@circuit_defaults, v),
+         settings = for({k, d} <- @circuit_defaults, do: {k, Keyword.get(v, k, d)}),
          true <- Enum.all?(Keyword.values(settings), &(is_integer(&1) and &1 > 0 and &1 <= @max_ms)) do
       {:ok, settings}
     else
@@ -1009,6 +1009,7 @@ defmodule Snakepit.Config do
   defp accept(:retry, v) when is_list(v) do
     if Keyword.keyword?(v) and not Keyword.has_key?(v, :timeout), do: {:ok, v}, else: :error
   end
+
   defp accept(:window, v) when is_integer(v) and v in 1..65_536, do: {:ok, v}
   defp accept(_shape, _value), do: :error
 

@@ -83,11 +83,13 @@ defmodule Snakepit.Native do
   def pool_expire(_pool, _worker_id, _request_id), do: :erlang.nif_error(why())
   def pool_stats(_pool), do: :erlang.nif_error(why())
   def pool_workers(_pool), do: :erlang.nif_error(why())
+
   def submit(_pool, _tag, _tool, _args, _session, _stream, _correlation_id),
     do: :erlang.nif_error(why())
 
   def submit_dirty(_pool, _tag, _tool, _args, _session, _stream, _correlation_id),
     do: :erlang.nif_error(why())
+
   def stream_ack(_pool, _request_id, _n), do: :erlang.nif_error(why())
   def end_session(_pool, _session_id), do: :erlang.nif_error(why())
   def pool_sessions(_pool), do: :erlang.nif_error(why())

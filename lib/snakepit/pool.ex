@@ -310,7 +310,9 @@ defmodule Snakepit.Pool do
           snakepit_pool: name
         )
 
-        measurements = Map.merge(measurements, %{failures: failures, retry_after_ms: retry_after_ms})
+        measurements =
+          Map.merge(measurements, %{failures: failures, retry_after_ms: retry_after_ms})
+
         Telemetry.emit([:snakepit, :circuit, :open], measurements, %{pool: name})
 
       :half_open ->
@@ -613,7 +615,11 @@ defmodule Snakepit.Pool do
           Telemetry.emit([:snakepit, :worker, :exit], measurements, stopped)
 
         reason ->
-          Telemetry.emit([:snakepit, :worker, :recycle], measurements, Map.put(base, :reason, reason))
+          Telemetry.emit(
+            [:snakepit, :worker, :recycle],
+            measurements,
+            Map.put(base, :reason, reason)
+          )
       end
 
       Telemetry.emit([:snakepit, :pool, :worker_stopped], measurements, stopped)

@@ -75,7 +75,7 @@ defmodule Snakepit.Adversarial.LimitsTest do
                  Snakepit.execute("echo", %{value: 1}, [pool: pool] ++ opts)
 
         [{key, _}] = opts
-        assert e.details == %{option: key}
+        assert %{option: ^key} = e.details
         assert e.message =~ "must be :infinity or an integer from 0 to 4294967295 (ms)"
       end
 

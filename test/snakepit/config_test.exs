@@ -36,6 +36,13 @@ defmodule Snakepit.ConfigTest do
     {:session_ttl, 1_800_000, [1, :infinity, @max_ms], [0, -1, @max_ms + 1]},
     {:max_sessions, 10_000, [1, :infinity], [0, -1, 1.5]},
     {:stream_window, 32, [1, 65_536], [0, 65_537, :infinity]},
+    {:circuit_breaker, false,
+     [
+       false,
+       [threshold: 3, window: 10_000, cooldown: 5_000],
+       [threshold: 1, window: 5, cooldown: 9]
+     ], [true, [threshold: 0], [cooldown: -1], [foo: 1], [threshold: :x]]},
+    {:retry, false, [false, [], [max_attempts: 2]], [true, [timeout: 5], "x", [1]]},
     {:startup_batch_size, 8, [1, 100], [0, :infinity]},
     {:max_start_failures, 5, [1, 100], [0, 1.5]},
     {:shutdown_timeout, 5_000, [0, 100, @max_ms], [-1, :infinity, @max_ms + 1]}
@@ -51,6 +58,8 @@ defmodule Snakepit.ConfigTest do
     :max_sessions,
     :session_ttl
   ]
+
+  @circuit_keys [:circuit_threshold, :circuit_window, :circuit_cooldown]
 
   defp moduledoc do
     {:docs_v1, _, _, _, %{"en" => doc}, _, _} = Code.fetch_docs(Config)
@@ -324,7 +333,10 @@ defmodule Snakepit.ConfigTest do
                max_age: 0,
                max_memory_mb: 0,
                max_sessions: 10_000,
-               session_ttl: 1_800_000
+               session_ttl: 1_800_000,
+               circuit_threshold: 0,
+               circuit_window: 0,
+               circuit_cooldown: 0
              }
 
       {:ok, config} =
@@ -338,6 +350,7 @@ defmodule Snakepit.ConfigTest do
           max_memory_mb: 512,
           max_sessions: :infinity,
           session_ttl: :infinity,
+          circuit_breaker: [threshold: 3],
           queue_timeout: 5
         )
 
@@ -349,7 +362,10 @@ defmodule Snakepit.ConfigTest do
                max_age: 60_000,
                max_memory_mb: 512,
                max_sessions: 0,
-               session_ttl: 0
+               session_ttl: 0,
+               circuit_threshold: 3,
+               circuit_window: 10_000,
+               circuit_cooldown: 5_000
              }
     end
 
@@ -357,7 +373,7 @@ defmodule Snakepit.ConfigTest do
       for {option, _default, good, _bad} <- @options, option in @native_keys, value <- good do
         {:ok, config} = Config.validate([{option, value} | base_opts(option)])
         native = Config.native_options(config)
-        assert Map.keys(native) |> Enum.sort() == Enum.sort(@native_keys)
+        assert Map.keys(native) |> Enum.sort() == Enum.sort(@native_keys ++ @circuit_keys)
         assert Enum.all?(Map.values(native), &(is_integer(&1) and &1 >= 0))
         assert native[option] == if(value == :infinity, do: 0, else: value)
       end
@@ -497,7 +513,14 @@ defmodule Snakepit.ConfigTest do
       assert e.details.unknown_keys == [:colour, :pool_sise]
 
       assert Enum.sort(e.details.known_keys) ==
-               Enum.sort([:pools, :adapter_module, :pool_size, :worker_timeout, :pooling_enabled])
+               Enum.sort([
+                 :pools,
+                 :adapter_module,
+                 :pool_size,
+                 :worker_timeout,
+                 :pooling_enabled,
+                 :redact_keys
+               ])
 
       assert e.message =~ "unknown keys in config :snakepit: :colour, :pool_sise"
       assert e.message =~ ":pool_sise: did you mean :pool_size?"

@@ -152,7 +152,7 @@ defmodule Snakepit.ExecuteTest do
     test "execute!/3 returns the result or raises the error", ctx do
       assert Snakepit.execute!("add", %{a: 2, b: 2}, pool: ctx.pool) == 4
 
-      assert_raise Error, "ValueError: boom", fn ->
+      assert_raise Error, ~r/^\[python_error\] ValueError: boom/, fn ->
         Snakepit.execute!("boom", %{}, pool: ctx.pool)
       end
     end
@@ -239,8 +239,32 @@ defmodule Snakepit.ExecuteTest do
             do: id
 
       prefix = "[snakepit #{ctx.pool}/#{id}] "
-      assert_log(:info, &(String.starts_with?(&1, prefix) and &1 =~ "printed: hello from python"))
-      assert_log(:info, &(String.starts_with?(&1, prefix) and &1 =~ "raw fd 1 write"))
+      # Two routes, so in either order: print() becomes a log frame, a raw
+      # write to fd 1 goes to stderr.
+      for expected <- ["printed: hello from python", "raw fd 1 write"] do
+        assert_receive {:log, :info, line}
+                       when binary_part(line, 0, byte_size(prefix)) == prefix and
+                              binary_part(line, byte_size(line), -byte_size(expected)) == expected,
+                       5_000
+      end
+    end
+
+    test "a correlation id reaches Logger metadata from print() and Python logging", ctx do
+      opts = [pool: ctx.pool, correlation_id: "req-7"]
+      assert {:ok, "hi"} = Snakepit.execute("noisy", %{text: "hi"}, opts)
+      assert_receive {:log_meta, :info, line, %{correlation_id: "req-7"}}, 5_000
+      assert line =~ "stdout: printed: hi"
+      assert {:ok, true} = Snakepit.execute("log", %{level: "warning", message: "careful"}, opts)
+      assert_receive {:log_meta, :warning, line, %{correlation_id: "req-7"}}, 5_000
+      assert line =~ "snakepit_test: careful"
+
+      assert {:ok, %{"ctx" => "req-7", "record" => "req-7"}} =
+               Snakepit.execute("correlation", %{}, opts)
+
+      assert {:error, e} = Snakepit.execute("boom", %{message: "x"}, opts)
+      assert e.details.correlation_id == "req-7"
+      assert {:error, e} = Snakepit.execute("nope", %{}, pool: ctx.pool)
+      assert is_binary(e.details.correlation_id), "one is made when none is given"
     end
 
     test "Python logging reaches Logger at its level", ctx do

@@ -52,11 +52,13 @@ class Context:
     - ``session``: the call's :class:`Session`, or None outside a session;
     - ``request_id``: the call's id on the wire (unique per pool);
     - ``streaming``: True if the caller streams the tool's items;
+    - ``correlation_id``: the call's correlation id (see
+      :mod:`snakepit_bridge.correlation`), or None;
     - ``cancelled()``: True once the host has cancelled the call, as
       :func:`snakepit_bridge.cancelled`.
     """
 
-    __slots__ = ("session", "request_id", "streaming", "_cancellation")
+    __slots__ = ("session", "request_id", "streaming", "correlation_id", "_cancellation")
 
     def __init__(
         self,
@@ -64,10 +66,12 @@ class Context:
         request_id: int,
         streaming: bool,
         cancellation: Cancellation = _state,
+        correlation_id: Optional[str] = None,
     ) -> None:
         self.session = session
         self.request_id = request_id
         self.streaming = streaming
+        self.correlation_id = correlation_id
         self._cancellation = cancellation
 
     def cancelled(self) -> bool:

@@ -34,6 +34,7 @@ from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
 from .context import Context, Session, Sessions
 from .control import Cancellation, ControlThread, Credits, _state
+from .correlation import capture_output, install_record_factory
 from .errors import error_body
 from .streaming import TOOL_ERRORS, collect, items_of, one_item, stream
 
@@ -57,6 +58,7 @@ class LogForwarder(logging.Handler):
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "message": self.format(record),
+                "correlation_id": getattr(record, "correlation_id", None),
             }
             self.channel.write("log", 0, body)
         except Exception:  # logging must never break the worker
@@ -73,6 +75,7 @@ class _Call:
     session_id: Optional[str]
     window: Optional[int]  # None: a plain call
     wants_ctx: bool
+    correlation_id: Optional[str]
 
 
 class Worker:
@@ -154,7 +157,8 @@ class Worker:
             return
         session = self.sessions.enter(parsed.session_id) if parsed.session_id is not None else None
         try:
-            self._run(request_id, parsed, session)
+            with capture_output(self.channel, parsed.correlation_id):
+                self._run(request_id, parsed, session)
         finally:
             if session is not None:
                 self.sessions.leave(session)
@@ -186,6 +190,10 @@ class Worker:
         session_id = body.get("session_id")
         if session_id is not None and not isinstance(session_id, str):
             return error_body("bad_request", message=f"session_id must be a string or nil, got {_quote(session_id)}")
+        correlation_id = body.get("correlation_id")
+        if correlation_id is not None and not isinstance(correlation_id, str):
+            msg = f"correlation_id must be a string or nil, got {_quote(correlation_id)}"
+            return error_body("bad_request", message=msg)
         name = body.get("tool")
         args = body.get("args")
         fn = self.tools.get(name) if isinstance(name, str) else None
@@ -203,7 +211,7 @@ class Worker:
         if wants_ctx and "ctx" in args:
             msg = f"tool {name!r} receives the call's context as its ctx parameter: the args cannot have a 'ctx' key"
             return error_body("bad_arguments", message=msg, tool=name)
-        return _Call(name, fn, args, session_id, window, wants_ctx)
+        return _Call(name, fn, args, session_id, window, wants_ctx, correlation_id)
 
     def _wants_ctx(self, name: str, fn: Callable[..., Any]) -> bool:
         wants = self._takes_ctx.get(name)
@@ -214,7 +222,7 @@ class Worker:
     def _run(self, request_id: int, call: _Call, session: Optional[Session]) -> None:
         args = call.args
         if call.wants_ctx:
-            ctx = Context(session, request_id, call.window is not None, self.cancellation)
+            ctx = Context(session, request_id, call.window is not None, self.cancellation, call.correlation_id)
             args = {**args, "ctx": ctx}
         try:
             result = call.fn(**args)
@@ -356,6 +364,7 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
         channel.write("error", 0, error_body("adapter_load", exc))
         return 3
     root = logging.getLogger()
+    install_record_factory()
     root.addHandler(LogForwarder(channel))
     if root.level == logging.WARNING:  # untouched default
         root.setLevel(logging.INFO)

@@ -94,12 +94,33 @@ def test_unencodable_result_is_an_error_not_a_crash(worker):
     assert worker.call(2, "ping") == ("result", 2, "pong")
 
 
-def test_print_goes_to_stderr_not_the_protocol(worker):
-    assert worker.call(1, "noisy", {"text": "hi"}) == ("result", 1, "hi")
+def test_print_in_a_call_is_a_log_frame_with_the_correlation_id(worker):
+    worker.send("call", 1, {"tool": "noisy", "args": {"text": "hi"}, "correlation_id": "c-1"})
+    kind, _, body = worker.recv()
+    assert kind == "log"
+    assert body == {"level": "info", "logger": "stdout", "message": "printed: hi", "correlation_id": "c-1"}
+    assert worker.recv() == ("result", 1, "hi")
     assert worker.call(2, "ping") == ("result", 2, "pong")
     code, stderr = worker.close()
     assert code == 0
-    assert b"printed: hi" in stderr and b"raw fd 1 write" in stderr
+    # Writes to fd 1 that bypass sys.stdout still go to stderr, never the protocol.
+    assert b"raw fd 1 write" in stderr and b"printed: hi" not in stderr
+
+
+def test_log_records_carry_the_calls_correlation_id(worker):
+    args = {"level": "warning", "message": "careful"}
+    worker.send("call", 1, {"tool": "log", "args": args, "correlation_id": "req-42"})
+    kind, _, body = worker.recv()
+    assert kind == "log" and body["correlation_id"] == "req-42"
+    assert worker.recv() == ("result", 1, True)
+    worker.send("call", 2, {"tool": "log", "args": args})
+    kind, _, body = worker.recv()
+    assert kind == "log" and body["correlation_id"] is None
+
+
+def test_ctx_has_the_correlation_id(worker):
+    worker.send("call", 1, {"tool": "correlation", "args": {}, "correlation_id": "abc"})
+    assert worker.recv_skipping_logs() == ("result", 1, {"ctx": "abc", "record": "abc"})
 
 
 def test_python_logging_becomes_log_frames(worker):

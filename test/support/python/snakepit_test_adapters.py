@@ -295,3 +295,9 @@ class TestAdapter(BaseAdapter):
     ) -> None:
         """Raises a ToolError, for the tests of structured errors."""
         raise snakepit_bridge.ToolError(message, code=code, details=details, retryable=retryable)
+
+    @tool
+    def correlation(self, ctx: Context) -> Dict[str, Any]:
+        """The call's correlation id, as ctx and as a log record see it."""
+        record = logging.getLogger("snakepit_test").makeRecord("t", logging.INFO, "f", 1, "m", None, None)
+        return {"ctx": ctx.correlation_id, "record": getattr(record, "correlation_id", None)}

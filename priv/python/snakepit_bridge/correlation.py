@@ -1,0 +1,122 @@
+"""The running call's correlation id, on log records and on what it prints.
+
+The host sends each call's correlation id in its ``call`` frame. While the
+call runs:
+
+- every :class:`logging.LogRecord` made in this process has it as
+  ``record.correlation_id`` (``None`` outside calls), so a Python logging
+  formatter can show it (``%(correlation_id)s``), and the ``log`` frames
+  the bridge forwards carry it to Elixir's ``Logger`` metadata;
+- ``print()`` and other writes to ``sys.stdout``/``sys.stderr`` are sent
+  as ``log`` frames too (logger ``"stdout"``/``"stderr"``, level info), one
+  per line, carrying it. Outside calls, and for writes that bypass the
+  Python objects (C code, child processes), output goes to stderr as raw
+  text, which the host logs without a correlation id.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, TextIO
+
+if TYPE_CHECKING:
+    from .channel import Channel
+
+__all__ = ["current", "install_record_factory", "capture_output"]
+
+_current: Optional[str] = None
+
+
+def current() -> Optional[str]:
+    """The correlation id of the call that runs now, or None."""
+    return _current
+
+
+def install_record_factory() -> None:
+    """Makes every log record carry ``correlation_id`` (idempotent)."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_snakepit", False):
+        return
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.correlation_id = _current
+        return record
+
+    make._snakepit = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make)
+
+
+class _CallOutput(io.TextIOBase):
+    """A text stream that sends each complete line as a ``log`` frame."""
+
+    def __init__(self, send: Callable[[str], None], real: TextIO) -> None:
+        super().__init__()
+        self._send = send
+        self._real = real
+        self._partial: List[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            lines = "".join(self._partial + [text]).split("\n")
+            last = lines.pop()
+            self._partial = [last] if last else []
+        for line in lines:
+            self._send(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest = "".join(self._partial)
+            self._partial = []
+        if rest:
+            self._send(rest)
+
+
+@contextmanager
+def capture_output(channel: "Channel", correlation_id: Optional[str]) -> Iterator[None]:
+    """Runs a call: its correlation id is current, and its Python-level
+    output becomes ``log`` frames that carry it."""
+    global _current
+    previous = (_current, sys.stdout, sys.stderr)
+    _current = correlation_id
+
+    def sender(logger: str) -> Callable[[str], None]:
+        def send(line: str) -> None:
+            body = {"level": "info", "logger": logger, "message": line, "correlation_id": correlation_id}
+            try:
+                channel.write("log", 0, body)
+            except Exception:  # output must never break the call
+                pass
+
+        return send
+
+    out = _CallOutput(sender("stdout"), sys.stdout)
+    err = _CallOutput(sender("stderr"), sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        out.flush()
+        err.flush()
+        _current, sys.stdout, sys.stderr = previous
