@@ -111,21 +111,26 @@ impl PoolCore {
 
     /// Runs `f` on the dispatcher under the lock, then tells the owner of
     /// any change of the circuit breaker's state that `f` caused.
-    fn with_dispatch<R>(&self, f: impl FnOnce(&mut Dispatcher<Reply, Worker>) -> R) -> R {
+    /// `from` is the calling process's env inside a NIF, `None` on our threads.
+    fn with_dispatch<R>(
+        &self,
+        from: Option<Env>,
+        f: impl FnOnce(&mut Dispatcher<Reply, Worker>) -> R,
+    ) -> R {
         let (result, transitions) = {
             let mut d = self.dispatch.lock();
             let result = f(&mut d);
             (result, d.circuit_transitions())
         };
         if !transitions.is_empty() {
-            self.circuit_changed(transitions);
+            self.circuit_changed(from, transitions);
         }
         result
     }
 
     /// Sends `{:snakepit_circuit, state, retry_after_ms | nil, failures | nil}`
     /// to the owner for each change.
-    fn circuit_changed(&self, transitions: Vec<Transition>) {
+    fn circuit_changed(&self, from: Option<Env>, transitions: Vec<Transition>) {
         let now = Instant::now();
         for t in transitions {
             let (state, after, failures) = match t {
@@ -137,9 +142,10 @@ impl PoolCore {
                 Transition::HalfOpen => (atoms::half_open(), None, None),
                 Transition::Close => (atoms::closed(), None, None),
             };
-            let mut env = OwnedEnv::new();
-            let _ = env.send_and_clear(&self.owner, |e| {
-                (atoms::snakepit_circuit(), state, after, failures).encode(e)
+            let env = OwnedEnv::new();
+            env.run(|e| {
+                let msg = (atoms::snakepit_circuit(), state, after, failures).encode(e);
+                send_raw(from, &self.owner, e, msg);
             });
         }
     }
@@ -201,8 +207,9 @@ impl PoolCore {
         call: Call,
     ) -> Result<bool, Failure> {
         let session = call.session.clone();
-        let submitted =
-            self.with_dispatch(|d| d.submit_call(id, frame, reply, call, Instant::now()));
+        let submitted = self.with_dispatch(Some(env), |d| {
+            d.submit_call(id, frame, reply, call, Instant::now())
+        });
         match submitted {
             Ok(submitted) => {
                 flush(submitted.writes);
@@ -296,7 +303,7 @@ impl PoolCore {
     /// caller's): `:cancelled` (it was queued), `:running` (its worker was
     /// told to cancel it) or `:replied` (its answer is sent or on its way).
     pub fn cancel(&self, env: Env, request_id: u64) -> Atom {
-        let found = self.with_dispatch(|d| d.cancel(request_id));
+        let found = self.with_dispatch(Some(env), |d| d.cancel(request_id));
         match found {
             Cancel::Queued(reply) => {
                 reply.release(Some(env));
@@ -314,14 +321,14 @@ impl PoolCore {
     /// After a queue timeout: whether the request was still queued (it is
     /// removed, and no answer will come).
     pub fn dequeue(&self, env: Env, request_id: u64) -> bool {
-        let taken = self.with_dispatch(|d| d.dequeue(request_id));
+        let taken = self.with_dispatch(Some(env), |d| d.dequeue(request_id));
         taken.map(|reply| reply.release(Some(env))).is_some()
     }
 
     /// The caller behind `monitor` died: its requests are given up. `env` is
     /// the monitor callback's; the monitor has fired, so nothing is released.
     pub fn caller_down(&self, env: Env, monitor: &Monitor) {
-        let given_up = self.with_dispatch(|d| d.caller_down(|r| r.watched_by(monitor)));
+        let given_up = self.with_dispatch(Some(env), |d| d.caller_down(|r| r.watched_by(monitor)));
         drop(given_up.queued);
         for (reply, worker, _, request_id) in given_up.running {
             drop(reply);
@@ -396,7 +403,7 @@ impl PoolCore {
     /// Stops taking requests, answers the queued ones, and closes every
     /// worker's stdin so each exits after the calls it has.
     pub fn close(&self, from: Option<Env>) {
-        let (queued, workers) = self.with_dispatch(|d| d.close());
+        let (queued, workers) = self.with_dispatch(from, |d| d.close());
         for reply in queued {
             reply.fail(from, &Failure::stopped());
         }
@@ -548,7 +555,9 @@ impl PoolCore {
             },
         };
         let answered = self
-            .with_dispatch(|d| d.finish(worker.id, envelope.id, outcome, terminal, Instant::now()))
+            .with_dispatch(None, |d| {
+                d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())
+            })
             .map_err(|v| v.0)?;
         // Deliver first: writing the next request wakes the worker, and on a
         // busy machine the kernel then preempts this thread at once, which
@@ -679,7 +688,7 @@ impl Events for PoolCore {
         if dropped > 0 {
             self.output_dropped(worker.id, dropped);
         }
-        let (gone, writes) = self.with_dispatch(|d| d.worker_down(worker.id, how));
+        let (gone, writes) = self.with_dispatch(None, |d| d.worker_down(worker.id, how));
         flush(writes);
         let details = exit.details(worker);
         if let Some(reply) = gone.running {

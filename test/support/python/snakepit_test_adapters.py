@@ -301,3 +301,13 @@ class TestAdapter(BaseAdapter):
         """The call's correlation id, as ctx and as a log record see it."""
         record = logging.getLogger("snakepit_test").makeRecord("t", logging.INFO, "f", 1, "m", None, None)
         return {"ctx": ctx.correlation_id, "record": getattr(record, "correlation_id", None)}
+
+    @tool
+    def flaky(self, key: str, failures: int, retryable: bool = True) -> int:
+        """Fails its first `failures` calls for `key` (with a ToolError, retryable
+        or not), then returns how many calls it took."""
+        counts = self.__dict__.setdefault("_flaky", {})
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] <= failures:
+            raise snakepit_bridge.ToolError(f"attempt {counts[key]} fails", code="flaky", retryable=retryable)
+        return int(counts[key])
