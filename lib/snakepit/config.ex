@@ -440,6 +440,7 @@ defmodule Snakepit.Config do
   | `:pool_size`       | the flat form: that pool's `:size`                               |
   | `:worker_timeout`  | the flat form: that pool's `:timeout`                            |
   | `:pooling_enabled` | `false` starts no pool at all, from either form (default `true`) |
+  | `:redact_keys`     | names of secret keys, masked in errors and telemetry (see `Snakepit.Redact`) |
 
   The two forms can be combined as long as only one of them defines the
   `:default` pool. The flat form takes only those three keys: any other
@@ -622,6 +623,7 @@ defmodule Snakepit.Config do
   def pools_from_env(env) when is_list(env) do
     if Keyword.keyword?(env) do
       with :ok <- check_app_keys(env),
+           :ok <- check_redact_keys(env),
            {:ok, enabled?} <- fetch_pooling_enabled(env),
            {:ok, flat} <- flat_pool(env),
            {:ok, pools} <- listed_pools(Keyword.get(env, :pools, [])),
@@ -654,13 +656,14 @@ defmodule Snakepit.Config do
     session_cleanup_interval:
       "idle sessions are ended after the pool option :session_ttl, checked every second",
     max_retries:
-      "Snakepit never retries a call: only the caller knows whether running it twice is " <>
-        "safe, so a failed call returns its error",
+      "retries are per pool or per call: the pool option :retry (or a call's :retry) takes " <>
+        "max_attempts:, see Snakepit.Retry",
     retry_backoff_ms:
-      "Snakepit never retries a call: only the caller knows whether running it twice is " <>
-        "safe, so a failed call returns its error",
+      "retries are per pool or per call: the pool option :retry (or a call's :retry) takes " <>
+        "base_backoff: and max_backoff:, see Snakepit.Retry",
     telemetry_enabled:
-      "Snakepit emits no :telemetry events; its counters are read with Snakepit.get_stats/1",
+      "Snakepit emits :telemetry events whenever :telemetry is loaded (see Snakepit.Telemetry); " <>
+        "with no handler attached they cost next to nothing",
     stats_collection_interval:
       "counters are kept all the time and read on demand with Snakepit.get_stats/1; " <>
         "nothing is collected periodically",
@@ -671,6 +674,24 @@ defmodule Snakepit.Config do
       "workers talk to the BEAM over pipes (MessagePack frames), not gRPC; there is nothing " <>
         "to configure"
   }
+
+  defp check_redact_keys(env) do
+    case Keyword.fetch(env, :redact_keys) do
+      :error ->
+        :ok
+
+      {:ok, keys} ->
+        if Snakepit.Redact.valid_keys?(keys),
+          do: :ok,
+          else:
+            {:error,
+             Error.validation(
+               "config :snakepit, redact_keys: must be a list of non-empty strings or atoms, " <>
+                 "got: #{Error.excerpt(keys)}",
+               %{key: :redact_keys}
+             )}
+    end
+  end
 
   defp check_app_keys(env) do
     case Enum.reject(Keyword.keys(env), &(&1 in @app_keys)) do

@@ -220,7 +220,7 @@ defmodule Snakepit.Error do
   """
   @spec excerpt(term()) :: String.t()
   def excerpt(term) do
-    text = inspect(term, limit: 20, printable_limit: @excerpt_chars)
+    text = inspect(Redact.redact(term), limit: 20, printable_limit: @excerpt_chars)
 
     # Nested collections can still add up: keep the text itself short.
     text =
