@@ -109,6 +109,40 @@ defmodule Snakepit do
   all its items, which must fit in the pool's `:max_frame_bytes`, so an
   infinite generator called that way only ends at its `:timeout`.
 
+  ## Errors, correlation and telemetry
+
+  Every error is a `Snakepit.Error` with a category, a message, details,
+  and the Python traceback when there is one; `Snakepit.Error.retryable?/1`
+  says whether trying again cannot repeat a side effect (the call never
+  started, or the Python tool raised a `ToolError` with `retryable=True`).
+  Keys named like secrets are masked in details and messages
+  (`Snakepit.Redact`).
+
+  Every call has a correlation id (`:correlation_id`, or a new one, see
+  `Snakepit.Correlation`): it is in its error's `details.correlation_id`,
+  in its telemetry events' metadata, in the `Logger` metadata of what the
+  tool logs or prints, and in Python on `ctx.correlation_id` and on every
+  log record. `Snakepit.Telemetry` lists the `:telemetry` events.
+
+  ## Retries and the circuit breaker
+
+  With `retry: [max_attempts: 3, base_backoff: 50, max_backoff: 2_000]`
+  (per call, or as the pool's default), a call whose error is
+  `retryable?` is tried again after an exponential backoff with full
+  jitter, all attempts within the call's `:timeout` (see `Snakepit.Retry`;
+  add `categories: [:timeout, :worker]` for tools safe to run twice).
+
+  With the pool option `circuit_breaker: [threshold: 5, window: 10_000,
+  cooldown: 5_000]`, `threshold` calls in a row that end in a worker fault
+  (their worker died or broke the protocol, or they timed out), within
+  `window` ms, open the circuit: calls fail at once with a `:pool` error
+  whose details have `circuit: :open` and `retry_after_ms`, for `cooldown`
+  ms. Then one call goes through as a probe: its success closes the
+  circuit, its failure opens it again. Any answer from a worker, a Python
+  error included, counts as a success. The state is in `get_stats/1`'s
+  `:circuit`, and its changes are logged and emitted as telemetry. Off by
+  default.
+
   ## Pools
 
   Pools are started by Snakepit's application from `config :snakepit, pools:`,
@@ -681,7 +715,12 @@ defmodule Snakepit do
   "Worker output" in `Snakepit.Config`), and
   `:sessions` (sessions the pool holds now), `:sessions_expired` (ended by
   `:session_ttl`), `:sessions_lost` (their worker died or was recycled),
-  `:chunks` (stream chunks delivered), and
+  `:chunks` (stream chunks delivered), `:circuit` (the circuit breaker's
+  state: `:closed`, `:open`, `:half_open`, or `nil` without one),
+  `:latency` (`%{queue: %{p50: _, p95: _, p99: _}, run: %{...}, samples: n}`:
+  percentiles in microseconds of how long recent calls waited for a worker
+  and ran, over the last 60 to 120 s, from native HDR histograms; `nil`
+  before any call), and
   `:errors`, the error outcomes by category of `Snakepit.Error`:
   `%{python: _, validation: _, worker: _, transport: _, timeout: _,
   pool: _}`.
