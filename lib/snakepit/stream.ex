@@ -166,10 +166,8 @@ defmodule Snakepit.Stream do
     )
   end
 
-  defp with_correlation(%Error{details: details} = error, correlation_id) when is_map(details),
+  defp with_correlation(%Error{details: details} = error, correlation_id),
     do: %{error | details: Map.put_new(details, :correlation_id, correlation_id)}
-
-  defp with_correlation(error, _), do: error
 
   # The stream ended (or failed): its telemetry span ends, its error gets
   # the correlation id.
