@@ -23,7 +23,7 @@ Snakepit.run_as_script(fn ->
   IO.puts("fibonacci(n: 10)           => #{inspect(Snakepit.execute!("fibonacci", %{n: 10}))}")
 
   {:error, error} = Snakepit.execute("add", %{a: 1, b: "two"})
-  IO.puts("add(a: 1, b: \"two\")        => {:error, #{error}}")
+  IO.puts("add(a: 1, b: \"two\")        => {:error, #{inspect(error)}}")
 
   IO.puts(
     "  its Python traceback ends with: " <>
@@ -31,7 +31,7 @@ Snakepit.run_as_script(fn ->
   )
 
   {:error, error} = Snakepit.execute("nope", %{})
-  IO.puts("nope()                     => {:error, #{error}}")
+  IO.puts("nope()                     => {:error, #{inspect(error)}}")
 
   {:ok, info} = Snakepit.execute("describe", %{})
   IO.puts("\ndescribe() lists the tools:")
