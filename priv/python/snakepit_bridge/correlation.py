@@ -20,13 +20,12 @@ import io
 import logging
 import sys
 import threading
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TextIO, Tuple
 
 if TYPE_CHECKING:
     from .channel import Channel
 
-__all__ = ["current", "install_record_factory", "capture_output"]
+__all__ = ["current", "install_record_factory", "OutputCapture"]
 
 _current: Optional[str] = None
 
@@ -86,6 +85,8 @@ class _CallOutput(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if not self._partial:
+            return
         with self._lock:
             rest = "".join(self._partial)
             self._partial = []
@@ -93,30 +94,41 @@ class _CallOutput(io.TextIOBase):
             self._send(rest)
 
 
-@contextmanager
-def capture_output(channel: "Channel", correlation_id: Optional[str]) -> Iterator[None]:
-    """Runs a call: its correlation id is current, and its Python-level
-    output becomes ``log`` frames that carry it."""
-    global _current
-    previous = (_current, sys.stdout, sys.stderr)
-    _current = correlation_id
+class OutputCapture:
+    """Swaps ``sys.stdout``/``sys.stderr`` for line senders while a call runs.
 
-    def sender(logger: str) -> Callable[[str], None]:
+    Made once per worker, so a call pays for two attribute swaps, not for
+    new stream objects (this runs on every call)."""
+
+    def __init__(self, channel: "Channel") -> None:
+        self._channel = channel
+        self._out = _CallOutput(self._sender("stdout"), sys.stdout)
+        self._err = _CallOutput(self._sender("stderr"), sys.stderr)
+        self._saved: Optional[Tuple[TextIO, TextIO]] = None
+
+    def _sender(self, logger: str) -> Callable[[str], None]:
         def send(line: str) -> None:
-            body = {"level": "info", "logger": logger, "message": line, "correlation_id": correlation_id}
+            body = {"level": "info", "logger": logger, "message": line, "correlation_id": _current}
             try:
-                channel.write("log", 0, body)
+                self._channel.write("log", 0, body)
             except Exception:  # output must never break the call
                 pass
 
         return send
 
-    out = _CallOutput(sender("stdout"), sys.stdout)
-    err = _CallOutput(sender("stderr"), sys.stderr)
-    sys.stdout, sys.stderr = out, err
-    try:
-        yield
-    finally:
-        out.flush()
-        err.flush()
-        _current, sys.stdout, sys.stderr = previous
+    def begin(self, correlation_id: Optional[str]) -> None:
+        """A call starts: its id is current, its output is captured."""
+        global _current
+        _current = correlation_id
+        self._saved = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = self._out, self._err
+
+    def end(self) -> None:
+        """The call ended: a last partial line is sent, the streams restored."""
+        global _current
+        self._out.flush()
+        self._err.flush()
+        if self._saved is not None:
+            sys.stdout, sys.stderr = self._saved
+            self._saved = None
+        _current = None

@@ -34,7 +34,7 @@ from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
 from .context import Context, Session, Sessions
 from .control import Cancellation, ControlThread, Credits, _state
-from .correlation import capture_output, install_record_factory
+from .correlation import OutputCapture, install_record_factory
 from .errors import error_body
 from .streaming import TOOL_ERRORS, collect, items_of, one_item, stream
 
@@ -95,6 +95,7 @@ class Worker:
         self.tools: Dict[str, Callable[..., Any]] = adapter.tools()
         self.sessions = Sessions()
         self.loop = EventLoop()
+        self.output = OutputCapture(channel)
         self._takes_ctx: Dict[str, bool] = {}
 
     def handshake(self, adapter_path: str) -> None:
@@ -156,10 +157,11 @@ class Worker:
             self._reply_error(request_id, parsed)
             return
         session = self.sessions.enter(parsed.session_id) if parsed.session_id is not None else None
+        self.output.begin(parsed.correlation_id)
         try:
-            with capture_output(self.channel, parsed.correlation_id):
-                self._run(request_id, parsed, session)
+            self._run(request_id, parsed, session)
         finally:
+            self.output.end()
             if session is not None:
                 self.sessions.leave(session)
 
