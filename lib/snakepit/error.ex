@@ -69,7 +69,8 @@ defmodule Snakepit.Error do
       Traceback (most recent call last):
       ...
 
-  `inspect/1` stays short: `#Snakepit.Error<:python_error, "ValueError: bad input">`
+  `inspect/1` stays short, without the traceback:
+  `#Snakepit.Error<:timeout, "no answer within 50 ms", details: %{timeout: 50}>`
   (`inspect(error, structs: false)` shows every field).
   """
 
@@ -354,8 +355,19 @@ defmodule Snakepit.Error do
   defimpl Inspect do
     import Inspect.Algebra
 
-    def inspect(%{category: category, message: message}, opts) do
-      concat(["#Snakepit.Error<", to_doc(category, opts), ", ", to_doc(message, opts), ">"])
+    # The details stay: without them, ExUnit could not show how two errors
+    # differ. The traceback, the long part, is left out.
+    def inspect(%{category: category, message: message} = error, opts) do
+      details =
+        case Map.get(error, :details) do
+          empty when empty in [nil, %{}, []] -> []
+          details -> [", details: ", to_doc(Snakepit.Redact.redact(details), opts)]
+        end
+
+      concat(
+        ["#Snakepit.Error<", to_doc(category, opts), ", ", to_doc(message, opts)] ++
+          details ++ [">"]
+      )
     end
   end
 end

@@ -88,11 +88,13 @@ defmodule Snakepit.ErrorTest do
   end
 
   describe "inspect/1" do
-    test "stays short: the category and the message" do
+    test "stays short: the category, the message and the details, redacted; no traceback" do
       error =
         Error.python_error("ValueError", "bad input", @traceback, %{tool: "parse", token: "t"})
 
-      assert inspect(error) == ~s(#Snakepit.Error<:python_error, "ValueError: bad input">)
+      assert inspect(error) ==
+               ~s(#Snakepit.Error<:python_error, "ValueError: bad input", ) <>
+                 ~s(details: %{exception_type: "ValueError", token: "**redacted**", tool: "parse"}>)
 
       assert inspect({:error, Error.timeout("late")}) ==
                ~s({:error, #Snakepit.Error<:timeout, "late">})
