@@ -130,20 +130,28 @@ defmodule Snakepit.MixProject do
   defp elixirc_paths(_), do: ["lib"]
 
   # `mix dialyzer`: OTP's dialyzer (no dialyxir here), with the PLT of OTP and
-  # Elixir cached under _build. Fails when dialyzer reports anything.
+  # Elixir cached under _build. Fails when dialyzer reports anything. Mix is
+  # in the PLT for the tasks under lib/mix/tasks; the PLT's name says which
+  # apps it holds, so that a PLT built before one was added is not reused.
   defp dialyzer(_args) do
     Mix.Task.run("compile", [])
     elixir_ebin = :code.lib_dir(:elixir, :ebin) |> to_string()
     logger_ebin = :code.lib_dir(:logger, :ebin) |> to_string()
+    mix_ebin = :code.lib_dir(:mix, :ebin) |> to_string()
     otp = System.otp_release()
-    plt = Path.join(Mix.Project.build_path(), "snakepit-otp#{otp}-elixir#{System.version()}.plt")
+
+    plt =
+      Path.join(
+        Mix.Project.build_path(),
+        "snakepit-otp#{otp}-elixir#{System.version()}-logger-mix.plt"
+      )
 
     unless File.exists?(plt) do
       Mix.shell().info("Building the dialyzer PLT (once, ~1 min): #{plt}")
 
       run_dialyzer!(
         ["-pa", elixir_ebin, "--build_plt", "--output_plt", plt, "--apps"] ++
-          ~w(erts kernel stdlib compiler crypto) ++ [elixir_ebin, logger_ebin],
+          ~w(erts kernel stdlib compiler crypto) ++ [elixir_ebin, logger_ebin, mix_ebin],
         "building the PLT"
       )
     end
