@@ -622,22 +622,7 @@ defmodule Snakepit.Doctor do
   `Snakepit.Config`).
   """
   @spec worker_env(Config.t()) :: [{String.t(), String.t()}]
-  def worker_env(config) do
-    # As Snakepit.Pool.start_worker/2 builds it: :python_path, the bridge,
-    # then the pool's :env's PYTHONPATH if it has one, else the BEAM's.
-    inherited =
-      case for({"PYTHONPATH", value} <- config.env, do: value) do
-        [] -> System.get_env("PYTHONPATH", "")
-        values -> List.last(values)
-      end
-
-    pythonpath =
-      (config.python_path ++ [priv_python()] ++ String.split(inherited, ":"))
-      |> Enum.reject(&(&1 == ""))
-      |> Enum.join(":")
-
-    Enum.reject(config.env, &match?({"PYTHONPATH", _}, &1)) ++ [{"PYTHONPATH", pythonpath}]
-  end
+  def worker_env(config), do: Snakepit.Pool.worker_env(config)
 
   defp resolve_links(path, hops \\ 20) do
     case :file.read_link_all(path) do

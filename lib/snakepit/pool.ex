@@ -409,16 +409,14 @@ defmodule Snakepit.Pool do
   defp start_worker(state, slot) do
     %{config: config} = state
     id = state.next_id
-    priv_python = Path.expand(Path.join(:code.priv_dir(:snakepit), "python"))
+    priv_python = priv_python()
 
     env =
       [
-        {"PYTHONPATH", worker_pythonpath(config, priv_python)},
-        {"PYTHONUNBUFFERED", "1"},
         {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
         {"SNAKEPIT_POOL", to_string(config.name)},
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
-      ] ++ Enum.reject(config.env, &match?({"PYTHONPATH", _}, &1))
+      ] ++ worker_env(config)
 
     # A script run by absolute path, not `-m snakepit_bridge`: `-m` puts the
     # worker's cwd first on sys.path, where a `snakepit_bridge` or a
@@ -457,6 +455,30 @@ defmodule Snakepit.Pool do
   # the pool's :env's (which extends the path rather than replacing it, or
   # the bridge could not be imported), else the BEAM's. Empty entries are
   # dropped: Python reads one as the working directory (docs/python.md).
+  @doc """
+  The environment a worker of `config` gets besides the BEAM's and the
+  per-worker `SNAKEPIT_` variables: `PYTHONPATH` (see below),
+  `PYTHONUNBUFFERED=1`, and the pool's `:env`. `mix snakepit.doctor` runs
+  Python with it, to see what the workers will see.
+  """
+  @spec worker_env(Config.t()) :: [{String.t(), String.t()}]
+  def worker_env(config) do
+    [
+      {"PYTHONPATH", worker_pythonpath(config, priv_python())},
+      {"PYTHONUNBUFFERED", "1"}
+    ] ++ Enum.reject(config.env, &match?({"PYTHONPATH", _}, &1))
+  end
+
+  @doc """
+  The names of the pools running on this node.
+  """
+  @spec names() :: [atom()]
+  def names do
+    for {{__MODULE__, name}, _entry} <- :persistent_term.get(), do: name
+  end
+
+  defp priv_python, do: Path.expand(Path.join(:code.priv_dir(:snakepit), "python"))
+
   defp worker_pythonpath(config, priv_python) do
     inherited =
       case for({"PYTHONPATH", value} <- config.env, do: value) do

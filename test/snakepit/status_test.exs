@@ -66,7 +66,12 @@ defmodule Snakepit.StatusTest do
 
     assert text =~ "requests 7: completed 5, python errors 1, validation errors 1"
     assert text =~ "restarts 0, recycles 0, requeued 0, sessions 0 (expired 0, lost 0)"
-    # No :latency key (yet): dashes.
+    # The pool's own percentiles, in units.
+    assert text =~ ~r/^    run    [\d.]+ (µs|ms)/m
+
+    # Without percentiles (no call yet): dashes.
+    none = %{queue: %{p50: nil, p95: nil, p99: nil}, run: %{p50: nil, p95: nil, p99: nil}}
+    text = Status.format_pool(put_in(status, [:stats, :latency], none))
     assert text =~ ~r/^  latency  p50  p95  p99\n    queue  -    -    -\n    run    -    -    -$/m
 
     # With latency percentiles (microseconds), as get_stats/1 will have them.
