@@ -47,10 +47,10 @@
 # whose correlation id is generated then one given `correlation_id:` (both
 # A). Before each timed call Snakepit's flag is set, and exactly one
 # persistent_term changes value (the flag, or a dummy), so every call
-# follows the same untimed put. These calls come out slower than those of
-# the tables above (each follows a put, which waits for the VM's thread
-# progress), so read their differences rather than their p50s. "median of differences" is over all pairs; per round, the median
-# (min–max) over rounds of each round's median difference.
+# follows the same untimed put (which can move the p50s away from those of
+# the tables above; read the differences). "median of differences" is over
+# all pairs; per round, the median (min–max) over rounds of each round's
+# median difference.
 
 Code.require_file("support/common.exs", __DIR__)
 Code.require_file("support/telemetry_stub.exs", __DIR__)
