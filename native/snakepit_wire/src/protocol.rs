@@ -223,12 +223,16 @@ fn map_value<'a>(
         return Ok(None);
     };
     for _ in 0..n {
-        let found = match r.next_token()? {
-            Token::Str(k) => r.slice(k) == key,
-            _ => false,
-        };
-        if found {
-            return Ok(Some(r));
+        let key_at = r.position();
+        match r.next_token()? {
+            Token::Str(k) if r.slice(k.clone()) == key => return Ok(Some(r)),
+            Token::Array(_) | Token::Map(_) => {
+                // A container key: skip all of it, not only its header, or
+                // its items would be taken for the map's keys and values.
+                r = Reader::at(frame, key_at);
+                r.skip()?;
+            }
+            _ => {}
         }
         r.skip()?;
     }
@@ -444,6 +448,39 @@ mod tests {
         assert_eq!(check_ready(&[0xc0], 0), Err(HandshakeError::Version(None)));
         assert!(matches!(
             check_ready(&[0x81, 0xa8], 0),
+            Err(HandshakeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn keys_that_are_containers_are_skipped_whole() {
+        // Found by the property tests: only the header of an array or map
+        // key was skipped, so the pairs after it were read out of step.
+        // {[nil] => 2, "protocol" => 2} was refused as having no version...
+        let mut b = vec![0x82, 0x91, 0xc0, 0x02];
+        write_str(&mut b, b"protocol");
+        b.push(0x02);
+        assert_eq!(check_ready(&b, 0), Ok(()));
+        // ... and {[0] => "protocol", 2 => nil}, which has none, accepted.
+        let mut b = vec![0x82, 0x91, 0x00];
+        write_str(&mut b, b"protocol");
+        b.extend([0x02, 0xc0]);
+        assert_eq!(check_ready(&b, 0), Err(HandshakeError::Version(None)));
+        // The same for an error's kind: {[0] => "kind", "bad_request" => nil}
+        // has none, but was classified by "bad_request" ...
+        let mut b = vec![0x82, 0x91, 0x00];
+        write_str(&mut b, b"kind");
+        write_str(&mut b, b"bad_request");
+        b.push(0xc0);
+        assert_eq!(error_kind(&b, 0), ErrorKind::Failed);
+        // ... and {{0 => nil} => 1, "kind" => "unknown_tool"} was not.
+        let mut b = vec![0x82, 0x81, 0x00, 0xc0, 0x01];
+        write_str(&mut b, b"kind");
+        write_str(&mut b, b"unknown_tool");
+        assert_eq!(error_kind(&b, 0), ErrorKind::Refused);
+        // A key whose contents end early is malformed, not a missing key.
+        assert!(matches!(
+            check_ready(&[0x81, 0x92, 0xc0], 0),
             Err(HandshakeError::Malformed(_))
         ));
     }
