@@ -82,8 +82,25 @@ impl Kind {
 pub enum ProtocolError {
     Malformed(DecodeError),
     NotAnEnvelope,
+    /// The kind's name, lossily decoded, cut to [`KIND_SHOWN`] bytes (then
+    /// ending in `…`).
     UnknownKind(String),
     TrailingBytes,
+}
+
+/// The most bytes of an unknown kind kept for the error: real kinds are a
+/// few bytes long, and a broken worker's "kind" can be as long as a frame,
+/// which copied (and escaped for the message) would take several times
+/// the frame limit.
+pub const KIND_SHOWN: usize = 64;
+
+fn unknown_kind(name: &[u8]) -> ProtocolError {
+    let shown = &name[..name.len().min(KIND_SHOWN)];
+    let mut text = String::from_utf8_lossy(shown).into_owned();
+    if shown.len() < name.len() {
+        text.push('…');
+    }
+    ProtocolError::UnknownKind(text)
 }
 
 impl fmt::Display for ProtocolError {
@@ -125,9 +142,7 @@ pub fn parse_envelope(frame: &[u8]) -> Result<Envelope, ProtocolError> {
     let kind = match r.next_token()? {
         Token::Str(range) => {
             let name = r.slice(range);
-            Kind::parse(name).ok_or_else(|| {
-                ProtocolError::UnknownKind(String::from_utf8_lossy(name).into_owned())
-            })?
+            Kind::parse(name).ok_or_else(|| unknown_kind(name))?
         }
         _ => return Err(ProtocolError::NotAnEnvelope),
     };
@@ -493,6 +508,27 @@ mod tests {
         let frame = &f[HEADER_LEN..];
         let env = parse_envelope(frame).unwrap();
         assert_eq!(check_ready(frame, env.body), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_kind_is_kept_only_in_part() {
+        // Found by the fuzz loop: the whole name was copied (up to 3 bytes
+        // per byte of invalid UTF-8, then doubled as the String grew), so a
+        // frame whose "kind" was 64 MiB long cost a few hundred MiB, and an
+        // error message as long, before the worker was dropped.
+        let mut buf = vec![0x93];
+        write_str(&mut buf, &[0xff; 100_000]);
+        let Err(ProtocolError::UnknownKind(k)) = parse_envelope(&buf) else {
+            panic!()
+        };
+        assert_eq!(k, "\u{fffd}".repeat(KIND_SHOWN) + "…");
+        assert!(ProtocolError::UnknownKind(k).to_string().len() < 4 * KIND_SHOWN);
+        let mut buf = vec![0x93];
+        write_str(&mut buf, &[b'x'; KIND_SHOWN]);
+        assert_eq!(
+            parse_envelope(&buf),
+            Err(ProtocolError::UnknownKind("x".repeat(KIND_SHOWN)))
+        );
     }
 
     #[test]
