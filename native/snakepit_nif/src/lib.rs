@@ -215,6 +215,8 @@ fn pool_workers(pool: ResourceArc<PoolHandle>) -> Vec<WorkerInfo> {
 /// `session` is `nil` or `{session_id, :strict | :hint | :fail_fast}`;
 /// `stream` is `nil` (a plain call) or a streaming call's credit window;
 /// `correlation_id` is `nil` or a string the worker tags the call's logs with.
+// A NIF's arguments are its Elixir arity; they cannot be grouped.
+#[allow(clippy::too_many_arguments)]
 #[rustler::nif]
 fn submit<'a>(
     env: Env<'a>,
@@ -240,6 +242,7 @@ fn submit<'a>(
 }
 
 /// `submit/7` for arguments too large to encode on a normal scheduler.
+#[allow(clippy::too_many_arguments)]
 #[rustler::nif(schedule = "DirtyCpu")]
 fn submit_dirty<'a>(
     env: Env<'a>,
@@ -286,6 +289,7 @@ fn call_spec(session: Option<(Binary, rustler::Atom)>, stream: Option<u32>) -> N
     Ok(Call { session, stream })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn submit_with_budget<'a>(
     env: Env<'a>,
     pool: &ResourceArc<PoolHandle>,

@@ -85,8 +85,15 @@ pub trait Buffer {
     fn as_mut_slice(&mut self) -> &mut [u8];
 }
 
+/// Reserves exactly what `len` bytes need: `Vec::resize` alone doubles the
+/// capacity (past the frame's length, and so past the limit, by up to 2x)
+/// and aborts the process when there is no memory instead of failing.
 impl Buffer for Vec<u8> {
     fn resize(&mut self, len: usize) -> bool {
+        let more = len.saturating_sub(self.len());
+        if self.try_reserve_exact(more).is_err() {
+            return false;
+        }
         Vec::resize(self, len, 0);
         true
     }
@@ -290,6 +297,24 @@ mod tests {
         assert_eq!(got.bytes, body);
         let k = FIRST_ALLOC;
         assert_eq!(got.sizes, [k, 2 * k, 4 * k, body.len()]);
+    }
+
+    #[test]
+    fn a_vec_buffer_grows_to_exactly_the_frame_and_reports_no_memory() {
+        // Found by the property tests: `Vec::resize` doubled the capacity, so
+        // a frame of FIRST_ALLOC + 1 bytes held twice that, over its limit.
+        let len = FIRST_ALLOC + 1;
+        let mut r = Cursor::new(framed(&vec![3; len]));
+        let body: Vec<u8> = read_frame(&mut r, len, |n| Some(vec![0; n])).unwrap();
+        assert_eq!(body.len(), len);
+        assert_eq!(body.capacity(), len);
+        // And a size no allocator can give is `false`, the buffer unchanged,
+        // where `Vec::resize` panicked with "capacity overflow".
+        let mut v = vec![1u8, 2, 3];
+        assert!(!Buffer::resize(&mut v, usize::MAX));
+        assert_eq!(v, [1, 2, 3]);
+        assert!(Buffer::resize(&mut v, 1));
+        assert_eq!(v, [1]);
     }
 
     #[test]

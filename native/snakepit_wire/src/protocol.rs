@@ -82,8 +82,25 @@ impl Kind {
 pub enum ProtocolError {
     Malformed(DecodeError),
     NotAnEnvelope,
+    /// The kind's name, lossily decoded, cut to [`KIND_SHOWN`] bytes (then
+    /// ending in `…`).
     UnknownKind(String),
     TrailingBytes,
+}
+
+/// The most bytes of an unknown kind kept for the error: real kinds are a
+/// few bytes long, and a broken worker's "kind" can be as long as a frame,
+/// which copied (and escaped for the message) would take several times
+/// the frame limit.
+pub const KIND_SHOWN: usize = 64;
+
+fn unknown_kind(name: &[u8]) -> ProtocolError {
+    let shown = &name[..name.len().min(KIND_SHOWN)];
+    let mut text = String::from_utf8_lossy(shown).into_owned();
+    if shown.len() < name.len() {
+        text.push('…');
+    }
+    ProtocolError::UnknownKind(text)
 }
 
 impl fmt::Display for ProtocolError {
@@ -125,9 +142,7 @@ pub fn parse_envelope(frame: &[u8]) -> Result<Envelope, ProtocolError> {
     let kind = match r.next_token()? {
         Token::Str(range) => {
             let name = r.slice(range);
-            Kind::parse(name).ok_or_else(|| {
-                ProtocolError::UnknownKind(String::from_utf8_lossy(name).into_owned())
-            })?
+            Kind::parse(name).ok_or_else(|| unknown_kind(name))?
         }
         _ => return Err(ProtocolError::NotAnEnvelope),
     };
@@ -229,12 +244,16 @@ fn map_value<'a>(
         return Ok(None);
     };
     for _ in 0..n {
-        let found = match r.next_token()? {
-            Token::Str(k) => r.slice(k) == key,
-            _ => false,
-        };
-        if found {
-            return Ok(Some(r));
+        let key_at = r.position();
+        match r.next_token()? {
+            Token::Str(k) if r.slice(k.clone()) == key => return Ok(Some(r)),
+            Token::Array(_) | Token::Map(_) => {
+                // A container key: skip all of it, not only its header, or
+                // its items would be taken for the map's keys and values.
+                r = Reader::at(frame, key_at);
+                r.skip()?;
+            }
+            _ => {}
         }
         r.skip()?;
     }
@@ -463,6 +482,39 @@ mod tests {
     }
 
     #[test]
+    fn keys_that_are_containers_are_skipped_whole() {
+        // Found by the property tests: only the header of an array or map
+        // key was skipped, so the pairs after it were read out of step.
+        // {[nil] => 2, "protocol" => 2} was refused as having no version...
+        let mut b = vec![0x82, 0x91, 0xc0, 0x02];
+        write_str(&mut b, b"protocol");
+        b.push(0x02);
+        assert_eq!(check_ready(&b, 0), Ok(()));
+        // ... and {[0] => "protocol", 2 => nil}, which has none, accepted.
+        let mut b = vec![0x82, 0x91, 0x00];
+        write_str(&mut b, b"protocol");
+        b.extend([0x02, 0xc0]);
+        assert_eq!(check_ready(&b, 0), Err(HandshakeError::Version(None)));
+        // The same for an error's kind: {[0] => "kind", "bad_request" => nil}
+        // has none, but was classified by "bad_request" ...
+        let mut b = vec![0x82, 0x91, 0x00];
+        write_str(&mut b, b"kind");
+        write_str(&mut b, b"bad_request");
+        b.push(0xc0);
+        assert_eq!(error_kind(&b, 0), ErrorKind::Failed);
+        // ... and {{0 => nil} => 1, "kind" => "unknown_tool"} was not.
+        let mut b = vec![0x82, 0x81, 0x00, 0xc0, 0x01];
+        write_str(&mut b, b"kind");
+        write_str(&mut b, b"unknown_tool");
+        assert_eq!(error_kind(&b, 0), ErrorKind::Refused);
+        // A key whose contents end early is malformed, not a missing key.
+        assert!(matches!(
+            check_ready(&[0x81, 0x92, 0xc0], 0),
+            Err(HandshakeError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn the_body_is_found_after_the_envelope() {
         let mut f = begin_frame(Kind::Ready, 0, 16);
         f.extend(body_of(&[("protocol", None, Some(PROTOCOL_VERSION))]));
@@ -470,6 +522,27 @@ mod tests {
         let frame = &f[HEADER_LEN..];
         let env = parse_envelope(frame).unwrap();
         assert_eq!(check_ready(frame, env.body), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_kind_is_kept_only_in_part() {
+        // Found by the fuzz loop: the whole name was copied (up to 3 bytes
+        // per byte of invalid UTF-8, then doubled as the String grew), so a
+        // frame whose "kind" was 64 MiB long cost a few hundred MiB, and an
+        // error message as long, before the worker was dropped.
+        let mut buf = vec![0x93];
+        write_str(&mut buf, &[0xff; 100_000]);
+        let Err(ProtocolError::UnknownKind(k)) = parse_envelope(&buf) else {
+            panic!()
+        };
+        assert_eq!(k, "\u{fffd}".repeat(KIND_SHOWN) + "…");
+        assert!(ProtocolError::UnknownKind(k).to_string().len() < 4 * KIND_SHOWN);
+        let mut buf = vec![0x93];
+        write_str(&mut buf, &[b'x'; KIND_SHOWN]);
+        assert_eq!(
+            parse_envelope(&buf),
+            Err(ProtocolError::UnknownKind("x".repeat(KIND_SHOWN)))
+        );
     }
 
     #[test]
