@@ -697,7 +697,7 @@ defmodule Snakepit do
   - `:timeouts`: its caller's `:timeout` passed (queued or running; a late
     answer is dropped and not counted again);
   - `:queue_timeouts`: its `:queue_timeout` passed while queued;
-  - `:cancelled`: its caller died;
+  - `:cancelled`: its caller died, or stopped consuming its stream early;
   - `:rejected`: refused because the queue held `:max_queue` calls, the
     pool held `:max_sessions` sessions, or (`:fail_fast`) its session's
     worker was busy;

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 7
+  @abi_version 8
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -91,6 +91,7 @@ defmodule Snakepit.Native do
     do: :erlang.nif_error(why())
 
   def stream_ack(_pool, _request_id, _n), do: :erlang.nif_error(why())
+  def stream_cancel(_pool, _request_id), do: :erlang.nif_error(why())
   def end_session(_pool, _session_id), do: :erlang.nif_error(why())
   def pool_sessions(_pool), do: :erlang.nif_error(why())
   def pool_session(_pool, _session_id), do: :erlang.nif_error(why())

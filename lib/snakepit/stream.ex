@@ -230,9 +230,15 @@ defmodule Snakepit.Stream do
     span_stop(s.telemetry, s.chunks, :halted)
   end
 
-  # Gives the call up and empties the mailbox of its messages.
-  defp drop(%__MODULE__{tag: tag} = s) do
-    case Native.cancel(s.handle, s.request_id) do
+  # Gives the call up and empties the mailbox of its messages. A timeout
+  # counts as one; the consumer stopping early, as a cancel.
+  defp drop(%__MODULE__{tag: tag} = s, why \\ :halted) do
+    gave_up =
+      if why == :timeout,
+        do: Native.cancel(s.handle, s.request_id),
+        else: Native.stream_cancel(s.handle, s.request_id)
+
+    case gave_up do
       :replied -> await_final(tag)
       _gave_up -> :ok
     end
@@ -321,7 +327,7 @@ defmodule Snakepit.Stream do
     do: {:error, Error.transport("a stream ended with an unexpected #{inspect(status)} answer")}
 
   defp timed_out(s) do
-    drop(s)
+    drop(s, :timeout)
 
     if s.deadline != :infinity and now() >= s.deadline do
       {:error,

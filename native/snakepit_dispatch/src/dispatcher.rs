@@ -732,9 +732,15 @@ impl<C, W: Pipe> Dispatcher<C, W> {
 
     /// The caller timed out: gives up its request, wherever it is.
     pub fn cancel(&mut self, request_id: u64) -> Cancel<C, W> {
+        self.give_up(request_id, Outcome::Timeout)
+    }
+
+    /// The caller gave up its request (`outcome`: `Timeout`, or `Cancelled`
+    /// when it stopped consuming a stream), wherever the request is.
+    pub fn give_up(&mut self, request_id: u64, outcome: Outcome) -> Cancel<C, W> {
         let now = Instant::now();
         if let Some(caller) = self.take_queued(request_id) {
-            self.ended(request_id, Outcome::Timeout, now);
+            self.ended(request_id, outcome, now);
             return Cancel::Queued(caller);
         }
         let mut found = None;
@@ -751,7 +757,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         }
         match found {
             Some(Some((caller, worker, worker_id))) => {
-                self.ended(request_id, Outcome::Timeout, now);
+                self.ended(request_id, outcome, now);
                 Cancel::Running {
                     caller,
                     worker,

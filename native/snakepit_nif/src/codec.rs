@@ -15,7 +15,8 @@
 //! Pids, references, ports, funs, improper lists, bitstrings and integers
 //! beyond 64 bits are refused with an [`EncodeError`] naming where they were,
 //! and so are two keys of one map that Python would take for one (`:x` and
-//! `"x"`, `1` and `1.0`, `true` and `1`): Python would keep only the last.
+//! `"x"`, `1` and `1.0`, `true` and `1`, `[1]` and `{1.0}`): Python would
+//! keep only the last.
 //!
 //! Decoding runs only in a process env, on a (normal or dirty) scheduler of
 //! the process that asked: never on the pool's own threads. OTP 25 crashes
@@ -166,47 +167,108 @@ fn encode_at(
 }
 
 /// A map key as Python compares it: text by its bytes (atoms and UTF-8
-/// binaries alike), numbers by value (`1 == 1.0 == True`).
-#[derive(Clone, Copy)]
+/// binaries alike), numbers by value (`1 == 1.0 == True`), and lists and
+/// tuples (tuples in Python) item by item, the same way.
+#[derive(Clone)]
 enum PyKey {
     /// Where its encoding lies in the output.
     Encoded(usize, usize),
     Int(i128),
     Float(u64),
+    /// A list or tuple, as [`canonical`] writes it.
+    Items(Vec<u8>),
+}
+
+/// Writes a key the way Python compares it, so that two keys Python takes
+/// for one write the same bytes: numbers by value, text by its bytes.
+fn canonical(term: Term, out: &mut Vec<u8>) {
+    match PyKey::scalar(term) {
+        Some(PyKey::Int(i)) => {
+            out.push(b'i');
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Some(PyKey::Float(bits)) => {
+            out.push(b'f');
+            out.extend_from_slice(&bits.to_be_bytes());
+        }
+        _ => match term.get_type() {
+            TermType::List | TermType::Tuple => {
+                let items: Vec<Term> = match term.get_type() {
+                    TermType::Tuple => rustler::types::tuple::get_tuple(term).unwrap_or_default(),
+                    _ => term.decode::<Vec<Term>>().unwrap_or_default(),
+                };
+                out.push(b'l');
+                out.extend_from_slice(&(items.len() as u64).to_be_bytes());
+                for item in items {
+                    canonical(item, out);
+                }
+            }
+            _ => {
+                // Text and anything else: its own encoding, length-prefixed.
+                let mut encoded = Vec::new();
+                let _ = encode_at(term, &mut encoded, usize::MAX, 0);
+                out.push(b'e');
+                out.extend_from_slice(&(encoded.len() as u64).to_be_bytes());
+                out.extend_from_slice(&encoded);
+            }
+        },
+    }
 }
 
 impl PyKey {
-    fn of(key: Term, start: usize, end: usize) -> PyKey {
+    /// A number (or `true`/`false`) as Python compares it.
+    fn scalar(key: Term) -> Option<PyKey> {
         match key.get_type() {
             TermType::Integer => key
                 .decode::<i64>()
                 .map(i128::from)
                 .or_else(|_| key.decode::<u64>().map(i128::from))
-                .map_or(PyKey::Encoded(start, end), PyKey::Int),
+                .ok()
+                .map(PyKey::Int),
             TermType::Float => {
                 let f: f64 = key.decode().expect("float term");
-                if f.fract() == 0.0 && f.abs() < 1e38 {
+                Some(if f.fract() == 0.0 && f.abs() < 1e38 {
                     PyKey::Int(f as i128)
                 } else {
                     PyKey::Float(f.to_bits())
-                }
+                })
             }
-            TermType::Atom if key == atoms::true_().to_term(key.get_env()) => PyKey::Int(1),
-            TermType::Atom if key == atoms::false_().to_term(key.get_env()) => PyKey::Int(0),
+            TermType::Atom if key == atoms::true_().to_term(key.get_env()) => Some(PyKey::Int(1)),
+            TermType::Atom if key == atoms::false_().to_term(key.get_env()) => Some(PyKey::Int(0)),
+            _ => None,
+        }
+    }
+
+    fn of(key: Term, start: usize, end: usize) -> PyKey {
+        if let Some(k) = PyKey::scalar(key) {
+            return k;
+        }
+        match key.get_type() {
+            TermType::List | TermType::Tuple => {
+                let mut items = Vec::new();
+                canonical(key, &mut items);
+                PyKey::Items(items)
+            }
             _ => PyKey::Encoded(start, end),
         }
     }
 
+    fn rank(&self) -> u8 {
+        match self {
+            PyKey::Encoded(..) => 0,
+            PyKey::Int(_) => 1,
+            PyKey::Float(_) => 2,
+            PyKey::Items(_) => 3,
+        }
+    }
+
     fn cmp(&self, other: &PyKey, out: &[u8]) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
         match (self, other) {
             (PyKey::Encoded(a, b), PyKey::Encoded(c, d)) => out[*a..*b].cmp(&out[*c..*d]),
             (PyKey::Int(a), PyKey::Int(b)) => a.cmp(b),
             (PyKey::Float(a), PyKey::Float(b)) => a.cmp(b),
-            (PyKey::Encoded(..), _) => Ordering::Less,
-            (_, PyKey::Encoded(..)) => Ordering::Greater,
-            (PyKey::Int(_), PyKey::Float(_)) => Ordering::Less,
-            (PyKey::Float(_), PyKey::Int(_)) => Ordering::Greater,
+            (PyKey::Items(a), PyKey::Items(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
         }
     }
 }
@@ -246,10 +308,36 @@ fn encode_atom(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     } else if term == atoms::false_().to_term(term.get_env()) {
         rmp::encode::write_bool(out, false).expect("Vec write");
     } else {
-        let name = term.atom_to_string().expect("atom term");
-        write_str(out, name.as_bytes());
+        match term.atom_to_string() {
+            Ok(name) => write_str(out, name.as_bytes()),
+            // Beyond Latin-1: this NIF version reads atom names as Latin-1
+            // only, so take the name from the atom's external format.
+            Err(_) => match utf8_atom_name(term) {
+                Some(name) => write_str(out, &name),
+                None => {
+                    return Err(EncodeError::unsupported(
+                        "an atom whose name cannot be read",
+                    ))
+                }
+            },
+        }
     }
     Ok(())
+}
+
+/// An atom's name in UTF-8, from `term_to_binary`: `131, 119, len:8, name`
+/// or `131, 118, len:16, name` (SMALL_ATOM_UTF8_EXT, ATOM_UTF8_EXT).
+fn utf8_atom_name(term: Term) -> Option<Vec<u8>> {
+    let bin = term.to_binary();
+    let bytes = bin.as_slice();
+    let (len, at) = match bytes {
+        [131, 119, n, ..] => (*n as usize, 3),
+        [131, 118, hi, lo, ..] => (u16::from_be_bytes([*hi, *lo]) as usize, 4),
+        _ => return None,
+    };
+    let name = bytes.get(at..at + len)?;
+    std::str::from_utf8(name).ok()?;
+    Some(name.to_vec())
 }
 
 fn index(s: &mut String, i: usize) {

@@ -39,13 +39,14 @@ use snakepit_dispatch::breaker;
 use snakepit_dispatch::dispatcher::{self, Call};
 use snakepit_dispatch::recycle::Policy;
 use snakepit_dispatch::sessions::Affinity;
+use snakepit_dispatch::stats::Outcome;
 use snakepit_wire::{frame, protocol};
 use std::sync::Arc;
 use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 7;
+const ABI_VERSION: u32 = 8;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -371,7 +372,14 @@ fn frame_too_large(size: Option<usize>, max_frame: usize) -> Failure {
 /// or `:replied` (the reply is in the caller's mailbox or about to be).
 #[rustler::nif]
 fn cancel(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
-    pool.core.cancel(env, request_id)
+    pool.core.cancel(env, request_id, Outcome::Timeout)
+}
+
+/// `cancel/2` for a stream whose consumer stopped early: counted as
+/// cancelled, not as a timeout (and not a failure for the circuit breaker).
+#[rustler::nif]
+fn stream_cancel(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
+    pool.core.cancel(env, request_id, Outcome::Cancelled)
 }
 
 /// The caller of streaming call `request_id` consumed `n` chunks; its

@@ -299,11 +299,12 @@ impl PoolCore {
         Some(session_info(row, os_pid))
     }
 
-    /// Gives up a request after the caller's timeout (`env` is the
-    /// caller's): `:cancelled` (it was queued), `:running` (its worker was
-    /// told to cancel it) or `:replied` (its answer is sent or on its way).
-    pub fn cancel(&self, env: Env, request_id: u64) -> Atom {
-        let found = self.with_dispatch(Some(env), |d| d.cancel(request_id));
+    /// Gives up a request after the caller's timeout, or when it stopped
+    /// consuming a stream (`outcome`; `env` is the caller's): `:cancelled`
+    /// (it was queued), `:running` (its worker was told to cancel it) or
+    /// `:replied` (its answer is sent or on its way).
+    pub fn cancel(&self, env: Env, request_id: u64, outcome: Outcome) -> Atom {
+        let found = self.with_dispatch(Some(env), |d| d.give_up(request_id, outcome));
         match found {
             Cancel::Queued(reply) => {
                 reply.release(Some(env));
