@@ -13,10 +13,6 @@ defmodule Snakepit.PropertiesTest do
   #
   # PROPER_NUMTESTS=n runs n cases of each property against a worker
   # (default 200) and 10n of each property of the codec alone.
-  #
-  # Tests tagged :known_bug check what the documentation promises and
-  # Snakepit does not do yet; they are skipped. Run them with
-  #   mix test test/snakepit/properties_test.exs --only known_bug --include skip
   use ExUnit.Case, async: true
   import Snakepit.TestPools
 
@@ -96,29 +92,21 @@ defmodule Snakepit.PropertiesTest do
     )
   end
 
-  ## Known bugs (skipped; see the top of the file)
+  ## Found by these properties, and fixed
 
-  # Found by the round-trip properties: an atom with a code point above 255
-  # in its name makes the NIF panic (rustler's atom_to_string reads names as
-  # Latin-1 without the nif_version_2_17 feature, and codec.rs expects it to
-  # succeed), so Snakepit.execute/3 raises ErlangError :nif_panicked instead
-  # of sending a str. Smallest counterexample: :"Ā".
-  @tag :known_bug
-  @tag skip: "known bug: an atom with a code point above 255 makes the NIF panic"
-  test "known bug: an atom named beyond Latin-1 crosses as a string" do
+  # An atom with a code point above 255 in its name made the NIF panic
+  # (rustler reads atom names as Latin-1 on OTP 25). Smallest
+  # counterexample: :"Ā".
+  test "an atom named beyond Latin-1 crosses as a string" do
     check({G.unicode_atom(), G.path()}, codec_cases(), fn {atom, path} ->
       {term, _} = G.place(atom, path)
       expect(Native.codec_roundtrip(term), {:ok, G.image(term)})
     end)
   end
 
-  # Found by the collision property extended to keys Python hashes as
-  # tuples: lists and tuples are compared by their encoding only, so
-  # %{[1] => "a", [1.0] => "b"} is sent, Python keeps one entry and echo
-  # returns %{[1] => "b"}, where the moduledoc promises a :validation error.
-  @tag :known_bug
-  @tag skip: "known bug: list and tuple keys equal in Python but encoded apart are sent"
-  test "known bug: list or tuple keys that Python takes for one are refused" do
+  # Lists and tuples were compared by their encoding only, so
+  # %{[1] => "a", [1.0] => "b"} was sent and Python kept one entry.
+  test "list or tuple keys that Python takes for one are refused" do
     check(
       {G.colliding_keys(:container), G.map_of(G.key(), G.scalar()), G.path()},
       codec_cases(),
