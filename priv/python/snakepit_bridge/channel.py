@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, List, Optional
+from typing import Any, Optional, Sequence
 
 from . import codec
 
@@ -64,6 +64,19 @@ class Channel:
         with self._lock:
             _writev_all(self._out_fd, data)
 
+    def write_bytes(self, kind: str, request_id: int, data: "bytes | bytearray | memoryview") -> None:
+        """Writes a frame whose body is one large bytes value, without copying
+        it into an encoded buffer: the envelope's MessagePack prefix (array of
+        3, kind, id, a bin32 header) and the data go out in one ``writev``."""
+        view = memoryview(data).cast("B")
+        head = codec.packb([kind, request_id])[1:]  # the kind and id, after an array-of-2 marker
+        prefix = b"\x93" + head + b"\xc6" + len(view).to_bytes(4, "big")
+        size = len(prefix) + len(view)
+        if size > self.max_frame:
+            raise ValueError(f"reply of {size} bytes exceeds the frame limit of {self.max_frame} bytes")
+        with self._lock:
+            _writev_all(self._out_fd, [size.to_bytes(HEADER_LEN, "big"), prefix, view])
+
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.max_frame:
             raise ValueError(
@@ -71,7 +84,7 @@ class Channel:
             )
 
 
-def _writev_all(fd: int, parts: List[bytes]) -> None:
+def _writev_all(fd: int, parts: "Sequence[bytes | memoryview]") -> None:
     views = [memoryview(p) for p in parts]
     while views:
         written = os.writev(fd, views)

@@ -272,13 +272,21 @@ class Worker:
                 return
             result = collected
         try:
-            self.channel.write_encoded(self.channel.encode("result", request_id, result))
+            if isinstance(result, (bytes, bytearray)) and len(result) >= _DIRECT_BYTES:
+                self.channel.write_bytes("result", request_id, result)
+            else:
+                self.channel.write_encoded(self.channel.encode("result", request_id, result))
         except Exception as exc:
             msg = f"the result of tool {name!r} cannot be sent: {exc}"
             self._reply_error(request_id, error_body("unencodable_result", exc, message=msg, tool=name))
 
     def _reply_error(self, request_id: int, body: Dict[str, Any]) -> None:
         self.channel.write("error", request_id, body)
+
+
+# A bytes result this large is written straight from its buffer rather
+# than encoded into a new one (a 1 MiB packb costs ~0.6 ms: bench/payload.exs).
+_DIRECT_BYTES = 64 * 1024
 
 
 def _is_int(value: Any) -> bool:

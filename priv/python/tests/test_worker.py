@@ -204,3 +204,9 @@ def test_adapter_that_is_not_a_base_adapter_is_refused(spawn):
     kind, _, body = w.recv()
     assert kind == "error" and body["kind"] == "adapter_load"
     assert "not of the form" not in body["message"]
+
+
+def test_large_bytes_results_are_written_without_reencoding(worker):
+    data = bytes(range(256)) * 400  # 100 KiB: above the direct-write threshold
+    assert worker.call(1, "echo", {"value": data}) == ("result", 1, data)
+    assert worker.call(2, "echo", {"value": bytearray(b"ab" * 40_000)}) == ("result", 2, b"ab" * 40_000)
