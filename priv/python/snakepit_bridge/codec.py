@@ -17,8 +17,9 @@ from . import tensor
 
 __all__ = ["NAME", "packb", "unpackb"]
 
-# ormsgpack replaces the exception `default` raises with its own message,
-# so the reason an array was refused is kept here and raised instead.
+# ormsgpack replaces the exceptions `default` and `ext_hook` raise with its
+# own ("ext_hook failed"), so the reason a tensor was refused is kept here
+# and raised instead.
 _refusal = threading.local()
 
 
@@ -39,12 +40,25 @@ def _encode_extra(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
     raise TypeError(f"cannot encode an object of type {type(obj).__name__}")
 
 
-def _pack_with(pack: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    def packb(obj: Any) -> bytes:
+def _decode_ext(code: int, data: bytes, ext: Callable[[int, bytes], Any]) -> Any:
+    """An extension value: a tensor, or left as the codec's ext object."""
+    if code != tensor.EXT_TYPE:
+        return ext(code, data)
+    try:
+        return tensor.decode(data)
+    except tensor.TensorError as exc:
+        _refusal.error = exc
+        raise
+
+
+def _keeping_refusals(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn`, raising a tensor's TensorError in place of the codec's own error."""
+
+    def wrapped(arg: Any) -> Any:
         _refusal.error = None
         try:
-            return pack(obj)
-        except TypeError:
+            return fn(arg)
+        except Exception:
             refused: Optional[Exception] = getattr(_refusal, "error", None)
             if refused is not None:
                 raise refused from None
@@ -52,7 +66,7 @@ def _pack_with(pack: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         finally:
             _refusal.error = None
 
-    return packb
+    return wrapped
 
 
 packb: Callable[[Any], bytes]
@@ -69,12 +83,10 @@ try:
         return _encode_extra(obj, ormsgpack.Ext)
 
     def _ormsgpack_ext(code: int, data: bytes) -> Any:
-        return tensor.decode(data) if code == tensor.EXT_TYPE else ormsgpack.Ext(code, data)
+        return _decode_ext(code, data, ormsgpack.Ext)
 
-    packb = _pack_with(lambda obj: ormsgpack.packb(obj, default=_ormsgpack_default, option=_PACK_OPTS))
-
-    def unpackb(data: bytes) -> Any:
-        return ormsgpack.unpackb(data, option=_UNPACK_OPTS, ext_hook=_ormsgpack_ext)
+    packb = _keeping_refusals(lambda obj: ormsgpack.packb(obj, default=_ormsgpack_default, option=_PACK_OPTS))
+    unpackb = _keeping_refusals(lambda data: ormsgpack.unpackb(data, option=_UNPACK_OPTS, ext_hook=_ormsgpack_ext))
 
     NAME = "ormsgpack"
 except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
@@ -84,13 +96,11 @@ except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
         return _encode_extra(obj, msgpack.ExtType)
 
     def _msgpack_ext(code: int, data: bytes) -> Any:
-        return tensor.decode(data) if code == tensor.EXT_TYPE else msgpack.ExtType(code, data)
+        return _decode_ext(code, data, msgpack.ExtType)
 
-    packb = _pack_with(
-        lambda obj: cast(bytes, msgpack.packb(obj, use_bin_type=True, default=_msgpack_default))
+    packb = _keeping_refusals(lambda obj: cast(bytes, msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)))
+    unpackb = _keeping_refusals(
+        lambda data: msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
     )
-
-    def unpackb(data: bytes) -> Any:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
 
     NAME = "msgpack"
