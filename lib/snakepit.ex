@@ -28,6 +28,8 @@ defmodule Snakepit do
   | other binaries                  | `bytes`                | binary                      |
   | lists, tuples                   | `list`                 | list                        |
   | maps                            | `dict`                 | map                         |
+  | `Snakepit.Tensor` structs       | `numpy.ndarray` (read-only) | `Snakepit.Tensor` struct |
+  | —                               | numpy arrays (bool, int, float, complex; any layout) | `Snakepit.Tensor` struct (data not copied; see its docs) |
 
   Map keys come back as binaries (`%{a: 1}` returns as `%{"a" => 1}`):
   atoms are never created from worker data. Pids, references, functions,

@@ -10,10 +10,12 @@
 //! | other binaries                 | bin                    | binary                      |
 //! | lists, tuples                  | array                  | list                        |
 //! | maps                           | map                    | map                         |
-//! | ext type T                     | —                      | `{:msgpack_ext, T, binary}` |
+//! | `%Snakepit.Tensor{}`           | ext type 84            | `%Snakepit.Tensor{}`        |
+//! | other ext type T               | —                      | `{:msgpack_ext, T, binary}` |
 //!
 //! Pids, references, ports, funs, improper lists, bitstrings and integers
 //! beyond 64 bits are refused with an [`EncodeError`] naming where they were,
+//! and so are tensor structs that are not consistent (see [`tensor`]),
 //! and so are two keys of one map that Python would take for one (`:x` and
 //! `"x"`, `1` and `1.0`, `true` and `1`, `[1]` and `{1.0}`): Python would
 //! keep only the last.
@@ -29,6 +31,34 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Binary, Encoder, Env, Term, TermType};
 use snakepit_wire::msgpack::{write_bin, write_str, DecodeError, Reader, Token};
 use std::fmt::Write as _;
+
+// Declared here, not in lib.rs: tensors are part of the codec.
+#[path = "tensor.rs"]
+pub mod tensor;
+
+/// Why a frame could not be decoded into terms.
+#[derive(Debug)]
+pub enum DecodeFailure {
+    /// Not MessagePack, or nested too deep.
+    Wire(DecodeError),
+    /// A tensor extension (type 84) that is malformed.
+    Tensor { at: usize, why: String },
+}
+
+impl From<DecodeError> for DecodeFailure {
+    fn from(e: DecodeError) -> Self {
+        DecodeFailure::Wire(e)
+    }
+}
+
+impl std::fmt::Display for DecodeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeFailure::Wire(e) => e.fmt(f),
+            DecodeFailure::Tensor { at, why } => write!(f, "{why} (at byte {at})"),
+        }
+    }
+}
 
 /// Containers nested deeper than this are refused. It bounds the recursion
 /// on scheduler stacks (small, fixed-size) as well as on our own threads.
@@ -141,6 +171,14 @@ fn encode_at(
                 encode_at(item, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
             }
             check_budget(out, budget)
+        }
+        TermType::Map if tensor::is_tensor(term) => {
+            let t = tensor::check(term).map_err(EncodeError::unsupported)?;
+            if out.len() + t.payload_len() > budget {
+                return Err(EncodeError::OverBudget);
+            }
+            t.write(out);
+            Ok(())
         }
         TermType::Map => {
             let len = term.map_size().expect("map term");
@@ -382,7 +420,7 @@ fn key_text(s: &mut String, key: Term) {
 ///
 /// `frame` is the whole frame as a binary of `env`, so long strings and
 /// binaries become sub-binaries of it; `pos` is where the item starts.
-pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeError> {
+pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeFailure> {
     let mut reader = Reader::at(frame.as_slice(), pos);
     decode_item(env, &frame, &mut reader, 0)
 }
@@ -392,13 +430,14 @@ fn decode_item<'a>(
     frame: &Binary<'a>,
     r: &mut Reader,
     depth: usize,
-) -> Result<Term<'a>, DecodeError> {
+) -> Result<Term<'a>, DecodeFailure> {
     if depth > MAX_DEPTH {
-        return Err(DecodeError::TooDeep {
+        return Err(DecodeFailure::Wire(DecodeError::TooDeep {
             at: r.position(),
             max: MAX_DEPTH,
-        });
+        }));
     }
+    let at = r.position();
     Ok(match r.next_token()? {
         Token::Nil => atoms::nil().encode(env),
         Token::Bool(b) => b.encode(env),
@@ -435,6 +474,12 @@ fn decode_item<'a>(
                         m.map_put(k, v).expect("map term")
                     })
             })
+        }
+        Token::Ext(tensor::EXT_TYPE, range) => {
+            let header = tensor::parse(&frame.as_slice()[range.clone()])
+                .map_err(|why| DecodeFailure::Tensor { at, why })?;
+            let data = bytes_term(env, frame, range.start + header.data_at..range.end);
+            tensor::make_term(env, &header, data)
         }
         Token::Ext(ty, range) => {
             let data = bytes_term(env, frame, range);

@@ -2,22 +2,71 @@
 
 Both are configured to agree with the host's codec: str for text, bin for
 bytes, non-string map keys allowed, sets and array-likes sent as arrays.
+numpy arrays (and buffer-protocol objects with a dtype and a shape) are
+sent as tensors, extension type 84, and tensors arrive as read-only numpy
+arrays: see :mod:`snakepit_bridge.tensor`. Both codecs write and read the
+same bytes for them. Lists stay lists.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, cast
+import threading
+from typing import Any, Callable, Optional, cast
+
+from . import tensor
 
 __all__ = ["NAME", "packb", "unpackb"]
 
+# ormsgpack replaces the exceptions `default` and `ext_hook` raise with its
+# own ("ext_hook failed"), so the reason a tensor was refused is kept here
+# and raised instead.
+_refusal = threading.local()
 
-def _default(obj: Any) -> Any:
+
+def _encode_extra(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
+    """What to send for an object MessagePack has no type for."""
     if isinstance(obj, (set, frozenset)):
         return list(obj)
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars
+    try:
+        payload = tensor.encode(obj)
+    except tensor.TensorError as exc:
+        _refusal.error = exc
+        raise
+    if payload is not None:
+        return ext(tensor.EXT_TYPE, payload)
+    tolist = getattr(obj, "tolist", None)  # numpy scalars, array-likes
     if callable(tolist):
         return tolist()
     raise TypeError(f"cannot encode an object of type {type(obj).__name__}")
+
+
+def _decode_ext(code: int, data: bytes, ext: Callable[[int, bytes], Any]) -> Any:
+    """An extension value: a tensor, or left as the codec's ext object."""
+    if code != tensor.EXT_TYPE:
+        return ext(code, data)
+    try:
+        return tensor.decode(data)
+    except tensor.TensorError as exc:
+        _refusal.error = exc
+        raise
+
+
+def _keeping_refusals(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn`, raising a tensor's TensorError in place of the codec's own error."""
+
+    def wrapped(arg: Any) -> Any:
+        _refusal.error = None
+        try:
+            return fn(arg)
+        except Exception:
+            refused: Optional[Exception] = getattr(_refusal, "error", None)
+            if refused is not None:
+                raise refused from None
+            raise
+        finally:
+            _refusal.error = None
+
+    return wrapped
 
 
 packb: Callable[[Any], bytes]
@@ -26,23 +75,32 @@ unpackb: Callable[[bytes], Any]
 try:
     import ormsgpack
 
-    _PACK_OPTS = ormsgpack.OPT_NON_STR_KEYS | ormsgpack.OPT_SERIALIZE_NUMPY
+    # No OPT_SERIALIZE_NUMPY: arrays go through `default`, as tensors.
+    _PACK_OPTS = ormsgpack.OPT_NON_STR_KEYS
     _UNPACK_OPTS = ormsgpack.OPT_NON_STR_KEYS
 
-    def packb(obj: Any) -> bytes:
-        return ormsgpack.packb(obj, default=_default, option=_PACK_OPTS)
+    def _ormsgpack_default(obj: Any) -> Any:
+        return _encode_extra(obj, ormsgpack.Ext)
 
-    def unpackb(data: bytes) -> Any:
-        return ormsgpack.unpackb(data, option=_UNPACK_OPTS)
+    def _ormsgpack_ext(code: int, data: bytes) -> Any:
+        return _decode_ext(code, data, ormsgpack.Ext)
+
+    packb = _keeping_refusals(lambda obj: ormsgpack.packb(obj, default=_ormsgpack_default, option=_PACK_OPTS))
+    unpackb = _keeping_refusals(lambda data: ormsgpack.unpackb(data, option=_UNPACK_OPTS, ext_hook=_ormsgpack_ext))
 
     NAME = "ormsgpack"
 except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
     import msgpack  # type: ignore[import-untyped]
 
-    def packb(obj: Any) -> bytes:
-        return cast(bytes, msgpack.packb(obj, use_bin_type=True, default=_default))
+    def _msgpack_default(obj: Any) -> Any:
+        return _encode_extra(obj, msgpack.ExtType)
 
-    def unpackb(data: bytes) -> Any:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    def _msgpack_ext(code: int, data: bytes) -> Any:
+        return _decode_ext(code, data, msgpack.ExtType)
+
+    packb = _keeping_refusals(lambda obj: cast(bytes, msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)))
+    unpackb = _keeping_refusals(
+        lambda data: msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
+    )
 
     NAME = "msgpack"

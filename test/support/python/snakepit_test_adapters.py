@@ -23,6 +23,15 @@ def _session(ctx: Context, tool_name: str) -> Session:
     return ctx.session
 
 
+def _plain(value: Any) -> Any:
+    """Complex numbers as [real, imag] (MessagePack has no complex)."""
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 class TestAdapter(BaseAdapter):
     __test__ = False  # not a pytest class
 
@@ -311,3 +320,91 @@ class TestAdapter(BaseAdapter):
         if counts[key] <= failures:
             raise snakepit_bridge.ToolError(f"attempt {counts[key]} fails", code="flaky", retryable=retryable)
         return int(counts[key])
+
+    # Tensors (numpy is imported by the tools that need it, so the adapter
+    # loads without numpy).
+
+    @tool
+    def tensor_echo(self, t: Any) -> Any:
+        """Returns its argument as it arrived."""
+        return t
+
+    @tool
+    def make_tensor(self, dtype: str, shape: List[int]) -> Any:
+        """np.arange over `shape` in `dtype` (bool: alternating, from False)."""
+        import numpy as np
+
+        n = int(np.prod(shape, dtype=np.int64))
+        if dtype == "bool":
+            return (np.arange(n) % 2 == 1).reshape(shape)
+        return np.arange(n).astype(dtype).reshape(shape)
+
+    @tool
+    def strided(self) -> Any:
+        """A non-contiguous view: every other column of a 4x6 int32 arange,
+        transposed (shape (3, 4))."""
+        import numpy as np
+
+        return np.arange(24, dtype=np.int32).reshape(4, 6)[:, ::2].T
+
+    @tool
+    def big_endian(self) -> Any:
+        """A big-endian float64 array: [1.5, -2.0, 3.25]."""
+        import numpy as np
+
+        return np.array([1.5, -2.0, 3.25], dtype=">f8")
+
+    @tool
+    def numpy_values(self) -> Dict[str, Any]:
+        """A list, a numpy scalar and a 0-d array side by side."""
+        import numpy as np
+
+        return {"list": [1, 2, 3], "scalar": np.float32(1.5), "zero_d": np.array(7, dtype=np.int16)}
+
+    @tool
+    def unsendable_array(self, dtype: str) -> Any:
+        import numpy as np
+
+        return np.array([1, 2], dtype=dtype) if dtype != "object" else np.array([object()], dtype=object)
+
+    @tool
+    def big_tensor(self, n: int) -> Dict[str, Any]:
+        """A float32 array of n elements, next to other values in the frame."""
+        import numpy as np
+
+        return {"before": "x" * 10, "t": np.ones(n, dtype=np.float32), "after": list(range(5))}
+
+    @tool
+    def tensor_info(self, t: Any) -> Dict[str, Any]:
+        """What arrived: type, dtype, shape, flags, sum and values as a list."""
+        import numpy as np
+
+        if not isinstance(t, np.ndarray):
+            return {"type": type(t).__name__}
+        return {
+            "type": "ndarray",
+            "dtype": str(t.dtype),
+            "byteorder": t.dtype.byteorder,
+            "shape": list(t.shape),
+            "c_contiguous": bool(t.flags.c_contiguous),
+            "writeable": bool(t.flags.writeable),
+            "aligned": bool(t.flags.aligned),
+            "sum": _plain(t.sum().item() if t.dtype.kind != "b" else int(t.sum())),
+            "list": _plain(t.tolist()) if t.size <= 64 else None,
+        }
+
+    @tool
+    def bad_tensor(self, payload: Any) -> Any:
+        """An ext 84 with whatever payload it is given (a malformed tensor)."""
+        from snakepit_bridge import codec
+
+        if isinstance(payload, str):  # UTF-8 binaries arrive as str
+            payload = payload.encode()
+
+        if codec.NAME == "ormsgpack":
+            import ormsgpack
+
+            return ormsgpack.Ext(84, payload)
+        import msgpack  # type: ignore[import-untyped]
+
+        return msgpack.ExtType(84, payload)
