@@ -77,6 +77,25 @@ class Channel:
         with self._lock:
             _writev_all(self._out_fd, [size.to_bytes(HEADER_LEN, "big"), prefix, view])
 
+    def write_ext(self, kind: str, request_id: int, ext_type: int, head: bytes, data: memoryview) -> None:
+        """Writes a frame whose body is one MessagePack extension value made of
+        ``head`` then ``data``, without copying ``data`` (an array's memory)."""
+        view = data.cast("B") if data.format != "B" else data
+        length = len(head) + len(view)
+        prefix = (
+            b"\x93"
+            + codec.packb([kind, request_id])[1:]
+            + b"\xc9"
+            + length.to_bytes(4, "big")
+            + ext_type.to_bytes(1, "big", signed=True)
+            + head
+        )
+        size = len(prefix) + len(view)
+        if size > self.max_frame:
+            raise ValueError(f"reply of {size} bytes exceeds the frame limit of {self.max_frame} bytes")
+        with self._lock:
+            _writev_all(self._out_fd, [size.to_bytes(HEADER_LEN, "big"), prefix, view])
+
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.max_frame:
             raise ValueError(

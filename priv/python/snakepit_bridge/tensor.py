@@ -21,7 +21,7 @@ import struct
 import sys
 from typing import Any, Optional, Tuple
 
-__all__ = ["EXT_TYPE", "TensorError", "decode", "encode"]
+__all__ = ["EXT_TYPE", "TensorError", "decode", "encode", "encode_parts"]
 
 EXT_TYPE = 84
 VERSION = 1
@@ -66,7 +66,22 @@ def encode(obj: Any) -> Optional[bytes]:
     return None
 
 
+def encode_parts(obj: Any) -> Optional[Tuple[bytes, memoryview]]:
+    """Like :func:`encode`, as the payload's header and a view of the
+    array's own memory (no copy when it is C-ordered and little-endian), for
+    writing both with one ``writev``."""
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.ndarray):
+        return None
+    return _encode_parts(np, obj)
+
+
 def _encode_array(np: Any, arr: Any) -> bytes:
+    head, data = _encode_parts(np, arr)
+    return b"".join([head, data])
+
+
+def _encode_parts(np: Any, arr: Any) -> Tuple[bytes, memoryview]:
     dtype = arr.dtype
     kind = _KINDS.get(dtype.kind)
     if kind is None or dtype.fields is not None or dtype.itemsize not in _SIZES[kind]:
@@ -82,7 +97,7 @@ def _encode_array(np: Any, arr: Any) -> bytes:
         arr = np.ascontiguousarray(arr)
     header = _FIXED.pack(VERSION, kind[0], dtype.itemsize * 8, arr.ndim)
     dims = struct.pack(f">{arr.ndim}Q", *arr.shape)
-    return b"".join([header, dims, memoryview(arr.reshape(-1).view(np.uint8))])
+    return header + dims, memoryview(arr.reshape(-1).view(np.uint8))
 
 
 def decode(data: bytes) -> Any:

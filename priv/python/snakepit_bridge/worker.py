@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from . import codec
+from . import codec, tensor
 from .adapter import BaseAdapter, load_adapter
 from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
@@ -272,7 +272,10 @@ class Worker:
                 return
             result = collected
         try:
-            if isinstance(result, (bytes, bytearray)) and len(result) >= _DIRECT_BYTES:
+            parts = tensor.encode_parts(result) if _is_big_array(result) else None
+            if parts is not None:
+                self.channel.write_ext("result", request_id, tensor.EXT_TYPE, *parts)
+            elif isinstance(result, (bytes, bytearray)) and len(result) >= _DIRECT_BYTES:
                 self.channel.write_bytes("result", request_id, result)
             else:
                 self.channel.write_encoded(self.channel.encode("result", request_id, result))
@@ -287,6 +290,11 @@ class Worker:
 # A bytes result this large is written straight from its buffer rather
 # than encoded into a new one (a 1 MiB packb costs ~0.6 ms: bench/payload.exs).
 _DIRECT_BYTES = 64 * 1024
+
+
+def _is_big_array(value: Any) -> bool:
+    """A numpy array worth writing from its own memory."""
+    return getattr(value, "nbytes", 0) >= _DIRECT_BYTES and hasattr(value, "dtype")
 
 
 def _is_int(value: Any) -> bool:

@@ -210,3 +210,11 @@ def test_large_bytes_results_are_written_without_reencoding(worker):
     data = bytes(range(256)) * 400  # 100 KiB: above the direct-write threshold
     assert worker.call(1, "echo", {"value": data}) == ("result", 1, data)
     assert worker.call(2, "echo", {"value": bytearray(b"ab" * 40_000)}) == ("result", 2, b"ab" * 40_000)
+
+
+def test_large_array_results_are_written_from_the_arrays_memory(worker):
+    np = pytest.importorskip("numpy")
+    kind, _, body = worker.call(1, "make_tensor", {"dtype": "float32", "shape": [300, 100]})
+    assert kind == "result"
+    assert body.dtype == np.float32 and body.shape == (300, 100)
+    assert np.array_equal(body, np.arange(30_000, dtype=np.float32).reshape(300, 100))

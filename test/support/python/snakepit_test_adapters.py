@@ -408,3 +408,19 @@ class TestAdapter(BaseAdapter):
         import msgpack  # type: ignore[import-untyped]
 
         return msgpack.ExtType(84, payload)
+
+    @tool
+    def cached_tensor(self, n: int) -> Any:
+        """A float32 array of n elements, made once per worker (for timing
+        the transfer alone)."""
+        import numpy as np
+
+        cache = self.__dict__.setdefault("_cached_tensors", {})
+        if n not in cache:
+            cache[n] = np.ones(n, dtype=np.float32)
+        return cache[n]
+
+    @tool
+    def tensor_nbytes(self, t: Any) -> int:
+        """The size of the array it was given (nothing else is looked at)."""
+        return int(t.nbytes)
