@@ -13,7 +13,11 @@
 # 2-vCPU machine the second pool measured 0.81-0.87x the first with the
 # same code until the order alternated.
 
+Code.require_file("support/common.exs", __DIR__)
+
 defmodule Bench.BridgeAB do
+  import Bench.Common
+
   @adapter "snakepit_bridge.examples.demo.DemoAdapter"
 
   def run do
@@ -25,30 +29,27 @@ defmodule Bench.BridgeAB do
     callers =
       System.get_env("CALLERS", "8,64") |> String.split(",") |> Enum.map(&String.to_integer/1)
 
-    dir = old_bridge(old)
-
-    start(:bridge_old, depth, [dir])
+    start(:bridge_old, depth, [old_bridge(old)])
     start(:bridge_new, depth, [])
     IO.puts("# bridge A/B: old = #{old}, new = the working tree; pipeline_depth #{depth}\n")
-    IO.puts("| callers | old calls/s | new calls/s | new/old per round (sorted) |")
-    IO.puts("| --- | --- | --- | --- |")
+    IO.puts(row(["callers", "old calls/s", "new calls/s", "new/old per round (sorted)"]))
+    IO.puts(rule(4))
 
     for n <- callers do
-      # Which pool goes first alternates, so warm-up and drift hit both.
-      pairs =
-        for r <- 1..rounds do
-          if rem(r, 2) == 1 do
-            old = rate(:bridge_old, n, ms)
-            {old, rate(:bridge_new, n, ms)}
-          else
-            new = rate(:bridge_new, n, ms)
-            {rate(:bridge_old, n, ms), new}
-          end
-        end
+      candidates = for pool <- [:bridge_old, :bridge_new], do: {pool, pool}
 
-      ratios = pairs |> Enum.map(fn {o, w} -> Float.round(w / o, 2) end) |> Enum.sort()
-      mean = fn f -> round(Enum.sum(Enum.map(pairs, f)) / rounds) end
-      IO.puts("| #{n} | #{mean.(&elem(&1, 0))} | #{mean.(&elem(&1, 1))} | #{inspect(ratios)} |")
+      # interleave/3 alternates which pool goes first, so warm-up and drift
+      # hit both; samples come newest first, paired by round.
+      samples =
+        interleave(rounds, candidates, fn pool ->
+          echo = fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: pool) end
+          calls_per_s(echo, %{value: "ping"}, n, ms)
+        end)
+
+      {olds, news} = {samples[:bridge_old], samples[:bridge_new]}
+      ratios = Enum.zip_with(news, olds, &Float.round(&1 / &2, 2)) |> Enum.sort()
+      mean = fn xs -> round(Enum.sum(xs) / length(xs)) end
+      IO.puts(row(["#{n}", "#{mean.(olds)}", "#{mean.(news)}", inspect(ratios)]))
     end
   end
 
@@ -77,29 +78,6 @@ defmodule Bench.BridgeAB do
 
     :ok = Snakepit.await_ready(name, 30_000)
   end
-
-  defp rate(pool, callers, ms) do
-    deadline = System.monotonic_time(:millisecond) + ms
-
-    1..callers
-    |> Enum.map(fn _ -> Task.async(fn -> calls(pool, deadline, 0) end) end)
-    |> Task.await_many(60_000)
-    |> Enum.sum()
-    |> Kernel.*(1000)
-    |> div(ms)
-  end
-
-  defp calls(pool, deadline, n) do
-    if System.monotonic_time(:millisecond) < deadline do
-      {:ok, _} = Snakepit.execute("echo", %{value: "ping"}, pool: pool)
-      calls(pool, deadline, n + 1)
-    else
-      n
-    end
-  end
-
-  defp env_int(name, default),
-    do: name |> System.get_env(Integer.to_string(default)) |> String.to_integer()
 end
 
 Bench.BridgeAB.run()

@@ -304,25 +304,6 @@ defmodule Bench.Payload do
     end
   end
 
-  defp calls_per_s(call, args, callers, ms) do
-    deadline = System.monotonic_time(:millisecond) + ms
-
-    1..callers
-    |> Enum.map(fn _ -> Task.async(fn -> loop(call, args, deadline, 0) end) end)
-    |> Enum.map(&Task.await(&1, ms + 30_000))
-    |> Enum.sum()
-    |> Kernel./(ms / 1000)
-  end
-
-  defp loop(call, args, deadline, n) do
-    if System.monotonic_time(:millisecond) < deadline do
-      call.(args)
-      loop(call, args, deadline, n + 1)
-    else
-      n
-    end
-  end
-
   ## Profiling loop
 
   defp profile(who, seconds, size) do

@@ -1,6 +1,6 @@
 defmodule Bench.Common do
   @moduledoc false
-  # Helpers shared by bench/stream.exs and bench/sessions.exs: interleaved
+  # Helpers shared by the benches (stream, sessions, payload, bridge_ab): interleaved
   # rounds, percentiles, table rows, the machine's state.
 
   # Runs `measure` for each candidate in each round, alternating which goes
@@ -15,6 +15,26 @@ defmodule Bench.Common do
         Map.update(acc, name, [sample], &[sample | &1])
       end)
     end)
+  end
+
+  # Calls/s of `call.(args)` from `callers` processes looping for `ms`.
+  def calls_per_s(call, args, callers, ms) do
+    deadline = System.monotonic_time(:millisecond) + ms
+
+    1..callers
+    |> Enum.map(fn _ -> Task.async(fn -> call_loop(call, args, deadline, 0) end) end)
+    |> Enum.map(&Task.await(&1, ms + 30_000))
+    |> Enum.sum()
+    |> Kernel./(ms / 1000)
+  end
+
+  defp call_loop(call, args, deadline, n) do
+    if System.monotonic_time(:millisecond) < deadline do
+      call.(args)
+      call_loop(call, args, deadline, n + 1)
+    else
+      n
+    end
   end
 
   def pct(sorted, p), do: Enum.at(sorted, min(length(sorted) - 1, div(length(sorted) * p, 100)))
