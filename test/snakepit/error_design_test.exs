@@ -134,19 +134,13 @@ defmodule Snakepit.ErrorDesignTest do
     test "pattern matching works with old and new formats" do
       # Old format
       old_result = {:error, :worker_not_found}
-
-      case old_result do
-        {:error, :worker_not_found} -> assert true
-        _ -> flunk("Pattern match failed")
-      end
+      assert {:error, :worker_not_found} = old_result
 
       # New format
       new_result = {:error, Error.worker_error("Worker not found")}
 
-      case new_result do
-        {:error, %Error{category: :worker}} -> assert true
-        _ -> flunk("Pattern match failed")
-      end
+      assert {:error, %Error{category: :worker, message: "Worker not found", details: %{}}} =
+               new_result
     end
   end
 end

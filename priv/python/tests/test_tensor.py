@@ -136,9 +136,11 @@ UNSENDABLE = ["U3", "S2", "object", "datetime64[s]", "timedelta64[s]", "longdoub
 
 @pytest.mark.parametrize("dtype", UNSENDABLE)
 def test_other_dtypes_are_refused_clearly(c, dtype):
-    if dtype == "longdouble" and np.dtype(dtype).itemsize == 8:
-        pytest.skip("longdouble is float64 here")
     a = np.zeros(2, dtype=dtype)
+    if dtype == "longdouble" and a.itemsize == 8:
+        # Where long double is a plain double, it crosses as float64.
+        assert c.unpackb(c.packb(a)).dtype == np.float64
+        return
     with pytest.raises(tensor.TensorError, match="cannot send a numpy array of dtype"):
         c.packb({"x": [a]})
 
