@@ -349,8 +349,8 @@ defmodule Snakepit do
   defp session_id(nil), do: nil
   defp session_id({id, _affinity}), do: id
 
-  defp with_correlation({:error, %Error{details: details} = error}, correlation_id),
-    do: {:error, %{error | details: Map.put_new(details, :correlation_id, correlation_id)}}
+  defp with_correlation({:error, %Error{} = error}, correlation_id),
+    do: {:error, Snakepit.Correlation.tag(error, correlation_id)}
 
   defp with_correlation(result, _correlation_id), do: result
 

@@ -65,4 +65,15 @@ defmodule Snakepit.Correlation do
          )}
     end
   end
+
+  @doc """
+  `error` with `correlation_id` in its details (unless it has one already).
+
+      iex> e = Snakepit.Correlation.tag(Snakepit.Error.timeout("late"), "req-1")
+      iex> e.details.correlation_id
+      "req-1"
+  """
+  @spec tag(Snakepit.Error.t(), String.t()) :: Snakepit.Error.t()
+  def tag(%Snakepit.Error{details: details} = error, correlation_id),
+    do: %{error | details: Map.put_new(details, :correlation_id, correlation_id)}
 end

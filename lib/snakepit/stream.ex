@@ -97,7 +97,7 @@ defmodule Snakepit.Stream do
           error = Error.from_native(reason)
           if error.details[:queued], do: Snakepit.queue_full(call, error)
           span_stop(telemetry, 0, {:error, error})
-          {:error, with_correlation(error, correlation_id)}
+          {:error, Snakepit.Correlation.tag(error, correlation_id)}
 
         accepted ->
           if tuple_size(accepted) == 3, do: Snakepit.session_created(call)
@@ -166,9 +166,6 @@ defmodule Snakepit.Stream do
     )
   end
 
-  defp with_correlation(%Error{details: details} = error, correlation_id),
-    do: %{error | details: Map.put_new(details, :correlation_id, correlation_id)}
-
   # The stream ended (or failed): its telemetry span ends, its error gets
   # the correlation id.
   defp ended(s, :done) do
@@ -178,7 +175,7 @@ defmodule Snakepit.Stream do
 
   defp ended(s, {:error, error}) do
     span_stop(s.telemetry, s.chunks, {:error, error})
-    {:error, with_correlation(error, s.correlation_id)}
+    {:error, Snakepit.Correlation.tag(error, s.correlation_id)}
   end
 
   @doc """

@@ -5,4 +5,7 @@ defmodule Snakepit.DocTest do
   doctest Snakepit.Error
   doctest Snakepit.Config
   doctest Snakepit.Orphans
+  doctest Snakepit.Correlation
+  doctest Snakepit.Telemetry
+  doctest Snakepit.SessionHelpers
 end

@@ -273,30 +273,33 @@ impl PoolCore {
 
     /// Every session, ordered by id.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        let now = Instant::now();
-        let (rows, workers) = {
-            let d = self.dispatch.lock();
-            (d.sessions(now), d.workers(now))
-        };
-        let os_pid = |id: Option<u64>| {
-            let id = id?;
-            workers.iter().find(|w| w.id == id).map(|w| w.worker.os_pid)
-        };
-        rows.into_iter().map(|r| session_info(r, os_pid)).collect()
+        self.session_infos(|d, now| d.sessions(now))
     }
 
     /// One session, if the pool has it.
     pub fn session(&self, session_id: &[u8]) -> Option<SessionInfo> {
+        self.session_infos(|d, now| d.session(session_id, now).into_iter().collect())
+            .pop()
+    }
+
+    /// The rows `pick` takes from the dispatcher, with their workers' os pids.
+    fn session_infos(
+        &self,
+        pick: impl FnOnce(&Dispatcher<Reply, Worker>, Instant) -> Vec<SessionRow>,
+    ) -> Vec<SessionInfo> {
         let now = Instant::now();
-        let (row, workers) = {
+        let (rows, workers) = {
             let d = self.dispatch.lock();
-            (d.session(session_id, now)?, d.workers(now))
+            (pick(&d, now), d.workers(now))
         };
-        let os_pid = |id: Option<u64>| {
-            let id = id?;
-            workers.iter().find(|w| w.id == id).map(|w| w.worker.os_pid)
-        };
-        Some(session_info(row, os_pid))
+        rows.into_iter()
+            .map(|r| {
+                let os_pid = r
+                    .worker
+                    .and_then(|id| workers.iter().find(|w| w.id == id).map(|w| w.worker.os_pid));
+                session_info(r, os_pid)
+            })
+            .collect()
     }
 
     /// Gives up a request after the caller's timeout, or when it stopped
@@ -795,9 +798,9 @@ fn session_refused(refusal: Refusal, key: Vec<u8>, affinity: Affinity) -> Failur
     }
 }
 
-fn session_info(row: SessionRow, os_pid: impl Fn(Option<u64>) -> Option<u32>) -> SessionInfo {
+fn session_info(row: SessionRow, os_pid: Option<u32>) -> SessionInfo {
     SessionInfo {
-        os_pid: os_pid(row.worker),
+        os_pid,
         session_id: Bytes(row.id),
         worker_id: row.worker,
         age_ms: row.age.as_millis() as u64,
