@@ -17,7 +17,7 @@ use crate::terms::{
     state_atom, Bytes, CircuitDetails, Details, Failure, HandshakeDetails, PoolStats,
     SessionDetails, SessionInfo, SessionLimitDetails, WorkerInfo,
 };
-use crate::worker::{self, Events, ExitInfo, Worker, WorkerSpec};
+use crate::worker::{self, Events, ExitInfo, Flushes, Worker, WorkerSpec};
 use parking_lot::Mutex;
 use rustler::env::OwnedEnv;
 use rustler::types::tuple::make_tuple;
@@ -549,6 +549,7 @@ impl PoolCore {
         worker: &Worker,
         envelope: Envelope,
         frame: OwnedBinary,
+        flushes: &mut Flushes,
     ) -> Result<bool, String> {
         let (status, outcome, terminal) = match envelope.kind {
             Kind::Result => (atoms::result(), Outcome::Completed, Terminal::Result),
@@ -575,7 +576,7 @@ impl PoolCore {
             );
             reply.answer(status, frame, envelope.body, meta);
         }
-        flush(answered.writes);
+        flushes.add(answered.writes);
         if let Some((worker, reason)) = answered.retire {
             worker.recycle(reason);
         }
@@ -593,6 +594,7 @@ impl Events for PoolCore {
         worker: &Worker,
         envelope: Envelope,
         frame: OwnedBinary,
+        flushes: &mut Flushes,
     ) -> Result<bool, String> {
         // Bodies that Elixir reads as maps must be maps: a worker that sends
         // anything else broke the protocol (it is killed, its call answered).
@@ -612,7 +614,7 @@ impl Events for PoolCore {
         match envelope.kind {
             Kind::Ready => self.on_ready(worker, envelope, frame),
             Kind::Result | Kind::Error | Kind::Done if envelope.id != 0 => {
-                self.on_answer(worker, envelope, frame)
+                self.on_answer(worker, envelope, frame, flushes)
             }
             Kind::Chunk if envelope.id != 0 => {
                 let sink = self
