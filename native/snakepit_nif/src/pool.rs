@@ -24,7 +24,7 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource};
 use snakepit_dispatch::breaker::{self, Transition};
 use snakepit_dispatch::dispatcher::{
-    self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Writes,
+    self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Violation, Writes,
 };
 use snakepit_dispatch::output::Admit;
 use snakepit_dispatch::recycle::Reason;
@@ -559,14 +559,27 @@ impl PoolCore {
                 ErrorKind::Failed => (atoms::python_error(), Outcome::PythonError, Terminal::Error),
             },
         };
-        let answered = self
+        let (answered, waiting) = self
             .with_dispatch(None, |d| {
-                d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())
+                let mut answered =
+                    d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())?;
+                // A worker whose one call in flight is the one just written
+                // was idle.
+                let (waiting, busy): (Writes<Worker>, _) = std::mem::take(&mut answered.writes)
+                    .into_iter()
+                    .partition(|w| d.in_flight(w.id) == 1);
+                answered.writes = busy;
+                Ok::<_, Violation>((answered, waiting))
             })
             .map_err(|v| v.0)?;
-        // Deliver first: writing the next request wakes the worker, and on a
-        // busy machine the kernel then preempts this thread at once, which
-        // would hold the reply back for a whole slice.
+        // A call for an idle worker goes out before the reply: the worker
+        // waits for nothing else, and under load (calls queued) its next
+        // round trip is what limits the pool. Calls written behind running
+        // ones wait for the end of the batch (see `Flushes`), after the
+        // reply: their worker is busy anyway, and writing wakes it, which on
+        // a busy machine can get this thread preempted with the reply held
+        // back.
+        flush(waiting);
         if let Some(reply) = answered.caller {
             let timing = answered.timing;
             let meta = (
