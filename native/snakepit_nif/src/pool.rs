@@ -17,14 +17,14 @@ use crate::terms::{
     state_atom, Bytes, CircuitDetails, Details, Failure, HandshakeDetails, PoolStats,
     SessionDetails, SessionInfo, SessionLimitDetails, WorkerInfo,
 };
-use crate::worker::{self, Events, ExitInfo, Flushes, Worker, WorkerSpec};
+use crate::worker::{self, Events, ExitInfo, Worker, WorkerSpec};
 use parking_lot::Mutex;
 use rustler::env::OwnedEnv;
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource};
 use snakepit_dispatch::breaker::{self, Transition};
 use snakepit_dispatch::dispatcher::{
-    self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Violation, Writes,
+    self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Writes,
 };
 use snakepit_dispatch::output::Admit;
 use snakepit_dispatch::recycle::Reason;
@@ -549,7 +549,6 @@ impl PoolCore {
         worker: &Worker,
         envelope: Envelope,
         frame: OwnedBinary,
-        flushes: &mut Flushes,
     ) -> Result<bool, String> {
         let (status, outcome, terminal) = match envelope.kind {
             Kind::Result => (atoms::result(), Outcome::Completed, Terminal::Result),
@@ -559,27 +558,14 @@ impl PoolCore {
                 ErrorKind::Failed => (atoms::python_error(), Outcome::PythonError, Terminal::Error),
             },
         };
-        let (answered, waiting) = self
+        let answered = self
             .with_dispatch(None, |d| {
-                let mut answered =
-                    d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())?;
-                // A worker whose one call in flight is the one just written
-                // was idle.
-                let (waiting, busy): (Writes<Worker>, _) = std::mem::take(&mut answered.writes)
-                    .into_iter()
-                    .partition(|w| d.in_flight(w.id) == 1);
-                answered.writes = busy;
-                Ok::<_, Violation>((answered, waiting))
+                d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())
             })
             .map_err(|v| v.0)?;
-        // A call for an idle worker goes out before the reply: the worker
-        // waits for nothing else, and under load (calls queued) its next
-        // round trip is what limits the pool. Calls written behind running
-        // ones wait for the end of the batch (see `Flushes`), after the
-        // reply: their worker is busy anyway, and writing wakes it, which on
-        // a busy machine can get this thread preempted with the reply held
-        // back.
-        flush(waiting);
+        // Deliver first: writing the next request wakes the worker, and on a
+        // busy machine the kernel then preempts this thread at once, which
+        // would hold the reply back for a whole slice.
         if let Some(reply) = answered.caller {
             let timing = answered.timing;
             let meta = (
@@ -589,7 +575,7 @@ impl PoolCore {
             );
             reply.answer(status, frame, envelope.body, meta);
         }
-        flushes.add(answered.writes);
+        flush(answered.writes);
         if let Some((worker, reason)) = answered.retire {
             worker.recycle(reason);
         }
@@ -607,7 +593,6 @@ impl Events for PoolCore {
         worker: &Worker,
         envelope: Envelope,
         frame: OwnedBinary,
-        flushes: &mut Flushes,
     ) -> Result<bool, String> {
         // Bodies that Elixir reads as maps must be maps: a worker that sends
         // anything else broke the protocol (it is killed, its call answered).
@@ -627,7 +612,7 @@ impl Events for PoolCore {
         match envelope.kind {
             Kind::Ready => self.on_ready(worker, envelope, frame),
             Kind::Result | Kind::Error | Kind::Done if envelope.id != 0 => {
-                self.on_answer(worker, envelope, frame, flushes)
+                self.on_answer(worker, envelope, frame)
             }
             Kind::Chunk if envelope.id != 0 => {
                 let sink = self

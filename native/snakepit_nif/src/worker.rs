@@ -53,14 +53,12 @@ pub trait Events: Send + Sync + 'static {
     /// A frame from the worker. `Ok(true)` means a quiet moment (the worker
     /// is idle, nothing queued): its reader may poll briefly for the next
     /// frame instead of sleeping. `Err` means it broke the protocol; it is
-    /// then killed. Workers to flush after it may go in `flushes`: the
-    /// reader flushes them before it next waits for the pipe.
+    /// then killed.
     fn frame(
         &self,
         worker: &Worker,
         envelope: Envelope,
         frame: OwnedBinary,
-        flushes: &mut Flushes,
     ) -> Result<bool, String>;
     /// Complete lines of the worker's stderr, within its output budget.
     fn stderr(&self, worker_id: u64, chunk: &[u8]);
@@ -68,31 +66,6 @@ pub trait Events: Send + Sync + 'static {
     fn output_dropped(&self, worker_id: u64, lines: u64);
     /// The worker is gone and reaped; the last event of a worker.
     fn exited(&self, worker: &Worker, exit: ExitInfo);
-}
-
-/// Workers whose stdin a reader flushes once it has handled every whole
-/// frame it holds: the requests that a batch of answers lets through then
-/// go out in one `writev` per worker, waking each worker once, rather than
-/// one write (and maybe one wakeup) per answer. Answers themselves are sent
-/// at once, frame by frame.
-#[derive(Default)]
-pub struct Flushes(Vec<Arc<Worker>>);
-
-impl Flushes {
-    /// Adds `writes` (workers with frames enqueued), each worker once.
-    pub fn add(&mut self, writes: Vec<Arc<Worker>>) {
-        for w in writes {
-            if !self.0.iter().any(|f| Arc::ptr_eq(f, &w)) {
-                self.0.push(w);
-            }
-        }
-    }
-
-    fn run(&mut self) {
-        for w in self.0.drain(..) {
-            w.flush();
-        }
-    }
 }
 
 /// Why the pool ended a worker on purpose.
@@ -462,13 +435,7 @@ fn read_loop(events: &dyn Events, worker: &Worker, stdout: File, stderr_done: Re
     let fd = stdout.as_raw_fd();
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut spin = false;
-    let mut flushes = Flushes::default();
     let protocol_error = loop {
-        // Every answer already read is handled: send the requests they let
-        // through before waiting for more.
-        if !holds_frame(reader.buffer()) {
-            flushes.run();
-        }
         if spin && reader.buffer().is_empty() {
             spin_until_readable(fd, SPIN);
         }
@@ -488,26 +455,17 @@ fn read_loop(events: &dyn Events, worker: &Worker, stdout: File, stderr_done: Re
             Ok(env) => env,
             Err(e) => break Some(e.to_string()),
         };
-        match events.frame(worker, envelope, frame, &mut flushes) {
+        match events.frame(worker, envelope, frame) {
             Ok(now_idle) => spin = now_idle,
             Err(e) => break Some(e),
         }
     };
-    flushes.run();
     let exit = reap(worker, protocol_error);
     // Let the last of its stderr reach the owner before the exit does (the
     // owner quotes it when a worker dies before its handshake). Bounded: a
     // grandchild that left the process group may hold stderr open.
     let _ = stderr_done.recv_timeout(Duration::from_millis(500));
     events.exited(worker, exit);
-}
-
-/// Whether `buf` starts with a whole frame (one the next read takes
-/// without a syscall).
-fn holds_frame(buf: &[u8]) -> bool {
-    buf.len() >= frame::HEADER_LEN
-        && buf.len() - frame::HEADER_LEN
-            >= u32::from_be_bytes(buf[..frame::HEADER_LEN].try_into().expect("4 bytes")) as usize
 }
 
 /// How long a reader polls for the next frame before sleeping in read(2).
