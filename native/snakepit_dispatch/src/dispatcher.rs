@@ -923,6 +923,11 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         self.closed
     }
 
+    /// Requests written to worker `id` and not answered yet (0 if unknown).
+    pub fn in_flight(&self, id: u64) -> usize {
+        self.slots.get(&id).map_or(0, |s| s.in_flight.len())
+    }
+
     pub fn all_workers(&self) -> Vec<Arc<W>> {
         self.slots.values().map(|s| Arc::clone(&s.worker)).collect()
     }

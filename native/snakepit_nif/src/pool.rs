@@ -558,9 +558,13 @@ impl PoolCore {
                 ErrorKind::Failed => (atoms::python_error(), Outcome::PythonError, Terminal::Error),
             },
         };
-        let answered = self
+        let (answered, pipelined) = self
             .with_dispatch(None, |d| {
-                d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())
+                let answered =
+                    d.finish(worker.id, envelope.id, outcome, terminal, Instant::now())?;
+                // Besides the call it runs, the worker holds another, read
+                // and waiting: its next answer is one short call away.
+                Ok::<_, dispatcher::Violation>((answered, d.in_flight(worker.id) >= 2))
             })
             .map_err(|v| v.0)?;
         // Deliver first: writing the next request wakes the worker, and on a
@@ -579,7 +583,7 @@ impl PoolCore {
         if let Some((worker, reason)) = answered.retire {
             worker.recycle(reason);
         }
-        Ok(answered.now_idle)
+        Ok(answered.now_idle || pipelined)
     }
 }
 

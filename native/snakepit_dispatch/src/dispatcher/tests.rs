@@ -211,6 +211,8 @@ fn pipelining_writes_behind_a_running_call_up_to_the_depth() {
     assert_eq!(d.gauges().in_flight, 3);
     complete(&mut d, 1, 10);
     assert_eq!(w.written(), [10, 11, 12, 13]);
+    assert_eq!(d.in_flight(1), 3);
+    assert_eq!(d.in_flight(99), 0, "an unknown worker has none");
 }
 
 #[test]
