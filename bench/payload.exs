@@ -25,7 +25,8 @@
 # MiB/s is payload bytes each way / p50 round-trip time. The C programs are
 # compiled with `cc` into _build/bench/; without `cc` their rows are skipped.
 # Then throughput of tiny calls at 1/8/64 callers, 2 workers each: Snakepit
-# with `pipeline_depth` 1 and 4, and the pipelining Port pool.
+# with `pipeline_depth` 1, 2 and 4, and the pipelining Port pool, with the
+# CPU time each spends per call.
 
 Code.require_file("support/common.exs", __DIR__)
 Code.require_file("support/msgpack.exs", __DIR__)
@@ -259,47 +260,74 @@ defmodule Bench.Payload do
   defp throughput(rounds) do
     seconds = env_int("SECONDS", 1)
 
-    {:ok, _} = Snakepit.Pool.start_link(name: :tp1, size: 2, adapter: @adapter)
-    :ok = Snakepit.await_ready(:tp1, 30_000)
+    pools =
+      for {name, depth} <- [tp1: 1, tp2: 2, tp4: 4] do
+        {:ok, _} =
+          Snakepit.Pool.start_link(name: name, size: 2, adapter: @adapter, pipeline_depth: depth)
 
-    {:ok, _} = Snakepit.Pool.start_link(name: :tp4, size: 2, adapter: @adapter, pipeline_depth: 4)
+        :ok = Snakepit.await_ready(name, 30_000)
+        {name, for(w <- Snakepit.list_workers(name), do: w.os_pid)}
+      end
 
-    :ok = Snakepit.await_ready(:tp4, 30_000)
-
-    ports = List.to_tuple(for _ <- 1..2, do: elem(Bench.PortPool.start(@adapter, python_env()), 1))
-
+    servers = for _ <- 1..2, do: elem(Bench.PortPool.start(@adapter, python_env()), 1)
+    port_pids = for s <- servers, do: elem(Port.info(:sys.get_state(s).port, :os_pid), 1)
+    ports = List.to_tuple(servers)
     next = :atomics.new(1, [])
 
-    candidates = [
-      {"snakepit", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :tp1) end},
-      {"snakepit_p4", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :tp4) end},
-      {"port",
-       fn args ->
+    snakepit = fn {pool, pids} ->
+      {fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: pool) end, pids}
+    end
+
+    [p1, p2, p4] = Enum.map(pools, snakepit)
+
+    port =
+      {fn args ->
          port = elem(ports, rem(:atomics.add_get(next, 1, 1), 2))
          {:ok, _} = Bench.PortPool.call(port, "echo", args)
-       end}
-    ]
+       end, port_pids}
 
-    for {_, call} <- candidates, _ <- 1..500, do: call.(%{"value" => "warm"})
+    candidates = [{"snakepit", p1}, {"snakepit_p2", p2}, {"snakepit_p4", p4}, {"port", port}]
+    names = Enum.map(candidates, &elem(&1, 0))
+
+    for {_, {call, _}} <- candidates, _ <- 1..500, do: call.(%{"value" => "warm"})
 
     IO.puts("\n## Throughput, tiny call (4 B), 2 workers (calls/s; median of #{rounds} rounds)\n")
 
     IO.puts(
-      row(["callers", "snakepit", "snakepit_p4", "port", "snakepit / port", "snakepit_p4 / port"])
+      "CPU µs/call: the BEAM's threads and the candidate's Python workers, per call\n" <>
+        "(a steadier figure than calls/s on a shared machine).\n"
     )
 
-    IO.puts(rule(6))
+    IO.puts(
+      row(
+        ["callers"] ++
+          names ++
+          Enum.map(List.delete(names, "port"), &"#{&1} / port") ++ ["CPU µs/call, same order"]
+      )
+    )
+
+    IO.puts(rule(2 * length(names) + 1))
 
     for callers <- [1, 8, 64] do
       samples =
-        interleave(rounds, candidates, fn call ->
-          calls_per_s(call, %{"value" => "ping"}, callers, seconds * 1000)
+        interleave(rounds, candidates, fn {call, pids} ->
+          cpu_before = cpu_ns([System.pid() | pids])
+          rate = calls_per_s(call, %{"value" => "ping"}, callers, seconds * 1000)
+          cpu = cpu_ns([System.pid() | pids]) - cpu_before
+          {rate, cpu / 1000 / (rate * seconds)}
         end)
 
-      [s, s4, p] = Enum.map(["snakepit", "snakepit_p4", "port"], &median(samples[&1]))
+      rates = Enum.map(names, fn n -> median(Enum.map(samples[n], &elem(&1, 0))) end)
+      cpus = Enum.map(names, fn n -> median(Enum.map(samples[n], &elem(&1, 1))) end)
+      port_rate = List.last(rates)
 
       IO.puts(
-        row(["#{callers}", "#{round(s)}", "#{round(s4)}", "#{round(p)}", ratio(s, p), ratio(s4, p)])
+        row(
+          ["#{callers}"] ++
+            Enum.map(rates, &"#{round(&1)}") ++
+            Enum.map(Enum.drop(rates, -1), &ratio(&1, port_rate)) ++
+            [Enum.map_join(cpus, " / ", &"#{round(&1)}")]
+        )
       )
     end
   end

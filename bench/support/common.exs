@@ -62,6 +62,18 @@ defmodule Bench.Common do
     end
   end
 
+  # CPU time used so far by the OS processes `pids` (all their threads), in
+  # ns, from /proc/<pid>/task/<tid>/schedstat; processes gone count 0.
+  def cpu_ns(pids) do
+    for pid <- pids,
+        {:ok, tids} <- [File.ls("/proc/#{pid}/task")],
+        tid <- tids,
+        {:ok, stat} <- [File.read("/proc/#{pid}/task/#{tid}/schedstat")],
+        reduce: 0 do
+      acc -> acc + (stat |> String.split() |> hd() |> String.to_integer())
+    end
+  end
+
   def machine_line(extra) do
     "#{System.schedulers_online()} schedulers, OTP #{System.otp_release()}, " <>
       "Elixir #{System.version()}, #{extra}, load average before: #{loadavg()}"
