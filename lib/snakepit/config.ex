@@ -98,6 +98,23 @@ defmodule Snakepit.Config do
       doc: "largest message in either direction"
     },
     %{
+      name: :shm_threshold,
+      shape: :pos_or_infinity,
+      default: 1024 * 1024,
+      note: "1 MiB",
+      native: true,
+      doc:
+        "binaries and tensors this large cross in shared memory, not the pipe (see \"Shared memory\"); `:infinity`: never"
+    },
+    %{
+      name: :shm_max_bytes,
+      shape: :pos_integer,
+      default: 4 * 1024 * 1024 * 1024,
+      note: "4 GiB",
+      native: true,
+      doc: "most bytes of shared-memory segments the pool has in flight at once"
+    },
+    %{
       name: :startup_timeout,
       shape: :pos_ms,
       default: 30_000,
@@ -385,6 +402,8 @@ defmodule Snakepit.Config do
   | `SNAKEPIT_MAX_FRAME_BYTES`            | the pool's `:max_frame_bytes`                            |
   | `SNAKEPIT_POOL`, `SNAKEPIT_WORKER_ID` | the pool's name and the worker's id                      |
   | `SNAKEPIT_CONTROL_FD`                 | the worker's end of the control pipe                     |
+  | `SNAKEPIT_SHM_FD`                     | the worker's end of its segment socket (shared memory)   |
+  | `SNAKEPIT_SHM_THRESHOLD`              | the pool's `:shm_threshold`, `0` for `:infinity`         |
   | `SNAKEPIT_OWNER`                      | this BEAM, for `Snakepit.Orphans`                        |
 
   `:env` may not name any of the `SNAKEPIT_` variables above: the pool and
@@ -572,8 +591,8 @@ defmodule Snakepit.Config do
 
       iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
       iex> Snakepit.Config.native_options(config)
-      %{max_frame_bytes: 67108864, pipeline_depth: 1, max_queue: 10000,
-        max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
+      %{max_frame_bytes: 67108864, shm_threshold: 1048576, shm_max_bytes: 4294967296,
+        pipeline_depth: 1, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
         session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """
   @spec native_options(t()) :: native_options()
@@ -1038,7 +1057,7 @@ defmodule Snakepit.Config do
   # native side (native/snakepit_nif/src/worker.rs) set for every worker:
   # :env may not replace them. Keep in step with those two.
   @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
-               SNAKEPIT_OWNER)
+               SNAKEPIT_OWNER SNAKEPIT_SHM_FD SNAKEPIT_SHM_THRESHOLD)
 
   # The :env as string pairs, or what is wrong with it, never quoting a
   # value. Names are checked against what the pool sets itself.

@@ -420,17 +420,51 @@ fn key_text(s: &mut String, key: Term) {
 ///
 /// `frame` is the whole frame as a binary of `env`, so long strings and
 /// binaries become sub-binaries of it; `pos` is where the item starts.
-pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeFailure> {
+/// `segments` are the shared-memory segments that came with the frame
+/// (binaries over their mappings): extension types 85 and 86 name one by
+/// its index and decode to it (see `shm.rs`).
+pub fn decode<'a>(
+    env: Env<'a>,
+    frame: Binary<'a>,
+    pos: usize,
+    segments: &[Binary<'a>],
+) -> Result<Term<'a>, DecodeFailure> {
     let mut reader = Reader::at(frame.as_slice(), pos);
-    decode_item(env, &frame, &mut reader, 0)
+    let src = Source { frame, segments };
+    decode_item(env, &src, &mut reader, 0)
+}
+
+/// Where decoded bytes come from: the frame, and its segments.
+struct Source<'s, 'a> {
+    frame: Binary<'a>,
+    segments: &'s [Binary<'a>],
+}
+
+impl<'a> Source<'_, 'a> {
+    /// Segment `index` of a handle at byte `at`.
+    fn segment(&self, payload: &[u8], at: usize) -> Result<Binary<'a>, DecodeFailure> {
+        let index =
+            crate::shm::parse_ref(payload).map_err(|why| DecodeFailure::Tensor { at, why })?;
+        self.segments
+            .get(index)
+            .copied()
+            .ok_or_else(|| DecodeFailure::Tensor {
+                at,
+                why: format!(
+                    "a shared-memory handle to segment {index}, but the frame came with {}",
+                    self.segments.len()
+                ),
+            })
+    }
 }
 
 fn decode_item<'a>(
     env: Env<'a>,
-    frame: &Binary<'a>,
+    src: &Source<'_, 'a>,
     r: &mut Reader,
     depth: usize,
 ) -> Result<Term<'a>, DecodeFailure> {
+    let frame = &src.frame;
     if depth > MAX_DEPTH {
         return Err(DecodeFailure::Wire(DecodeError::TooDeep {
             at: r.position(),
@@ -448,7 +482,7 @@ fn decode_item<'a>(
         Token::Array(n) => {
             let mut items = Vec::with_capacity(n.min(65_536));
             for _ in 0..n {
-                items.push(decode_item(env, frame, r, depth + 1)?);
+                items.push(decode_item(env, src, r, depth + 1)?);
             }
             items.encode(env)
         }
@@ -456,8 +490,8 @@ fn decode_item<'a>(
             let mut keys = Vec::with_capacity(n.min(65_536));
             let mut values = Vec::with_capacity(n.min(65_536));
             for _ in 0..n {
-                keys.push(decode_item(env, frame, r, depth + 1)?);
-                values.push(decode_item(env, frame, r, depth + 1)?);
+                keys.push(decode_item(env, src, r, depth + 1)?);
+                values.push(decode_item(env, src, r, depth + 1)?);
             }
             // enif_make_map_from_arrays does not reject duplicate keys among
             // more than 32 and then builds a corrupt map (erlang/otp#10975),
@@ -480,6 +514,19 @@ fn decode_item<'a>(
                 .map_err(|why| DecodeFailure::Tensor { at, why })?;
             let data = bytes_term(env, frame, range.start + header.data_at..range.end);
             tensor::make_term(env, &header, data)
+        }
+        Token::Ext(crate::shm::EXT_BYTES, range) => {
+            src.segment(&frame.as_slice()[range], at)?.encode(env)
+        }
+        Token::Ext(crate::shm::EXT_TENSOR, range) => {
+            let payload = &frame.as_slice()[range];
+            let data = src.segment(payload, at)?;
+            let header = tensor::parse_header(
+                &payload[crate::shm::REF_LEN.min(payload.len())..],
+                data.len(),
+            )
+            .map_err(|why| DecodeFailure::Tensor { at, why })?;
+            tensor::make_term(env, &header, data.encode(env))
         }
         Token::Ext(ty, range) => {
             let data = bytes_term(env, frame, range);

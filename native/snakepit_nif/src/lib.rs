@@ -28,6 +28,7 @@ mod codec;
 mod orphans;
 mod pool;
 mod reply;
+mod shm;
 mod spawn;
 mod terms;
 mod worker;
@@ -46,7 +47,7 @@ use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 8;
+const ABI_VERSION: u32 = 9;
 
 /// Largest encoded request built on a normal scheduler; bigger ones are
 /// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
@@ -62,6 +63,9 @@ fn abi_version() -> u32 {
 #[derive(rustler::NifMap)]
 struct PoolOptions {
     max_frame_bytes: usize,
+    /// Bytes; 0: shared memory is never used.
+    shm_threshold: u64,
+    shm_max_bytes: u64,
     pipeline_depth: usize,
     max_queue: usize,
     max_requests: u64,
@@ -89,6 +93,14 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
     }
     let config = PoolConfig {
         max_frame: opts.max_frame_bytes,
+        shm: shm::Budget::new(
+            if opts.shm_threshold == 0 {
+                u64::MAX
+            } else {
+                opts.shm_threshold
+            },
+            opts.shm_max_bytes,
+        ),
         shepherd: opts.shepherd,
         dispatch: dispatcher::Config {
             pipeline_depth: opts.pipeline_depth,
@@ -426,7 +438,7 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
             let mut bin = rustler::OwnedBinary::new(buf.len());
             bin.as_mut_slice().copy_from_slice(&buf);
             let bin = bin.release(env);
-            match codec::decode(env, bin, 0) {
+            match codec::decode(env, bin, 0, &[]) {
                 Ok(t) => (atoms::ok(), t).encode(env),
                 Err(e) => (atoms::error(), e.to_string()).encode(env),
             }
@@ -453,11 +465,43 @@ fn decode_dirty<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
     decode_at(env, data, offset)
 }
 
+/// `decode/2` for a frame that came with shared-memory segments
+/// (`{:shm, frame, segments}`): its handles become those binaries.
+#[rustler::nif]
+fn decode_shm<'a>(
+    env: Env<'a>,
+    data: Binary<'a>,
+    offset: usize,
+    segments: Vec<Binary<'a>>,
+) -> Term<'a> {
+    decode_with(env, data, offset, &segments)
+}
+
+/// `decode_shm/3` on a dirty CPU scheduler, for large frames.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn decode_shm_dirty<'a>(
+    env: Env<'a>,
+    data: Binary<'a>,
+    offset: usize,
+    segments: Vec<Binary<'a>>,
+) -> Term<'a> {
+    decode_with(env, data, offset, &segments)
+}
+
 fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
+    decode_with(env, data, offset, &[])
+}
+
+fn decode_with<'a>(
+    env: Env<'a>,
+    data: Binary<'a>,
+    offset: usize,
+    segments: &[Binary<'a>],
+) -> Term<'a> {
     if offset > data.len() {
         return (atoms::error(), "offset beyond the data").encode(env);
     }
-    match codec::decode(env, data, offset) {
+    match codec::decode(env, data, offset, segments) {
         Ok(t) => (atoms::ok(), t).encode(env),
         Err(e) => (atoms::error(), e.to_string()).encode(env),
     }

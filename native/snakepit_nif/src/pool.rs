@@ -13,6 +13,7 @@
 
 use crate::atoms;
 use crate::reply::{send_raw, ReplyTo};
+use crate::shm::Framed;
 use crate::terms::{
     state_atom, Bytes, CircuitDetails, Details, Failure, HandshakeDetails, PoolStats,
     SessionDetails, SessionInfo, SessionLimitDetails, WorkerInfo,
@@ -77,6 +78,8 @@ pub type Reply = ReplyTo<PoolHandle>;
 pub struct PoolConfig {
     /// Largest frame accepted in either direction, in bytes.
     pub max_frame: usize,
+    /// Shared-memory threshold, limit and bytes in flight.
+    pub shm: Arc<crate::shm::Budget>,
     /// Path of the `snakepit_shepherd` executable.
     pub shepherd: String,
     pub dispatch: dispatcher::Config,
@@ -87,6 +90,7 @@ pub struct PoolCore {
     /// The `Snakepit.Pool` process: gets worker events.
     pub owner: LocalPid,
     pub max_frame: usize,
+    pub shm: Arc<crate::shm::Budget>,
     shepherd: String,
     next_request: AtomicU64,
     dispatch: Mutex<Dispatcher<Reply, Worker>>,
@@ -103,6 +107,7 @@ impl PoolCore {
         PoolCore {
             owner,
             max_frame: config.max_frame,
+            shm: config.shm,
             shepherd: config.shepherd,
             next_request: AtomicU64::new(1),
             dispatch: Mutex::new(Dispatcher::new(config.dispatch)),
@@ -453,6 +458,7 @@ impl PoolCore {
         // Drops are counted by the dispatcher as they are reported; add those
         // not reported yet.
         stats.dropped_output_lines += workers.iter().map(|w| w.pending_drops()).sum::<u64>();
+        stats.shm_bytes = self.shm.in_flight();
         stats
     }
 
@@ -548,8 +554,9 @@ impl PoolCore {
         &self,
         worker: &Worker,
         envelope: Envelope,
-        frame: OwnedBinary,
+        frame: Framed,
     ) -> Result<bool, String> {
+        let (frame, segments) = (frame.frame, frame.segments);
         let (status, outcome, terminal) = match envelope.kind {
             Kind::Result => (atoms::result(), Outcome::Completed, Terminal::Result),
             Kind::Done => (atoms::done(), Outcome::Completed, Terminal::Done),
@@ -573,6 +580,7 @@ impl PoolCore {
                 timing.queued.as_nanos() as u64,
                 timing.ran.as_nanos() as u64,
             );
+            let frame = Framed { frame, segments };
             reply.answer(status, frame, envelope.body, meta);
         }
         flush(answered.writes);
@@ -609,8 +617,23 @@ impl Events for PoolCore {
                 "sent {article} {kind} frame whose body is not a map"
             ));
         }
+        // Segments announced by an `shm` frame belong to the next frame.
+        let segments = worker.shm.take(envelope.id)?;
+        if segments.is_some() && !matches!(envelope.kind, Kind::Result | Kind::Error | Kind::Chunk)
+        {
+            return Err(format!(
+                "sent shared-memory segments with a {} frame",
+                envelope.kind.as_str()
+            ));
+        }
+        let frame = Framed { frame, segments };
         match envelope.kind {
-            Kind::Ready => self.on_ready(worker, envelope, frame),
+            Kind::Shm if envelope.id != 0 => {
+                let lengths = protocol::shm_lengths(frame.frame.as_slice(), envelope.body)?;
+                worker.shm.receive(envelope.id, &lengths, &self.shm)?;
+                Ok(false)
+            }
+            Kind::Ready => self.on_ready(worker, envelope, frame.frame),
             Kind::Result | Kind::Error | Kind::Done if envelope.id != 0 => {
                 self.on_answer(worker, envelope, frame)
             }
@@ -628,10 +651,12 @@ impl Events for PoolCore {
             }
             Kind::Error => {
                 // id 0: the worker could not start (e.g. the adapter failed to import).
+                let frame = frame.frame;
                 self.notify_with_body(worker.id, atoms::startup_error(), frame, envelope.body);
                 Ok(false)
             }
             Kind::Log => {
+                let frame = frame.frame;
                 match worker.admit_output(frame.len()) {
                     Admit::Yes => {
                         self.notify_with_body(worker.id, atoms::log(), frame, envelope.body)
@@ -649,6 +674,7 @@ impl Events for PoolCore {
                 "sent a {} frame this host does not expect",
                 envelope.kind.as_str()
             )),
+            Kind::Shm => Err("sent an shm frame with id 0".into()),
             Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd => Err(format!(
                 "sent a {} frame, which only the host sends",
                 envelope.kind.as_str()

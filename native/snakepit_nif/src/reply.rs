@@ -8,11 +8,12 @@
 //! chunk ever follows the final answer or reaches a caller that gave up.
 
 use crate::atoms;
+use crate::shm::Framed;
 use crate::terms::Failure;
 use parking_lot::Mutex;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
-use rustler::{Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource, ResourceArc, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, Resource, ResourceArc, Term};
 use std::sync::Arc;
 
 /// The caller of one request. `R` is the resource that monitors the caller
@@ -43,7 +44,7 @@ struct Target {
 impl Sink {
     /// Sends a chunk unless the sink is closed. From a thread of ours only
     /// (not a scheduler thread).
-    pub fn chunk(&self, frame: OwnedBinary, body: usize) {
+    pub fn chunk(&self, frame: Framed, body: usize) {
         let target = self.target.lock();
         let Some(t) = target.as_ref() else {
             return;
@@ -51,7 +52,7 @@ impl Sink {
         let mut msg = OwnedEnv::new();
         let _ = msg.send_and_clear(&t.caller, |e| {
             let tag = t.env.run(|te| t.tag.load(te).in_env(e));
-            let frame = frame.release(e).encode(e);
+            let frame = frame.encode(e);
             make_tuple(e, &[tag, atoms::chunk().encode(e), frame, body.encode(e)])
         });
     }
@@ -150,15 +151,9 @@ impl<R: Resource> ReplyTo<R> {
     /// frame, which the caller decodes itself (see `codec.rs` for why).
     /// `meta` is `{os_pid, queue_ns, run_ns}`: which worker answered, and
     /// how long the call waited and ran (for telemetry).
-    pub fn answer(
-        self,
-        status: rustler::Atom,
-        frame: OwnedBinary,
-        body: usize,
-        meta: (u32, u64, u64),
-    ) {
+    pub fn answer(self, status: rustler::Atom, frame: Framed, body: usize, meta: (u32, u64, u64)) {
         self.reply(None, move |e| {
-            let frame = frame.release(e).encode(e);
+            let frame = frame.encode(e);
             vec![status.encode(e), frame, body.encode(e), meta.encode(e)]
         });
     }

@@ -185,6 +185,34 @@ pub struct Header {
 
 /// Reads and checks a tensor ext's payload; why it is malformed otherwise.
 pub fn parse(payload: &[u8]) -> Result<Header, String> {
+    let header = header_at(payload)?;
+    let have = (payload.len() - header.data_at) as u64;
+    check_data(&header, have)?;
+    Ok(header)
+}
+
+/// Reads a tensor header (an ext 84 payload without its data) whose data,
+/// `data_len` bytes, is elsewhere (a shared-memory segment, ext 86).
+pub fn parse_header(header: &[u8], data_len: usize) -> Result<Header, String> {
+    let parsed = header_at(header)?;
+    if parsed.data_at != header.len() {
+        return Err("a shared-memory tensor whose header has trailing bytes".into());
+    }
+    check_data(&parsed, data_len as u64)?;
+    Ok(parsed)
+}
+
+fn check_data(header: &Header, have: u64) -> Result<(), String> {
+    if byte_size(&header.dims, header.bits) != Some(have) {
+        return Err(format!(
+            "a tensor extension whose data ({have} bytes) does not match its shape {:?}",
+            header.dims
+        ));
+    }
+    Ok(())
+}
+
+fn header_at(payload: &[u8]) -> Result<Header, String> {
     let fixed = payload
         .get(..FIXED)
         .ok_or("a tensor extension shorter than its header")?;
@@ -207,12 +235,6 @@ pub fn parse(payload: &[u8]) -> Result<Header, String> {
         .chunks_exact(8)
         .map(|d| u64::from_be_bytes(d.try_into().expect("8 bytes")))
         .collect::<Vec<_>>();
-    let have = (payload.len() - data_at) as u64;
-    if byte_size(&dims, bits) != Some(have) {
-        return Err(format!(
-            "a tensor extension whose data ({have} bytes) does not match its shape {dims:?}"
-        ));
-    }
     Ok(Header {
         kind,
         bits,

@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
-from . import codec
+from . import codec, shm
+
+# Frames that may carry shared-memory segments (worker -> host).
+_SEGMENT_KINDS = ("result", "chunk")
 
 HEADER_LEN = 4
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -51,18 +54,48 @@ class Channel:
         or the frame is over the size limit; nothing is written then."""
         self.write_encoded(self.encode(kind, request_id, body))
 
-    def encode(self, kind: str, request_id: int, body: Any) -> bytes:
+    def encode(self, kind: str, request_id: int, body: Any) -> Union[bytes, shm.Outgoing]:
         """One frame's MessagePack bytes, for :meth:`write_encoded`. Raises if
-        the body cannot be encoded or the frame is over the size limit."""
-        payload = codec.packb([kind, request_id, body])
-        self._check_size(payload)
-        return payload
+        the body cannot be encoded or the frame is over the size limit.
 
-    def write_encoded(self, payload: bytes) -> None:
+        A ``result`` or ``chunk`` whose large values went into shared-memory
+        segments (see :mod:`snakepit_bridge.shm`) is returned as the
+        :class:`shm.Outgoing` that holds them and the frame's bytes."""
+        if not shm.threshold() or kind not in _SEGMENT_KINDS:
+            payload = codec.packb([kind, request_id, body])
+            self._check_size(payload)
+            return payload
+        with shm.collecting() as out:
+            payload = codec.packb([kind, request_id, shm.wrap(body)])
+            self._check_size(payload)
+        if not out:
+            return payload
+        out.payload = payload
+        out.request_id = request_id
+        return out
+
+    def write_encoded(self, payload: Union[bytes, shm.Outgoing]) -> None:
+        if isinstance(payload, shm.Outgoing):
+            self._write_segments(payload)
+            return
         self._check_size(payload)
         data = [len(payload).to_bytes(HEADER_LEN, "big"), payload]
         with self._lock:
             _writev_all(self._out_fd, data)
+
+    def _write_segments(self, out: shm.Outgoing) -> None:
+        """The segments' fds on the socket, then the ``shm`` frame that
+        announces them, then the frame that uses them: under one lock, so no
+        other frame comes between."""
+        announce = codec.packb(["shm", out.request_id, out.lengths])
+        frames = [len(announce).to_bytes(HEADER_LEN, "big"), announce]
+        frames += [len(out.payload).to_bytes(HEADER_LEN, "big"), out.payload]
+        try:
+            with self._lock:
+                out.send()
+                _writev_all(self._out_fd, frames)
+        finally:
+            out.close()
 
     def write_bytes(self, kind: str, request_id: int, data: "bytes | bytearray | memoryview") -> None:
         """Writes a frame whose body is one large bytes value, without copying

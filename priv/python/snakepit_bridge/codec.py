@@ -4,7 +4,9 @@ Both are configured to agree with the host's codec: str for text, bin for
 bytes, non-string map keys allowed, sets and array-likes sent as arrays.
 numpy arrays (and buffer-protocol objects with a dtype and a shape) are
 sent as tensors, extension type 84, and tensors arrive as read-only numpy
-arrays: see :mod:`snakepit_bridge.tensor`. Both codecs write and read the
+arrays: see :mod:`snakepit_bridge.tensor`. Large arrays and bytes may
+travel in shared-memory segments instead (extension types 85 and 86, see
+:mod:`snakepit_bridge.shm`). Both codecs write and read the
 same bytes for them. Lists stay lists.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional, cast
 
-from . import tensor
+from . import shm, tensor
 
 __all__ = ["NAME", "packb", "unpackb"]
 
@@ -27,6 +29,15 @@ def _encode_extra(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
     """What to send for an object MessagePack has no type for."""
     if isinstance(obj, (set, frozenset)):
         return list(obj)
+    try:
+        segment = shm.offer(obj)
+    except tensor.TensorError as exc:
+        _refusal.error = exc
+        raise
+    if segment is not None:
+        return ext(*segment)
+    if isinstance(obj, shm.Blob):  # no room for another segment: in the frame
+        return shm.blob_bytes(obj)
     try:
         payload = tensor.encode(obj)
     except tensor.TensorError as exc:
@@ -42,11 +53,15 @@ def _encode_extra(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
 
 def _decode_ext(code: int, data: bytes, ext: Callable[[int, bytes], Any]) -> Any:
     """An extension value: a tensor, or left as the codec's ext object."""
-    if code != tensor.EXT_TYPE:
-        return ext(code, data)
     try:
-        return tensor.decode(data)
-    except tensor.TensorError as exc:
+        if code == tensor.EXT_TYPE:
+            return tensor.decode(data)
+        if code == shm.EXT_BYTES:
+            return shm.decode_bytes(data)
+        if code == shm.EXT_TENSOR:
+            return shm.decode_tensor(data)
+        return ext(code, data)
+    except (tensor.TensorError, shm.ShmError) as exc:
         _refusal.error = exc
         raise
 
