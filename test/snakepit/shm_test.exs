@@ -132,4 +132,62 @@ defmodule Snakepit.ShmTest do
       await_shm_bytes(ctx.pool, 0)
     end
   end
+
+  describe "Elixir -> Python" do
+    test "a tensor argument arrives as an array over the mapping; bytes as bytes", ctx do
+      n = 500_000
+      t = Tensor.new(arange_f32(n), {:f, 32}, {n})
+      crc = :erlang.crc32(t.data)
+
+      assert {:ok, %{"type" => "ndarray", "size" => size, "crc" => ^crc, "mapped" => true}} =
+               exec(ctx, "shm_arg_info", %{value: t})
+
+      assert size == 4 * n
+      bin = :crypto.strong_rand_bytes(@threshold + 7)
+      crc = :erlang.crc32(bin)
+      assert {:ok, %{"type" => "bytes", "crc" => ^crc}} = exec(ctx, "shm_arg_info", %{value: bin})
+      # Below the threshold: in the frame.
+      small = Tensor.new(arange_f32(1000), {:f, 32}, {1000})
+      assert {:ok, %{"mapped" => false}} = exec(ctx, "shm_arg_info", %{value: small})
+      await_shm_bytes(ctx.pool, 0)
+    end
+
+    test "a tensor round-trips both ways by shared memory", ctx do
+      check_echo(ctx, 700_000)
+      await_shm_bytes(ctx.pool, 0)
+    end
+  end
+
+  defp check_echo(ctx, n) do
+    t = Tensor.new(arange_f32(n), {:f, 32}, {n})
+    assert {:ok, %{"nested" => [^t]}} = exec(ctx, "tensor_echo", %{t: %{"nested" => [t]}})
+    :ok
+  end
+
+  describe "limits" do
+    setup do
+      %{small: TestPools.start_pool(size: 1, shm_threshold: 1024, shm_max_bytes: 100_000)}
+    end
+
+    test "a call over :shm_max_bytes is refused with a :pool error", ctx do
+      bin = :binary.copy(<<1>>, 150_000)
+
+      assert {:error, %Error{category: :pool, details: %{bytes: 150_000, limit: 100_000}} = e} =
+               Snakepit.execute("shm_arg_info", %{value: bin}, pool: ctx.small)
+
+      assert e.message =~ ":shm_max_bytes"
+      assert Snakepit.get_stats(ctx.small).shm_bytes == 0
+    end
+
+    test "a result over :shm_max_bytes fails cleanly with a :pool error", ctx do
+      assert {:error, %Error{category: :pool, details: %{bytes: 150_000, limit: 100_000}}} =
+               Snakepit.execute("make_bytes", %{n: 150_000}, pool: ctx.small)
+
+      assert Snakepit.get_stats(ctx.small).shm_bytes == 0
+      # The worker goes on.
+      assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: ctx.small)
+      assert {:ok, bin} = Snakepit.execute("make_bytes", %{n: 50_000}, pool: ctx.small)
+      assert byte_size(bin) == 50_000
+    end
+  end
 end

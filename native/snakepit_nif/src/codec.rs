@@ -76,6 +76,9 @@ pub enum EncodeError {
     /// The encoded size passed the caller's budget (not an error for the
     /// user: the caller retries on a dirty scheduler or reports the size).
     OverBudget,
+    /// A shared-memory segment could not be made: over the pool's
+    /// `:shm_max_bytes` (`bytes`, `in_flight`), or the system refused.
+    Segment(crate::shm::MakeError),
 }
 
 impl EncodeError {
@@ -104,7 +107,32 @@ impl EncodeError {
 /// Encodes `term` onto `out`. Stops with [`EncodeError::OverBudget`] as soon as
 /// `out` grows past `budget` bytes.
 pub fn encode(term: Term, out: &mut Vec<u8>, budget: usize) -> Result<(), EncodeError> {
-    encode_at(term, out, budget, 0)
+    encode_at(term, out, budget, 0, &mut crate::shm::Making::none())
+}
+
+/// [`encode`], putting binaries and tensor data of at least the threshold
+/// of `segs` into shared-memory segments (ext 85 and 86) instead of the
+/// frame. Their bytes count against `budget` too (copying them is the work).
+pub fn encode_with(
+    term: Term,
+    out: &mut Vec<u8>,
+    budget: usize,
+    segs: &mut crate::shm::Making,
+) -> Result<(), EncodeError> {
+    encode_at(term, out, budget, 0, segs)
+}
+
+/// Puts `data` into a new segment of `segs`, if the budget allows the copy.
+fn segment(
+    data: &[u8],
+    out: &[u8],
+    budget: usize,
+    segs: &mut crate::shm::Making,
+) -> Result<u32, EncodeError> {
+    if out.len() + segs.bytes + data.len() > budget {
+        return Err(EncodeError::OverBudget);
+    }
+    segs.add(data).map_err(EncodeError::Segment)
 }
 
 fn encode_at(
@@ -112,6 +140,7 @@ fn encode_at(
     out: &mut Vec<u8>,
     budget: usize,
     depth: usize,
+    segs: &mut crate::shm::Making,
 ) -> Result<(), EncodeError> {
     if depth > MAX_DEPTH {
         return Err(EncodeError::unsupported(format!(
@@ -141,7 +170,14 @@ fn encode_at(
             let bin = Binary::from_term(term)
                 .map_err(|_| EncodeError::unsupported("a bitstring that is not whole bytes"))?;
             let bytes = bin.as_slice();
-            if out.len() + bytes.len() > budget {
+            if segs.wants(bytes.len()) {
+                let index = segment(bytes, out, budget, segs)?;
+                rmp::encode::write_ext_meta(out, crate::shm::REF_LEN as u32, crate::shm::EXT_BYTES)
+                    .expect("Vec write");
+                crate::shm::write_ref(out, index);
+                return Ok(());
+            }
+            if out.len() + segs.bytes + bytes.len() > budget {
                 return Err(EncodeError::OverBudget);
             }
             if std::str::from_utf8(bytes).is_ok() {
@@ -159,7 +195,7 @@ fn encode_at(
             let mut rest = term;
             for i in 0..len {
                 let (head, tail) = rest.list_get_cell().expect("proper list");
-                encode_at(head, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                encode_at(head, out, budget, depth + 1, segs).map_err(|e| e.at(|s| index(s, i)))?;
                 rest = tail;
             }
             check_budget(out, budget)
@@ -168,13 +204,18 @@ fn encode_at(
             let items = rustler::types::tuple::get_tuple(term).expect("tuple term");
             rmp::encode::write_array_len(out, items.len() as u32).expect("Vec write");
             for (i, item) in items.into_iter().enumerate() {
-                encode_at(item, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                encode_at(item, out, budget, depth + 1, segs).map_err(|e| e.at(|s| index(s, i)))?;
             }
             check_budget(out, budget)
         }
         TermType::Map if tensor::is_tensor(term) => {
             let t = tensor::check(term).map_err(EncodeError::unsupported)?;
-            if out.len() + t.payload_len() > budget {
+            if segs.wants(t.data().len()) {
+                let index = segment(t.data(), out, budget, segs)?;
+                t.write_in_segment(out, index);
+                return Ok(());
+            }
+            if out.len() + segs.bytes + t.payload_len() > budget {
                 return Err(EncodeError::OverBudget);
             }
             t.write(out);
@@ -187,11 +228,13 @@ fn encode_at(
             let mut keys: Vec<(PyKey, Term)> = Vec::with_capacity(if len > 1 { len } else { 0 });
             for (key, value) in iter {
                 let start = out.len();
-                encode_at(key, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                encode_at(key, out, budget, depth + 1, segs)
+                    .map_err(|e| e.at(|s| key_path(s, key)))?;
                 if len > 1 {
                     keys.push((PyKey::of(key, start, out.len()), key));
                 }
-                encode_at(value, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                encode_at(value, out, budget, depth + 1, segs)
+                    .map_err(|e| e.at(|s| key_path(s, key)))?;
             }
             check_same_keys(&mut keys, out)?;
             check_budget(out, budget)
@@ -244,7 +287,13 @@ fn canonical(term: Term, out: &mut Vec<u8>) {
             _ => {
                 // Text and anything else: its own encoding, length-prefixed.
                 let mut encoded = Vec::new();
-                let _ = encode_at(term, &mut encoded, usize::MAX, 0);
+                let _ = encode_at(
+                    term,
+                    &mut encoded,
+                    usize::MAX,
+                    0,
+                    &mut crate::shm::Making::none(),
+                );
                 out.push(b'e');
                 out.extend_from_slice(&(encoded.len() as u64).to_be_bytes());
                 out.extend_from_slice(&encoded);

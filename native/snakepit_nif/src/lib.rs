@@ -326,7 +326,19 @@ fn submit_with_budget<'a>(
     );
     // Stop encoding a little past the frame limit: that is enough to refuse it.
     let limit = budget.min(max_frame.saturating_add(frame::HEADER_LEN + 1));
-    let refused = match codec::encode(args, &mut buf, limit) {
+    let mut segs = if core.shm.enabled() {
+        shm::Making::new(&core.shm)
+    } else {
+        shm::Making::none()
+    };
+    // Bytes copied into segments count against the scheduler's budget (the
+    // copy is the work) but not against the frame limit.
+    let work_limit = if segs.threshold == u64::MAX {
+        limit
+    } else {
+        budget.min(limit.saturating_add(core.shm.limit as usize))
+    };
+    let refused = match codec::encode_with(args, &mut buf, work_limit, &mut segs) {
         Ok(()) => match frame::finish(&mut buf, max_frame) {
             Ok(()) => None,
             Err(_) => Some(frame_too_large(
@@ -334,11 +346,19 @@ fn submit_with_budget<'a>(
                 max_frame,
             )),
         },
-        Err(codec::EncodeError::OverBudget) if limit == budget => {
+        Err(codec::EncodeError::OverBudget) if work_limit == budget => {
             return atoms::dirty().encode(env);
         }
         // Encoding stopped early, so the full size is unknown.
         Err(codec::EncodeError::OverBudget) => Some(frame_too_large(None, max_frame)),
+        Err(codec::EncodeError::Segment(shm::MakeError::Limit(bytes, in_flight))) => {
+            Some(core.shm.refusal(bytes, in_flight, "the call"))
+        }
+        Err(codec::EncodeError::Segment(shm::MakeError::Io(e))) => Some(Failure::new(
+            atoms::pool(),
+            format!("a shared-memory segment for the call could not be made: {e}"),
+            Details::None,
+        )),
         Err(codec::EncodeError::Unsupported { what, path }) => {
             let message = if path.is_empty() {
                 format!("cannot send {what} to a worker")
@@ -355,11 +375,24 @@ fn submit_with_budget<'a>(
         core.refuse_invalid();
         return (atoms::error(), failure).encode(env);
     }
-    let reply = if call.stream.is_some() {
+    // The `shm` frame goes right before the call, in the same write; the
+    // worker's segment socket gets the fds when the pair is queued to it.
+    let outgoing = (!segs.fds.is_empty()).then(|| {
+        let mut framed = protocol::shm_frame(id, &segs.lengths);
+        framed.extend_from_slice(&buf);
+        buf = framed;
+        core.outbox.register(
+            id,
+            std::mem::take(&mut segs.fds),
+            std::mem::take(&mut segs.leases),
+        )
+    });
+    let mut reply = if call.stream.is_some() {
         Reply::new_stream(env, tag, pool)
     } else {
         Reply::new(env, tag, pool)
     };
+    reply.hold(outgoing);
     match core.submit(env, id, buf, reply, call) {
         Ok(false) => (atoms::ok(), id).encode(env),
         Ok(true) => (atoms::ok(), id, atoms::new_session()).encode(env),
@@ -446,7 +479,9 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
         Err(codec::EncodeError::Unsupported { what, path }) => {
             (atoms::error(), format!("{what} at {path}")).encode(env)
         }
-        Err(codec::EncodeError::OverBudget) => unreachable!("no budget"),
+        Err(codec::EncodeError::OverBudget | codec::EncodeError::Segment(_)) => {
+            unreachable!("no budget, no segments")
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub struct PoolCore {
     pub owner: LocalPid,
     pub max_frame: usize,
     pub shm: Arc<crate::shm::Budget>,
+    /// Segments of calls not answered yet (Elixir → Python).
+    pub outbox: Arc<crate::shm::Outbox>,
     shepherd: String,
     next_request: AtomicU64,
     dispatch: Mutex<Dispatcher<Reply, Worker>>,
@@ -108,6 +110,7 @@ impl PoolCore {
             owner,
             max_frame: config.max_frame,
             shm: config.shm,
+            outbox: Arc::default(),
             shepherd: config.shepherd,
             next_request: AtomicU64::new(1),
             dispatch: Mutex::new(Dispatcher::new(config.dispatch)),
@@ -181,6 +184,7 @@ impl PoolCore {
             args,
             env,
             cwd,
+            outbox: Arc::clone(&self.outbox),
         };
         let launched = worker::launch(spec).map_err(|e| e.to_string())?;
         let worker = Arc::clone(launched.worker());

@@ -27,6 +27,9 @@ pub struct ReplyTo<R: Resource> {
     watch: Option<(ResourceArc<R>, Monitor)>,
     /// A streaming call's chunks go here.
     sink: Option<Arc<Sink>>,
+    /// The call's shared-memory segments: kept (and sent to whichever
+    /// worker runs it) until it is answered or given up.
+    shm: Option<crate::shm::Outgoing>,
 }
 
 /// Where a streaming call's chunks go: `{tag, :chunk, frame, body_offset}`
@@ -79,7 +82,13 @@ impl<R: Resource> ReplyTo<R> {
             tag: saved,
             watch,
             sink: None,
+            shm: None,
         }
+    }
+
+    /// Keeps the call's segments until it is answered or given up.
+    pub fn hold(&mut self, segments: Option<crate::shm::Outgoing>) {
+        self.shm = segments;
     }
 
     /// For a streaming call: also makes the sink its chunks go through.

@@ -234,13 +234,25 @@ pub enum Incoming {
 pub struct Port {
     socket: UnixStream,
     pending: Mutex<Option<(u64, Incoming)>>,
+    outbox: Arc<Outbox>,
 }
 
 impl Port {
-    pub fn new(socket: UnixStream) -> Port {
+    pub fn new(socket: UnixStream, outbox: Arc<Outbox>) -> Port {
         Port {
             socket,
             pending: Mutex::new(None),
+            outbox,
+        }
+    }
+
+    /// Before `frame` is queued to this worker: if it starts with an `shm`
+    /// frame, sends the segments of that call on the socket, so they are
+    /// there before the worker reads the frame. No blocking: a worker that
+    /// does not read its socket finds no segments and refuses the call.
+    pub fn before_enqueue(&self, frame: &[u8]) {
+        if let Some(id) = shm_frame_id(frame) {
+            self.outbox.send(id, &self.socket);
         }
     }
 
@@ -286,10 +298,128 @@ impl Port {
             Some(_) => Err("sent an shm frame not followed by the frame that uses it".into()),
         }
     }
+}
 
-    /// Sends `fds` in one message (Elixir → Python), without blocking.
-    pub fn send(&self, fds: &[RawFd]) -> io::Result<()> {
-        send_fds(&self.socket, fds)
+/// The request id of `frame` if it is an `shm` frame (a length prefix, then
+/// `["shm", id, ...]`), without parsing anything else: every frame queued
+/// to a worker goes through here.
+fn shm_frame_id(frame: &[u8]) -> Option<u64> {
+    const PREFIX: &[u8] = &[0x93, 0xa3, b's', b'h', b'm'];
+    let rest = frame.get(4..)?.strip_prefix(PREFIX)?;
+    match snakepit_wire::msgpack::Reader::new(rest)
+        .next_token()
+        .ok()?
+    {
+        snakepit_wire::msgpack::Token::UInt(id) => Some(id),
+        snakepit_wire::msgpack::Token::Int(id) if id > 0 => Some(id as u64),
+        _ => None,
+    }
+}
+
+/// The segments of calls (Elixir → Python) not answered yet, by request
+/// id: sent to whichever worker the call is queued to (again, if it is
+/// queued again after its worker died), until the call is answered.
+#[derive(Default)]
+pub struct Outbox {
+    calls: Mutex<std::collections::HashMap<u64, Vec<OwnedFd>>>,
+}
+
+impl Outbox {
+    /// Keeps `fds` for call `id` until the returned [`Outgoing`] (held with
+    /// the call's reply) is dropped; `leases` are given back then too.
+    pub fn register(self: &Arc<Self>, id: u64, fds: Vec<OwnedFd>, leases: Vec<Lease>) -> Outgoing {
+        self.calls.lock().insert(id, fds);
+        Outgoing {
+            outbox: Arc::clone(self),
+            id,
+            _leases: leases,
+        }
+    }
+
+    /// Sends call `id`'s fds in one message whose data is the id (u64,
+    /// big-endian): the worker matches them to the `shm` frame by it.
+    fn send(&self, id: u64, socket: &UnixStream) {
+        let calls = self.calls.lock();
+        if let Some(fds) = calls.get(&id) {
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            let _ = send_fds(socket, &id.to_be_bytes(), &raw);
+        }
+    }
+}
+
+/// A call's segments, held with its reply: dropped when it is answered or
+/// given up, which closes the host's fds and gives the bytes back.
+pub struct Outgoing {
+    outbox: Arc<Outbox>,
+    id: u64,
+    _leases: Vec<Lease>,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.outbox.calls.lock().remove(&self.id);
+    }
+}
+
+/// Segments made while encoding one call's args.
+pub struct Making {
+    /// Payloads of at least this many bytes go by segment.
+    pub threshold: u64,
+    budget: Option<Arc<Budget>>,
+    pub fds: Vec<OwnedFd>,
+    pub lengths: Vec<u64>,
+    pub leases: Vec<Lease>,
+    /// Bytes copied into segments so far.
+    pub bytes: usize,
+}
+
+/// Why a segment was not made.
+#[derive(Debug)]
+pub enum MakeError {
+    /// Over the pool's :shm_max_bytes: `(bytes, in flight)`.
+    Limit(u64, u64),
+    Io(io::Error),
+}
+
+impl Making {
+    /// No segments: everything goes in the frame.
+    pub fn none() -> Making {
+        Making {
+            threshold: u64::MAX,
+            budget: None,
+            fds: Vec::new(),
+            lengths: Vec::new(),
+            leases: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn new(budget: &Arc<Budget>) -> Making {
+        Making {
+            threshold: budget.threshold,
+            budget: Some(Arc::clone(budget)),
+            ..Making::none()
+        }
+    }
+
+    /// Whether a payload of `len` bytes goes by segment.
+    pub fn wants(&self, len: usize) -> bool {
+        len as u64 >= self.threshold && self.fds.len() < snakepit_wire::protocol::MAX_SEGMENTS
+    }
+
+    /// A new segment holding `data`; its index.
+    pub fn add(&mut self, data: &[u8]) -> Result<u32, MakeError> {
+        let budget = self.budget.as_ref().expect("segments only with a budget");
+        let len = data.len() as u64;
+        let lease = budget
+            .reserve(len)
+            .map_err(|in_flight| MakeError::Limit(len, in_flight))?;
+        let fd = create(data).map_err(MakeError::Io)?;
+        self.fds.push(fd);
+        self.lengths.push(len);
+        self.leases.push(lease);
+        self.bytes += data.len();
+        Ok((self.fds.len() - 1) as u32)
     }
 }
 
@@ -449,12 +579,11 @@ fn recv_fds(socket: &UnixStream, n: usize) -> Result<Vec<OwnedFd>, String> {
     Ok(fds)
 }
 
-/// Sends `fds` in one message of one byte.
-fn send_fds(socket: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let mut byte = [b'S'];
+/// Sends `fds` in one message carrying `data`, without blocking.
+fn send_fds(socket: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
     };
     let payload = std::mem::size_of_val(fds);
     // SAFETY: pure computations.
@@ -485,7 +614,13 @@ fn send_fds(socket: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     }
     loop {
         // SAFETY: msg points at live buffers for the duration of the call.
-        let r = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        let r = unsafe {
+            libc::sendmsg(
+                socket.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
         if r >= 0 {
             return Ok(());
         }

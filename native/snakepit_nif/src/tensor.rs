@@ -82,11 +82,30 @@ impl Checked<'_> {
         FIXED + 8 * self.dims.len() + self.data.len()
     }
 
+    /// The elements.
+    pub fn data(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
     /// Writes the ext (marker, type, payload) onto `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
         let len = self.payload_len();
         rmp::encode::write_ext_meta(out, len as u32, EXT_TYPE).expect("Vec write");
         out.reserve(len);
+        self.write_header(out);
+        out.extend_from_slice(self.data.as_slice());
+    }
+
+    /// Writes an ext 86 onto `out`: the reference to segment `index`, which
+    /// holds the elements, then the header.
+    pub fn write_in_segment(&self, out: &mut Vec<u8>, index: u32) {
+        let len = crate::shm::REF_LEN + FIXED + 8 * self.dims.len();
+        rmp::encode::write_ext_meta(out, len as u32, crate::shm::EXT_TENSOR).expect("Vec write");
+        crate::shm::write_ref(out, index);
+        self.write_header(out);
+    }
+
+    fn write_header(&self, out: &mut Vec<u8>) {
         out.push(VERSION);
         out.push(self.kind);
         out.extend_from_slice(&self.bits.to_be_bytes());
@@ -95,7 +114,6 @@ impl Checked<'_> {
         for d in &self.dims {
             out.extend_from_slice(&d.to_be_bytes());
         }
-        out.extend_from_slice(self.data.as_slice());
     }
 }
 

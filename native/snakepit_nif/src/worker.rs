@@ -44,6 +44,8 @@ pub struct WorkerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
+    /// Where the segments of calls wait to be sent (see `shm.rs`).
+    pub outbox: Arc<crate::shm::Outbox>,
 }
 
 /// What a worker's threads report, to whoever serves it (the pool).
@@ -181,6 +183,7 @@ impl Worker {
 
 impl Pipe for Worker {
     fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.shm.before_enqueue(&frame);
         self.writer.enqueue(frame)
     }
 }
@@ -336,7 +339,7 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
         control: Mutex::new(Some(control)),
         retire: Mutex::new(None),
         output: Mutex::new(Budget::new(Instant::now())),
-        shm: crate::shm::Port::new(shm_socket),
+        shm: crate::shm::Port::new(shm_socket, spec.outbox),
     });
     Ok(Launched {
         worker,

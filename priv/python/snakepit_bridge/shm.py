@@ -224,15 +224,45 @@ def blob_bytes(obj: Blob) -> bytes:
 # -- receiving ---------------------------------------------------------------
 
 
-def receive(lengths: Sequence[int], sock: Optional[socket.socket] = None) -> List[Union[mmap.mmap, bytes]]:
-    """The segments an ``shm`` frame announced: their fds were sent first.
-    Each is checked (sealed, of the announced length) and mapped read-only;
-    the fds are closed (the mappings keep the memory)."""
+# Messages from the host that arrived ahead of their call's ``shm`` frame
+# (by request id): a call queued again after another worker died may have
+# its segments sent again.
+_early: "dict[int, List[int]]" = {}
+
+# How long to wait for a call's segments on the socket; the host sends them
+# before it writes the call, so this is only a safety net.
+_RECV_TIMEOUT = 10.0
+
+
+def receive(
+    lengths: Sequence[int], request_id: int, sock: Optional[socket.socket] = None
+) -> List[Union[mmap.mmap, bytes]]:
+    """The segments an ``shm`` frame of call ``request_id`` announced: the
+    host sent their fds in a message whose data is that id (u64, big
+    endian). Each is checked (sealed, of the announced length) and mapped
+    read-only; the fds are closed (the mappings keep the memory)."""
     if sock is None:
         if _transport is None:
             raise ShmError("shared-memory segments announced, but this worker has no segment socket")
         sock = _transport.sock
-    _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_SEGMENTS, socket.MSG_DONTWAIT)
+    fds = _early.pop(request_id, None)
+    while fds is None:
+        sock.settimeout(_RECV_TIMEOUT)
+        try:
+            msg, got, _flags, _addr = socket.recv_fds(sock, 8, MAX_SEGMENTS)
+        except socket.timeout:
+            raise ShmError(f"the segments of call {request_id} did not come on the segment socket") from None
+        finally:
+            sock.settimeout(None)
+        if not msg:
+            raise ShmError("the segment socket was closed")
+        owner = int.from_bytes(msg, "big")
+        if owner == request_id:
+            fds = got
+        else:
+            for fd in _early.pop(owner, []):
+                os.close(fd)
+            _early[owner] = got
     try:
         if len(fds) != len(lengths):
             raise ShmError(f"{len(lengths)} segments announced, {len(fds)} received")
@@ -240,6 +270,14 @@ def receive(lengths: Sequence[int], sock: Optional[socket.socket] = None) -> Lis
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def discard_early() -> None:
+    """Closes the fds of segments whose calls never came."""
+    for fds in _early.values():
+        for fd in fds:
+            os.close(fd)
+    _early.clear()
 
 
 def _map(fd: int, length: int) -> Union[mmap.mmap, bytes]:

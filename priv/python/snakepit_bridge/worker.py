@@ -139,7 +139,7 @@ class Worker:
             return
         if kind == "shm":
             try:
-                self._segments = shm.receive(body if isinstance(body, list) else [])
+                self._segments = shm.receive(body if isinstance(body, list) else [], request_id)
             except (OSError, shm.ShmError) as exc:
                 # The call that follows fails to decode, as a bad_request.
                 _log.warning("could not receive the shared-memory segments of call %s: %s", request_id, exc)

@@ -441,6 +441,8 @@ class TestAdapter(BaseAdapter):
             base = value
             while getattr(base, "base", None) is not None:
                 base = base.base
+            if isinstance(base, memoryview):
+                base = base.obj
             info.update(
                 size=int(value.nbytes),
                 crc=zlib.crc32(memoryview(value).cast("B")),
