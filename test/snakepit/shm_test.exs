@@ -190,4 +190,49 @@ defmodule Snakepit.ShmTest do
       assert byte_size(bin) == 50_000
     end
   end
+
+  describe "1 GB with default settings" do
+    # The frame limit stays 64 MiB: only shared memory can carry these.
+    @describetag :shm_1gb
+    @describetag timeout: 120_000
+
+    setup do
+      %{big: TestPools.start_pool(size: 1)}
+    end
+
+    test "a 1 GB tensor from Python", ctx do
+      check_big_result(ctx.big, 250_000_000)
+      await_shm_bytes(ctx.big, 0)
+    end
+
+    test "a 1 GB tensor to Python", ctx do
+      check_big_argument(ctx.big, 250_000_000)
+      await_shm_bytes(ctx.big, 0)
+    end
+  end
+
+  defp check_big_result(pool, n) do
+    assert {:ok, %Tensor{shape: {^n}, data: data}} =
+             Snakepit.execute("filled_tensor", %{n: n, value: 0.5},
+               pool: pool,
+               timeout: 60_000
+             )
+
+    assert byte_size(data) == 4 * n
+    one = <<0.5::float-little-32>>
+    assert binary_part(data, 0, 4) == one and binary_part(data, 4 * n - 4, 4) == one
+    assert binary_part(data, div(n, 2) * 4, 4096) == :binary.copy(one, 1024)
+    :ok
+  end
+
+  defp check_big_argument(pool, n) do
+    t = Tensor.new(:binary.copy(<<0.25::float-little-32>>, n), {:f, 32}, {n})
+    crc = :erlang.crc32(t.data)
+
+    assert {:ok, %{"size" => size, "crc" => ^crc, "mapped" => true}} =
+             Snakepit.execute("shm_arg_info", %{value: t}, pool: pool, timeout: 60_000)
+
+    assert size == 4 * n
+    :ok
+  end
 end

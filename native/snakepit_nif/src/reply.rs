@@ -141,7 +141,11 @@ impl<R: Resource> ReplyTo<R> {
             resource.demonitor(from, &monitor);
         }
         let ReplyTo {
-            env, tag, caller, ..
+            env,
+            tag,
+            caller,
+            shm,
+            ..
         } = self;
         env.run(|e| {
             let mut items = vec![tag.load(e)];
@@ -149,6 +153,9 @@ impl<R: Resource> ReplyTo<R> {
             let msg = make_tuple(e, &items);
             send_raw(from, &caller, e, msg);
         });
+        // After the answer is on its way: the last close of a large segment
+        // frees its pages, which takes a while.
+        drop(shm);
     }
 
     /// `{tag, :error, {category, message, details}}`.

@@ -490,3 +490,10 @@ class TestAdapter(BaseAdapter):
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.005)
         return data
+
+    @tool
+    def filled_tensor(self, n: int, value: float = 1.0) -> Any:
+        """A float32 array of n elements, all `value`."""
+        import numpy as np
+
+        return np.full(n, value, dtype=np.float32)
