@@ -235,4 +235,146 @@ defmodule Snakepit.ShmTest do
     assert size == 4 * n
     :ok
   end
+
+  describe "nothing leaks whoever dies" do
+    setup do
+      %{solo: TestPools.start_pool(size: 1, shm_threshold: @threshold)}
+    end
+
+    defp binary_memory do
+      for pid <- Process.list(), do: :erlang.garbage_collect(pid)
+      :erlang.memory(:binary)
+    end
+
+    # A little slack for binaries other processes of the VM make meanwhile.
+    @slack 4 * 1024 * 1024
+
+    test "a worker SIGKILLed while it holds a call's segment", ctx do
+      baseline = {memfds_everywhere(), binary_memory()}
+      flag = Path.join(TestPools.tmp_dir("shm_kill"), "go")
+      [os_pid] = TestPools.os_pids(ctx.solo)
+      me = self()
+
+      caller =
+        spawn(fn ->
+          t = Tensor.new(:binary.copy(<<1.5::float-little-32>>, 5_000_000), {:f, 32}, {5_000_000})
+          send(me, {:result, Snakepit.execute("hold_arg", %{value: t, path: flag}, pool: ctx.solo)})
+        end)
+
+      # The worker holds the mapping, the host its fd.
+      TestPools.wait_until(fn -> memfds_of("#{os_pid}") >= 1 end)
+      assert shm_bytes(ctx.solo) == 20_000_000
+      {_, 0} = System.cmd("kill", ["-KILL", "#{os_pid}"])
+      assert_receive {:result, {:error, %Error{category: :worker}}}, 10_000
+      refute Process.alive?(caller)
+      await_shm_bytes(ctx.solo, 0)
+      TestPools.wait_until(fn -> memfds_everywhere() <= elem(baseline, 0) end)
+      assert binary_memory() <= elem(baseline, 1) + @slack
+    end
+
+    test "a worker SIGKILLed between a result's segments and the result", ctx do
+      baseline = memfds_everywhere()
+
+      assert {:error, %Error{category: :worker}} =
+               Snakepit.execute("shm_then_die", %{n: 10_000_000}, pool: ctx.solo)
+
+      await_shm_bytes(ctx.solo, 0)
+      TestPools.wait_until(fn -> memfds_everywhere() <= baseline end)
+    end
+
+    test "a caller that dies with its call's segments in flight, both ways", ctx do
+      baseline = {memfds_everywhere(), binary_memory()}
+      flag = Path.join(TestPools.tmp_dir("shm_caller"), "go")
+      [os_pid] = TestPools.os_pids(ctx.solo)
+
+      # Elixir -> Python: the caller dies while the worker holds its argument.
+      caller =
+        spawn(fn ->
+          bin = :binary.copy(<<7>>, 20_000_000)
+          Snakepit.execute("hold_arg", %{value: bin, path: flag}, pool: ctx.solo)
+        end)
+
+      TestPools.wait_until(fn -> shm_bytes(ctx.solo) == 20_000_000 end)
+      Process.exit(caller, :kill)
+      # Given up: the host closes its fds and gives the bytes back at once.
+      await_shm_bytes(ctx.solo, 0)
+      File.write!(flag, "")
+      TestPools.wait_until(fn -> memfds_of("#{os_pid}") == 0 end)
+
+      # Python -> Elixir: the caller dies before its 20 MB result arrives.
+      File.rm!(flag)
+
+      caller =
+        spawn(fn -> Snakepit.execute("shm_hold", %{n: 20_000_000, path: flag}, pool: ctx.solo) end)
+
+      TestPools.wait_until(fn -> Snakepit.get_stats(ctx.solo).busy == 1 end)
+      Process.exit(caller, :kill)
+      File.write!(flag, "")
+      # Its answer is dropped with the mapping.
+      TestPools.wait_until(fn -> Snakepit.get_stats(ctx.solo).busy == 0 end)
+      await_shm_bytes(ctx.solo, 0)
+      TestPools.wait_until(fn -> memfds_everywhere() <= elem(baseline, 0) end)
+      assert binary_memory() <= elem(baseline, 1) + @slack
+      assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: ctx.solo)
+    end
+
+    @python_dir Path.expand("../support/python", __DIR__)
+
+    @tag timeout: 120_000
+    test "a BEAM killed with SIGKILL while it holds segments both ways" do
+      baseline = memfds_everywhere()
+      {_lib, ebin} = TestPools.snakepit_app("snakepit_shm_killed_beam", :real_priv)
+      flag = Path.join(TestPools.tmp_dir("shm_beam"), "never")
+
+      script = """
+      {:ok, _} = Application.ensure_all_started(:snakepit)
+      {:ok, _} = Snakepit.Pool.start_link(name: :doomed, size: 2,
+        adapter: "snakepit_test_adapters.TestAdapter", python_path: [#{inspect(@python_dir)}])
+      :ok = Snakepit.await_ready(:doomed, 30_000)
+      {:ok, held} = Snakepit.execute("filled_tensor", %{n: 5_000_000}, pool: :doomed)
+      spawn(fn -> Snakepit.execute("hold_arg", %{value: :binary.copy(<<1>>, 20_000_000),
+        path: #{inspect(flag)}}, pool: :doomed, timeout: :infinity) end)
+      Process.sleep(500)
+      workers = Enum.map(Snakepit.list_workers(:doomed), & &1.os_pid)
+      IO.puts("RUN \#{System.pid()} \#{Snakepit.get_stats(:doomed).shm_bytes} \#{Enum.join(workers, ",")}")
+      Process.sleep(:infinity)
+      IO.inspect(held)
+      """
+
+      port =
+        Port.open({:spawn_executable, System.find_executable("elixir")}, [
+          :binary,
+          :exit_status,
+          :stderr_to_stdout,
+          {:line, 4096},
+          args: ["-pa", ebin, "-e", script]
+        ])
+
+      {beam, held, workers} = await_run_line(port)
+      on_exit(fn -> System.cmd("kill", ["-KILL", beam], stderr_to_stdout: true) end)
+      assert held == 40_000_000
+      assert memfds_of(beam) >= 1
+      assert memfds_everywhere() >= baseline + 2
+      {_, 0} = System.cmd("kill", ["-KILL", beam])
+      assert_receive {^port, {:exit_status, _}}, 10_000
+      TestPools.wait_until(fn -> not Enum.any?(workers, &TestPools.os_alive?/1) end)
+      TestPools.wait_until(fn -> memfds_everywhere() <= baseline end)
+    end
+  end
+
+  defp await_run_line(port) do
+    receive do
+      {^port, {:data, {:eol, "RUN " <> rest}}} ->
+        [beam, held, pids] = String.split(rest)
+        {beam, String.to_integer(held), pids |> String.split(",") |> Enum.map(&String.to_integer/1)}
+
+      {^port, {:data, _other}} ->
+        await_run_line(port)
+
+      {^port, {:exit_status, status}} ->
+        flunk("the separate BEAM exited with status #{status}")
+    after
+      60_000 -> flunk("the separate BEAM did not report its run")
+    end
+  end
 end

@@ -497,3 +497,33 @@ class TestAdapter(BaseAdapter):
         import numpy as np
 
         return np.full(n, value, dtype=np.float32)
+
+    @tool
+    def hold_arg(self, value: Any, path: str, timeout_ms: int = 30_000) -> int:
+        """Holds its (large) argument until `path` exists; returns its size."""
+        import os
+        import time
+
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return int(getattr(value, "nbytes", None) or len(value))
+
+    @tool
+    def shm_then_die(self, ctx: Context, n: int) -> None:
+        """Sends an n-byte segment and its shm frame, then SIGKILLs itself
+        before the result that would use them."""
+        import gc
+        import os
+        import signal
+
+        from snakepit_bridge import codec, shm
+        from snakepit_bridge.channel import Channel
+
+        channel = next(o for o in gc.get_objects() if isinstance(o, Channel) and o.max_frame and o._out_fd > 2)
+        out = shm.Outgoing()
+        out.add(memoryview(bytes(n)))
+        out.send()
+        announce = codec.packb(["shm", ctx.request_id, out.lengths])
+        os.write(channel._out_fd, len(announce).to_bytes(4, "big") + announce)
+        os.kill(os.getpid(), signal.SIGKILL)
