@@ -317,7 +317,8 @@ def _segment(payload: bytes) -> Union[mmap.mmap, bytes]:
     if segments is None or index >= len(segments):
         have = 0 if segments is None else len(segments)
         raise ShmError(f"a shared-memory reference to segment {index}, but the frame came with {have}")
-    return segments[index]
+    segment: Union[mmap.mmap, bytes] = segments[index]
+    return segment
 
 
 def decode_bytes(payload: bytes) -> bytes:
