@@ -207,6 +207,9 @@ impl PoolCore {
     /// Queues an encoded call (see `Dispatcher::submit_call`); `Ok(true)`
     /// if it started a new session. On refusal the caller gets the failure
     /// as the NIF's return value.
+    // A refused call's reply comes back to be released: a ReplyTo is 128
+    // bytes with its shared-memory segments, once per call, on the stack.
+    #[allow(clippy::result_large_err)]
     pub fn submit(
         &self,
         env: Env,

@@ -29,7 +29,8 @@ pub struct ReplyTo<R: Resource> {
     sink: Option<Arc<Sink>>,
     /// The call's shared-memory segments: kept (and sent to whichever
     /// worker runs it) until it is answered or given up.
-    shm: Option<crate::shm::Outgoing>,
+    /// Boxed: most calls have none, and a reply is moved around a lot.
+    shm: Option<Box<crate::shm::Outgoing>>,
 }
 
 /// Where a streaming call's chunks go: `{tag, :chunk, frame, body_offset}`
@@ -88,7 +89,7 @@ impl<R: Resource> ReplyTo<R> {
 
     /// Keeps the call's segments until it is answered or given up.
     pub fn hold(&mut self, segments: Option<crate::shm::Outgoing>) {
-        self.shm = segments;
+        self.shm = segments.map(Box::new);
     }
 
     /// For a streaming call: also makes the sink its chunks go through.
