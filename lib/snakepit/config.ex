@@ -388,6 +388,34 @@ defmodule Snakepit.Config do
   FIFO order, and those written behind a call whose worker dies are queued
   again, not failed (they never started).
 
+  ### Shared memory
+
+  A binary or a `%Snakepit.Tensor{}`'s data of at least `:shm_threshold`
+  bytes does not go through the pipe: its sender copies it once into an
+  anonymous, sealed shared-memory file (a memfd) and passes only a handle in
+  the frame (see "Shared memory" in `docs/protocol.md`). So such values are
+  not bounded by `:max_frame_bytes`: a 1 GB tensor crosses with the default
+  settings.
+
+  - Elixir → Python: binaries and tensors anywhere in the args. A tensor
+    arrives as a read-only numpy array over the mapping (no copy); a binary
+    arrives as `bytes` (one copy out of the mapping).
+  - Python → Elixir: numpy arrays anywhere in a result or stream chunk, and
+    a `bytes` result (or chunk) itself that large. The binary you get (a
+    tensor's `:data`, or the bytes) points into the mapping, not at a copy:
+    the memory is given back when the last reference to it is
+    garbage-collected. Keep a `:binary.copy/1` if you keep a small part of
+    a large result for long.
+
+  `:shm_max_bytes` bounds the bytes of segments a pool has in flight: those
+  of calls not answered yet, and those of results still referenced in the
+  VM (`Snakepit.get_stats/1` reports them as `:shm_bytes`). A call that
+  would pass it is refused, and a result that would is dropped (the worker
+  goes on); either way the caller gets a retryable `:pool` error with
+  `details.bytes` and `details.limit`. Nothing has a name in the file system:
+  when a worker, a caller or the whole BEAM dies, the kernel frees its
+  segments with its file descriptors and mappings.
+
   ### Worker environment
 
   Workers inherit the BEAM's environment; `:env` adds variables to it or
