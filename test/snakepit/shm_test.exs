@@ -12,8 +12,8 @@ defmodule Snakepit.ShmTest do
     %{pool: TestPools.start_pool(size: 2, shm_threshold: @threshold)}
   end
 
-  defp exec(ctx, tool, args \\ %{}, opts \\ []),
-    do: Snakepit.execute(tool, args, Keyword.merge([pool: ctx.pool, timeout: 60_000], opts))
+  defp exec(ctx, tool, args),
+    do: Snakepit.execute(tool, args, pool: ctx.pool, timeout: 60_000)
 
   defp shm_bytes(pool), do: Snakepit.get_stats(pool).shm_bytes
 
@@ -294,7 +294,9 @@ defmodule Snakepit.ShmTest do
           Snakepit.execute("hold_arg", %{value: bin, path: flag}, pool: ctx.solo)
         end)
 
-      TestPools.wait_until(fn -> shm_bytes(ctx.solo) == 20_000_000 end)
+      # Killed once the worker has it (so the pool monitors the caller).
+      TestPools.wait_until(fn -> memfds_of("#{os_pid}") >= 1 end)
+      assert shm_bytes(ctx.solo) == 20_000_000
       Process.exit(caller, :kill)
       # Given up: the host closes its fds and gives the bytes back at once.
       await_shm_bytes(ctx.solo, 0)

@@ -122,17 +122,26 @@ pub fn encode_with(
     encode_at(term, out, budget, 0, segs)
 }
 
-/// Puts `data` into a new segment of `segs`, if the budget allows the copy.
+/// Puts `data` into a new segment of `segs`, if the budget allows the
+/// copy. `None` when the system refuses a segment (out of descriptors or
+/// memory): then it, and the rest of the args, go in the frame.
 fn segment(
     data: &[u8],
     out: &[u8],
     budget: usize,
     segs: &mut crate::shm::Making,
-) -> Result<u32, EncodeError> {
+) -> Result<Option<u32>, EncodeError> {
     if out.len() + segs.bytes + data.len() > budget {
         return Err(EncodeError::OverBudget);
     }
-    segs.add(data).map_err(EncodeError::Segment)
+    match segs.add(data) {
+        Ok(index) => Ok(Some(index)),
+        Err(crate::shm::MakeError::Io(_)) => {
+            segs.threshold = u64::MAX;
+            Ok(None)
+        }
+        Err(e) => Err(EncodeError::Segment(e)),
+    }
 }
 
 fn encode_at(
@@ -171,11 +180,16 @@ fn encode_at(
                 .map_err(|_| EncodeError::unsupported("a bitstring that is not whole bytes"))?;
             let bytes = bin.as_slice();
             if segs.wants(bytes.len()) {
-                let index = segment(bytes, out, budget, segs)?;
-                rmp::encode::write_ext_meta(out, crate::shm::REF_LEN as u32, crate::shm::EXT_BYTES)
+                if let Some(index) = segment(bytes, out, budget, segs)? {
+                    rmp::encode::write_ext_meta(
+                        out,
+                        crate::shm::REF_LEN as u32,
+                        crate::shm::EXT_BYTES,
+                    )
                     .expect("Vec write");
-                crate::shm::write_ref(out, index);
-                return Ok(());
+                    crate::shm::write_ref(out, index);
+                    return Ok(());
+                }
             }
             if out.len() + segs.bytes + bytes.len() > budget {
                 return Err(EncodeError::OverBudget);
@@ -211,9 +225,10 @@ fn encode_at(
         TermType::Map if tensor::is_tensor(term) => {
             let t = tensor::check(term).map_err(EncodeError::unsupported)?;
             if segs.wants(t.data().len()) {
-                let index = segment(t.data(), out, budget, segs)?;
-                t.write_in_segment(out, index);
-                return Ok(());
+                if let Some(index) = segment(t.data(), out, budget, segs)? {
+                    t.write_in_segment(out, index);
+                    return Ok(());
+                }
             }
             if out.len() + segs.bytes + t.payload_len() > budget {
                 return Err(EncodeError::OverBudget);
