@@ -29,8 +29,10 @@
 use crate::atoms;
 use rustler::types::tuple::make_tuple;
 use rustler::{Binary, Encoder, Env, Term, TermType};
-use snakepit_wire::msgpack::{write_bin, write_str, DecodeError, Reader, Token};
+use snakepit_wire::msgpack::{write_str, DecodeError, Reader, Token};
+use snakepit_wire::outgoing::{OutFrame, Part};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 // Declared here, not in lib.rs: tensors are part of the codec.
 #[path = "tensor.rs"]
@@ -73,9 +75,11 @@ const SUB_BINARY_MIN: usize = 4096;
 pub enum EncodeError {
     /// A value with no MessagePack form; `path` says where it is.
     Unsupported { what: String, path: String },
-    /// The encoded size passed the caller's budget (not an error for the
-    /// user: the caller retries on a dirty scheduler or reports the size).
+    /// The work done passed the caller's budget (not an error for the
+    /// user: the caller retries on a dirty scheduler).
     OverBudget,
+    /// The frame grew past [`Limits::size`] (the caller reports the size).
+    OverSize,
 }
 
 impl EncodeError {
@@ -101,23 +105,81 @@ impl EncodeError {
     }
 }
 
-/// Encodes `term` onto `out`. Stops with [`EncodeError::OverBudget`] as soon as
-/// `out` grows past `budget` bytes.
-pub fn encode(term: Term, out: &mut Vec<u8>, budget: usize) -> Result<(), EncodeError> {
-    encode_at(term, out, budget, 0)
+/// How far one encoding may go.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// Bytes copied or scanned before encoding stops with
+    /// [`EncodeError::OverBudget`]: what a normal scheduler may afford.
+    pub budget: usize,
+    /// Frame size (copied and spliced) past which encoding stops with
+    /// [`EncodeError::OverSize`].
+    pub size: usize,
+    /// Binaries (and tensor data) at least this long are spliced into the
+    /// frame (see [`OutFrame`]), not copied; `usize::MAX` never splices.
+    pub splice_min: usize,
 }
 
-fn encode_at(
-    term: Term,
-    out: &mut Vec<u8>,
-    budget: usize,
-    depth: usize,
-) -> Result<(), EncodeError> {
+impl Limits {
+    /// No budget, no size limit, nothing spliced.
+    pub const UNBOUNDED: Limits = Limits {
+        budget: usize::MAX,
+        size: usize::MAX,
+        splice_min: usize::MAX,
+    };
+}
+
+/// Binaries at least this long are spliced into outgoing frames: below it,
+/// a copy costs less than keeping the binary and one more iovec.
+pub const SPLICE_MIN: usize = 64 * 1024;
+
+/// An encoding in progress: the frame, and the work done so far.
+struct Enc<'o> {
+    out: &'o mut OutFrame,
+    work: usize,
+}
+
+impl Enc<'_> {
+    fn check(&self, limits: &Limits) -> Result<(), EncodeError> {
+        if self.work > limits.budget {
+            Err(EncodeError::OverBudget)
+        } else if self.out.len() > limits.size {
+            Err(EncodeError::OverSize)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `n` bytes about to be copied or scanned.
+    fn spend(&mut self, n: usize, limits: &Limits) -> Result<(), EncodeError> {
+        self.work += n;
+        self.check(limits)
+    }
+}
+
+/// Encodes `term` onto `out`, within `limits`.
+pub fn encode(term: Term, out: &mut OutFrame, limits: Limits) -> Result<(), EncodeError> {
+    let start = out.bytes.len();
+    let mut enc = Enc { out, work: 0 };
+    encode_at(term, &mut enc, &limits, 0)?;
+    enc.work += enc.out.bytes.len() - start;
+    enc.check(&limits)
+}
+
+/// Encodes `term` into a plain buffer, nothing spliced (map keys, tests).
+fn encode_plain(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let mut frame = OutFrame::from(std::mem::take(out));
+    let result = encode(term, &mut frame, Limits::UNBOUNDED);
+    *out = frame.bytes;
+    result
+}
+
+fn encode_at(term: Term, enc: &mut Enc, limits: &Limits, depth: usize) -> Result<(), EncodeError> {
     if depth > MAX_DEPTH {
         return Err(EncodeError::unsupported(format!(
             "data nested deeper than {MAX_DEPTH} levels"
         )));
     }
+    let out = &mut enc.out.bytes;
     match term.get_type() {
         TermType::Atom => encode_atom(term, out),
         TermType::Integer => {
@@ -141,15 +203,14 @@ fn encode_at(
             let bin = Binary::from_term(term)
                 .map_err(|_| EncodeError::unsupported("a bitstring that is not whole bytes"))?;
             let bytes = bin.as_slice();
-            if out.len() + bytes.len() > budget {
-                return Err(EncodeError::OverBudget);
-            }
-            if std::str::from_utf8(bytes).is_ok() {
-                write_str(out, bytes);
+            let text = is_text(bytes, enc, limits)?;
+            let out = &mut enc.out.bytes;
+            if text {
+                rmp::encode::write_str_len(out, bytes.len() as u32).expect("Vec write");
             } else {
-                write_bin(out, bytes);
+                rmp::encode::write_bin_len(out, bytes.len() as u32).expect("Vec write");
             }
-            Ok(())
+            write_bytes(term, bytes, enc, limits)
         }
         TermType::List => {
             let len = term
@@ -159,42 +220,45 @@ fn encode_at(
             let mut rest = term;
             for i in 0..len {
                 let (head, tail) = rest.list_get_cell().expect("proper list");
-                encode_at(head, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                encode_at(head, enc, limits, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
                 rest = tail;
             }
-            check_budget(out, budget)
+            enc.check(limits)
         }
         TermType::Tuple => {
             let items = rustler::types::tuple::get_tuple(term).expect("tuple term");
             rmp::encode::write_array_len(out, items.len() as u32).expect("Vec write");
             for (i, item) in items.into_iter().enumerate() {
-                encode_at(item, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                encode_at(item, enc, limits, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
             }
-            check_budget(out, budget)
+            enc.check(limits)
         }
         TermType::Map if tensor::is_tensor(term) => {
             let t = tensor::check(term).map_err(EncodeError::unsupported)?;
-            if out.len() + t.payload_len() > budget {
-                return Err(EncodeError::OverBudget);
-            }
-            t.write(out);
-            Ok(())
+            t.write_head(out);
+            write_bytes(t.data_term(), t.data(), enc, limits)
         }
         TermType::Map => {
             let len = term.map_size().expect("map term");
             rmp::encode::write_map_len(out, len as u32).expect("Vec write");
             let iter = rustler::types::map::MapIterator::new(term).expect("map term");
             let mut keys: Vec<(PyKey, Term)> = Vec::with_capacity(if len > 1 { len } else { 0 });
+            // Keys are compared by their bytes in the buffer: never spliced.
+            let key_limits = Limits {
+                splice_min: usize::MAX,
+                ..*limits
+            };
             for (key, value) in iter {
-                let start = out.len();
-                encode_at(key, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                let start = enc.out.bytes.len();
+                encode_at(key, enc, &key_limits, depth + 1)
+                    .map_err(|e| e.at(|s| key_path(s, key)))?;
                 if len > 1 {
-                    keys.push((PyKey::of(key, start, out.len()), key));
+                    keys.push((PyKey::of(key, start, enc.out.bytes.len()), key));
                 }
-                encode_at(value, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                encode_at(value, enc, limits, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
             }
-            check_same_keys(&mut keys, out)?;
-            check_budget(out, budget)
+            check_same_keys(&mut keys, &enc.out.bytes)?;
+            enc.check(limits)
         }
         TermType::Pid => Err(EncodeError::unsupported("a pid")),
         TermType::Port => Err(EncodeError::unsupported("a port")),
@@ -244,7 +308,7 @@ fn canonical(term: Term, out: &mut Vec<u8>) {
             _ => {
                 // Text and anything else: its own encoding, length-prefixed.
                 let mut encoded = Vec::new();
-                let _ = encode_at(term, &mut encoded, usize::MAX, 0);
+                let _ = encode_plain(term, &mut encoded);
                 out.push(b'e');
                 out.extend_from_slice(&(encoded.len() as u64).to_be_bytes());
                 out.extend_from_slice(&encoded);
@@ -330,11 +394,101 @@ fn check_same_keys(keys: &mut [(PyKey, Term)], out: &[u8]) -> Result<(), EncodeE
     Ok(())
 }
 
-fn check_budget(out: &[u8], budget: usize) -> Result<(), EncodeError> {
-    if out.len() > budget {
-        Err(EncodeError::OverBudget)
-    } else {
-        Ok(())
+/// Whether `bytes` is UTF-8 (sent as `str`) or not (`bin`), scanning no
+/// further than the budget allows.
+fn is_text(bytes: &[u8], enc: &mut Enc, limits: &Limits) -> Result<bool, EncodeError> {
+    let room = limits.budget.saturating_sub(enc.work);
+    let probe = &bytes[..bytes.len().min(room)];
+    match std::str::from_utf8(probe) {
+        Ok(_) if probe.len() == bytes.len() => {
+            enc.work += bytes.len();
+            Ok(true)
+        }
+        // Valid so far, or cut inside a character: the rest decides.
+        Ok(_) => Err(EncodeError::OverBudget),
+        Err(e) if e.error_len().is_none() && probe.len() < bytes.len() => {
+            Err(EncodeError::OverBudget)
+        }
+        Err(e) => {
+            enc.work += e.valid_up_to();
+            Ok(false)
+        }
+    }
+}
+
+/// Writes the payload of a `str`, `bin` or tensor: spliced from `term` (a
+/// binary) when it is long, copied otherwise.
+fn write_bytes(
+    term: Term,
+    bytes: &[u8],
+    enc: &mut Enc,
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    if bytes.len() >= limits.splice_min {
+        if enc.out.len() + bytes.len() > limits.size {
+            return Err(EncodeError::OverSize);
+        }
+        // A binary that cannot be inspected whole is copied below.
+        if let Some(kept) = KeptBinary::new(term) {
+            enc.out.splice(Arc::new(kept));
+            return Ok(());
+        }
+    }
+    enc.spend(bytes.len(), limits)?;
+    enc.out.bytes.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// A VM binary kept alive outside any process, so a frame can be written
+/// from its bytes after the NIF that encoded it has returned: a copy of the
+/// term in an environment of its own (for a refc binary, a new reference,
+/// not a copy of the bytes). Binaries are immutable once inspected
+/// (`enif_inspect_binary` ends any in-place append optimisation).
+struct KeptBinary {
+    env: *mut rustler::sys::ErlNifEnv,
+    data: *const u8,
+    len: usize,
+}
+
+// SAFETY: the environment is only freed (once, in Drop) and the bytes only
+// read; process-independent environments may be used from any thread.
+unsafe impl Send for KeptBinary {}
+// SAFETY: as for Send: shared access only reads the bytes.
+unsafe impl Sync for KeptBinary {}
+
+impl KeptBinary {
+    fn new(term: Term) -> Option<KeptBinary> {
+        // SAFETY: a fresh process-independent env; the copy lives in it, and
+        // the inspected bytes stay valid as long as the env does.
+        unsafe {
+            let env = rustler::sys::enif_alloc_env();
+            let copy = rustler::sys::enif_make_copy(env, term.as_c_arg());
+            let mut bin = std::mem::MaybeUninit::<rustler::sys::ErlNifBinary>::uninit();
+            if rustler::sys::enif_inspect_binary(env, copy, bin.as_mut_ptr()) == 0 {
+                rustler::sys::enif_free_env(env);
+                return None;
+            }
+            let bin = bin.assume_init();
+            Some(KeptBinary {
+                env,
+                data: bin.data,
+                len: bin.size,
+            })
+        }
+    }
+}
+
+impl Part for KeptBinary {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: see `new`.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+impl Drop for KeptBinary {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed only here.
+        unsafe { rustler::sys::enif_free_env(self.env) };
     }
 }
 

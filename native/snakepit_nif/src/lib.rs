@@ -40,6 +40,7 @@ use snakepit_dispatch::dispatcher::{self, Call};
 use snakepit_dispatch::recycle::Policy;
 use snakepit_dispatch::sessions::Affinity;
 use snakepit_dispatch::stats::Outcome;
+use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::{frame, protocol};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +49,10 @@ use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
 const ABI_VERSION: u32 = 8;
 
-/// Largest encoded request built on a normal scheduler; bigger ones are
-/// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
+/// Most bytes an encoding on a normal scheduler copies or scans; past it,
+/// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
+/// the caller to retry). Large binaries are spliced, not copied (see
+/// `codec::SPLICE_MIN`), so they cost only their UTF-8 check.
 const SCHEDULER_ENCODE_BUDGET: usize = 256 * 1024;
 
 #[rustler::nif]
@@ -304,29 +307,33 @@ fn submit_with_budget<'a>(
     let core = &pool.core;
     let max_frame = core.max_frame;
     let id = core.next_request_id();
-    let mut buf = protocol::begin_call(
+    let mut frame = OutFrame::from(protocol::begin_call(
         id,
         tool.as_slice(),
         call.session.as_ref().map(|(s, _)| s.as_slice()),
         call.stream,
         correlation_id.as_ref().map(|c| c.as_slice()),
         64,
-    );
-    // Stop encoding a little past the frame limit: that is enough to refuse it.
-    let limit = budget.min(max_frame.saturating_add(frame::HEADER_LEN + 1));
-    let refused = match codec::encode(args, &mut buf, limit) {
-        Ok(()) => match frame::finish(&mut buf, max_frame) {
-            Ok(()) => None,
-            Err(_) => Some(frame_too_large(
-                Some(buf.len() - frame::HEADER_LEN),
-                max_frame,
-            )),
-        },
-        Err(codec::EncodeError::OverBudget) if limit == budget => {
-            return atoms::dirty().encode(env);
+    ));
+    let limits = codec::Limits {
+        budget,
+        // Stop encoding a little past the frame limit: that is enough to refuse it.
+        size: max_frame.saturating_add(frame::HEADER_LEN + 1),
+        splice_min: codec::SPLICE_MIN,
+    };
+    let refused = match codec::encode(args, &mut frame, limits) {
+        Ok(()) => {
+            let len = frame.len() - frame::HEADER_LEN;
+            if len > max_frame {
+                Some(frame_too_large(Some(len), max_frame))
+            } else {
+                frame.bytes[..frame::HEADER_LEN].copy_from_slice(&frame::header(len));
+                None
+            }
         }
+        Err(codec::EncodeError::OverBudget) => return atoms::dirty().encode(env),
         // Encoding stopped early, so the full size is unknown.
-        Err(codec::EncodeError::OverBudget) => Some(frame_too_large(None, max_frame)),
+        Err(codec::EncodeError::OverSize) => Some(frame_too_large(None, max_frame)),
         Err(codec::EncodeError::Unsupported { what, path }) => {
             let message = if path.is_empty() {
                 format!("cannot send {what} to a worker")
@@ -348,7 +355,7 @@ fn submit_with_budget<'a>(
     } else {
         Reply::new(env, tag, pool)
     };
-    match core.submit(env, id, buf, reply, call) {
+    match core.submit(env, id, frame, reply, call) {
         Ok(false) => (atoms::ok(), id).encode(env),
         Ok(true) => (atoms::ok(), id, atoms::new_session()).encode(env),
         Err(failure) => (atoms::error(), failure).encode(env),
@@ -420,9 +427,10 @@ fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> bool {
 /// a worker: lets tests check the codec directly.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    let mut buf = Vec::new();
-    match codec::encode(term, &mut buf, usize::MAX) {
+    let mut frame = OutFrame::default();
+    match codec::encode(term, &mut frame, codec::Limits::UNBOUNDED) {
         Ok(()) => {
+            let buf = frame.bytes;
             let mut bin = rustler::OwnedBinary::new(buf.len());
             bin.as_mut_slice().copy_from_slice(&buf);
             let bin = bin.release(env);
@@ -434,7 +442,9 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
         Err(codec::EncodeError::Unsupported { what, path }) => {
             (atoms::error(), format!("{what} at {path}")).encode(env)
         }
-        Err(codec::EncodeError::OverBudget) => unreachable!("no budget"),
+        Err(codec::EncodeError::OverBudget | codec::EncodeError::OverSize) => {
+            unreachable!("no limits")
+        }
     }
 }
 

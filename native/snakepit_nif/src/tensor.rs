@@ -74,19 +74,30 @@ pub struct Checked<'a> {
     bits: u16,
     dims: Vec<u64>,
     data: Binary<'a>,
+    data_term: Term<'a>,
 }
 
-impl Checked<'_> {
+impl<'a> Checked<'a> {
     /// The size of the ext payload.
     pub fn payload_len(&self) -> usize {
         FIXED + 8 * self.dims.len() + self.data.len()
     }
 
-    /// Writes the ext (marker, type, payload) onto `out`.
-    pub fn write(&self, out: &mut Vec<u8>) {
+    /// The data, in C order.
+    pub fn data(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    /// The data as a term (to keep it alive while a frame is written from it).
+    pub fn data_term(&self) -> Term<'a> {
+        self.data_term
+    }
+
+    /// Writes the ext up to its data: marker, type, and the tensor header.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
         let len = self.payload_len();
         rmp::encode::write_ext_meta(out, len as u32, EXT_TYPE).expect("Vec write");
-        out.reserve(len);
+        out.reserve(len - self.data.len());
         out.push(VERSION);
         out.push(self.kind);
         out.extend_from_slice(&self.bits.to_be_bytes());
@@ -95,7 +106,6 @@ impl Checked<'_> {
         for d in &self.dims {
             out.extend_from_slice(&d.to_be_bytes());
         }
-        out.extend_from_slice(self.data.as_slice());
     }
 }
 
@@ -129,6 +139,7 @@ pub fn check(term: Term) -> Result<Checked, String> {
     if data.get_type() != TermType::Binary {
         return Err("a Snakepit.Tensor whose :data is not a binary".into());
     }
+    let data_term = data;
     let data = Binary::from_term(data)
         .map_err(|_| "a Snakepit.Tensor whose :data is not whole bytes".to_string())?;
     let need = byte_size(&dims, bits);
@@ -144,6 +155,7 @@ pub fn check(term: Term) -> Result<Checked, String> {
         bits,
         dims,
         data,
+        data_term,
     };
     if tensor.payload_len() > u32::MAX as usize {
         return Err("a Snakepit.Tensor larger than 4 GiB".into());
