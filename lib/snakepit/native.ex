@@ -104,14 +104,15 @@ defmodule Snakepit.Native do
   def decode(_binary, _offset), do: :erlang.nif_error(why())
   def decode_dirty(_binary, _offset), do: :erlang.nif_error(why())
 
-  # Frames above this size are decoded on a dirty scheduler.
-  @dirty_decode_bytes 64 * 1024
-
   @doc false
-  # Decodes the MessagePack item at `offset` of a frame the NIF sent us.
+  # Decodes the MessagePack item at `offset` of a frame the NIF sent us: on
+  # this scheduler when that is cheap (small frames, or large ones made of a
+  # few big binaries, which become sub-binaries), else on a dirty one.
   @spec decode_frame(binary(), non_neg_integer()) :: {:ok, term()} | {:error, String.t()}
-  def decode_frame(frame, offset) when byte_size(frame) > @dirty_decode_bytes,
-    do: decode_dirty(frame, offset)
-
-  def decode_frame(frame, offset), do: decode(frame, offset)
+  def decode_frame(frame, offset) do
+    case decode(frame, offset) do
+      :dirty -> decode_dirty(frame, offset)
+      decoded -> decoded
+    end
+  end
 end

@@ -45,6 +45,9 @@ pub enum DecodeFailure {
     Wire(DecodeError),
     /// A tensor extension (type 84) that is malformed.
     Tensor { at: usize, why: String },
+    /// Decoding would take more than the caller's budget (not an error for
+    /// the user: the caller decodes again on a dirty scheduler).
+    OverBudget,
 }
 
 impl From<DecodeError> for DecodeFailure {
@@ -58,6 +61,7 @@ impl std::fmt::Display for DecodeFailure {
         match self {
             DecodeFailure::Wire(e) => e.fmt(f),
             DecodeFailure::Tensor { at, why } => write!(f, "{why} (at byte {at})"),
+            DecodeFailure::OverBudget => write!(f, "over the decoding budget"),
         }
     }
 }
@@ -574,9 +578,18 @@ fn key_text(s: &mut String, key: Term) {
 ///
 /// `frame` is the whole frame as a binary of `env`, so long strings and
 /// binaries become sub-binaries of it; `pos` is where the item starts.
-pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeFailure> {
+/// `budget` bounds the work (one unit per value, plus the bytes of short
+/// strings copied): past it, [`DecodeFailure::OverBudget`]. A frame's work
+/// is at most its size, and a large binary in it costs one unit.
+pub fn decode<'a>(
+    env: Env<'a>,
+    frame: Binary<'a>,
+    pos: usize,
+    budget: usize,
+) -> Result<Term<'a>, DecodeFailure> {
     let mut reader = Reader::at(frame.as_slice(), pos);
-    decode_item(env, &frame, &mut reader, 0)
+    let mut left = budget;
+    decode_item(env, &frame, &mut reader, 0, &mut left)
 }
 
 fn decode_item<'a>(
@@ -584,6 +597,7 @@ fn decode_item<'a>(
     frame: &Binary<'a>,
     r: &mut Reader,
     depth: usize,
+    left: &mut usize,
 ) -> Result<Term<'a>, DecodeFailure> {
     if depth > MAX_DEPTH {
         return Err(DecodeFailure::Wire(DecodeError::TooDeep {
@@ -592,7 +606,13 @@ fn decode_item<'a>(
         }));
     }
     let at = r.position();
-    Ok(match r.next_token()? {
+    let token = r.next_token()?;
+    let cost = match &token {
+        Token::Str(range) | Token::Bin(range) if range.len() < SUB_BINARY_MIN => 1 + range.len(),
+        _ => 1,
+    };
+    *left = left.checked_sub(cost).ok_or(DecodeFailure::OverBudget)?;
+    Ok(match token {
         Token::Nil => atoms::nil().encode(env),
         Token::Bool(b) => b.encode(env),
         Token::Int(i) => i.encode(env),
@@ -602,7 +622,7 @@ fn decode_item<'a>(
         Token::Array(n) => {
             let mut items = Vec::with_capacity(n.min(65_536));
             for _ in 0..n {
-                items.push(decode_item(env, frame, r, depth + 1)?);
+                items.push(decode_item(env, frame, r, depth + 1, left)?);
             }
             items.encode(env)
         }
@@ -610,8 +630,8 @@ fn decode_item<'a>(
             let mut keys = Vec::with_capacity(n.min(65_536));
             let mut values = Vec::with_capacity(n.min(65_536));
             for _ in 0..n {
-                keys.push(decode_item(env, frame, r, depth + 1)?);
-                values.push(decode_item(env, frame, r, depth + 1)?);
+                keys.push(decode_item(env, frame, r, depth + 1, left)?);
+                values.push(decode_item(env, frame, r, depth + 1, left)?);
             }
             // enif_make_map_from_arrays does not reject duplicate keys among
             // more than 32 and then builds a corrupt map (erlang/otp#10975),

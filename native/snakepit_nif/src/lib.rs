@@ -434,7 +434,7 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
             let mut bin = rustler::OwnedBinary::new(buf.len());
             bin.as_mut_slice().copy_from_slice(&buf);
             let bin = bin.release(env);
-            match codec::decode(env, bin, 0) {
+            match codec::decode(env, bin, 0, usize::MAX) {
                 Ok(t) => (atoms::ok(), t).encode(env),
                 Err(e) => (atoms::error(), e.to_string()).encode(env),
             }
@@ -451,24 +451,31 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 /// Decodes the MessagePack item at `offset` of `data` into a term, in the
 /// calling process. Replies carry raw frames and callers decode them here:
 /// terms are never built on the pool's own threads (see `codec.rs`).
-/// For frames up to 64 KiB; larger ones go to `decode_dirty/2`.
+/// Returns `:dirty` when the frame needs more work than a normal scheduler
+/// should do (many values or many short strings; a large binary costs next
+/// to nothing): the caller then calls `decode_dirty/2`.
 #[rustler::nif]
 fn decode<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_at(env, data, offset)
+    decode_at(env, data, offset, SCHEDULER_DECODE_BUDGET)
 }
 
-/// `decode/2` on a dirty CPU scheduler, for large frames.
+/// `decode/2` on a dirty CPU scheduler, with no budget.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn decode_dirty<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_at(env, data, offset)
+    decode_at(env, data, offset, usize::MAX)
 }
 
-fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
+/// Work units (values, and bytes of short strings copied) a decode on a
+/// normal scheduler may do: roughly what a 64 KiB frame needs at most.
+const SCHEDULER_DECODE_BUDGET: usize = 64 * 1024;
+
+fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize, budget: usize) -> Term<'a> {
     if offset > data.len() {
         return (atoms::error(), "offset beyond the data").encode(env);
     }
-    match codec::decode(env, data, offset) {
+    match codec::decode(env, data, offset, budget) {
         Ok(t) => (atoms::ok(), t).encode(env),
+        Err(codec::DecodeFailure::OverBudget) => atoms::dirty().encode(env),
         Err(e) => (atoms::error(), e.to_string()).encode(env),
     }
 }
