@@ -30,7 +30,7 @@ use crate::atoms;
 use rustler::types::tuple::make_tuple;
 use rustler::{Binary, Encoder, Env, Term, TermType};
 use snakepit_wire::msgpack::{write_str, DecodeError, Reader, Token};
-use snakepit_wire::outgoing::{OutFrame, Part};
+use snakepit_wire::outgoing::{OutFrame, Part, BLOB_EXT};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -115,26 +115,27 @@ pub struct Limits {
     /// Bytes copied or scanned before encoding stops with
     /// [`EncodeError::OverBudget`]: what a normal scheduler may afford.
     pub budget: usize,
-    /// Frame size (copied and spliced) past which encoding stops with
+    /// Frame size (copied and in blobs) past which encoding stops with
     /// [`EncodeError::OverSize`].
     pub size: usize,
-    /// Binaries (and tensor data) at least this long are spliced into the
-    /// frame (see [`OutFrame`]), not copied; `usize::MAX` never splices.
-    pub splice_min: usize,
+    /// Binaries (and tensor data) at least this long are sent as blobs
+    /// (see [`OutFrame`]), not copied; `usize::MAX`: never.
+    pub blob_min: usize,
 }
 
 impl Limits {
-    /// No budget, no size limit, nothing spliced.
+    /// No budget, no size limit, no blobs.
     pub const UNBOUNDED: Limits = Limits {
         budget: usize::MAX,
         size: usize::MAX,
-        splice_min: usize::MAX,
+        blob_min: usize::MAX,
     };
 }
 
-/// Binaries at least this long are spliced into outgoing frames: below it,
-/// a copy costs less than keeping the binary and one more iovec.
-pub const SPLICE_MIN: usize = 64 * 1024;
+/// Binaries at least this long go to the worker as blobs (see
+/// [`OutFrame`]): below it, a copy costs less than keeping the binary, one
+/// more iovec, and one more read on the worker's side.
+pub const BLOB_MIN: usize = 64 * 1024;
 
 /// An encoding in progress: the frame, and the work done so far.
 struct Enc<'o> {
@@ -169,7 +170,7 @@ pub fn encode(term: Term, out: &mut OutFrame, limits: Limits) -> Result<(), Enco
     enc.check(&limits)
 }
 
-/// Encodes `term` into a plain buffer, nothing spliced (map keys, tests).
+/// Encodes `term` into a plain buffer, no blobs (map keys).
 fn encode_plain(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let mut frame = OutFrame::from(std::mem::take(out));
     let result = encode(term, &mut frame, Limits::UNBOUNDED);
@@ -208,13 +209,18 @@ fn encode_at(term: Term, enc: &mut Enc, limits: &Limits, depth: usize) -> Result
                 .map_err(|_| EncodeError::unsupported("a bitstring that is not whole bytes"))?;
             let bytes = bin.as_slice();
             let text = is_text(bytes, enc, limits)?;
+            if blob(term, bytes, if text { b"s" } else { b"b" }, enc, limits)? {
+                return Ok(());
+            }
             let out = &mut enc.out.bytes;
             if text {
                 rmp::encode::write_str_len(out, bytes.len() as u32).expect("Vec write");
             } else {
                 rmp::encode::write_bin_len(out, bytes.len() as u32).expect("Vec write");
             }
-            write_bytes(term, bytes, enc, limits)
+            enc.spend(bytes.len(), limits)?;
+            enc.out.bytes.extend_from_slice(bytes);
+            Ok(())
         }
         TermType::List => {
             let len = term
@@ -239,17 +245,23 @@ fn encode_at(term: Term, enc: &mut Enc, limits: &Limits, depth: usize) -> Result
         }
         TermType::Map if tensor::is_tensor(term) => {
             let t = tensor::check(term).map_err(EncodeError::unsupported)?;
-            t.write_head(out);
-            write_bytes(t.data_term(), t.data(), enc, limits)
+            let tag = [&b"t"[..], &t.header()].concat();
+            if blob(t.data_term(), t.data(), &tag, enc, limits)? {
+                return Ok(());
+            }
+            t.write_head(&mut enc.out.bytes);
+            enc.spend(t.data().len(), limits)?;
+            enc.out.bytes.extend_from_slice(t.data());
+            enc.check(limits)
         }
         TermType::Map => {
             let len = term.map_size().expect("map term");
             rmp::encode::write_map_len(out, len as u32).expect("Vec write");
             let iter = rustler::types::map::MapIterator::new(term).expect("map term");
             let mut keys: Vec<(PyKey, Term)> = Vec::with_capacity(if len > 1 { len } else { 0 });
-            // Keys are compared by their bytes in the buffer: never spliced.
+            // Keys are compared by their bytes in the buffer: never blobs.
             let key_limits = Limits {
-                splice_min: usize::MAX,
+                blob_min: usize::MAX,
                 ..*limits
             };
             for (key, value) in iter {
@@ -420,27 +432,31 @@ fn is_text(bytes: &[u8], enc: &mut Enc, limits: &Limits) -> Result<bool, EncodeE
     }
 }
 
-/// Writes the payload of a `str`, `bin` or tensor: spliced from `term` (a
-/// binary) when it is long, copied otherwise.
-fn write_bytes(
+/// Sends `bytes` (the binary `term`) as a blob when it is long: writes a
+/// reference to it (ext [`BLOB_EXT`]: its index, then `tag`) and returns
+/// `true`. `false`: short, or not inspectable whole; the caller copies it.
+fn blob(
     term: Term,
     bytes: &[u8],
+    tag: &[u8],
     enc: &mut Enc,
     limits: &Limits,
-) -> Result<(), EncodeError> {
-    if bytes.len() >= limits.splice_min {
-        if enc.out.len() + bytes.len() > limits.size {
-            return Err(EncodeError::OverSize);
-        }
-        // A binary that cannot be inspected whole is copied below.
-        if let Some(kept) = KeptBinary::new(term) {
-            enc.out.splice(Arc::new(kept));
-            return Ok(());
-        }
+) -> Result<bool, EncodeError> {
+    if bytes.len() < limits.blob_min {
+        return Ok(false);
     }
-    enc.spend(bytes.len(), limits)?;
-    enc.out.bytes.extend_from_slice(bytes);
-    Ok(())
+    if enc.out.len() + bytes.len() > limits.size {
+        return Err(EncodeError::OverSize);
+    }
+    let Some(kept) = KeptBinary::new(term) else {
+        return Ok(false);
+    };
+    let index = enc.out.add_blob(Arc::new(kept));
+    let out = &mut enc.out.bytes;
+    rmp::encode::write_ext_meta(out, 4 + tag.len() as u32, BLOB_EXT).expect("Vec write");
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(tag);
+    Ok(true)
 }
 
 /// A VM binary kept alive outside any process, so a frame can be written

@@ -51,8 +51,8 @@ const ABI_VERSION: u32 = 8;
 
 /// Most bytes an encoding on a normal scheduler copies or scans; past it,
 /// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
-/// the caller to retry). Large binaries are spliced, not copied (see
-/// `codec::SPLICE_MIN`), so they cost only their UTF-8 check.
+/// the caller to retry). Large binaries are sent as blobs, not copied (see
+/// `codec::BLOB_MIN`), so they cost only their UTF-8 check.
 const SCHEDULER_ENCODE_BUDGET: usize = 256 * 1024;
 
 #[rustler::nif]
@@ -319,14 +319,16 @@ fn submit_with_budget<'a>(
         budget,
         // Stop encoding a little past the frame limit: that is enough to refuse it.
         size: max_frame.saturating_add(frame::HEADER_LEN + 1),
-        splice_min: codec::SPLICE_MIN,
+        blob_min: codec::BLOB_MIN,
     };
     let refused = match codec::encode(args, &mut frame, limits) {
         Ok(()) => {
-            let len = frame.len() - frame::HEADER_LEN;
-            if len > max_frame {
-                Some(frame_too_large(Some(len), max_frame))
+            // The limit is on the whole message, blobs included.
+            let total = frame.len() - frame::HEADER_LEN;
+            if total > max_frame {
+                Some(frame_too_large(Some(total), max_frame))
             } else {
+                let len = frame.bytes.len() - frame::HEADER_LEN;
                 frame.bytes[..frame::HEADER_LEN].copy_from_slice(&frame::header(len));
                 None
             }

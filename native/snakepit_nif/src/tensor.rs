@@ -93,11 +93,9 @@ impl<'a> Checked<'a> {
         self.data_term
     }
 
-    /// Writes the ext up to its data: marker, type, and the tensor header.
-    pub fn write_head(&self, out: &mut Vec<u8>) {
-        let len = self.payload_len();
-        rmp::encode::write_ext_meta(out, len as u32, EXT_TYPE).expect("Vec write");
-        out.reserve(len - self.data.len());
+    /// The payload's header: everything before the data.
+    pub fn header(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FIXED + 8 * self.dims.len());
         out.push(VERSION);
         out.push(self.kind);
         out.extend_from_slice(&self.bits.to_be_bytes());
@@ -106,6 +104,13 @@ impl<'a> Checked<'a> {
         for d in &self.dims {
             out.extend_from_slice(&d.to_be_bytes());
         }
+        out
+    }
+
+    /// Writes the ext up to its data: marker, type, and the header.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        rmp::encode::write_ext_meta(out, self.payload_len() as u32, EXT_TYPE).expect("Vec write");
+        out.extend_from_slice(&self.header());
     }
 }
 

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from . import codec, tensor
 from .adapter import BaseAdapter, load_adapter
@@ -40,7 +40,7 @@ from .streaming import TOOL_ERRORS, collect, items_of, one_item, stream
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 _log = logging.getLogger(__name__)
 
@@ -118,15 +118,15 @@ class Worker:
             raw = self.channel.read_raw()
             if raw is None:
                 return
-            self.handle(raw)
+            self.handle(raw, self.channel.take_blobs())
 
     def close(self) -> None:
         """Closes the event loop, if a call needed one."""
         self.loop.close()
 
-    def handle(self, raw: bytes) -> None:
+    def handle(self, raw: bytes, blobs: Sequence[bytes] = ()) -> None:
         try:
-            frame = codec.unpackb(raw)
+            frame = codec.unpackb_with_blobs(raw, blobs)
             kind, request_id, body = frame
         except Exception as exc:
             request_id = _salvage_id(raw)
