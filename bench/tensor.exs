@@ -8,28 +8,34 @@
 #
 # SIZES takes bytes, or numbers with MB / GB (10^6, 10^9). Sizes of 512 MB
 # and more run BIG_ROUNDS rounds (default 3), and only if MemAvailable is at
-# least 8 times the size (the array exists at once in Elixir, in the frame,
-# in the worker and in the answers being compared).
+# least 8 times the size (the bytes are held at once by the Elixir array,
+# frames, the worker, answers, the memcpy copy and the raw echoes).
 #
 # One worker, one caller. Each round runs every row once, in alternating
 # order (A B C ... then reversed); a round's figure is the median of its
 # calls (a few for 1 MB, one for larger sizes). Rows:
 #
-#   py->ex      `execute("cached_tensor", %{n: n})`: the worker returns a
-#               numpy float32 array of N bytes that it made on the first call
-#               (untimed), so only the transfer to a `%Snakepit.Tensor{}` is timed
-#   ex->py      `execute("tensor_nbytes", %{t: tensor})` with a tensor of N
-#               bytes of float32: the worker gets a numpy array and answers
-#               with its `nbytes` only
-#   round trip  `execute("tensor_echo", %{t: tensor})`: the array there and back
-#   pipe floor  a `{:packet, 4}` Port to bench/support/raw_pipe_echo.py
-#               echoing N bytes (Python pipe I/O, no codec, no numpy)
-#   memcpy      `:binary.copy/1` of N bytes in the BEAM (one process)
+#   py->ex        `execute("cached_tensor", %{n: n})`: the worker returns a
+#                 numpy float32 array of N bytes that it made on the first
+#                 call (untimed), so only the transfer into a
+#                 `%Snakepit.Tensor{}` is timed
+#   ex->py        `execute("tensor_nbytes", %{t: tensor})` with a tensor of N
+#                 bytes of float32: the worker gets a numpy array and answers
+#                 with its `nbytes` only
+#   round trip    `execute("tensor_echo", %{t: tensor})`: there and back
+#   py port echo  a `{:packet, 4}` Port to bench/support/raw_pipe_echo.py
+#                 echoing N bytes (Python pipe I/O, no codec, no numpy)
+#   c pipe        the physical floor: bench/support/raw_pipe_echo.c driving
+#                 its own C echo child over a pipe pair, outside the BEAM
+#                 (compiled with `cc` into _build/bench/; the row is skipped
+#                 without `cc`, and the ratios are then to py port echo)
+#   memcpy        `:binary.copy/1` of N bytes in the BEAM (one process)
 #
-# GB/s is 10^9 payload bytes per second of one transfer: for the two echoes
-# (round trip, pipe floor) a transfer is half the round trip, so every row is
-# comparable. Shown: p50 over rounds, the min–max of the rounds, and p50 as a
-# fraction of the pipe floor and of memcpy.
+# GB/s is 10^9 payload bytes per second of one transfer: for the echoes
+# (round trip, py port echo, c pipe) a transfer is half the round trip, so
+# every row is comparable. Shown: p50 over rounds, the min–max of the
+# rounds, the p50 time of one transfer, and p50 GB/s as a fraction of the
+# c pipe floor and of memcpy.
 #
 # The Snakepit rows use a pool with default settings. When a call fails with
 # them (today: frames past the 64 MiB `:max_frame_bytes`), the failure is
@@ -82,6 +88,7 @@ defmodule Bench.Tensor do
       end
 
     pipe = pipe_port()
+    c_echo = c_echo()
     # Warm every path up (tiny arrays).
     warm = ones(16)
     for {name, _, _} <- pools, op <- @ops, do: {:ok, _} = call(name, op, warm)
@@ -97,12 +104,12 @@ defmodule Bench.Tensor do
 
     for size <- sizes() do
       r = if size >= @big, do: big_rounds, else: rounds
-      one_size(size, r, pools, pipe)
+      one_size(size, r, pools, pipe, c_echo)
     end
 
     IO.puts(
       "\nRows that failed are listed above their size's table rows. " <>
-        "(/ pipe floor above 1.0: faster than the raw Python pipe echo.)"
+        "(/ pipe floor: p50 GB/s over the c pipe's; 1.0 is the floor.)"
     )
 
     Port.close(pipe)
@@ -119,7 +126,7 @@ defmodule Bench.Tensor do
 
   ## One size
 
-  defp one_size(size, rounds, pools, pipe) do
+  defp one_size(size, rounds, pools, pipe, c_echo) do
     available = mem_available()
 
     if available != nil and available < 8 * size do
@@ -128,7 +135,7 @@ defmodule Bench.Tensor do
       )
     else
       before = binary_memory()
-      measure(size, rounds, pools, pipe)
+      measure(size, rounds, pools, pipe, c_echo)
       for {name, _, _} <- pools, do: Snakepit.execute("drop_cache", %{}, pool: name)
 
       IO.puts(
@@ -148,7 +155,7 @@ defmodule Bench.Tensor do
   end
 
   # The array exists only in this call: it is garbage once it returns.
-  defp measure(size, rounds, pools, pipe) do
+  defp measure(size, rounds, pools, pipe, c_echo) do
     tensor = ones(div(size, 4))
     data = tensor.data
 
@@ -161,13 +168,12 @@ defmodule Bench.Tensor do
       Enum.map(snakepit, fn {op, pool, label} ->
         {{op, label}, timed(n, fn -> call_timed(pool, op, tensor) end)}
       end) ++
-        [
-          {{"pipe floor", "-"}, timed(n, fn -> div(pipe_echo(pipe, data), 2) end)},
-          {{"memcpy", "-"}, timed(n, fn -> memcpy(data) end)}
-        ]
+        [{{"py port echo", "-"}, timed(n, fn -> div(pipe_echo(pipe, data), 2) end)}] ++
+        c_pipe(c_echo, size, n) ++
+        [{{"memcpy", "-"}, timed(n, fn -> memcpy(data) end)}]
 
     samples = interleave(rounds, candidates, fn run -> run.() end)
-    floor = p50_gbs(size, samples[{"pipe floor", "-"}])
+    floor = p50_gbs(size, samples[{"c pipe", "-"}] || samples[{"py port echo", "-"}])
     copy = p50_gbs(size, samples[{"memcpy", "-"}])
 
     for {{name, label} = key, _} <- candidates do
@@ -211,7 +217,11 @@ defmodule Bench.Tensor do
           end
         end)
 
-      errors = if found, do: errors, else: errors ++ ["#{op} FAILED: no pool could run it"]
+      errors =
+        if found != nil or length(usable) == length(pools),
+          do: errors,
+          else: errors ++ ["#{op}: no Snakepit row (larger than the 256 MiB pool's frames)"]
+
       {if(found, do: rows ++ [found], else: rows), failures ++ errors}
     end)
   end
@@ -307,6 +317,46 @@ defmodule Bench.Tensor do
       {^port, {:data, out}} when byte_size(out) == size -> System.monotonic_time() - t0
     after
       @timeout -> raise "raw pipe echo did not answer"
+    end
+  end
+
+  # The physical floor: bench/support/raw_pipe_echo.c driving its own echo
+  # child over a pipe pair, outside the BEAM, N + 1 round trips per round (the
+  # first, which touches the buffers' pages, is dropped). Half a round trip.
+  defp c_pipe(nil, _size, _n), do: []
+
+  defp c_pipe(exe, size, n) do
+    run = fn ->
+      {out, 0} = System.cmd(exe, ["drive", "#{size}", "#{n + 1}"])
+      [_first | times] = String.split(out)
+
+      times
+      |> Enum.map(&System.convert_time_unit(div(String.to_integer(&1), 2), :nanosecond, :native))
+      |> median()
+    end
+
+    [{{"c pipe", "-"}, run}]
+  end
+
+  # Compiles the C echo once into _build/bench/ (nil without a C compiler),
+  # as bench/payload.exs does.
+  defp c_echo do
+    cc = System.find_executable("cc")
+    out = Path.join([Mix.Project.build_path(), "bench", "raw_pipe_echo"])
+    src = Path.join([__DIR__, "support", "raw_pipe_echo.c"])
+
+    cond do
+      cc == nil ->
+        IO.puts("(no cc: no c pipe row; ratios are to the py port echo)")
+        nil
+
+      File.exists?(out) and File.stat!(out).mtime >= File.stat!(src).mtime ->
+        out
+
+      true ->
+        File.mkdir_p!(Path.dirname(out))
+        {_, 0} = System.cmd(cc, ["-O2", "-o", out, src], stderr_to_stdout: true)
+        out
     end
   end
 
