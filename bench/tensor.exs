@@ -117,8 +117,8 @@ defmodule Bench.Tensor do
     :erlang.garbage_collect()
 
     IO.puts(
-      "\nbinary memory (:erlang.memory(:binary)) at start #{mb(binary_start)} MiB, " <>
-        "at the end #{mb(binary_memory())} MiB"
+      "\nleak check, :erlang.memory(:binary): #{mb(binary_start)} MiB at the start, " <>
+        "#{settled(binary_start)} at the end"
     )
 
     IO.puts("load average after the run: #{loadavg()}")
@@ -141,7 +141,7 @@ defmodule Bench.Tensor do
       IO.puts(
         row([
           gb(size),
-          "binary memory #{mb(before)} -> #{mb(binary_memory())} MiB; worker RSS " <>
+          "binary memory #{mb(before)} -> #{settled(before)}; worker RSS " <>
             Enum.map_join(pools, ", ", fn {name, label, _} -> "#{label} #{worker_rss(name)}" end),
           "",
           "",
@@ -372,6 +372,27 @@ defmodule Bench.Tensor do
   defp binary_memory do
     :erlang.garbage_collect()
     :erlang.memory(:binary)
+  end
+
+  # Binary memory once it is back within 1 MiB of `before`, polled for up
+  # to 2 s: a large answer is freed a few ms after its call returned (a
+  # binary freed on another thread than the one that allocated it is
+  # handed back to its allocator later), so an immediate reading would
+  # count it. Past 2 s it is reported as still held.
+  defp settled(before, waited \\ 0) do
+    now = binary_memory()
+
+    cond do
+      now <= before + 1_048_576 ->
+        "#{mb(now)} MiB (after #{waited} ms)"
+
+      waited >= 2_000 ->
+        "#{mb(now)} MiB, STILL HELD after #{waited} ms"
+
+      true ->
+        Process.sleep(10)
+        settled(before, waited + 10)
+    end
   end
 
   defp worker_rss(pool) do
