@@ -29,7 +29,10 @@
 #                 its own C echo child over a pipe pair, outside the BEAM
 #                 (compiled with `cc` into _build/bench/; the row is skipped
 #                 without `cc`, and the ratios are then to py port echo)
-#   memcpy        `:binary.copy/1` of N bytes in the BEAM (one process)
+#   memcpy        `:binary.copy/1` of N bytes in the BEAM (one process),
+#                 including the allocation of the copy: at 1 GB fresh pages
+#                 (page faults) dominate it, as they do for any answer that
+#                 lands in new memory
 #
 # GB/s is 10^9 payload bytes per second of one transfer: for the echoes
 # (round trip, py port echo, c pipe) a transfer is half the round trip, so
