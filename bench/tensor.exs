@@ -370,7 +370,8 @@ defmodule Bench.Tensor do
   defp f2(x), do: "#{Float.round(x, 2)}"
 
   defp gb(bytes) when bytes >= 1_000_000_000, do: "#{Float.round(bytes / 1.0e9, 2)} GB"
-  defp gb(bytes), do: "#{Float.round(bytes / 1.0e6, 1)} MB"
+  defp gb(bytes) when bytes >= 1_000_000, do: "#{Float.round(bytes / 1.0e6, 1)} MB"
+  defp gb(bytes), do: "#{bytes} B"
 
   defp binary_memory do
     :erlang.garbage_collect()
