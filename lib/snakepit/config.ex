@@ -4,7 +4,7 @@ defmodule Snakepit.Config do
 
   alias Snakepit.Error
 
-  @max_frame_limit 0xFFFF_FFFF
+  @max_frame_limit 0x7FFF_FFFF
   # The longest wait `receive ... after` and timers accept: 2^32 - 1 ms,
   # about 49.7 days. Every duration option is checked against it.
   @max_ms 4_294_967_295
@@ -95,7 +95,7 @@ defmodule Snakepit.Config do
       default: 64 * 1024 * 1024,
       note: "64 MiB",
       native: true,
-      doc: "largest message in either direction"
+      doc: "largest message in either direction, blobs included; at most 2 GiB - 1"
     },
     %{
       name: :shm_threshold,

@@ -20,7 +20,7 @@ defmodule Snakepit.ConfigTest do
     {:python_path, [], [[], ["/a", "b"]], ["/a", [:a], [~c"/a"], nil]},
     {:env, [], [[], [{"A", "1"}]], [[{"A", 1}], [{"A", 1.5}], ["A=1"], "A=1", [{1, "a"}]]},
     {:cwd, nil, [nil, "/tmp"], [:tmp, ~c"/tmp", 1]},
-    {:max_frame_bytes, 67_108_864, [1, 0xFFFF_FFFF], [0, 0xFFFF_FFFF + 1, 2 ** 40, :infinity]},
+    {:max_frame_bytes, 67_108_864, [1, 0x7FFF_FFFF], [0, 0x7FFF_FFFF + 1, 2 ** 40, :infinity]},
     {:shm_threshold, 1_048_576, [1, 2 ** 40, :infinity], [0, -1, 1.5, nil]},
     {:shm_max_bytes, 4_294_967_296, [1, 2 ** 40], [0, -1, :infinity, 1.5]},
     {:startup_timeout, 30_000, [1, 60_000, @max_ms], [0, -1, :infinity, 1.0, @max_ms + 1]},

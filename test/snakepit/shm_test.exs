@@ -152,6 +152,18 @@ defmodule Snakepit.ShmTest do
       await_shm_bytes(ctx.pool, 0)
     end
 
+    test "a call with blobs (64 KiB to the threshold) and segments both", ctx do
+      blob = :binary.copy(<<3>>, 100_000)
+      big = :binary.copy(<<4>>, @threshold + 1)
+      t = Tensor.new(arange_f32(300_000), {:f, 32}, {300_000})
+      args = %{t: %{"blob" => blob, "big" => big, "tensor" => t, "blob2" => blob <> "x"}}
+
+      assert {:ok, %{"blob" => ^blob, "big" => ^big, "tensor" => ^t, "blob2" => blob2}} =
+               exec(ctx, "tensor_echo", args)
+
+      assert blob2 == blob <> "x"
+    end
+
     test "a tensor round-trips both ways by shared memory", ctx do
       check_echo(ctx, 700_000)
       await_shm_bytes(ctx.pool, 0)

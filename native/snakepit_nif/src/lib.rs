@@ -41,6 +41,7 @@ use snakepit_dispatch::dispatcher::{self, Call};
 use snakepit_dispatch::recycle::Policy;
 use snakepit_dispatch::sessions::Affinity;
 use snakepit_dispatch::stats::Outcome;
+use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::{frame, protocol};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +50,10 @@ use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
 const ABI_VERSION: u32 = 9;
 
-/// Largest encoded request built on a normal scheduler; bigger ones are
-/// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
+/// Most bytes an encoding on a normal scheduler copies or scans; past it,
+/// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
+/// the caller to retry). Large binaries are sent as blobs, not copied (see
+/// `codec::BLOB_MIN`), so they cost only their UTF-8 check.
 const SCHEDULER_ENCODE_BUDGET: usize = 256 * 1024;
 
 #[rustler::nif]
@@ -316,41 +319,40 @@ fn submit_with_budget<'a>(
     let core = &pool.core;
     let max_frame = core.max_frame;
     let id = core.next_request_id();
-    let mut buf = protocol::begin_call(
+    let mut frame = OutFrame::from(protocol::begin_call(
         id,
         tool.as_slice(),
         call.session.as_ref().map(|(s, _)| s.as_slice()),
         call.stream,
         correlation_id.as_ref().map(|c| c.as_slice()),
         64,
-    );
-    // Stop encoding a little past the frame limit: that is enough to refuse it.
-    let limit = budget.min(max_frame.saturating_add(frame::HEADER_LEN + 1));
+    ));
+    let limits = codec::Limits {
+        budget,
+        // Stop encoding a little past the frame limit: that is enough to refuse it.
+        size: max_frame.saturating_add(frame::HEADER_LEN + 1),
+        blob_min: codec::BLOB_MIN,
+    };
     let mut segs = if core.shm.enabled() {
         shm::Making::new(&core.shm)
     } else {
         shm::Making::none()
     };
-    // Bytes copied into segments count against the scheduler's budget (the
-    // copy is the work) but not against the frame limit.
-    let work_limit = if segs.threshold == u64::MAX {
-        limit
-    } else {
-        budget.min(limit.saturating_add(core.shm.limit as usize))
-    };
-    let refused = match codec::encode_with(args, &mut buf, work_limit, &mut segs) {
-        Ok(()) => match frame::finish(&mut buf, max_frame) {
-            Ok(()) => None,
-            Err(_) => Some(frame_too_large(
-                Some(buf.len() - frame::HEADER_LEN),
-                max_frame,
-            )),
-        },
-        Err(codec::EncodeError::OverBudget) if work_limit == budget => {
-            return atoms::dirty().encode(env);
+    let refused = match codec::encode_with(args, &mut frame, limits, &mut segs) {
+        Ok(()) => {
+            // The limit is on the whole message, blobs included.
+            let total = frame.len() - frame::HEADER_LEN;
+            if total > max_frame {
+                Some(frame_too_large(Some(total), max_frame))
+            } else {
+                let len = frame.bytes.len() - frame::HEADER_LEN;
+                frame.bytes[..frame::HEADER_LEN].copy_from_slice(&frame::header(len));
+                None
+            }
         }
+        Err(codec::EncodeError::OverBudget) => return atoms::dirty().encode(env),
         // Encoding stopped early, so the full size is unknown.
-        Err(codec::EncodeError::OverBudget) => Some(frame_too_large(None, max_frame)),
+        Err(codec::EncodeError::OverSize) => Some(frame_too_large(None, max_frame)),
         Err(codec::EncodeError::Segment(shm::MakeError::Limit(bytes, in_flight))) => {
             Some(core.shm.refusal(bytes, in_flight, "the call"))
         }
@@ -378,9 +380,9 @@ fn submit_with_budget<'a>(
     // The `shm` frame goes right before the call, in the same write; the
     // worker's segment socket gets the fds when the pair is queued to it.
     let outgoing = (!segs.fds.is_empty()).then(|| {
-        let mut framed = protocol::shm_frame(id, &segs.lengths);
-        framed.extend_from_slice(&buf);
-        buf = framed;
+        let mut shm_frame = protocol::shm_frame(id, &segs.lengths);
+        shm_frame.extend_from_slice(&frame.bytes);
+        frame.bytes = shm_frame;
         core.outbox.register(
             id,
             std::mem::take(&mut segs.fds),
@@ -393,7 +395,7 @@ fn submit_with_budget<'a>(
         Reply::new(env, tag, pool)
     };
     reply.hold(outgoing);
-    match core.submit(env, id, buf, reply, call) {
+    match core.submit(env, id, frame, reply, call) {
         Ok(false) => (atoms::ok(), id).encode(env),
         Ok(true) => (atoms::ok(), id, atoms::new_session()).encode(env),
         Err(failure) => (atoms::error(), failure).encode(env),
@@ -465,13 +467,14 @@ fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> bool {
 /// a worker: lets tests check the codec directly.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    let mut buf = Vec::new();
-    match codec::encode(term, &mut buf, usize::MAX) {
+    let mut frame = OutFrame::default();
+    match codec::encode(term, &mut frame, codec::Limits::UNBOUNDED) {
         Ok(()) => {
+            let buf = frame.bytes;
             let mut bin = rustler::OwnedBinary::new(buf.len());
             bin.as_mut_slice().copy_from_slice(&buf);
             let bin = bin.release(env);
-            match codec::decode(env, bin, 0, &[]) {
+            match codec::decode(env, bin, 0, usize::MAX, &[]) {
                 Ok(t) => (atoms::ok(), t).encode(env),
                 Err(e) => (atoms::error(), e.to_string()).encode(env),
             }
@@ -479,8 +482,12 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
         Err(codec::EncodeError::Unsupported { what, path }) => {
             (atoms::error(), format!("{what} at {path}")).encode(env)
         }
-        Err(codec::EncodeError::OverBudget | codec::EncodeError::Segment(_)) => {
-            unreachable!("no budget, no segments")
+        Err(
+            codec::EncodeError::OverBudget
+            | codec::EncodeError::OverSize
+            | codec::EncodeError::Segment(_),
+        ) => {
+            unreachable!("no limits, no segments")
         }
     }
 }
@@ -488,16 +495,18 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 /// Decodes the MessagePack item at `offset` of `data` into a term, in the
 /// calling process. Replies carry raw frames and callers decode them here:
 /// terms are never built on the pool's own threads (see `codec.rs`).
-/// For frames up to 64 KiB; larger ones go to `decode_dirty/2`.
+/// Returns `:dirty` when the frame needs more work than a normal scheduler
+/// should do (many values or many short strings; a large binary costs next
+/// to nothing): the caller then calls `decode_dirty/2`.
 #[rustler::nif]
 fn decode<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_at(env, data, offset)
+    decode_at(env, data, offset, SCHEDULER_DECODE_BUDGET)
 }
 
-/// `decode/2` on a dirty CPU scheduler, for large frames.
+/// `decode/2` on a dirty CPU scheduler, with no budget.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn decode_dirty<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_at(env, data, offset)
+    decode_at(env, data, offset, usize::MAX)
 }
 
 /// `decode/2` for a frame that came with shared-memory segments
@@ -509,10 +518,10 @@ fn decode_shm<'a>(
     offset: usize,
     segments: Vec<Binary<'a>>,
 ) -> Term<'a> {
-    decode_with(env, data, offset, &segments)
+    decode_with(env, data, offset, SCHEDULER_DECODE_BUDGET, &segments)
 }
 
-/// `decode_shm/3` on a dirty CPU scheduler, for large frames.
+/// `decode_shm/3` on a dirty CPU scheduler, with no budget.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn decode_shm_dirty<'a>(
     env: Env<'a>,
@@ -520,24 +529,30 @@ fn decode_shm_dirty<'a>(
     offset: usize,
     segments: Vec<Binary<'a>>,
 ) -> Term<'a> {
-    decode_with(env, data, offset, &segments)
+    decode_with(env, data, offset, usize::MAX, &segments)
 }
 
-fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_with(env, data, offset, &[])
+/// Work units (values, and bytes of short strings copied) a decode on a
+/// normal scheduler may do: roughly what a 64 KiB frame needs at most.
+const SCHEDULER_DECODE_BUDGET: usize = 64 * 1024;
+
+fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize, budget: usize) -> Term<'a> {
+    decode_with(env, data, offset, budget, &[])
 }
 
 fn decode_with<'a>(
     env: Env<'a>,
     data: Binary<'a>,
     offset: usize,
+    budget: usize,
     segments: &[Binary<'a>],
 ) -> Term<'a> {
     if offset > data.len() {
         return (atoms::error(), "offset beyond the data").encode(env);
     }
-    match codec::decode(env, data, offset, segments) {
+    match codec::decode(env, data, offset, budget, segments) {
         Ok(t) => (atoms::ok(), t).encode(env),
+        Err(codec::DecodeFailure::OverBudget) => atoms::dirty().encode(env),
         Err(e) => (atoms::error(), e.to_string()).encode(env),
     }
 }

@@ -32,6 +32,7 @@ use snakepit_dispatch::recycle::Reason;
 use snakepit_dispatch::sessions::{Affinity, Refusal, SessionRow};
 use snakepit_dispatch::stats::Outcome;
 use snakepit_dispatch::Dispatcher;
+use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::protocol::{self, Envelope, ErrorKind, HandshakeError, Kind, PROTOCOL_VERSION};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -214,7 +215,7 @@ impl PoolCore {
         &self,
         env: Env,
         id: u64,
-        frame: Vec<u8>,
+        frame: OutFrame,
         reply: Reply,
         call: Call,
     ) -> Result<bool, Failure> {

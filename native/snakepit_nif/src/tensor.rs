@@ -74,38 +74,28 @@ pub struct Checked<'a> {
     bits: u16,
     dims: Vec<u64>,
     data: Binary<'a>,
+    data_term: Term<'a>,
 }
 
-impl Checked<'_> {
+impl<'a> Checked<'a> {
     /// The size of the ext payload.
     pub fn payload_len(&self) -> usize {
         FIXED + 8 * self.dims.len() + self.data.len()
     }
 
-    /// The elements.
+    /// The data, in C order.
     pub fn data(&self) -> &[u8] {
         self.data.as_slice()
     }
 
-    /// Writes the ext (marker, type, payload) onto `out`.
-    pub fn write(&self, out: &mut Vec<u8>) {
-        let len = self.payload_len();
-        rmp::encode::write_ext_meta(out, len as u32, EXT_TYPE).expect("Vec write");
-        out.reserve(len);
-        self.write_header(out);
-        out.extend_from_slice(self.data.as_slice());
+    /// The data as a term (to keep it alive while a frame is written from it).
+    pub fn data_term(&self) -> Term<'a> {
+        self.data_term
     }
 
-    /// Writes an ext 86 onto `out`: the reference to segment `index`, which
-    /// holds the elements, then the header.
-    pub fn write_in_segment(&self, out: &mut Vec<u8>, index: u32) {
-        let len = crate::shm::REF_LEN + FIXED + 8 * self.dims.len();
-        rmp::encode::write_ext_meta(out, len as u32, crate::shm::EXT_TENSOR).expect("Vec write");
-        crate::shm::write_ref(out, index);
-        self.write_header(out);
-    }
-
-    fn write_header(&self, out: &mut Vec<u8>) {
+    /// The payload's header: everything before the data.
+    pub fn header(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FIXED + 8 * self.dims.len());
         out.push(VERSION);
         out.push(self.kind);
         out.extend_from_slice(&self.bits.to_be_bytes());
@@ -114,6 +104,22 @@ impl Checked<'_> {
         for d in &self.dims {
             out.extend_from_slice(&d.to_be_bytes());
         }
+        out
+    }
+
+    /// Writes an ext 86 onto `out`: the reference to shared-memory segment
+    /// `index`, which holds the data, then the header.
+    pub fn write_in_segment(&self, out: &mut Vec<u8>, index: u32) {
+        let len = crate::shm::REF_LEN + FIXED + 8 * self.dims.len();
+        rmp::encode::write_ext_meta(out, len as u32, crate::shm::EXT_TENSOR).expect("Vec write");
+        crate::shm::write_ref(out, index);
+        out.extend_from_slice(&self.header());
+    }
+
+    /// Writes the ext up to its data: marker, type, and the header.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        rmp::encode::write_ext_meta(out, self.payload_len() as u32, EXT_TYPE).expect("Vec write");
+        out.extend_from_slice(&self.header());
     }
 }
 
@@ -147,6 +153,7 @@ pub fn check(term: Term) -> Result<Checked, String> {
     if data.get_type() != TermType::Binary {
         return Err("a Snakepit.Tensor whose :data is not a binary".into());
     }
+    let data_term = data;
     let data = Binary::from_term(data)
         .map_err(|_| "a Snakepit.Tensor whose :data is not whole bytes".to_string())?;
     let need = byte_size(&dims, bits);
@@ -162,6 +169,7 @@ pub fn check(term: Term) -> Result<Checked, String> {
         bits,
         dims,
         data,
+        data_term,
     };
     if tensor.payload_len() > u32::MAX as usize {
         return Err("a Snakepit.Tensor larger than 4 GiB".into());

@@ -20,7 +20,7 @@
 
 use crate::spawn;
 use crate::terms::ExitDetails;
-use crate::writer::{set_nonblocking, Writer};
+use crate::writer::{set_nonblocking, OutFrame, Writer};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustler::OwnedBinary;
@@ -182,8 +182,8 @@ impl Worker {
 }
 
 impl Pipe for Worker {
-    fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
-        self.shm.before_enqueue(&frame);
+    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
+        self.shm.before_enqueue(&frame.bytes);
         self.writer.enqueue(frame)
     }
 }

@@ -10,7 +10,7 @@ use std::fmt;
 
 /// Version of the protocol spoken by this crate; a worker announces its own
 /// in its `ready` frame and the host refuses a mismatch.
-pub const PROTOCOL_VERSION: u64 = 2;
+pub const PROTOCOL_VERSION: u64 = 3;
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,10 +541,10 @@ mod tests {
     fn keys_that_are_containers_are_skipped_whole() {
         // Found by the property tests: only the header of an array or map
         // key was skipped, so the pairs after it were read out of step.
-        // {[nil] => 2, "protocol" => 2} was refused as having no version...
+        // {[nil] => 2, "protocol" => 3} was refused as having no version...
         let mut b = vec![0x82, 0x91, 0xc0, 0x02];
         write_str(&mut b, b"protocol");
-        b.push(0x02);
+        b.push(PROTOCOL_VERSION as u8);
         assert_eq!(check_ready(&b, 0), Ok(()));
         // ... and {[0] => "protocol", 2 => nil}, which has none, accepted.
         let mut b = vec![0x82, 0x91, 0x00];

@@ -1,8 +1,11 @@
 """Length-prefixed frames over a pair of pipes.
 
 A frame is a 4-byte big-endian length followed by a MessagePack array
-``[kind, id, body]`` (see docs/protocol.md). Reads happen on one thread;
-writes may come from several (results, log records), so they take a lock.
+``[kind, id, body]`` (see docs/protocol.md). A length with its top bit
+(:data:`BLOB_FLAG`) set is a *blob* from the host instead: raw bytes that the
+next frame refers to; :meth:`Channel.take_blobs` hands them over. Reads
+happen on one thread; writes may come from several (results, log records),
+so they take a lock.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 from . import codec, shm
 
@@ -18,6 +21,7 @@ from . import codec, shm
 _SEGMENT_KINDS = ("result", "chunk")
 
 HEADER_LEN = 4
+BLOB_FLAG = 0x8000_0000
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 
@@ -32,22 +36,37 @@ class Channel:
         self._reader = io.open(in_fd, "rb", buffering=64 * 1024, closefd=False)
         self._out_fd = out_fd
         self._lock = threading.Lock()
+        self._blobs: List[bytes] = []
         self.max_frame = max_frame
 
     def read_raw(self) -> Optional[bytes]:
-        """The next frame's MessagePack bytes, or None at a clean end of stream."""
-        header = self._reader.read(HEADER_LEN)
-        if not header:
-            return None
-        if len(header) < HEADER_LEN:
-            raise ProtocolError("stream closed inside a frame header")
-        size = int.from_bytes(header, "big")
-        if size > self.max_frame:
-            raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
-        body = self._reader.read(size)
-        if len(body) < size:
-            raise ProtocolError("stream closed inside a frame")
-        return body
+        """The next frame's MessagePack bytes, or None at a clean end of
+        stream. Blobs before it are kept for :meth:`take_blobs`, each read
+        straight into its own ``bytes``."""
+        while True:
+            header = self._reader.read(HEADER_LEN)
+            if not header:
+                if self._blobs:
+                    raise ProtocolError("stream closed after a blob, before its frame")
+                return None
+            if len(header) < HEADER_LEN:
+                raise ProtocolError("stream closed inside a frame header")
+            size = int.from_bytes(header, "big")
+            blob = size & BLOB_FLAG
+            size &= ~BLOB_FLAG
+            if size > self.max_frame:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+            body = self._reader.read(size)
+            if len(body) < size:
+                raise ProtocolError("stream closed inside a frame")
+            if not blob:
+                return body
+            self._blobs.append(body)
+
+    def take_blobs(self) -> List[bytes]:
+        """The blobs that came before the frame :meth:`read_raw` last returned."""
+        blobs, self._blobs = self._blobs, []
+        return blobs
 
     def write(self, kind: str, request_id: int, body: Any) -> None:
         """Encodes and writes one frame. Raises if the body cannot be encoded

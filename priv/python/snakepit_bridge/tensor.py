@@ -113,15 +113,15 @@ def decode(data: bytes) -> Any:
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
-def decode_split(head: bytes, data: Any) -> Any:
-    """The numpy array for a tensor header ``head`` whose elements are the
-    whole buffer ``data`` (a shared-memory segment): a read-only view."""
-    kind, bits, shape, offset = parse(head, len(data))
-    if offset != len(head):
-        raise TensorError("malformed tensor: trailing bytes after its header")
+def decode_split(header: bytes, data: Any) -> Any:
+    """The numpy array for a tensor whose header and elements arrived apart
+    (the elements as a blob, or a shared-memory segment): a read-only view over ``data``, no copy."""
+    kind, bits, shape, offset = parse(header, data_len=len(data))
+    if offset != len(header):
+        raise TensorError("malformed tensor: bytes after its header")
     np = _numpy()
     dtype = np.dtype(f"<{_NUMPY[kind]}{bits // 8}")
-    if len(data) == 0:
+    if not data:
         empty = np.empty(shape, dtype=dtype)
         empty.flags.writeable = False
         return empty
@@ -131,7 +131,7 @@ def decode_split(head: bytes, data: Any) -> Any:
 def parse(data: bytes, data_len: Optional[int] = None) -> Tuple[bytes, int, Tuple[int, ...], int]:
     """Checks an ext payload: its kind, bits, shape and where the elements
     start. Raises :class:`TensorError` if it is malformed. ``data_len``: the
-    elements are elsewhere, that many bytes (``data`` is the header only)."""
+    elements are elsewhere, and this many bytes long."""
     if len(data) < _FIXED.size:
         raise TensorError("malformed tensor: shorter than its header")
     version, kind_byte, bits, ndim = _FIXED.unpack_from(data)

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import codec, shm, tensor
 from .adapter import BaseAdapter, load_adapter
@@ -40,7 +40,7 @@ from .streaming import TOOL_ERRORS, collect, items_of, one_item, stream
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 _log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class Worker:
         self._takes_ctx: Dict[str, bool] = {}
         # Shared-memory segments an `shm` frame announced, for the next frame.
         self._segments: Optional[List[Any]] = None
+        self._carried: List[bytes] = []
 
     def handshake(self, adapter_path: str) -> None:
         self.channel.write(
@@ -120,17 +121,19 @@ class Worker:
             raw = self.channel.read_raw()
             if raw is None:
                 return
-            self.handle(raw)
+            self.handle(raw, self.channel.take_blobs())
 
     def close(self) -> None:
         """Closes the event loop, if a call needed one."""
         self.loop.close()
 
-    def handle(self, raw: bytes) -> None:
+    def handle(self, raw: bytes, blobs: Sequence[bytes] = ()) -> None:
         segments, self._segments = self._segments, None
+        if self._carried:  # blobs read before an `shm` frame belong to the frame after it
+            blobs, self._carried = [*self._carried, *blobs], []
         try:
             with shm.incoming(segments or []):
-                frame = codec.unpackb(raw)
+                frame = codec.unpackb_with_blobs(raw, blobs)
             kind, request_id, body = frame
         except Exception as exc:
             request_id = _salvage_id(raw)
@@ -138,6 +141,7 @@ class Worker:
                 self._reply_error(request_id, error_body("bad_request", exc, message=f"undecodable call: {exc}"))
             return
         if kind == "shm":
+            self._carried = list(blobs)
             try:
                 self._segments = shm.receive(body if isinstance(body, list) else [], request_id)
             except (OSError, shm.ShmError) as exc:

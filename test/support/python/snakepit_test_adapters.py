@@ -421,6 +421,14 @@ class TestAdapter(BaseAdapter):
         return cache[n]
 
     @tool
+    def tensor_stream(self, n: int, size: int) -> Any:
+        """Yields n fresh float32 arrays of `size` elements, the i-th filled with i."""
+        import numpy as np
+
+        for i in range(n):
+            yield np.full(size, i, dtype=np.float32)
+
+    @tool
     def tensor_nbytes(self, t: Any) -> int:
         """The size of the array it was given (nothing else is looked at)."""
         return int(t.nbytes)
