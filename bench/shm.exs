@@ -1,10 +1,11 @@
 # Shared memory against the pipe for large tensors, both directions.
 #
 #   mix run bench/shm.exs            (SHM_MB=100 ROUNDS=7 by default)
+#   SHM_ONLY=1 mix run bench/shm.exs (the shm pool alone, back to back)
 #
 # Two pools of the test adapter, one worker each: `shm` (default options:
 # 1 MiB :shm_threshold) and `pipe` (:shm_threshold :infinity, frames up to
-# 2 GiB). Python -> Elixir: `cached_tensor` returns a float32 array made
+# 2 GiB - 1, so frames carry it: blobs to Python, one frame back). Python -> Elixir: `cached_tensor` returns a float32 array made
 # once per worker (the transfer alone is timed). Elixir -> Python:
 # `tensor_nbytes` gets a float32 tensor and returns its size. The result is
 # held until the call returns, then dropped. Rounds alternate which pool
@@ -24,7 +25,7 @@ defmodule Bench.Shm do
 
     for {name, extra} <- [
           shm: [],
-          pipe: [shm_threshold: :infinity, max_frame_bytes: 2_000_000_000]
+          pipe: [shm_threshold: :infinity, max_frame_bytes: 0x7FFF_FFFF]
         ] do
       {:ok, _} =
         Snakepit.Pool.start_link(
