@@ -5,8 +5,9 @@
 #
 # Two pools of the test adapter, one worker each: `shm` (default options:
 # 1 MiB :shm_threshold) and `pipe` (:shm_threshold :infinity, frames up to
-# 2 GiB - 1, so frames carry it: blobs to Python, one frame back). Python -> Elixir: `cached_tensor` returns a float32 array made
-# once per worker (the transfer alone is timed). Elixir -> Python:
+# 2 GiB - 1, so the pipe carries it: blobs to Python, one frame back).
+# Python -> Elixir: `cached_tensor` returns a float32 array made once per
+# worker (the transfer alone is timed). Elixir -> Python:
 # `tensor_nbytes` gets a float32 tensor and returns its size. The result is
 # held until the call returns, then dropped. Rounds alternate which pool
 # goes first; medians of per-call GB/s (10^9 bytes/s).
