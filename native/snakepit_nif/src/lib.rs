@@ -395,6 +395,17 @@ fn submit_with_budget<'a>(
         Reply::new(env, tag, pool)
     };
     reply.hold(outgoing);
+    if !reply.watched() {
+        // The caller is exiting (killed while this NIF ran, e.g. during a
+        // long dirty encode): nobody would take the answer, and nothing
+        // would cancel the call when it dies, so it is not submitted.
+        let failure = Failure::new(
+            atoms::pool(),
+            "the caller exited before its call was queued".to_string(),
+            Details::None,
+        );
+        return (atoms::error(), failure).encode(env);
+    }
     match core.submit(env, id, frame, reply, call) {
         Ok(false) => (atoms::ok(), id).encode(env),
         Ok(true) => (atoms::ok(), id, atoms::new_session()).encode(env),

@@ -87,6 +87,12 @@ impl<R: Resource> ReplyTo<R> {
         }
     }
 
+    /// Whether the caller is monitored: `false` when it was already
+    /// exiting as the call was made.
+    pub fn watched(&self) -> bool {
+        self.watch.is_some()
+    }
+
     /// Keeps the call's segments until it is answered or given up.
     pub fn hold(&mut self, segments: Option<crate::shm::Outgoing>) {
         self.shm = segments.map(Box::new);
