@@ -23,6 +23,7 @@ _SEGMENT_KINDS = ("result", "chunk")
 HEADER_LEN = 4
 BLOB_FLAG = 0x8000_0000
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+_NO_BLOBS: Sequence[bytes] = ()
 
 
 class ProtocolError(Exception):
@@ -63,8 +64,10 @@ class Channel:
                 return body
             self._blobs.append(body)
 
-    def take_blobs(self) -> List[bytes]:
+    def take_blobs(self) -> Sequence[bytes]:
         """The blobs that came before the frame :meth:`read_raw` last returned."""
+        if not self._blobs:
+            return _NO_BLOBS
         blobs, self._blobs = self._blobs, []
         return blobs
 
@@ -84,9 +87,15 @@ class Channel:
             payload = codec.packb([kind, request_id, body])
             self._check_size(payload)
             return payload
-        with shm.collecting() as out:
+        out, previous = shm.start_collecting()
+        try:
             payload = codec.packb([kind, request_id, shm.wrap(body)])
             self._check_size(payload)
+        except BaseException:
+            out.close()
+            raise
+        finally:
+            shm.stop_collecting(previous)
         if not out:
             return payload
         out.payload = payload

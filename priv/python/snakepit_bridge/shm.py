@@ -168,21 +168,34 @@ def create(view: memoryview) -> int:
 _local = threading.local()
 
 
+def start_collecting() -> "tuple[Outgoing, Optional[Outgoing]]":
+    """Makes :func:`offer` put large values into a new :class:`Outgoing`
+    on this thread; returns it and what to restore with
+    :func:`stop_collecting`. (A plain pair, not a context manager: it runs
+    for every result frame.)"""
+    out = Outgoing()
+    previous: Optional[Outgoing] = getattr(_local, "out", None)
+    _local.out = out
+    return out, previous
+
+
+def stop_collecting(previous: Optional[Outgoing]) -> None:
+    _local.out = previous
+
+
 @contextmanager
 def collecting() -> Iterator[Outgoing]:
     """While active on this thread, :func:`offer` puts large values into
     segments of the yielded :class:`Outgoing`. Its fds are closed if the
     block raises."""
-    out = Outgoing()
-    previous = getattr(_local, "out", None)
-    _local.out = out
+    out, previous = start_collecting()
     try:
         yield out
     except BaseException:
         out.close()
         raise
     finally:
-        _local.out = previous
+        stop_collecting(previous)
 
 
 def wrap(value: Any) -> Any:

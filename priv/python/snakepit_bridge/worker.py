@@ -132,7 +132,10 @@ class Worker:
         if self._carried:  # blobs read before an `shm` frame belong to the frame after it
             blobs, self._carried = [*self._carried, *blobs], []
         try:
-            with shm.incoming(segments or []):
+            if segments:
+                with shm.incoming(segments):
+                    frame = codec.unpackb_with_blobs(raw, blobs)
+            else:
                 frame = codec.unpackb_with_blobs(raw, blobs)
             kind, request_id, body = frame
         except Exception as exc:
