@@ -12,6 +12,8 @@
 # reversed) over several rounds:
 #
 #   snakepit  `Snakepit.execute("echo", %{value: bin})`, `max_frame_bytes` 256 MiB
+#             (from the default `shm_threshold`, 1 MiB, through shared memory)
+#   snakepit_pipe  the same with `shm_threshold: :infinity`: through the pipes
 #   port      bench/support/port_pool.exs: a GenServer owning a `{:packet, 4}`
 #             Port to the same `python3 -m snakepit_bridge` worker
 #   py_raw    a `{:packet, 4}` Port to bench/support/raw_pipe_echo.py: Python
@@ -127,14 +129,29 @@ defmodule Bench.Payload do
 
     :ok = Snakepit.await_ready(:payload, 30_000)
 
+    # The same with shared memory off: everything through the pipes (blobs
+    # from 64 KiB), to see what the default :shm_threshold (1 MiB) buys.
+    {:ok, _} =
+      Snakepit.Pool.start_link(
+        name: :payload_pipe,
+        size: 1,
+        adapter: @adapter,
+        max_frame_bytes: @max_frame,
+        shm_threshold: :infinity
+      )
+
+    :ok = Snakepit.await_ready(:payload_pipe, 30_000)
+
     {:ok, port} = Bench.PortPool.start(@adapter, python_env())
 
     # Answers are checked by size only: comparing bytes would add a memcmp
     # to the BEAM candidates that c_pipe does not pay.
-    snakepit = fn bin ->
-      size = byte_size(bin)
-      {:ok, out} = Snakepit.execute("echo", %{value: bin}, pool: :payload, timeout: 300_000)
-      ^size = byte_size(out)
+    snakepit = fn pool ->
+      fn bin ->
+        size = byte_size(bin)
+        {:ok, out} = Snakepit.execute("echo", %{value: bin}, pool: pool, timeout: 300_000)
+        ^size = byte_size(out)
+      end
     end
 
     port_call = fn bin ->
@@ -160,7 +177,8 @@ defmodule Bench.Payload do
       end
 
     [
-      {"snakepit", timed(snakepit)},
+      {"snakepit", timed(snakepit.(:payload))},
+      {"snakepit_pipe", timed(snakepit.(:payload_pipe))},
       {"port", timed(port_call)},
       {"py_raw", timed(fn bin -> port_echo(py_raw, bin) end)}
     ] ++ c

@@ -470,6 +470,10 @@ defmodule Snakepit do
       {:python_error, {:ok, body}} ->
         {:error, Error.from_python(body)}
 
+      # Its shared-memory segments were over the pool's :shm_max_bytes.
+      {_, {:refused, reason}} ->
+        {:error, Error.from_native(reason)}
+
       {_, {:error, why}} ->
         {:error, Error.transport("the worker's answer could not be decoded: #{why}")}
     end
@@ -716,7 +720,10 @@ defmodule Snakepit do
   "Worker output" in `Snakepit.Config`), and
   `:sessions` (sessions the pool holds now), `:sessions_expired` (ended by
   `:session_ttl`), `:sessions_lost` (their worker died or was recycled),
-  `:chunks` (stream chunks delivered), `:circuit` (the circuit breaker's
+  `:chunks` (stream chunks delivered), `:shm_bytes` (bytes of shared-memory
+  segments in flight now: sent to workers and not yet answered, or received
+  and still referenced by a binary; see "Shared memory" in
+  `Snakepit.Config`), `:circuit` (the circuit breaker's
   state: `:closed`, `:open`, `:half_open`, or `nil` without one),
   `:latency` (`%{queue: %{p50: _, p95: _, p99: _}, run: %{...}, samples: n}`:
   percentiles in microseconds of how long recent calls waited for a worker

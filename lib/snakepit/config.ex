@@ -4,7 +4,7 @@ defmodule Snakepit.Config do
 
   alias Snakepit.Error
 
-  @max_frame_limit 0xFFFF_FFFF
+  @max_frame_limit 0x7FFF_FFFF
   # The longest wait `receive ... after` and timers accept: 2^32 - 1 ms,
   # about 49.7 days. Every duration option is checked against it.
   @max_ms 4_294_967_295
@@ -95,7 +95,24 @@ defmodule Snakepit.Config do
       default: 64 * 1024 * 1024,
       note: "64 MiB",
       native: true,
-      doc: "largest message in either direction"
+      doc: "largest message in either direction, blobs included; at most 2 GiB - 1"
+    },
+    %{
+      name: :shm_threshold,
+      shape: :pos_or_infinity,
+      default: 1024 * 1024,
+      note: "1 MiB",
+      native: true,
+      doc:
+        "binaries and tensors this large cross in shared memory, not the pipe (see \"Shared memory\"); `:infinity`: never"
+    },
+    %{
+      name: :shm_max_bytes,
+      shape: :pos_integer,
+      default: 4 * 1024 * 1024 * 1024,
+      note: "4 GiB",
+      native: true,
+      doc: "most bytes of shared-memory segments the pool has in flight at once"
     },
     %{
       name: :startup_timeout,
@@ -371,6 +388,34 @@ defmodule Snakepit.Config do
   FIFO order, and those written behind a call whose worker dies are queued
   again, not failed (they never started).
 
+  ### Shared memory
+
+  A binary or a `%Snakepit.Tensor{}`'s data of at least `:shm_threshold`
+  bytes does not go through the pipe: its sender copies it once into an
+  anonymous, sealed shared-memory file (a memfd) and passes only a handle in
+  the frame (see "Shared memory" in `docs/protocol.md`). So such values are
+  not bounded by `:max_frame_bytes`: a 1 GB tensor crosses with the default
+  settings.
+
+  - Elixir → Python: binaries and tensors anywhere in the args. A tensor
+    arrives as a read-only numpy array over the mapping (no copy); a binary
+    arrives as `bytes` (one copy out of the mapping).
+  - Python → Elixir: numpy arrays anywhere in a result or stream chunk, and
+    a `bytes` result (or chunk) itself that large. The binary you get (a
+    tensor's `:data`, or the bytes) points into the mapping, not at a copy:
+    the memory is given back when the last reference to it is
+    garbage-collected. Keep a `:binary.copy/1` if you keep a small part of
+    a large result for long.
+
+  `:shm_max_bytes` bounds the bytes of segments a pool has in flight: those
+  of calls not answered yet, and those of results still referenced in the
+  VM (`Snakepit.get_stats/1` reports them as `:shm_bytes`). A call that
+  would pass it is refused, and a result that would is dropped (the worker
+  goes on); either way the caller gets a retryable `:pool` error with
+  `details.bytes` and `details.limit`. Nothing has a name in the file system:
+  when a worker, a caller or the whole BEAM dies, the kernel frees its
+  segments with its file descriptors and mappings.
+
   ### Worker environment
 
   Workers inherit the BEAM's environment; `:env` adds variables to it or
@@ -385,6 +430,8 @@ defmodule Snakepit.Config do
   | `SNAKEPIT_MAX_FRAME_BYTES`            | the pool's `:max_frame_bytes`                            |
   | `SNAKEPIT_POOL`, `SNAKEPIT_WORKER_ID` | the pool's name and the worker's id                      |
   | `SNAKEPIT_CONTROL_FD`                 | the worker's end of the control pipe                     |
+  | `SNAKEPIT_SHM_FD`                     | the worker's end of its segment socket (shared memory)   |
+  | `SNAKEPIT_SHM_THRESHOLD`              | the pool's `:shm_threshold`, `0` for `:infinity`         |
   | `SNAKEPIT_OWNER`                      | this BEAM, for `Snakepit.Orphans`                        |
 
   `:env` may not name any of the `SNAKEPIT_` variables above: the pool and
@@ -572,8 +619,8 @@ defmodule Snakepit.Config do
 
       iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
       iex> Snakepit.Config.native_options(config)
-      %{max_frame_bytes: 67108864, pipeline_depth: 1, max_queue: 10000,
-        max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
+      %{max_frame_bytes: 67108864, shm_threshold: 1048576, shm_max_bytes: 4294967296,
+        pipeline_depth: 1, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
         session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """
   @spec native_options(t()) :: native_options()
@@ -1038,7 +1085,7 @@ defmodule Snakepit.Config do
   # native side (native/snakepit_nif/src/worker.rs) set for every worker:
   # :env may not replace them. Keep in step with those two.
   @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
-               SNAKEPIT_OWNER)
+               SNAKEPIT_OWNER SNAKEPIT_SHM_FD SNAKEPIT_SHM_THRESHOLD)
 
   # The :env as string pairs, or what is wrong with it, never quoting a
   # value. Names are checked against what the pool sets itself.

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 8
+  @abi_version 9
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -103,15 +103,31 @@ defmodule Snakepit.Native do
   def codec_roundtrip(_term), do: :erlang.nif_error(why())
   def decode(_binary, _offset), do: :erlang.nif_error(why())
   def decode_dirty(_binary, _offset), do: :erlang.nif_error(why())
-
-  # Frames above this size are decoded on a dirty scheduler.
-  @dirty_decode_bytes 64 * 1024
+  def decode_shm(_binary, _offset, _segments), do: :erlang.nif_error(why())
+  def decode_shm_dirty(_binary, _offset, _segments), do: :erlang.nif_error(why())
 
   @doc false
-  # Decodes the MessagePack item at `offset` of a frame the NIF sent us.
-  @spec decode_frame(binary(), non_neg_integer()) :: {:ok, term()} | {:error, String.t()}
-  def decode_frame(frame, offset) when byte_size(frame) > @dirty_decode_bytes,
-    do: decode_dirty(frame, offset)
+  # Decodes the MessagePack item at `offset` of a frame the NIF sent us: on
+  # this scheduler when that is cheap (small frames, or large ones made of a
+  # few big binaries, which become sub-binaries), else on a dirty one. A
+  # frame that came with shared-memory segments is `{:shm, frame, segments}`
+  # (its handles become those binaries, which point into the mappings), or
+  # `{:shm_refused, reason}` when they were over the pool's :shm_max_bytes.
+  @spec decode_frame(binary() | tuple(), non_neg_integer()) ::
+          {:ok, term()} | {:error, String.t()} | {:refused, tuple()}
+  def decode_frame({:shm, frame, segments}, offset) do
+    case decode_shm(frame, offset, segments) do
+      :dirty -> decode_shm_dirty(frame, offset, segments)
+      decoded -> decoded
+    end
+  end
 
-  def decode_frame(frame, offset), do: decode(frame, offset)
+  def decode_frame({:shm_refused, reason}, _offset), do: {:refused, reason}
+
+  def decode_frame(frame, offset) do
+    case decode(frame, offset) do
+      :dirty -> decode_dirty(frame, offset)
+      decoded -> decoded
+    end
+  end
 end

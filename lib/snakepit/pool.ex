@@ -406,6 +406,9 @@ defmodule Snakepit.Pool do
 
   ## Worker events
 
+  defp shm_threshold(:infinity), do: "0"
+  defp shm_threshold(bytes), do: Integer.to_string(bytes)
+
   defp start_worker(state, slot) do
     %{config: config} = state
     id = state.next_id
@@ -414,6 +417,7 @@ defmodule Snakepit.Pool do
     env =
       [
         {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
+        {"SNAKEPIT_SHM_THRESHOLD", shm_threshold(config.shm_threshold)},
         {"SNAKEPIT_POOL", to_string(config.name)},
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
       ] ++ worker_env(config)

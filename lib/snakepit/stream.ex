@@ -197,6 +197,10 @@ defmodule Snakepit.Stream do
           {:ok, value} ->
             {:chunk, value, taken(s)}
 
+          {:refused, reason} ->
+            drop(s)
+            ended(s, {:error, Error.from_native(reason)})
+
           {:error, why} ->
             drop(s)
 
@@ -316,6 +320,7 @@ defmodule Snakepit.Stream do
   defp final(:python_error, frame, offset) do
     case Native.decode_frame(frame, offset) do
       {:ok, body} -> {:error, Error.from_python(body)}
+      {:refused, reason} -> {:error, Error.from_native(reason)}
       {:error, why} -> {:error, Error.transport("the worker's error could not be decoded: #{why}")}
     end
   end

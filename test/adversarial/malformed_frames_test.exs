@@ -126,9 +126,9 @@ defmodule Snakepit.Adversarial.MalformedFramesTest do
 
   test "the hostile worker's handshake is checked like any other: another version is refused" do
     Process.flag(:trap_exit, true)
-    opts = hostile_opts(env: %{"HOSTILE_PROTOCOL" => "3"}, max_start_failures: 1)
+    opts = hostile_opts(env: %{"HOSTILE_PROTOCOL" => "4"}, max_start_failures: 1)
     assert {:error, %Error{category: :worker} = e} = Snakepit.Pool.start_link(opts)
-    assert e.message =~ "speaks protocol version 3, this host speaks 2"
+    assert e.message =~ "speaks protocol version 4, this host speaks 3"
   end
 
   test "a first worker whose ready body is not a map: the pool fails to start with an error" do

@@ -20,7 +20,9 @@ defmodule Snakepit.ConfigTest do
     {:python_path, [], [[], ["/a", "b"]], ["/a", [:a], [~c"/a"], nil]},
     {:env, [], [[], [{"A", "1"}]], [[{"A", 1}], [{"A", 1.5}], ["A=1"], "A=1", [{1, "a"}]]},
     {:cwd, nil, [nil, "/tmp"], [:tmp, ~c"/tmp", 1]},
-    {:max_frame_bytes, 67_108_864, [1, 0xFFFF_FFFF], [0, 0xFFFF_FFFF + 1, 2 ** 40, :infinity]},
+    {:max_frame_bytes, 67_108_864, [1, 0x7FFF_FFFF], [0, 0x7FFF_FFFF + 1, 2 ** 40, :infinity]},
+    {:shm_threshold, 1_048_576, [1, 2 ** 40, :infinity], [0, -1, 1.5, nil]},
+    {:shm_max_bytes, 4_294_967_296, [1, 2 ** 40], [0, -1, :infinity, 1.5]},
     {:startup_timeout, 30_000, [1, 60_000, @max_ms], [0, -1, :infinity, 1.0, @max_ms + 1]},
     {:pipeline_depth, 1, [1, 64], [0, 65, :infinity, 2.0]},
     {:timeout, 30_000, [1, 5_000, :infinity, @max_ms], [0, -1, nil, "5000", 1.5, @max_ms + 1]},
@@ -50,6 +52,8 @@ defmodule Snakepit.ConfigTest do
 
   @native_keys [
     :max_frame_bytes,
+    :shm_threshold,
+    :shm_max_bytes,
     :pipeline_depth,
     :max_queue,
     :max_requests,
@@ -327,6 +331,8 @@ defmodule Snakepit.ConfigTest do
 
       assert Config.native_options(config) == %{
                max_frame_bytes: 67_108_864,
+               shm_threshold: 1_048_576,
+               shm_max_bytes: 4_294_967_296,
                pipeline_depth: 1,
                max_queue: 10_000,
                max_requests: 0,
@@ -351,11 +357,15 @@ defmodule Snakepit.ConfigTest do
           max_sessions: :infinity,
           session_ttl: :infinity,
           circuit_breaker: [threshold: 3],
-          queue_timeout: 5
+          queue_timeout: 5,
+          shm_threshold: :infinity,
+          shm_max_bytes: 10
         )
 
       assert Config.native_options(config) == %{
                max_frame_bytes: 1024,
+               shm_threshold: 0,
+               shm_max_bytes: 10,
                pipeline_depth: 4,
                max_queue: 7,
                max_requests: 100,

@@ -72,6 +72,30 @@ defmodule Snakepit.ExecuteTest do
                :binary.copy(run, div(3_000_000, 256)) <> binary_part(run, 0, rem(3_000_000, 256))
     end
 
+    # Binaries of 64 KiB and more are spliced into the frame, not copied
+    # (codec.rs): whatever kind of binary they are, the worker gets the bytes.
+    test "large binaries anywhere in the args: text or not, sub-binaries, unaligned", ctx do
+      bin = :crypto.strong_rand_bytes(300_000)
+      text = String.duplicate("héllo ", 50_000)
+      sub = binary_part(bin, 1, 200_000)
+      <<_::3, unaligned::binary-size(100_000), _::bitstring>> = bin
+
+      value = %{
+        "list" => [bin, 1, text],
+        "tuple" => {text, sub},
+        "unaligned" => unaligned,
+        "small" => "x"
+      }
+
+      assert exec(ctx, "echo", %{value: value}) ==
+               {:ok, %{value | "tuple" => [text, sub]}}
+
+      assert exec(ctx, "types", %{value: text}) == {:ok, "str"}
+      assert exec(ctx, "types", %{value: bin}) == {:ok, "bytes"}
+      # Valid UTF-8 except for its very last byte: sent as bytes.
+      assert exec(ctx, "types", %{value: text <> <<255>>}) == {:ok, "bytes"}
+    end
+
     test "a keyword list works as args, and an atom as the command", ctx do
       assert Snakepit.execute(:add, [a: 1, b: 2], pool: ctx.pool) == {:ok, 3}
     end

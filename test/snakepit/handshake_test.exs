@@ -17,8 +17,8 @@ defmodule Snakepit.HandshakeTest do
 
     assert {:error, %Error{category: :worker} = e} = Snakepit.Pool.start_link(opts)
     assert e.message =~ "pool #{inspect(opts[:name])} could not start its workers"
-    assert e.message =~ ~r/speaks protocol version 3, this host speaks 2/
-    assert %{expected_protocol: 2, protocol: 3, pool: pool} = e.details
+    assert e.message =~ ~r/speaks protocol version 4, this host speaks 3/
+    assert %{expected_protocol: 3, protocol: 4, pool: pool} = e.details
     assert pool == opts[:name]
   end
 
@@ -35,7 +35,7 @@ defmodule Snakepit.HandshakeTest do
 
     {:ok, first} = Snakepit.execute("pid", %{}, pool: pool)
 
-    # From now on a new worker announces protocol 3 and is refused.
+    # From now on a new worker announces protocol 4 and is refused.
     File.write!(switch, "")
 
     log =
@@ -52,7 +52,7 @@ defmodule Snakepit.HandshakeTest do
         assert served_by != first
       end)
 
-    assert log =~ "speaks protocol version 3, this host speaks 2"
+    assert log =~ "speaks protocol version 4, this host speaks 3"
     stats = Snakepit.get_stats(pool)
     assert %{completed: 2, worker_errors: 1, queued: 0} = stats
     assert_partition(stats)

@@ -134,11 +134,13 @@ defmodule Snakepit.PoolTest do
       [_state, _beam, ^shepherd, ^shepherd] = stat(shepherd)
       assert File.read!("/proc/#{shepherd}/cmdline") =~ "snakepit_shepherd"
       # Neither holds any of the BEAM's own descriptors: only stdio, the
-      # lifeline (shepherd) or control pipe (worker), and the worker's own.
+      # lifeline (shepherd) or control pipe and segment socket (worker), and
+      # the worker's own.
       assert fds(shepherd) |> Map.keys() |> Enum.sort() == [0, 1, 2, 3, 4]
       assert fds(shepherd)[3] =~ "socket:" and fds(shepherd)[4] =~ "pidfd"
+      assert fds(os_pid)[4] =~ "socket:"
 
-      for {fd, target} <- fds(os_pid), fd > 2 do
+      for {fd, target} <- fds(os_pid), fd > 4 do
         refute target =~ ~r/socket:|eventpoll|timerfd/, "worker fd #{fd} -> #{target}"
       end
     end

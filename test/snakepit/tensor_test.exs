@@ -233,4 +233,35 @@ defmodule Snakepit.TensorTest do
       assert %Tensor{shape: {0, 3}} = Tensor.new(<<>>, {:c, 128}, {0, 3})
     end
   end
+
+  describe "a long stream of tensors" do
+    # 2,000 tensors of 256 KiB (500 MiB in all) through one stream: each
+    # arrives whole and in order, and neither the worker's RSS nor the VM's
+    # binary memory grows with the count.
+    test "arrives in order without memory growth" do
+      pool = TestPools.start_pool(size: 1)
+      rss = fn -> Enum.at(Snakepit.list_workers(pool), 0).rss_bytes end
+      binary_memory = fn -> :erlang.garbage_collect() && :erlang.memory(:binary) end
+      size = 64 * 1024
+      n = 2_000
+      vm_before = binary_memory.()
+
+      rss_samples =
+        Snakepit.stream("tensor_stream", %{n: n, size: size}, pool: pool)
+        |> Stream.with_index()
+        |> Stream.flat_map(fn {%Tensor{dtype: {:f, 32}, shape: {^size}, data: data}, i} ->
+          value = i / 1
+          assert <<^value::float-32-little, _::binary>> = data
+          assert byte_size(data) == size * 4
+          if rem(i, 200) == 199, do: [rss.()], else: []
+        end)
+        |> Enum.to_list()
+
+      assert length(rss_samples) == div(n, 200)
+      [first | _] = rss_samples
+      assert Enum.max(rss_samples) - first < 16 * 1024 * 1024, "worker RSS: #{inspect(rss_samples)}"
+      vm_growth = binary_memory.() - vm_before
+      assert vm_growth < 16 * 1024 * 1024, "VM binary memory grew by #{vm_growth} bytes"
+    end
+  end
 end

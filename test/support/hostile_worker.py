@@ -8,7 +8,7 @@ MessagePack shapes it needs are encoded and decoded by hand below. It never
 reads the control pipe, so run it with `heartbeat_interval: :infinity`.
 
 Environment:
-- HOSTILE_PROTOCOL: the protocol version its `ready` announces (default 2).
+- HOSTILE_PROTOCOL: the protocol version its `ready` announces (default 3).
 - HOSTILE_BEFORE_READY: what it does instead of a clean start:
   - `error_body_list`: an `error` with id 0 whose body is a list, then exit 3;
   - `error_body_int`: an `error` with id 0 whose body is an integer, then exit 3;
@@ -186,7 +186,7 @@ def main():
         if mode:
             os.remove(once)
     tools = ["echo", "getenv", "exit", "send_log_undecodable", *LOG_BODIES, *ERROR_BODIES]
-    protocol = int(os.environ.get("HOSTILE_PROTOCOL", "2"))
+    protocol = int(os.environ.get("HOSTILE_PROTOCOL", "3"))
     if not mode or before_ready(mode):
         send(
             "ready",

@@ -40,6 +40,7 @@ use crate::recycle::{Policy, Reason, Vitals};
 use crate::sessions::{Affinity, Key, Refusal, SessionRow, Sessions};
 use crate::stats::{Outcome, Stats};
 use parking_lot::Mutex;
+pub use snakepit_wire::outgoing::OutFrame;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ pub trait Pipe {
     /// Queues a frame for writing, without blocking or any syscall (it is
     /// called under the pool's lock, which keeps frames in dispatch order).
     /// A closed stdin hands the frame back.
-    fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>>;
+    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame>;
 }
 
 /// Settings fixed when the pool is made.
@@ -262,7 +263,7 @@ struct Request<C> {
     id: u64,
     /// The encoded `call` frame. Taken when written to an idle worker; kept
     /// when written behind a running call, in case it must be queued again.
-    frame: Vec<u8>,
+    frame: OutFrame,
     /// `None` once the caller gave up.
     caller: Option<C>,
     session: Option<(Key, Affinity)>,
@@ -392,7 +393,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     pub fn submit(
         &mut self,
         id: u64,
-        frame: Vec<u8>,
+        frame: OutFrame,
         caller: C,
     ) -> Result<Writes<W>, (Refused, C)> {
         self.submit_call(id, frame, caller, Call::default(), Instant::now())
@@ -404,7 +405,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     pub fn submit_call(
         &mut self,
         id: u64,
-        frame: Vec<u8>,
+        frame: OutFrame,
         caller: C,
         call: Call,
         now: Instant,
@@ -1109,7 +1110,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         };
         for w in seen {
             if let Some(slot) = self.slots.get(&w) {
-                if slot.worker.enqueue(frame.to_vec()).is_ok() {
+                if slot.worker.enqueue(OutFrame::from(frame.to_vec())).is_ok() {
                     ended.writes.push(Arc::clone(&slot.worker));
                 }
             }

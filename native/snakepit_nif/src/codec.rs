@@ -29,8 +29,10 @@
 use crate::atoms;
 use rustler::types::tuple::make_tuple;
 use rustler::{Binary, Encoder, Env, Term, TermType};
-use snakepit_wire::msgpack::{write_bin, write_str, DecodeError, Reader, Token};
+use snakepit_wire::msgpack::{write_str, DecodeError, Reader, Token};
+use snakepit_wire::outgoing::{OutFrame, Part, BLOB_EXT};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 // Declared here, not in lib.rs: tensors are part of the codec.
 #[path = "tensor.rs"]
@@ -43,6 +45,9 @@ pub enum DecodeFailure {
     Wire(DecodeError),
     /// A tensor extension (type 84) that is malformed.
     Tensor { at: usize, why: String },
+    /// Decoding would take more than the caller's budget (not an error for
+    /// the user: the caller decodes again on a dirty scheduler).
+    OverBudget,
 }
 
 impl From<DecodeError> for DecodeFailure {
@@ -56,6 +61,7 @@ impl std::fmt::Display for DecodeFailure {
         match self {
             DecodeFailure::Wire(e) => e.fmt(f),
             DecodeFailure::Tensor { at, why } => write!(f, "{why} (at byte {at})"),
+            DecodeFailure::OverBudget => write!(f, "over the decoding budget"),
         }
     }
 }
@@ -73,9 +79,14 @@ const SUB_BINARY_MIN: usize = 4096;
 pub enum EncodeError {
     /// A value with no MessagePack form; `path` says where it is.
     Unsupported { what: String, path: String },
-    /// The encoded size passed the caller's budget (not an error for the
-    /// user: the caller retries on a dirty scheduler or reports the size).
+    /// The work done passed the caller's budget (not an error for the
+    /// user: the caller retries on a dirty scheduler).
     OverBudget,
+    /// The frame grew past [`Limits::size`] (the caller reports the size).
+    OverSize,
+    /// A shared-memory segment was refused: over the pool's
+    /// `:shm_max_bytes` (see `shm.rs`).
+    Segment(crate::shm::MakeError),
 }
 
 impl EncodeError {
@@ -101,23 +112,96 @@ impl EncodeError {
     }
 }
 
-/// Encodes `term` onto `out`. Stops with [`EncodeError::OverBudget`] as soon as
-/// `out` grows past `budget` bytes.
-pub fn encode(term: Term, out: &mut Vec<u8>, budget: usize) -> Result<(), EncodeError> {
-    encode_at(term, out, budget, 0)
+/// How far one encoding may go.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// Bytes copied or scanned before encoding stops with
+    /// [`EncodeError::OverBudget`]: what a normal scheduler may afford.
+    pub budget: usize,
+    /// Frame size (copied and in blobs) past which encoding stops with
+    /// [`EncodeError::OverSize`].
+    pub size: usize,
+    /// Binaries (and tensor data) at least this long are sent as blobs
+    /// (see [`OutFrame`]), not copied; `usize::MAX`: never.
+    pub blob_min: usize,
 }
 
-fn encode_at(
+impl Limits {
+    /// No budget, no size limit, no blobs.
+    pub const UNBOUNDED: Limits = Limits {
+        budget: usize::MAX,
+        size: usize::MAX,
+        blob_min: usize::MAX,
+    };
+}
+
+/// Binaries at least this long go to the worker as blobs (see
+/// [`OutFrame`]): below it, a copy costs less than keeping the binary, one
+/// more iovec, and one more read on the worker's side.
+pub const BLOB_MIN: usize = 64 * 1024;
+
+/// An encoding in progress: the frame, the work done so far, and the
+/// shared-memory segments made.
+struct Enc<'o> {
+    out: &'o mut OutFrame,
+    work: usize,
+    segs: &'o mut crate::shm::Making,
+}
+
+impl Enc<'_> {
+    fn check(&self, limits: &Limits) -> Result<(), EncodeError> {
+        if self.work > limits.budget {
+            Err(EncodeError::OverBudget)
+        } else if self.out.len() > limits.size {
+            Err(EncodeError::OverSize)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `n` bytes about to be copied or scanned.
+    fn spend(&mut self, n: usize, limits: &Limits) -> Result<(), EncodeError> {
+        self.work += n;
+        self.check(limits)
+    }
+}
+
+/// Encodes `term` onto `out`, within `limits`.
+pub fn encode(term: Term, out: &mut OutFrame, limits: Limits) -> Result<(), EncodeError> {
+    encode_with(term, out, limits, &mut crate::shm::Making::none())
+}
+
+/// [`encode`], putting binaries and tensor data of at least the threshold
+/// of `segs` into shared-memory segments (ext 85 and 86) instead of the
+/// frame. Copying them counts as work against the budget.
+pub fn encode_with(
     term: Term,
-    out: &mut Vec<u8>,
-    budget: usize,
-    depth: usize,
+    out: &mut OutFrame,
+    limits: Limits,
+    segs: &mut crate::shm::Making,
 ) -> Result<(), EncodeError> {
+    let start = out.bytes.len();
+    let mut enc = Enc { out, work: 0, segs };
+    encode_at(term, &mut enc, &limits, 0)?;
+    enc.work += enc.out.bytes.len() - start;
+    enc.check(&limits)
+}
+
+/// Encodes `term` into a plain buffer, no blobs (map keys).
+fn encode_plain(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let mut frame = OutFrame::from(std::mem::take(out));
+    let result = encode(term, &mut frame, Limits::UNBOUNDED);
+    *out = frame.bytes;
+    result
+}
+
+fn encode_at(term: Term, enc: &mut Enc, limits: &Limits, depth: usize) -> Result<(), EncodeError> {
     if depth > MAX_DEPTH {
         return Err(EncodeError::unsupported(format!(
             "data nested deeper than {MAX_DEPTH} levels"
         )));
     }
+    let out = &mut enc.out.bytes;
     match term.get_type() {
         TermType::Atom => encode_atom(term, out),
         TermType::Integer => {
@@ -141,14 +225,25 @@ fn encode_at(
             let bin = Binary::from_term(term)
                 .map_err(|_| EncodeError::unsupported("a bitstring that is not whole bytes"))?;
             let bytes = bin.as_slice();
-            if out.len() + bytes.len() > budget {
-                return Err(EncodeError::OverBudget);
+            if let Some(index) = segment(bytes, enc, limits)? {
+                let out = &mut enc.out.bytes;
+                rmp::encode::write_ext_meta(out, crate::shm::REF_LEN as u32, crate::shm::EXT_BYTES)
+                    .expect("Vec write");
+                crate::shm::write_ref(out, index);
+                return Ok(());
             }
-            if std::str::from_utf8(bytes).is_ok() {
-                write_str(out, bytes);
+            let text = is_text(bytes, enc, limits)?;
+            if blob(term, bytes, if text { b"s" } else { b"b" }, enc, limits)? {
+                return Ok(());
+            }
+            let out = &mut enc.out.bytes;
+            if text {
+                rmp::encode::write_str_len(out, bytes.len() as u32).expect("Vec write");
             } else {
-                write_bin(out, bytes);
+                rmp::encode::write_bin_len(out, bytes.len() as u32).expect("Vec write");
             }
+            enc.spend(bytes.len(), limits)?;
+            enc.out.bytes.extend_from_slice(bytes);
             Ok(())
         }
         TermType::List => {
@@ -159,42 +254,55 @@ fn encode_at(
             let mut rest = term;
             for i in 0..len {
                 let (head, tail) = rest.list_get_cell().expect("proper list");
-                encode_at(head, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                encode_at(head, enc, limits, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
                 rest = tail;
             }
-            check_budget(out, budget)
+            enc.check(limits)
         }
         TermType::Tuple => {
             let items = rustler::types::tuple::get_tuple(term).expect("tuple term");
             rmp::encode::write_array_len(out, items.len() as u32).expect("Vec write");
             for (i, item) in items.into_iter().enumerate() {
-                encode_at(item, out, budget, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
+                encode_at(item, enc, limits, depth + 1).map_err(|e| e.at(|s| index(s, i)))?;
             }
-            check_budget(out, budget)
+            enc.check(limits)
         }
         TermType::Map if tensor::is_tensor(term) => {
             let t = tensor::check(term).map_err(EncodeError::unsupported)?;
-            if out.len() + t.payload_len() > budget {
-                return Err(EncodeError::OverBudget);
+            if let Some(index) = segment(t.data(), enc, limits)? {
+                t.write_in_segment(&mut enc.out.bytes, index);
+                return Ok(());
             }
-            t.write(out);
-            Ok(())
+            let tag = [&b"t"[..], &t.header()].concat();
+            if blob(t.data_term(), t.data(), &tag, enc, limits)? {
+                return Ok(());
+            }
+            t.write_head(&mut enc.out.bytes);
+            enc.spend(t.data().len(), limits)?;
+            enc.out.bytes.extend_from_slice(t.data());
+            enc.check(limits)
         }
         TermType::Map => {
             let len = term.map_size().expect("map term");
             rmp::encode::write_map_len(out, len as u32).expect("Vec write");
             let iter = rustler::types::map::MapIterator::new(term).expect("map term");
             let mut keys: Vec<(PyKey, Term)> = Vec::with_capacity(if len > 1 { len } else { 0 });
+            // Keys are compared by their bytes in the buffer: never blobs.
+            let key_limits = Limits {
+                blob_min: usize::MAX,
+                ..*limits
+            };
             for (key, value) in iter {
-                let start = out.len();
-                encode_at(key, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                let start = enc.out.bytes.len();
+                encode_at(key, enc, &key_limits, depth + 1)
+                    .map_err(|e| e.at(|s| key_path(s, key)))?;
                 if len > 1 {
-                    keys.push((PyKey::of(key, start, out.len()), key));
+                    keys.push((PyKey::of(key, start, enc.out.bytes.len()), key));
                 }
-                encode_at(value, out, budget, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
+                encode_at(value, enc, limits, depth + 1).map_err(|e| e.at(|s| key_path(s, key)))?;
             }
-            check_same_keys(&mut keys, out)?;
-            check_budget(out, budget)
+            check_same_keys(&mut keys, &enc.out.bytes)?;
+            enc.check(limits)
         }
         TermType::Pid => Err(EncodeError::unsupported("a pid")),
         TermType::Port => Err(EncodeError::unsupported("a port")),
@@ -244,7 +352,7 @@ fn canonical(term: Term, out: &mut Vec<u8>) {
             _ => {
                 // Text and anything else: its own encoding, length-prefixed.
                 let mut encoded = Vec::new();
-                let _ = encode_at(term, &mut encoded, usize::MAX, 0);
+                let _ = encode_plain(term, &mut encoded);
                 out.push(b'e');
                 out.extend_from_slice(&(encoded.len() as u64).to_be_bytes());
                 out.extend_from_slice(&encoded);
@@ -330,11 +438,125 @@ fn check_same_keys(keys: &mut [(PyKey, Term)], out: &[u8]) -> Result<(), EncodeE
     Ok(())
 }
 
-fn check_budget(out: &[u8], budget: usize) -> Result<(), EncodeError> {
-    if out.len() > budget {
-        Err(EncodeError::OverBudget)
-    } else {
-        Ok(())
+/// Whether `bytes` is UTF-8 (sent as `str`) or not (`bin`), scanning no
+/// further than the budget allows.
+fn is_text(bytes: &[u8], enc: &mut Enc, limits: &Limits) -> Result<bool, EncodeError> {
+    let room = limits.budget.saturating_sub(enc.work);
+    let probe = &bytes[..bytes.len().min(room)];
+    match std::str::from_utf8(probe) {
+        Ok(_) if probe.len() == bytes.len() => {
+            enc.work += bytes.len();
+            Ok(true)
+        }
+        // Valid so far, or cut inside a character: the rest decides.
+        Ok(_) => Err(EncodeError::OverBudget),
+        Err(e) if e.error_len().is_none() && probe.len() < bytes.len() => {
+            Err(EncodeError::OverBudget)
+        }
+        Err(e) => {
+            enc.work += e.valid_up_to();
+            Ok(false)
+        }
+    }
+}
+
+/// Puts `data` into a new shared-memory segment when it is at least the
+/// threshold of `enc.segs`, and returns its index. `None`: short, a map key
+/// (encoded without blobs: `limits.blob_min` is `usize::MAX`), or the system
+/// refused a segment (out of descriptors or memory; then it and the rest go
+/// in the frame).
+fn segment(data: &[u8], enc: &mut Enc, limits: &Limits) -> Result<Option<u32>, EncodeError> {
+    if limits.blob_min == usize::MAX || !enc.segs.wants(data.len()) {
+        return Ok(None);
+    }
+    enc.spend(data.len(), limits)?;
+    match enc.segs.add(data) {
+        Ok(index) => Ok(Some(index)),
+        Err(crate::shm::MakeError::Io(_)) => {
+            enc.segs.threshold = u64::MAX;
+            Ok(None)
+        }
+        Err(e) => Err(EncodeError::Segment(e)),
+    }
+}
+
+/// Sends `bytes` (the binary `term`) as a blob when it is long: writes a
+/// reference to it (ext [`BLOB_EXT`]: its index, then `tag`) and returns
+/// `true`. `false`: short, or not inspectable whole; the caller copies it.
+fn blob(
+    term: Term,
+    bytes: &[u8],
+    tag: &[u8],
+    enc: &mut Enc,
+    limits: &Limits,
+) -> Result<bool, EncodeError> {
+    if bytes.len() < limits.blob_min {
+        return Ok(false);
+    }
+    if enc.out.len() + bytes.len() > limits.size {
+        return Err(EncodeError::OverSize);
+    }
+    let Some(kept) = KeptBinary::new(term) else {
+        return Ok(false);
+    };
+    let index = enc.out.add_blob(Arc::new(kept));
+    let out = &mut enc.out.bytes;
+    rmp::encode::write_ext_meta(out, 4 + tag.len() as u32, BLOB_EXT).expect("Vec write");
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(tag);
+    Ok(true)
+}
+
+/// A VM binary kept alive outside any process, so a frame can be written
+/// from its bytes after the NIF that encoded it has returned: a copy of the
+/// term in an environment of its own (for a refc binary, a new reference,
+/// not a copy of the bytes). Binaries are immutable once inspected
+/// (`enif_inspect_binary` ends any in-place append optimisation).
+struct KeptBinary {
+    env: *mut rustler::sys::ErlNifEnv,
+    data: *const u8,
+    len: usize,
+}
+
+// SAFETY: the environment is only freed (once, in Drop) and the bytes only
+// read; process-independent environments may be used from any thread.
+unsafe impl Send for KeptBinary {}
+// SAFETY: as for Send: shared access only reads the bytes.
+unsafe impl Sync for KeptBinary {}
+
+impl KeptBinary {
+    fn new(term: Term) -> Option<KeptBinary> {
+        // SAFETY: a fresh process-independent env; the copy lives in it, and
+        // the inspected bytes stay valid as long as the env does.
+        unsafe {
+            let env = rustler::sys::enif_alloc_env();
+            let copy = rustler::sys::enif_make_copy(env, term.as_c_arg());
+            let mut bin = std::mem::MaybeUninit::<rustler::sys::ErlNifBinary>::uninit();
+            if rustler::sys::enif_inspect_binary(env, copy, bin.as_mut_ptr()) == 0 {
+                rustler::sys::enif_free_env(env);
+                return None;
+            }
+            let bin = bin.assume_init();
+            Some(KeptBinary {
+                env,
+                data: bin.data,
+                len: bin.size,
+            })
+        }
+    }
+}
+
+impl Part for KeptBinary {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: see `new`.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+impl Drop for KeptBinary {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed only here.
+        unsafe { rustler::sys::enif_free_env(self.env) };
     }
 }
 
@@ -420,17 +642,58 @@ fn key_text(s: &mut String, key: Term) {
 ///
 /// `frame` is the whole frame as a binary of `env`, so long strings and
 /// binaries become sub-binaries of it; `pos` is where the item starts.
-pub fn decode<'a>(env: Env<'a>, frame: Binary<'a>, pos: usize) -> Result<Term<'a>, DecodeFailure> {
+/// `budget` bounds the work (one unit per value, plus the bytes of short
+/// strings copied): past it, [`DecodeFailure::OverBudget`]. A frame's work
+/// is at most its size, and a large binary in it costs one unit.
+///
+/// `segments` are the shared-memory segments that came with the frame
+/// (binaries over their mappings): extension types 85 and 86 name one by
+/// its index and decode to it (see `shm.rs`).
+pub fn decode<'a>(
+    env: Env<'a>,
+    frame: Binary<'a>,
+    pos: usize,
+    budget: usize,
+    segments: &[Binary<'a>],
+) -> Result<Term<'a>, DecodeFailure> {
     let mut reader = Reader::at(frame.as_slice(), pos);
-    decode_item(env, &frame, &mut reader, 0)
+    let mut left = budget;
+    let src = Source { frame, segments };
+    decode_item(env, &src, &mut reader, 0, &mut left)
+}
+
+/// Where decoded bytes come from: the frame, and its segments.
+struct Source<'s, 'a> {
+    frame: Binary<'a>,
+    segments: &'s [Binary<'a>],
+}
+
+impl<'a> Source<'_, 'a> {
+    /// The segment a handle at byte `at` refers to.
+    fn segment(&self, payload: &[u8], at: usize) -> Result<Binary<'a>, DecodeFailure> {
+        let index =
+            crate::shm::parse_ref(payload).map_err(|why| DecodeFailure::Tensor { at, why })?;
+        self.segments
+            .get(index)
+            .copied()
+            .ok_or_else(|| DecodeFailure::Tensor {
+                at,
+                why: format!(
+                    "a shared-memory handle to segment {index}, but the frame came with {}",
+                    self.segments.len()
+                ),
+            })
+    }
 }
 
 fn decode_item<'a>(
     env: Env<'a>,
-    frame: &Binary<'a>,
+    src: &Source<'_, 'a>,
     r: &mut Reader,
     depth: usize,
+    left: &mut usize,
 ) -> Result<Term<'a>, DecodeFailure> {
+    let frame = &src.frame;
     if depth > MAX_DEPTH {
         return Err(DecodeFailure::Wire(DecodeError::TooDeep {
             at: r.position(),
@@ -438,7 +701,13 @@ fn decode_item<'a>(
         }));
     }
     let at = r.position();
-    Ok(match r.next_token()? {
+    let token = r.next_token()?;
+    let cost = match &token {
+        Token::Str(range) | Token::Bin(range) if range.len() < SUB_BINARY_MIN => 1 + range.len(),
+        _ => 1,
+    };
+    *left = left.checked_sub(cost).ok_or(DecodeFailure::OverBudget)?;
+    Ok(match token {
         Token::Nil => atoms::nil().encode(env),
         Token::Bool(b) => b.encode(env),
         Token::Int(i) => i.encode(env),
@@ -448,7 +717,7 @@ fn decode_item<'a>(
         Token::Array(n) => {
             let mut items = Vec::with_capacity(n.min(65_536));
             for _ in 0..n {
-                items.push(decode_item(env, frame, r, depth + 1)?);
+                items.push(decode_item(env, src, r, depth + 1, left)?);
             }
             items.encode(env)
         }
@@ -456,8 +725,8 @@ fn decode_item<'a>(
             let mut keys = Vec::with_capacity(n.min(65_536));
             let mut values = Vec::with_capacity(n.min(65_536));
             for _ in 0..n {
-                keys.push(decode_item(env, frame, r, depth + 1)?);
-                values.push(decode_item(env, frame, r, depth + 1)?);
+                keys.push(decode_item(env, src, r, depth + 1, left)?);
+                values.push(decode_item(env, src, r, depth + 1, left)?);
             }
             // enif_make_map_from_arrays does not reject duplicate keys among
             // more than 32 and then builds a corrupt map (erlang/otp#10975),
@@ -480,6 +749,17 @@ fn decode_item<'a>(
                 .map_err(|why| DecodeFailure::Tensor { at, why })?;
             let data = bytes_term(env, frame, range.start + header.data_at..range.end);
             tensor::make_term(env, &header, data)
+        }
+        Token::Ext(crate::shm::EXT_BYTES, range) => {
+            src.segment(&frame.as_slice()[range], at)?.encode(env)
+        }
+        Token::Ext(crate::shm::EXT_TENSOR, range) => {
+            let payload = &frame.as_slice()[range];
+            let data = src.segment(payload, at)?;
+            let head = &payload[crate::shm::REF_LEN.min(payload.len())..];
+            let header = tensor::parse_header(head, data.len())
+                .map_err(|why| DecodeFailure::Tensor { at, why })?;
+            tensor::make_term(env, &header, data.encode(env))
         }
         Token::Ext(ty, range) => {
             let data = bytes_term(env, frame, range);

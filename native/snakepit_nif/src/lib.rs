@@ -28,6 +28,7 @@ mod codec;
 mod orphans;
 mod pool;
 mod reply;
+mod shm;
 mod spawn;
 mod terms;
 mod worker;
@@ -40,16 +41,19 @@ use snakepit_dispatch::dispatcher::{self, Call};
 use snakepit_dispatch::recycle::Policy;
 use snakepit_dispatch::sessions::Affinity;
 use snakepit_dispatch::stats::Outcome;
+use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::{frame, protocol};
 use std::sync::Arc;
 use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 8;
+const ABI_VERSION: u32 = 9;
 
-/// Largest encoded request built on a normal scheduler; bigger ones are
-/// re-encoded on a dirty CPU scheduler (`:dirty` tells the caller to retry).
+/// Most bytes an encoding on a normal scheduler copies or scans; past it,
+/// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
+/// the caller to retry). Large binaries are sent as blobs, not copied (see
+/// `codec::BLOB_MIN`), so they cost only their UTF-8 check.
 const SCHEDULER_ENCODE_BUDGET: usize = 256 * 1024;
 
 #[rustler::nif]
@@ -62,6 +66,9 @@ fn abi_version() -> u32 {
 #[derive(rustler::NifMap)]
 struct PoolOptions {
     max_frame_bytes: usize,
+    /// Bytes; 0: shared memory is never used.
+    shm_threshold: u64,
+    shm_max_bytes: u64,
     pipeline_depth: usize,
     max_queue: usize,
     max_requests: u64,
@@ -89,6 +96,14 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
     }
     let config = PoolConfig {
         max_frame: opts.max_frame_bytes,
+        shm: shm::Budget::new(
+            if opts.shm_threshold == 0 {
+                u64::MAX
+            } else {
+                opts.shm_threshold
+            },
+            opts.shm_max_bytes,
+        ),
         shepherd: opts.shepherd,
         dispatch: dispatcher::Config {
             pipeline_depth: opts.pipeline_depth,
@@ -304,29 +319,48 @@ fn submit_with_budget<'a>(
     let core = &pool.core;
     let max_frame = core.max_frame;
     let id = core.next_request_id();
-    let mut buf = protocol::begin_call(
+    let mut frame = OutFrame::from(protocol::begin_call(
         id,
         tool.as_slice(),
         call.session.as_ref().map(|(s, _)| s.as_slice()),
         call.stream,
         correlation_id.as_ref().map(|c| c.as_slice()),
         64,
-    );
-    // Stop encoding a little past the frame limit: that is enough to refuse it.
-    let limit = budget.min(max_frame.saturating_add(frame::HEADER_LEN + 1));
-    let refused = match codec::encode(args, &mut buf, limit) {
-        Ok(()) => match frame::finish(&mut buf, max_frame) {
-            Ok(()) => None,
-            Err(_) => Some(frame_too_large(
-                Some(buf.len() - frame::HEADER_LEN),
-                max_frame,
-            )),
-        },
-        Err(codec::EncodeError::OverBudget) if limit == budget => {
-            return atoms::dirty().encode(env);
+    ));
+    let limits = codec::Limits {
+        budget,
+        // Stop encoding a little past the frame limit: that is enough to refuse it.
+        size: max_frame.saturating_add(frame::HEADER_LEN + 1),
+        blob_min: codec::BLOB_MIN,
+    };
+    let mut segs = if core.shm.enabled() {
+        shm::Making::new(&core.shm)
+    } else {
+        shm::Making::none()
+    };
+    let refused = match codec::encode_with(args, &mut frame, limits, &mut segs) {
+        Ok(()) => {
+            // The limit is on the whole message, blobs included.
+            let total = frame.len() - frame::HEADER_LEN;
+            if total > max_frame {
+                Some(frame_too_large(Some(total), max_frame))
+            } else {
+                let len = frame.bytes.len() - frame::HEADER_LEN;
+                frame.bytes[..frame::HEADER_LEN].copy_from_slice(&frame::header(len));
+                None
+            }
         }
+        Err(codec::EncodeError::OverBudget) => return atoms::dirty().encode(env),
         // Encoding stopped early, so the full size is unknown.
-        Err(codec::EncodeError::OverBudget) => Some(frame_too_large(None, max_frame)),
+        Err(codec::EncodeError::OverSize) => Some(frame_too_large(None, max_frame)),
+        Err(codec::EncodeError::Segment(shm::MakeError::Limit(bytes, in_flight))) => {
+            Some(core.shm.refusal(bytes, in_flight, "the call"))
+        }
+        Err(codec::EncodeError::Segment(shm::MakeError::Io(e))) => Some(Failure::new(
+            atoms::pool(),
+            format!("a shared-memory segment for the call could not be made: {e}"),
+            Details::None,
+        )),
         Err(codec::EncodeError::Unsupported { what, path }) => {
             let message = if path.is_empty() {
                 format!("cannot send {what} to a worker")
@@ -343,12 +377,36 @@ fn submit_with_budget<'a>(
         core.refuse_invalid();
         return (atoms::error(), failure).encode(env);
     }
-    let reply = if call.stream.is_some() {
+    // The `shm` frame goes right before the call, in the same write; the
+    // worker's segment socket gets the fds when the pair is queued to it.
+    let outgoing = (!segs.fds.is_empty()).then(|| {
+        let mut shm_frame = protocol::shm_frame(id, &segs.lengths);
+        shm_frame.extend_from_slice(&frame.bytes);
+        frame.bytes = shm_frame;
+        core.outbox.register(
+            id,
+            std::mem::take(&mut segs.fds),
+            std::mem::take(&mut segs.leases),
+        )
+    });
+    let mut reply = if call.stream.is_some() {
         Reply::new_stream(env, tag, pool)
     } else {
         Reply::new(env, tag, pool)
     };
-    match core.submit(env, id, buf, reply, call) {
+    reply.hold(outgoing);
+    if !reply.watched() {
+        // The caller is exiting (killed while this NIF ran, e.g. during a
+        // long dirty encode): nobody would take the answer, and nothing
+        // would cancel the call when it dies, so it is not submitted.
+        let failure = Failure::new(
+            atoms::pool(),
+            "the caller exited before its call was queued".to_string(),
+            Details::None,
+        );
+        return (atoms::error(), failure).encode(env);
+    }
+    match core.submit(env, id, frame, reply, call) {
         Ok(false) => (atoms::ok(), id).encode(env),
         Ok(true) => (atoms::ok(), id, atoms::new_session()).encode(env),
         Err(failure) => (atoms::error(), failure).encode(env),
@@ -420,13 +478,14 @@ fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> bool {
 /// a worker: lets tests check the codec directly.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    let mut buf = Vec::new();
-    match codec::encode(term, &mut buf, usize::MAX) {
+    let mut frame = OutFrame::default();
+    match codec::encode(term, &mut frame, codec::Limits::UNBOUNDED) {
         Ok(()) => {
+            let buf = frame.bytes;
             let mut bin = rustler::OwnedBinary::new(buf.len());
             bin.as_mut_slice().copy_from_slice(&buf);
             let bin = bin.release(env);
-            match codec::decode(env, bin, 0) {
+            match codec::decode(env, bin, 0, usize::MAX, &[]) {
                 Ok(t) => (atoms::ok(), t).encode(env),
                 Err(e) => (atoms::error(), e.to_string()).encode(env),
             }
@@ -434,31 +493,77 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
         Err(codec::EncodeError::Unsupported { what, path }) => {
             (atoms::error(), format!("{what} at {path}")).encode(env)
         }
-        Err(codec::EncodeError::OverBudget) => unreachable!("no budget"),
+        Err(
+            codec::EncodeError::OverBudget
+            | codec::EncodeError::OverSize
+            | codec::EncodeError::Segment(_),
+        ) => {
+            unreachable!("no limits, no segments")
+        }
     }
 }
 
 /// Decodes the MessagePack item at `offset` of `data` into a term, in the
 /// calling process. Replies carry raw frames and callers decode them here:
 /// terms are never built on the pool's own threads (see `codec.rs`).
-/// For frames up to 64 KiB; larger ones go to `decode_dirty/2`.
+/// Returns `:dirty` when the frame needs more work than a normal scheduler
+/// should do (many values or many short strings; a large binary costs next
+/// to nothing): the caller then calls `decode_dirty/2`.
 #[rustler::nif]
 fn decode<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_at(env, data, offset)
+    decode_at(env, data, offset, SCHEDULER_DECODE_BUDGET)
 }
 
-/// `decode/2` on a dirty CPU scheduler, for large frames.
+/// `decode/2` on a dirty CPU scheduler, with no budget.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn decode_dirty<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
-    decode_at(env, data, offset)
+    decode_at(env, data, offset, usize::MAX)
 }
 
-fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize) -> Term<'a> {
+/// `decode/2` for a frame that came with shared-memory segments
+/// (`{:shm, frame, segments}`): its handles become those binaries.
+#[rustler::nif]
+fn decode_shm<'a>(
+    env: Env<'a>,
+    data: Binary<'a>,
+    offset: usize,
+    segments: Vec<Binary<'a>>,
+) -> Term<'a> {
+    decode_with(env, data, offset, SCHEDULER_DECODE_BUDGET, &segments)
+}
+
+/// `decode_shm/3` on a dirty CPU scheduler, with no budget.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn decode_shm_dirty<'a>(
+    env: Env<'a>,
+    data: Binary<'a>,
+    offset: usize,
+    segments: Vec<Binary<'a>>,
+) -> Term<'a> {
+    decode_with(env, data, offset, usize::MAX, &segments)
+}
+
+/// Work units (values, and bytes of short strings copied) a decode on a
+/// normal scheduler may do: roughly what a 64 KiB frame needs at most.
+const SCHEDULER_DECODE_BUDGET: usize = 64 * 1024;
+
+fn decode_at<'a>(env: Env<'a>, data: Binary<'a>, offset: usize, budget: usize) -> Term<'a> {
+    decode_with(env, data, offset, budget, &[])
+}
+
+fn decode_with<'a>(
+    env: Env<'a>,
+    data: Binary<'a>,
+    offset: usize,
+    budget: usize,
+    segments: &[Binary<'a>],
+) -> Term<'a> {
     if offset > data.len() {
         return (atoms::error(), "offset beyond the data").encode(env);
     }
-    match codec::decode(env, data, offset) {
+    match codec::decode(env, data, offset, budget, segments) {
         Ok(t) => (atoms::ok(), t).encode(env),
+        Err(codec::DecodeFailure::OverBudget) => atoms::dirty().encode(env),
         Err(e) => (atoms::error(), e.to_string()).encode(env),
     }
 }

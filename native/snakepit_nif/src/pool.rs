@@ -13,6 +13,7 @@
 
 use crate::atoms;
 use crate::reply::{send_raw, ReplyTo};
+use crate::shm::Framed;
 use crate::terms::{
     state_atom, Bytes, CircuitDetails, Details, Failure, HandshakeDetails, PoolStats,
     SessionDetails, SessionInfo, SessionLimitDetails, WorkerInfo,
@@ -31,6 +32,7 @@ use snakepit_dispatch::recycle::Reason;
 use snakepit_dispatch::sessions::{Affinity, Refusal, SessionRow};
 use snakepit_dispatch::stats::Outcome;
 use snakepit_dispatch::Dispatcher;
+use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::protocol::{self, Envelope, ErrorKind, HandshakeError, Kind, PROTOCOL_VERSION};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,6 +79,8 @@ pub type Reply = ReplyTo<PoolHandle>;
 pub struct PoolConfig {
     /// Largest frame accepted in either direction, in bytes.
     pub max_frame: usize,
+    /// Shared-memory threshold, limit and bytes in flight.
+    pub shm: Arc<crate::shm::Budget>,
     /// Path of the `snakepit_shepherd` executable.
     pub shepherd: String,
     pub dispatch: dispatcher::Config,
@@ -87,6 +91,9 @@ pub struct PoolCore {
     /// The `Snakepit.Pool` process: gets worker events.
     pub owner: LocalPid,
     pub max_frame: usize,
+    pub shm: Arc<crate::shm::Budget>,
+    /// Segments of calls not answered yet (Elixir → Python).
+    pub outbox: Arc<crate::shm::Outbox>,
     shepherd: String,
     next_request: AtomicU64,
     dispatch: Mutex<Dispatcher<Reply, Worker>>,
@@ -103,6 +110,8 @@ impl PoolCore {
         PoolCore {
             owner,
             max_frame: config.max_frame,
+            shm: config.shm,
+            outbox: Arc::default(),
             shepherd: config.shepherd,
             next_request: AtomicU64::new(1),
             dispatch: Mutex::new(Dispatcher::new(config.dispatch)),
@@ -176,6 +185,7 @@ impl PoolCore {
             args,
             env,
             cwd,
+            outbox: Arc::clone(&self.outbox),
         };
         let launched = worker::launch(spec).map_err(|e| e.to_string())?;
         let worker = Arc::clone(launched.worker());
@@ -198,11 +208,14 @@ impl PoolCore {
     /// Queues an encoded call (see `Dispatcher::submit_call`); `Ok(true)`
     /// if it started a new session. On refusal the caller gets the failure
     /// as the NIF's return value.
+    // A refused call's reply comes back to be released: a ReplyTo is 128
+    // bytes with its shared-memory segments, once per call, on the stack.
+    #[allow(clippy::result_large_err)]
     pub fn submit(
         &self,
         env: Env,
         id: u64,
-        frame: Vec<u8>,
+        frame: OutFrame,
         reply: Reply,
         call: Call,
     ) -> Result<bool, Failure> {
@@ -453,6 +466,7 @@ impl PoolCore {
         // Drops are counted by the dispatcher as they are reported; add those
         // not reported yet.
         stats.dropped_output_lines += workers.iter().map(|w| w.pending_drops()).sum::<u64>();
+        stats.shm_bytes = self.shm.in_flight();
         stats
     }
 
@@ -548,8 +562,9 @@ impl PoolCore {
         &self,
         worker: &Worker,
         envelope: Envelope,
-        frame: OwnedBinary,
+        frame: Framed,
     ) -> Result<bool, String> {
+        let (frame, segments) = (frame.frame, frame.segments);
         let (status, outcome, terminal) = match envelope.kind {
             Kind::Result => (atoms::result(), Outcome::Completed, Terminal::Result),
             Kind::Done => (atoms::done(), Outcome::Completed, Terminal::Done),
@@ -577,6 +592,7 @@ impl PoolCore {
                 timing.queued.as_nanos() as u64,
                 timing.ran.as_nanos() as u64,
             );
+            let frame = Framed { frame, segments };
             reply.answer(status, frame, envelope.body, meta);
         }
         flush(answered.writes);
@@ -613,8 +629,23 @@ impl Events for PoolCore {
                 "sent {article} {kind} frame whose body is not a map"
             ));
         }
+        // Segments announced by an `shm` frame belong to the next frame.
+        let segments = worker.shm.take(envelope.id)?;
+        if segments.is_some() && !matches!(envelope.kind, Kind::Result | Kind::Error | Kind::Chunk)
+        {
+            return Err(format!(
+                "sent shared-memory segments with a {} frame",
+                envelope.kind.as_str()
+            ));
+        }
+        let frame = Framed { frame, segments };
         match envelope.kind {
-            Kind::Ready => self.on_ready(worker, envelope, frame),
+            Kind::Shm if envelope.id != 0 => {
+                let lengths = protocol::shm_lengths(frame.frame.as_slice(), envelope.body)?;
+                worker.shm.receive(envelope.id, &lengths, &self.shm)?;
+                Ok(false)
+            }
+            Kind::Ready => self.on_ready(worker, envelope, frame.frame),
             Kind::Result | Kind::Error | Kind::Done if envelope.id != 0 => {
                 self.on_answer(worker, envelope, frame)
             }
@@ -632,10 +663,12 @@ impl Events for PoolCore {
             }
             Kind::Error => {
                 // id 0: the worker could not start (e.g. the adapter failed to import).
+                let frame = frame.frame;
                 self.notify_with_body(worker.id, atoms::startup_error(), frame, envelope.body);
                 Ok(false)
             }
             Kind::Log => {
+                let frame = frame.frame;
                 match worker.admit_output(frame.len()) {
                     Admit::Yes => {
                         self.notify_with_body(worker.id, atoms::log(), frame, envelope.body)
@@ -653,6 +686,7 @@ impl Events for PoolCore {
                 "sent a {} frame this host does not expect",
                 envelope.kind.as_str()
             )),
+            Kind::Shm => Err("sent an shm frame with id 0".into()),
             Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd => Err(format!(
                 "sent a {} frame, which only the host sends",
                 envelope.kind.as_str()

@@ -8,11 +8,12 @@
 //! chunk ever follows the final answer or reaches a caller that gave up.
 
 use crate::atoms;
+use crate::shm::Framed;
 use crate::terms::Failure;
 use parking_lot::Mutex;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
-use rustler::{Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource, ResourceArc, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, Resource, ResourceArc, Term};
 use std::sync::Arc;
 
 /// The caller of one request. `R` is the resource that monitors the caller
@@ -26,6 +27,10 @@ pub struct ReplyTo<R: Resource> {
     watch: Option<(ResourceArc<R>, Monitor)>,
     /// A streaming call's chunks go here.
     sink: Option<Arc<Sink>>,
+    /// The call's shared-memory segments: kept (and sent to whichever
+    /// worker runs it) until it is answered or given up.
+    /// Boxed: most calls have none, and a reply is moved around a lot.
+    shm: Option<Box<crate::shm::Outgoing>>,
 }
 
 /// Where a streaming call's chunks go: `{tag, :chunk, frame, body_offset}`
@@ -43,7 +48,7 @@ struct Target {
 impl Sink {
     /// Sends a chunk unless the sink is closed. From a thread of ours only
     /// (not a scheduler thread).
-    pub fn chunk(&self, frame: OwnedBinary, body: usize) {
+    pub fn chunk(&self, frame: Framed, body: usize) {
         let target = self.target.lock();
         let Some(t) = target.as_ref() else {
             return;
@@ -51,7 +56,7 @@ impl Sink {
         let mut msg = OwnedEnv::new();
         let _ = msg.send_and_clear(&t.caller, |e| {
             let tag = t.env.run(|te| t.tag.load(te).in_env(e));
-            let frame = frame.release(e).encode(e);
+            let frame = frame.encode(e);
             make_tuple(e, &[tag, atoms::chunk().encode(e), frame, body.encode(e)])
         });
     }
@@ -78,7 +83,19 @@ impl<R: Resource> ReplyTo<R> {
             tag: saved,
             watch,
             sink: None,
+            shm: None,
         }
+    }
+
+    /// Whether the caller is monitored: `false` when it was already
+    /// exiting as the call was made.
+    pub fn watched(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// Keeps the call's segments until it is answered or given up.
+    pub fn hold(&mut self, segments: Option<crate::shm::Outgoing>) {
+        self.shm = segments.map(Box::new);
     }
 
     /// For a streaming call: also makes the sink its chunks go through.
@@ -131,7 +148,11 @@ impl<R: Resource> ReplyTo<R> {
             resource.demonitor(from, &monitor);
         }
         let ReplyTo {
-            env, tag, caller, ..
+            env,
+            tag,
+            caller,
+            shm,
+            ..
         } = self;
         env.run(|e| {
             let mut items = vec![tag.load(e)];
@@ -139,6 +160,9 @@ impl<R: Resource> ReplyTo<R> {
             let msg = make_tuple(e, &items);
             send_raw(from, &caller, e, msg);
         });
+        // After the answer is on its way: the last close of a large segment
+        // frees its pages, which takes a while.
+        drop(shm);
     }
 
     /// `{tag, :error, {category, message, details}}`.
@@ -150,15 +174,9 @@ impl<R: Resource> ReplyTo<R> {
     /// frame, which the caller decodes itself (see `codec.rs` for why).
     /// `meta` is `{os_pid, queue_ns, run_ns}`: which worker answered, and
     /// how long the call waited and ran (for telemetry).
-    pub fn answer(
-        self,
-        status: rustler::Atom,
-        frame: OwnedBinary,
-        body: usize,
-        meta: (u32, u64, u64),
-    ) {
+    pub fn answer(self, status: rustler::Atom, frame: Framed, body: usize, meta: (u32, u64, u64)) {
         self.reply(None, move |e| {
-            let frame = frame.release(e).encode(e);
+            let frame = frame.encode(e);
             vec![status.encode(e), frame, body.encode(e), meta.encode(e)]
         });
     }

@@ -74,19 +74,28 @@ pub struct Checked<'a> {
     bits: u16,
     dims: Vec<u64>,
     data: Binary<'a>,
+    data_term: Term<'a>,
 }
 
-impl Checked<'_> {
+impl<'a> Checked<'a> {
     /// The size of the ext payload.
     pub fn payload_len(&self) -> usize {
         FIXED + 8 * self.dims.len() + self.data.len()
     }
 
-    /// Writes the ext (marker, type, payload) onto `out`.
-    pub fn write(&self, out: &mut Vec<u8>) {
-        let len = self.payload_len();
-        rmp::encode::write_ext_meta(out, len as u32, EXT_TYPE).expect("Vec write");
-        out.reserve(len);
+    /// The data, in C order.
+    pub fn data(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    /// The data as a term (to keep it alive while a frame is written from it).
+    pub fn data_term(&self) -> Term<'a> {
+        self.data_term
+    }
+
+    /// The payload's header: everything before the data.
+    pub fn header(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FIXED + 8 * self.dims.len());
         out.push(VERSION);
         out.push(self.kind);
         out.extend_from_slice(&self.bits.to_be_bytes());
@@ -95,7 +104,22 @@ impl Checked<'_> {
         for d in &self.dims {
             out.extend_from_slice(&d.to_be_bytes());
         }
-        out.extend_from_slice(self.data.as_slice());
+        out
+    }
+
+    /// Writes an ext 86 onto `out`: the reference to shared-memory segment
+    /// `index`, which holds the data, then the header.
+    pub fn write_in_segment(&self, out: &mut Vec<u8>, index: u32) {
+        let len = crate::shm::REF_LEN + FIXED + 8 * self.dims.len();
+        rmp::encode::write_ext_meta(out, len as u32, crate::shm::EXT_TENSOR).expect("Vec write");
+        crate::shm::write_ref(out, index);
+        out.extend_from_slice(&self.header());
+    }
+
+    /// Writes the ext up to its data: marker, type, and the header.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        rmp::encode::write_ext_meta(out, self.payload_len() as u32, EXT_TYPE).expect("Vec write");
+        out.extend_from_slice(&self.header());
     }
 }
 
@@ -129,6 +153,7 @@ pub fn check(term: Term) -> Result<Checked, String> {
     if data.get_type() != TermType::Binary {
         return Err("a Snakepit.Tensor whose :data is not a binary".into());
     }
+    let data_term = data;
     let data = Binary::from_term(data)
         .map_err(|_| "a Snakepit.Tensor whose :data is not whole bytes".to_string())?;
     let need = byte_size(&dims, bits);
@@ -144,6 +169,7 @@ pub fn check(term: Term) -> Result<Checked, String> {
         bits,
         dims,
         data,
+        data_term,
     };
     if tensor.payload_len() > u32::MAX as usize {
         return Err("a Snakepit.Tensor larger than 4 GiB".into());
@@ -185,6 +211,34 @@ pub struct Header {
 
 /// Reads and checks a tensor ext's payload; why it is malformed otherwise.
 pub fn parse(payload: &[u8]) -> Result<Header, String> {
+    let header = header_at(payload)?;
+    let have = (payload.len() - header.data_at) as u64;
+    check_data(&header, have)?;
+    Ok(header)
+}
+
+/// Reads a tensor header (an ext 84 payload without its data) whose data,
+/// `data_len` bytes, is elsewhere (a shared-memory segment, ext 86).
+pub fn parse_header(header: &[u8], data_len: usize) -> Result<Header, String> {
+    let parsed = header_at(header)?;
+    if parsed.data_at != header.len() {
+        return Err("a shared-memory tensor whose header has trailing bytes".into());
+    }
+    check_data(&parsed, data_len as u64)?;
+    Ok(parsed)
+}
+
+fn check_data(header: &Header, have: u64) -> Result<(), String> {
+    if byte_size(&header.dims, header.bits) != Some(have) {
+        return Err(format!(
+            "a tensor extension whose data ({have} bytes) does not match its shape {:?}",
+            header.dims
+        ));
+    }
+    Ok(())
+}
+
+fn header_at(payload: &[u8]) -> Result<Header, String> {
     let fixed = payload
         .get(..FIXED)
         .ok_or("a tensor extension shorter than its header")?;
@@ -207,12 +261,6 @@ pub fn parse(payload: &[u8]) -> Result<Header, String> {
         .chunks_exact(8)
         .map(|d| u64::from_be_bytes(d.try_into().expect("8 bytes")))
         .collect::<Vec<_>>();
-    let have = (payload.len() - data_at) as u64;
-    if byte_size(&dims, bits) != Some(have) {
-        return Err(format!(
-            "a tensor extension whose data ({have} bytes) does not match its shape {dims:?}"
-        ));
-    }
     Ok(Header {
         kind,
         bits,

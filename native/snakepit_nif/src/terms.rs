@@ -36,6 +36,8 @@ pub struct PoolStats {
     pub sessions_expired: u64,
     pub sessions_lost: u64,
     pub chunks: u64,
+    /// Bytes of shared-memory segments in flight (see `shm.rs`).
+    pub shm_bytes: u64,
     /// The circuit breaker's state: `:closed`, `:open`, `:half_open`, or
     /// `nil` without a breaker.
     pub circuit: Option<Atom>,
@@ -96,6 +98,7 @@ impl PoolStats {
             sessions_expired: s.sessions_expired,
             sessions_lost: s.sessions_lost,
             chunks: s.chunks,
+            shm_bytes: 0,
             circuit,
             latency: LatencyStats {
                 queue: latency.queue.into(),

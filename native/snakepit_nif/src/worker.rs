@@ -20,7 +20,7 @@
 
 use crate::spawn;
 use crate::terms::ExitDetails;
-use crate::writer::{set_nonblocking, Writer};
+use crate::writer::{set_nonblocking, OutFrame, Writer};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustler::OwnedBinary;
@@ -44,6 +44,8 @@ pub struct WorkerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
+    /// Where the segments of calls wait to be sent (see `shm.rs`).
+    pub outbox: Arc<crate::shm::Outbox>,
 }
 
 /// What a worker's threads report, to whoever serves it (the pool).
@@ -90,6 +92,8 @@ pub struct Worker {
     retire: Mutex<Option<Retire>>,
     /// How much of its stderr and log output goes on to Elixir.
     output: Mutex<Budget>,
+    /// Its segment socket (shared memory, the worker's fd 4; see `shm.rs`).
+    pub shm: crate::shm::Port,
 }
 
 impl Worker {
@@ -179,7 +183,8 @@ impl Worker {
 }
 
 impl Pipe for Worker {
-    fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
+        self.shm.before_enqueue(&frame.bytes);
         self.writer.enqueue(frame)
     }
 }
@@ -268,15 +273,24 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
     widen(&stdin);
     widen(&stdout);
     let (stderr, stderr_out) = pipe()?;
-    // The child's ends, numbered above the fds they become (0 to 4).
+    let (shm_socket, shm_in) = crate::shm::socketpair()?;
+    // The child's ends, numbered above the fds they become (0 to 5).
     let child_fds = [
         (dup_high(stdin_in.as_raw_fd())?, 0),
         (dup_high(stdout_out.as_raw_fd())?, 1),
         (dup_high(stderr_out.as_raw_fd())?, 2),
         (dup_high(shepherd_end.as_raw_fd())?, 3),
         (dup_high(control_in.as_raw_fd())?, 4),
+        (dup_high(shm_in.as_raw_fd())?, 5),
     ];
-    drop((stdin_in, stdout_out, stderr_out, shepherd_end, control_in));
+    drop((
+        stdin_in,
+        stdout_out,
+        stderr_out,
+        shepherd_end,
+        control_in,
+        shm_in,
+    ));
     let mut args = vec![spec.program.as_str()];
     args.extend(spec.args.iter().map(String::as_str));
     let mut env: Vec<(&str, &str)> = spec
@@ -286,7 +300,8 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
         .collect();
     env.push((crate::orphans::MARK_VAR, crate::orphans::mark()));
     env.push(("SNAKEPIT_CONTROL_FD", "3"));
-    // The shepherd closes what it inherits beyond these five fds, sets its
+    env.push(("SNAKEPIT_SHM_FD", "4"));
+    // The shepherd closes what it inherits beyond these six fds, sets its
     // own signal handling, and puts the worker in its own process group.
     spawn::spawn(&spawn::Spec {
         path: &spec.shepherd,
@@ -325,6 +340,7 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
         control: Mutex::new(Some(control)),
         retire: Mutex::new(None),
         output: Mutex::new(Budget::new(Instant::now())),
+        shm: crate::shm::Port::new(shm_socket, spec.outbox),
     });
     Ok(Launched {
         worker,

@@ -20,9 +20,11 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+pub use snakepit_wire::outgoing::OutFrame;
+
 struct State {
     /// Frames not yet fully written, in order.
-    pending: VecDeque<Vec<u8>>,
+    pending: VecDeque<OutFrame>,
     /// Bytes of the front frame already written.
     offset: usize,
     /// The writer thread is draining `pending`; flushes leave it alone.
@@ -69,7 +71,7 @@ impl Writer {
     /// Adds a frame (or several, back to back) behind those already queued.
     /// No syscall: safe to call under the pool's lock. A closed stdin hands
     /// the frame back.
-    pub fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+    pub fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
         let mut state = self.state.lock();
         if state.fd.is_none() || state.close_when_drained {
             return Err(frame);
@@ -167,7 +169,7 @@ impl Writer {
                     }
                 }
             };
-            if write_all_blocking(fd.as_raw_fd(), &frame[offset..]).is_err() {
+            if write_all_blocking(fd.as_raw_fd(), &frame, offset).is_err() {
                 let mut state = self.state.lock();
                 state.fd = None;
                 state.pending.clear();
@@ -189,36 +191,27 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn write_some(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: buf is a valid slice; fd is open while the caller holds it.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Most frames gathered into one `writev(2)`.
+/// Most pieces (frames, or parts of a frame) gathered into one `writev(2)`.
 const MAX_IOV: usize = 64;
 
-fn writev_some(fd: RawFd, frames: &VecDeque<Vec<u8>>, offset: usize) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> = frames
-        .iter()
-        .take(MAX_IOV)
-        .enumerate()
-        .map(|(i, f)| {
-            let part = if i == 0 { &f[offset..] } else { &f[..] };
-            libc::iovec {
-                iov_base: part.as_ptr() as *mut libc::c_void,
-                iov_len: part.len(),
-            }
-        })
-        .collect();
+fn writev_some(fd: RawFd, frames: &VecDeque<OutFrame>, offset: usize) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(frames.len().min(MAX_IOV) + 2);
+    for (i, frame) in frames.iter().enumerate() {
+        frame.pieces(if i == 0 { offset } else { 0 }, |piece| {
+            iov.push(libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            });
+            iov.len() < MAX_IOV
+        });
+        if iov.len() >= MAX_IOV {
+            break;
+        }
+    }
+    writev(fd, &iov)
+}
+
+fn writev(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     loop {
         // SAFETY: every iovec points into a frame borrowed for this call.
         let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
@@ -247,10 +240,20 @@ fn consume(state: &mut State, mut n: usize) {
     }
 }
 
-fn write_all_blocking(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match write_some(fd, buf) {
-            Ok(n) => buf = &buf[n..],
+/// Writes `frame` from byte `offset` on, polling while the pipe is full.
+fn write_all_blocking(fd: RawFd, frame: &OutFrame, mut offset: usize) -> io::Result<()> {
+    let len = frame.len();
+    while offset < len {
+        let mut iov = Vec::new();
+        frame.pieces(offset, |piece| {
+            iov.push(libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            });
+            iov.len() < MAX_IOV
+        });
+        match writev(fd, &iov) {
+            Ok(n) => offset += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let mut pfd = libc::pollfd {
                     fd,

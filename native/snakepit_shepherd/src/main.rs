@@ -19,8 +19,9 @@
 //! (the exec failed) once at start, then `exit <code|-> <signal|->`.
 //!
 //! If fd 4 is open, the worker gets it as its fd 3 (the host's control
-//! pipe); the shepherd keeps no copy. Every other descriptor it inherited
-//! beyond stdio is closed at start.
+//! pipe), and if fd 5 is, as its fd 4 (the segment socket, for shared
+//! memory); the shepherd keeps no copy of either. Every other descriptor it
+//! inherited beyond stdio is closed at start.
 //!
 //! The worker has `PR_SET_PDEATHSIG` = SIGKILL, so even a SIGKILL of the
 //! shepherd itself takes the worker along.
@@ -34,6 +35,9 @@ const LIFELINE: i32 = 3;
 const CONTROL_IN: i32 = 4;
 /// What the worker gets as fd 3 when fd 4 was passed.
 const CONTROL_OUT: i32 = 3;
+const SHM_IN: i32 = 5;
+/// What the worker gets as fd 4 when fd 5 was passed.
+const SHM_OUT: i32 = 4;
 /// How long the sweep keeps killing what the worker left behind.
 const SWEEP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -59,8 +63,9 @@ fn main() {
     // The BEAM's own descriptors (its pollset, timers, the pipes of ports
     // being opened) are not all close-on-exec, and we live as long as our
     // worker: holding one could keep a port of the BEAM from ever seeing
-    // EOF. Only stdio, the lifeline and the control pipe stay.
-    close_from(CONTROL_IN + 1);
+    // EOF. Only stdio, the lifeline, the control pipe and the segment
+    // socket stay.
+    close_from(SHM_IN + 1);
     if !fd_open(LIFELINE) {
         eprintln!("snakepit_shepherd: no lifeline on fd 3; it is started by Snakepit");
         std::process::exit(2);
@@ -97,6 +102,7 @@ fn start(argv: &[CString]) -> Result<i32, i32> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     let control = fd_open(CONTROL_IN);
+    let shm = fd_open(SHM_IN);
     let mut err_pipe = [0i32; 2];
     // SAFETY: plain syscalls; between fork and exec the child only makes
     // async-signal-safe calls and touches memory prepared before the fork.
@@ -124,6 +130,10 @@ fn start(argv: &[CString]) -> Result<i32, i32> {
                 libc::dup2(CONTROL_IN, CONTROL_OUT);
                 libc::close(CONTROL_IN);
             }
+            if shm {
+                libc::dup2(SHM_IN, SHM_OUT);
+                libc::close(SHM_IN);
+            }
             libc::execvp(ptrs[0], ptrs.as_ptr());
             let e = errno().to_ne_bytes();
             libc::write(err_pipe[1], e.as_ptr().cast(), e.len());
@@ -132,6 +142,9 @@ fn start(argv: &[CString]) -> Result<i32, i32> {
         libc::close(err_pipe[1]);
         if control {
             libc::close(CONTROL_IN);
+        }
+        if shm {
+            libc::close(SHM_IN);
         }
         let mut buf = [0u8; 4];
         let n = loop {

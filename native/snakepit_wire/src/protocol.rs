@@ -10,7 +10,7 @@ use std::fmt;
 
 /// Version of the protocol spoken by this crate; a worker announces its own
 /// in its `ready` frame and the host refuses a mismatch.
-pub const PROTOCOL_VERSION: u64 = 2;
+pub const PROTOCOL_VERSION: u64 = 3;
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +37,13 @@ pub enum Kind {
     Ack,
     /// host → worker: forget a session's state.
     SessionEnd,
+    /// both ways: the next frame of this request carries shared-memory
+    /// segments, whose fds were sent on the segment socket just before.
+    Shm,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Ready,
         Kind::Call,
         Kind::Result,
@@ -52,6 +55,7 @@ impl Kind {
         Kind::Heartbeat,
         Kind::Ack,
         Kind::SessionEnd,
+        Kind::Shm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Kind {
             Kind::Heartbeat => "heartbeat",
             Kind::Ack => "ack",
             Kind::SessionEnd => "session_end",
+            Kind::Shm => "shm",
         }
     }
 
@@ -224,6 +229,43 @@ pub fn session_end_frame(session_id: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// Most segments one `shm` frame may announce (one `sendmsg` carries
+/// them all; the kernel allows 253 fds per message).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// A complete `shm` frame: the next frame of request `id` carries the
+/// segments of these byte lengths, in order (their fds went first).
+pub fn shm_frame(id: u64, lengths: &[u64]) -> Vec<u8> {
+    let mut buf = begin_frame(Kind::Shm, id, 9 * lengths.len() + 8);
+    rmp::encode::write_array_len(&mut buf, lengths.len() as u32).expect("Vec write");
+    for &len in lengths {
+        rmp::encode::write_uint(&mut buf, len).expect("Vec write");
+    }
+    frame::finish(&mut buf, frame::DEFAULT_MAX_FRAME).expect("small frame");
+    buf
+}
+
+/// The segment lengths an `shm` frame's body announces: an array of 1 to
+/// [`MAX_SEGMENTS`] unsigned integers.
+pub fn shm_lengths(frame: &[u8], body: usize) -> Result<Vec<u64>, String> {
+    let mut r = Reader::at(frame, body);
+    let n = match r.next_token() {
+        Ok(Token::Array(n)) if (1..=MAX_SEGMENTS).contains(&n) => n,
+        _ => {
+            return Err(format!(
+                "sent an shm frame whose body is not an array of 1 to {MAX_SEGMENTS} lengths"
+            ))
+        }
+    };
+    (0..n)
+        .map(|_| match r.next_token() {
+            Ok(Token::UInt(u)) => Ok(u),
+            Ok(Token::Int(i)) if i >= 0 => Ok(i as u64),
+            _ => Err("sent an shm frame with a length that is not an unsigned integer".into()),
+        })
+        .collect()
+}
+
 /// A complete frame with a nil body, e.g. `cancel` or `heartbeat`.
 pub fn control_frame(kind: Kind, id: u64) -> Vec<u8> {
     let mut buf = begin_frame(kind, id, 1);
@@ -345,6 +387,20 @@ mod tests {
             assert_eq!(Kind::parse(k.as_str().as_bytes()), Some(k));
         }
         assert_eq!(Kind::parse(b"nope"), None);
+    }
+
+    #[test]
+    fn shm_frames_carry_their_lengths() {
+        let f = shm_frame(9, &[1, 1 << 40]);
+        let env = parse_envelope(&f[HEADER_LEN..]).unwrap();
+        assert_eq!((env.kind, env.id), (Kind::Shm, 9));
+        assert_eq!(
+            shm_lengths(&f[HEADER_LEN..], env.body).unwrap(),
+            vec![1, 1 << 40]
+        );
+        let f = control_frame(Kind::Shm, 9);
+        let env = parse_envelope(&f[HEADER_LEN..]).unwrap();
+        assert!(shm_lengths(&f[HEADER_LEN..], env.body).is_err());
     }
 
     #[test]
@@ -485,10 +541,10 @@ mod tests {
     fn keys_that_are_containers_are_skipped_whole() {
         // Found by the property tests: only the header of an array or map
         // key was skipped, so the pairs after it were read out of step.
-        // {[nil] => 2, "protocol" => 2} was refused as having no version...
+        // {[nil] => 2, "protocol" => 3} was refused as having no version...
         let mut b = vec![0x82, 0x91, 0xc0, 0x02];
         write_str(&mut b, b"protocol");
-        b.push(0x02);
+        b.push(PROTOCOL_VERSION as u8);
         assert_eq!(check_ready(&b, 0), Ok(()));
         // ... and {[0] => "protocol", 2 => nil}, which has none, accepted.
         let mut b = vec![0x82, 0x91, 0x00];

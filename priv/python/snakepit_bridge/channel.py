@@ -1,8 +1,11 @@
 """Length-prefixed frames over a pair of pipes.
 
 A frame is a 4-byte big-endian length followed by a MessagePack array
-``[kind, id, body]`` (see docs/protocol.md). Reads happen on one thread;
-writes may come from several (results, log records), so they take a lock.
+``[kind, id, body]`` (see docs/protocol.md). A length with its top bit
+(:data:`BLOB_FLAG`) set is a *blob* from the host instead: raw bytes that the
+next frame refers to; :meth:`Channel.take_blobs` hands them over. Reads
+happen on one thread; writes may come from several (results, log records),
+so they take a lock.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
-from . import codec
+from . import codec, shm
+
+# Frames that may carry shared-memory segments (worker -> host).
+_SEGMENT_KINDS = ("result", "chunk")
 
 HEADER_LEN = 4
+BLOB_FLAG = 0x8000_0000
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+_NO_BLOBS: Sequence[bytes] = ()
 
 
 class ProtocolError(Exception):
@@ -29,40 +37,93 @@ class Channel:
         self._reader = io.open(in_fd, "rb", buffering=64 * 1024, closefd=False)
         self._out_fd = out_fd
         self._lock = threading.Lock()
+        self._blobs: List[bytes] = []
         self.max_frame = max_frame
 
     def read_raw(self) -> Optional[bytes]:
-        """The next frame's MessagePack bytes, or None at a clean end of stream."""
-        header = self._reader.read(HEADER_LEN)
-        if not header:
-            return None
-        if len(header) < HEADER_LEN:
-            raise ProtocolError("stream closed inside a frame header")
-        size = int.from_bytes(header, "big")
-        if size > self.max_frame:
-            raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
-        body = self._reader.read(size)
-        if len(body) < size:
-            raise ProtocolError("stream closed inside a frame")
-        return body
+        """The next frame's MessagePack bytes, or None at a clean end of
+        stream. Blobs before it are kept for :meth:`take_blobs`, each read
+        straight into its own ``bytes``."""
+        while True:
+            header = self._reader.read(HEADER_LEN)
+            if not header:
+                if self._blobs:
+                    raise ProtocolError("stream closed after a blob, before its frame")
+                return None
+            if len(header) < HEADER_LEN:
+                raise ProtocolError("stream closed inside a frame header")
+            size = int.from_bytes(header, "big")
+            blob = size & BLOB_FLAG
+            size &= ~BLOB_FLAG
+            if size > self.max_frame:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+            body = self._reader.read(size)
+            if len(body) < size:
+                raise ProtocolError("stream closed inside a frame")
+            if not blob:
+                return body
+            self._blobs.append(body)
+
+    def take_blobs(self) -> Sequence[bytes]:
+        """The blobs that came before the frame :meth:`read_raw` last returned."""
+        if not self._blobs:
+            return _NO_BLOBS
+        blobs, self._blobs = self._blobs, []
+        return blobs
 
     def write(self, kind: str, request_id: int, body: Any) -> None:
         """Encodes and writes one frame. Raises if the body cannot be encoded
         or the frame is over the size limit; nothing is written then."""
         self.write_encoded(self.encode(kind, request_id, body))
 
-    def encode(self, kind: str, request_id: int, body: Any) -> bytes:
+    def encode(self, kind: str, request_id: int, body: Any) -> Union[bytes, shm.Outgoing]:
         """One frame's MessagePack bytes, for :meth:`write_encoded`. Raises if
-        the body cannot be encoded or the frame is over the size limit."""
-        payload = codec.packb([kind, request_id, body])
-        self._check_size(payload)
-        return payload
+        the body cannot be encoded or the frame is over the size limit.
 
-    def write_encoded(self, payload: bytes) -> None:
+        A ``result`` or ``chunk`` whose large values went into shared-memory
+        segments (see :mod:`snakepit_bridge.shm`) is returned as the
+        :class:`shm.Outgoing` that holds them and the frame's bytes."""
+        if not shm.threshold() or kind not in _SEGMENT_KINDS:
+            payload = codec.packb([kind, request_id, body])
+            self._check_size(payload)
+            return payload
+        out, previous = shm.start_collecting()
+        try:
+            payload = codec.packb([kind, request_id, shm.wrap(body)])
+            self._check_size(payload)
+        except BaseException:
+            out.close()
+            raise
+        finally:
+            shm.stop_collecting(previous)
+        if not out:
+            return payload
+        out.payload = payload
+        out.request_id = request_id
+        return out
+
+    def write_encoded(self, payload: Union[bytes, shm.Outgoing]) -> None:
+        if isinstance(payload, shm.Outgoing):
+            self._write_segments(payload)
+            return
         self._check_size(payload)
         data = [len(payload).to_bytes(HEADER_LEN, "big"), payload]
         with self._lock:
             _writev_all(self._out_fd, data)
+
+    def _write_segments(self, out: shm.Outgoing) -> None:
+        """The segments' fds on the socket, then the ``shm`` frame that
+        announces them, then the frame that uses them: under one lock, so no
+        other frame comes between."""
+        announce = codec.packb(["shm", out.request_id, out.lengths])
+        frames = [len(announce).to_bytes(HEADER_LEN, "big"), announce]
+        frames += [len(out.payload).to_bytes(HEADER_LEN, "big"), out.payload]
+        try:
+            with self._lock:
+                out.send()
+                _writev_all(self._out_fd, frames)
+        finally:
+            out.close()
 
     def write_bytes(self, kind: str, request_id: int, data: "bytes | bytearray | memoryview") -> None:
         """Writes a frame whose body is one large bytes value, without copying

@@ -4,29 +4,50 @@ Both are configured to agree with the host's codec: str for text, bin for
 bytes, non-string map keys allowed, sets and array-likes sent as arrays.
 numpy arrays (and buffer-protocol objects with a dtype and a shape) are
 sent as tensors, extension type 84, and tensors arrive as read-only numpy
-arrays: see :mod:`snakepit_bridge.tensor`. Both codecs write and read the
+arrays: see :mod:`snakepit_bridge.tensor`. Large arrays and bytes may
+travel in shared-memory segments instead (extension types 85 and 86, see
+:mod:`snakepit_bridge.shm`). Both codecs write and read the
 same bytes for them. Lists stay lists.
+
+Large binaries and tensor data from the host arrive as *blobs*, raw frames
+read before the frame that refers to them with extension type 83
+(:data:`BLOB_EXT`); :func:`unpackb_with_blobs` resolves those references:
+to the blob itself (``bytes``, no copy), its text (``str``), or a numpy
+array viewing it (no copy).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, Sequence, cast
 
-from . import tensor
+from . import shm, tensor
 
-__all__ = ["NAME", "packb", "unpackb"]
+__all__ = ["BLOB_EXT", "NAME", "packb", "unpackb", "unpackb_with_blobs"]
+
+BLOB_EXT = 83
 
 # ormsgpack replaces the exceptions `default` and `ext_hook` raise with its
 # own ("ext_hook failed"), so the reason a tensor was refused is kept here
 # and raised instead.
 _refusal = threading.local()
+# The blobs of the frame being decoded (see unpackb_with_blobs).
+_blobs = threading.local()
 
 
 def _encode_extra(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
     """What to send for an object MessagePack has no type for."""
     if isinstance(obj, (set, frozenset)):
         return list(obj)
+    try:
+        segment = shm.offer(obj)
+    except tensor.TensorError as exc:
+        _refusal.error = exc
+        raise
+    if segment is not None:
+        return ext(*segment)
+    if isinstance(obj, shm.Blob):  # no room for another segment: in the frame
+        return shm.blob_bytes(obj)
     try:
         payload = tensor.encode(obj)
     except tensor.TensorError as exc:
@@ -41,14 +62,49 @@ def _encode_extra(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
 
 
 def _decode_ext(code: int, data: bytes, ext: Callable[[int, bytes], Any]) -> Any:
-    """An extension value: a tensor, or left as the codec's ext object."""
-    if code != tensor.EXT_TYPE:
+    """An extension value: a tensor, a blob, a shared-memory segment, or left
+    as the codec's ext object."""
+    if code not in (tensor.EXT_TYPE, BLOB_EXT, shm.EXT_BYTES, shm.EXT_TENSOR):
         return ext(code, data)
     try:
-        return tensor.decode(data)
-    except tensor.TensorError as exc:
+        if code == shm.EXT_BYTES:
+            return shm.decode_bytes(data)
+        if code == shm.EXT_TENSOR:
+            return shm.decode_tensor(data)
+        return tensor.decode(data) if code == tensor.EXT_TYPE else _blob(data)
+    except ValueError as exc:  # TensorError, ShmError, bad blob references, bad UTF-8
         _refusal.error = exc
         raise
+
+
+def _blob(ref: bytes) -> Any:
+    """What a blob reference (``index:u32, tag``) stands for."""
+    blobs: Sequence[bytes] = getattr(_blobs, "current", None) or ()
+    if len(ref) < 5:
+        raise ValueError("malformed blob reference: shorter than 5 bytes")
+    index = int.from_bytes(ref[:4], "big")
+    if index >= len(blobs):
+        raise ValueError(f"blob reference {index}, but {len(blobs)} blobs came with the frame")
+    blob, tag = blobs[index], ref[4:5]
+    if tag == b"b" and len(ref) == 5:
+        return blob
+    if tag == b"s" and len(ref) == 5:
+        return blob.decode("utf-8")
+    if tag == b"t":
+        return tensor.decode_split(ref[5:], blob)
+    raise ValueError(f"malformed blob reference: tag {tag!r}")
+
+
+def unpackb_with_blobs(data: bytes, blobs: Sequence[bytes]) -> Any:
+    """:func:`unpackb`, resolving blob references to ``blobs`` (the blob
+    frames read just before ``data``, in order)."""
+    if not blobs:
+        return unpackb(data)
+    _blobs.current = blobs
+    try:
+        return unpackb(data)
+    finally:
+        _blobs.current = None
 
 
 def _keeping_refusals(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -21,7 +21,7 @@ import struct
 import sys
 from typing import Any, Optional, Tuple
 
-__all__ = ["EXT_TYPE", "TensorError", "decode", "encode", "encode_parts"]
+__all__ = ["EXT_TYPE", "TensorError", "decode", "decode_split", "encode", "encode_parts"]
 
 EXT_TYPE = 84
 VERSION = 1
@@ -113,9 +113,25 @@ def decode(data: bytes) -> Any:
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
-def parse(data: bytes) -> Tuple[bytes, int, Tuple[int, ...], int]:
+def decode_split(header: bytes, data: Any) -> Any:
+    """The numpy array for a tensor whose header and elements arrived apart
+    (the elements as a blob, or a shared-memory segment): a read-only view over ``data``, no copy."""
+    kind, bits, shape, offset = parse(header, data_len=len(data))
+    if offset != len(header):
+        raise TensorError("malformed tensor: bytes after its header")
+    np = _numpy()
+    dtype = np.dtype(f"<{_NUMPY[kind]}{bits // 8}")
+    if not data:
+        empty = np.empty(shape, dtype=dtype)
+        empty.flags.writeable = False
+        return empty
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def parse(data: bytes, data_len: Optional[int] = None) -> Tuple[bytes, int, Tuple[int, ...], int]:
     """Checks an ext payload: its kind, bits, shape and where the elements
-    start. Raises :class:`TensorError` if it is malformed."""
+    start. Raises :class:`TensorError` if it is malformed. ``data_len``: the
+    elements are elsewhere, and this many bytes long."""
     if len(data) < _FIXED.size:
         raise TensorError("malformed tensor: shorter than its header")
     version, kind_byte, bits, ndim = _FIXED.unpack_from(data)
@@ -131,8 +147,7 @@ def parse(data: bytes) -> Tuple[bytes, int, Tuple[int, ...], int]:
     need = bits // 8
     for d in shape:
         need *= d
-    if need != len(data) - offset:
-        raise TensorError(
-            f"malformed tensor: {len(data) - offset} bytes of data for shape {shape} of {bits}-bit elements"
-        )
+    have = len(data) - offset if data_len is None else data_len
+    if need != have:
+        raise TensorError(f"malformed tensor: {have} bytes of data for shape {shape} of {bits}-bit elements")
     return kind, bits, shape, offset

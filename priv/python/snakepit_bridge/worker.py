@@ -26,9 +26,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import codec, tensor
+from . import codec, shm, tensor
 from .adapter import BaseAdapter, load_adapter
 from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
@@ -40,7 +40,7 @@ from .streaming import TOOL_ERRORS, collect, items_of, one_item, stream
 
 __all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ class Worker:
         self.loop = EventLoop()
         self.output = OutputCapture(channel)
         self._takes_ctx: Dict[str, bool] = {}
+        # Shared-memory segments an `shm` frame announced, for the next frame.
+        self._segments: Optional[List[Any]] = None
+        self._carried: List[bytes] = []
 
     def handshake(self, adapter_path: str) -> None:
         self.channel.write(
@@ -118,20 +121,35 @@ class Worker:
             raw = self.channel.read_raw()
             if raw is None:
                 return
-            self.handle(raw)
+            self.handle(raw, self.channel.take_blobs())
 
     def close(self) -> None:
         """Closes the event loop, if a call needed one."""
         self.loop.close()
 
-    def handle(self, raw: bytes) -> None:
+    def handle(self, raw: bytes, blobs: Sequence[bytes] = ()) -> None:
+        segments, self._segments = self._segments, None
+        if self._carried:  # blobs read before an `shm` frame belong to the frame after it
+            blobs, self._carried = [*self._carried, *blobs], []
         try:
-            frame = codec.unpackb(raw)
+            if segments:
+                with shm.incoming(segments):
+                    frame = codec.unpackb_with_blobs(raw, blobs)
+            else:
+                frame = codec.unpackb_with_blobs(raw, blobs)
             kind, request_id, body = frame
         except Exception as exc:
             request_id = _salvage_id(raw)
             if request_id:
                 self._reply_error(request_id, error_body("bad_request", exc, message=f"undecodable call: {exc}"))
+            return
+        if kind == "shm":
+            self._carried = list(blobs)
+            try:
+                self._segments = shm.receive(body if isinstance(body, list) else [], request_id)
+            except (OSError, shm.ShmError) as exc:
+                # The call that follows fails to decode, as a bad_request.
+                _log.warning("could not receive the shared-memory segments of call %s: %s", request_id, exc)
             return
         if kind == "call":
             if not self.cancellation.begin(request_id):
@@ -272,10 +290,10 @@ class Worker:
                 return
             result = collected
         try:
-            parts = tensor.encode_parts(result) if _is_big_array(result) else None
+            parts = tensor.encode_parts(result) if _is_big_array(result) and not _by_segment(result) else None
             if parts is not None:
                 self.channel.write_ext("result", request_id, tensor.EXT_TYPE, *parts)
-            elif isinstance(result, (bytes, bytearray)) and len(result) >= _DIRECT_BYTES:
+            elif isinstance(result, (bytes, bytearray)) and len(result) >= _DIRECT_BYTES and not _by_segment(result):
                 self.channel.write_bytes("result", request_id, result)
             else:
                 self.channel.write_encoded(self.channel.encode("result", request_id, result))
@@ -290,6 +308,12 @@ class Worker:
 # A bytes result this large is written straight from its buffer rather
 # than encoded into a new one (a 1 MiB packb costs ~0.6 ms: bench/payload.exs).
 _DIRECT_BYTES = 64 * 1024
+
+
+def _by_segment(value: Any) -> bool:
+    """A value at least the shared-memory threshold: it goes by segment."""
+    limit = shm.threshold()
+    return bool(limit) and getattr(value, "nbytes", len(value) if isinstance(value, (bytes, bytearray)) else 0) >= limit
 
 
 def _is_big_array(value: Any) -> bool:
@@ -387,6 +411,8 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     if root.level == logging.WARNING:  # untouched default
         root.setLevel(logging.INFO)
     worker = Worker(adapter, channel)
+    shm_fd = os.environ.pop("SNAKEPIT_SHM_FD", None)
+    shm.configure(int(shm_fd) if shm_fd else None, int(os.environ.get("SNAKEPIT_SHM_THRESHOLD") or 0))
     control_fd = os.environ.pop("SNAKEPIT_CONTROL_FD", None)
     if control_fd is not None:
         fd = int(control_fd)

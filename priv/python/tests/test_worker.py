@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, List
 
 import pytest
 
@@ -218,3 +219,65 @@ def test_large_array_results_are_written_from_the_arrays_memory(worker):
     assert kind == "result"
     assert body.dtype == np.float32 and body.shape == (300, 100)
     assert np.array_equal(body, np.arange(30_000, dtype=np.float32).reshape(300, 100))
+
+
+def _blob(data: bytes) -> bytes:
+    """A blob frame, as the host sends large binaries before their call."""
+    return (len(data) | 0x8000_0000).to_bytes(4, "big") + data
+
+
+def _blob_ref(index: int, tag: bytes) -> Any:
+    return codec_ext(codec.BLOB_EXT, index.to_bytes(4, "big") + tag)
+
+
+def codec_ext(code: int, data: bytes) -> Any:
+    try:
+        import ormsgpack
+
+        return ormsgpack.Ext(code, data)
+    except ImportError:  # pragma: no cover
+        import msgpack
+
+        return msgpack.ExtType(code, data)
+
+
+def _call_with_blobs(worker: Any, request_id: int, tool: str, args: Any, blobs: List[bytes]) -> Any:
+    body = {"tool": tool, "session_id": None, "stream": None, "correlation_id": None, "args": args}
+    frame = codec.packb(["call", request_id, body])
+    assert worker.proc.stdin is not None
+    worker.proc.stdin.write(b"".join(_blob(b) for b in blobs) + len(frame).to_bytes(4, "big") + frame)
+    worker.proc.stdin.flush()
+    return worker.recv_frame()
+
+
+def test_blobs_become_bytes_and_text_of_the_call_that_follows_them(worker):
+    data, text = bytes(range(256)) * 1000, "héllo " * 20_000
+    args = {"value": [_blob_ref(0, b"b"), _blob_ref(1, b"s"), _blob_ref(0, b"b")]}
+    answer = _call_with_blobs(worker, 1, "echo", args, [data, text.encode()])
+    assert answer == ("result", 1, [data, text, data])
+    # Blobs belong to one frame only: the next call has none.
+    kind, _, body = _call_with_blobs(worker, 2, "echo", {"value": _blob_ref(0, b"b")}, [])
+    assert kind == "error" and body["kind"] == "bad_request"
+    assert "blob reference 0, but 0 blobs came with the frame" in body["message"]
+
+
+def test_a_tensor_blob_is_a_read_only_array_over_the_blob(worker):
+    np = pytest.importorskip("numpy")
+    from snakepit_bridge import tensor
+
+    arr = np.arange(50_000, dtype=np.float32).reshape(500, 100)
+    head, data = tensor.encode_parts(arr)
+    ref = _blob_ref(0, b"t" + head)
+    kind, _, info = _call_with_blobs(worker, 1, "tensor_info", {"t": ref}, [bytes(data)])
+    assert kind == "result", info
+    assert info["dtype"] == "float32" and info["shape"] == [500, 100]
+    assert info["sum"] == float(arr.sum()) and info["writeable"] is False
+    # A header that does not match the blob's size is refused, not misread.
+    kind, _, body = _call_with_blobs(worker, 2, "tensor_info", {"t": ref}, [bytes(data)[:-4]])
+    assert kind == "error" and "malformed tensor" in body["message"]
+
+
+def test_malformed_blob_references_are_bad_requests(worker):
+    for request_id, ref in enumerate([codec_ext(codec.BLOB_EXT, b"\x00"), _blob_ref(0, b"x")], start=1):
+        kind, _, body = _call_with_blobs(worker, request_id, "echo", {"value": ref}, [b"data"])
+        assert kind == "error" and body["kind"] == "bad_request", body

@@ -421,6 +421,117 @@ class TestAdapter(BaseAdapter):
         return cache[n]
 
     @tool
+    def tensor_stream(self, n: int, size: int) -> Any:
+        """Yields n fresh float32 arrays of `size` elements, the i-th filled with i."""
+        import numpy as np
+
+        for i in range(n):
+            yield np.full(size, i, dtype=np.float32)
+
+    @tool
     def tensor_nbytes(self, t: Any) -> int:
         """The size of the array it was given (nothing else is looked at)."""
         return int(t.nbytes)
+
+    # Shared memory (see test/snakepit/shm_test.exs).
+
+    @tool
+    def shm_arg_info(self, value: Any) -> Dict[str, Any]:
+        """How an argument arrived: its type, size, a checksum, and for an
+        array whether it views a read-only mapping (shared memory)."""
+        import mmap
+        import zlib
+
+        info: Dict[str, Any] = {"type": type(value).__name__}
+        if isinstance(value, bytes):
+            info.update(size=len(value), crc=zlib.crc32(value))
+        elif hasattr(value, "nbytes"):
+            base = value
+            while getattr(base, "base", None) is not None:
+                base = base.base
+            if isinstance(base, memoryview):
+                base = base.obj
+            info.update(
+                size=int(value.nbytes),
+                crc=zlib.crc32(memoryview(value).cast("B")),
+                mapped=isinstance(base, mmap.mmap),
+            )
+        return info
+
+    @tool
+    def memfds(self) -> int:
+        """How many memfd segments this worker holds open or mapped."""
+        import os
+
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                count += "memfd:snakepit" in os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        with open("/proc/self/maps") as maps:
+            count += sum("memfd:snakepit" in line for line in maps)
+        return count
+
+    @tool
+    def shm_pair(self, n: int) -> Dict[str, Any]:
+        """Two large float32 arrays and small values around them."""
+        import numpy as np
+
+        return {"a": np.arange(n, dtype=np.float32), "b": np.full(n, 2.5, dtype=np.float32), "x": 1}
+
+    @tool
+    def shm_chunks(self, n: int, size: int) -> Iterator[bytes]:
+        """n bytes chunks of `size` bytes each: chunk i is all byte i."""
+        for i in range(n):
+            yield bytes([i % 256]) * size
+
+    @tool
+    def shm_hold(self, n: int, path: str, timeout_ms: int = 30_000) -> Any:
+        """Makes an n-byte result, then waits until `path` exists (so a test
+        can kill whoever it likes meanwhile), then returns it."""
+        import os
+        import time
+
+        data = bytes(n)
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return data
+
+    @tool
+    def filled_tensor(self, n: int, value: float = 1.0) -> Any:
+        """A float32 array of n elements, all `value`."""
+        import numpy as np
+
+        return np.full(n, value, dtype=np.float32)
+
+    @tool
+    def hold_arg(self, value: Any, path: str, timeout_ms: int = 30_000) -> int:
+        """Holds its (large) argument until `path` exists; returns its size."""
+        import os
+        import time
+
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return int(getattr(value, "nbytes", None) or len(value))
+
+    @tool
+    def shm_then_die(self, ctx: Context, n: int) -> None:
+        """Sends an n-byte segment and its shm frame, then SIGKILLs itself
+        before the result that would use them."""
+        import gc
+        import os
+        import signal
+
+        from snakepit_bridge import codec, shm
+        from snakepit_bridge.channel import Channel
+
+        channel = next(o for o in gc.get_objects() if isinstance(o, Channel) and o.max_frame and o._out_fd > 2)
+        out = shm.Outgoing()
+        out.add(memoryview(bytes(n)))
+        out.send()
+        announce = codec.packb(["shm", ctx.request_id, out.lengths])
+        os.write(channel._out_fd, len(announce).to_bytes(4, "big") + announce)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -104,7 +104,7 @@ fn a_hint_call_takes_another_idle_worker_when_its_own_is_busy() {
     assert_eq!(bound(&d, "s"), Some(first), "the binding stays");
     invariant(&d);
     // Both workers hold state: ending the session tells both.
-    let ended = d.end_session(b"s", &frame(END)).unwrap();
+    let ended = d.end_session(b"s", &frame(END).bytes).unwrap();
     assert_eq!(ended.writes.len(), 2);
     assert!(w1.written().ends_with(&[END]) && w2.written().ends_with(&[END]));
     invariant(&d);
@@ -168,7 +168,7 @@ fn new_sessions_past_max_sessions_are_refused_and_known_ones_go_on() {
     assert_eq!(d.gauges().sessions, 2);
     complete(&mut d, 1, 10);
     complete(&mut d, 1, 11);
-    d.end_session(b"b", &frame(END));
+    d.end_session(b"b", &frame(END).bytes);
     complete(&mut d, 1, 13);
     strict(&mut d, 14, "c");
     invariant(&d);
@@ -251,12 +251,12 @@ fn idle_sessions_expire_after_the_ttl_but_not_while_they_have_calls() {
     strict(&mut d, 10, "busy");
     strict(&mut d, 11, "idle");
     let later = Instant::now() + Duration::from_secs(61);
-    let ended = d.expire_sessions(later, |_| frame(END));
+    let ended = d.expire_sessions(later, |_| frame(END).bytes);
     assert!(ended.ended.is_empty(), "both have a call live");
     complete(&mut d, 1, 10);
     complete(&mut d, 1, 11);
     strict(&mut d, 12, "busy");
-    let ended = d.expire_sessions(later, |_| frame(END));
+    let ended = d.expire_sessions(later, |_| frame(END).bytes);
     assert_eq!(ended.ended, [b"idle".to_vec().into_boxed_slice()]);
     assert_eq!(w.written(), [10, 11, 12, END]);
     assert!(d.session(b"idle", later).is_none());
@@ -271,13 +271,13 @@ fn ending_a_session_with_queued_calls_starts_it_afresh_for_them() {
     let w = add_ready(&mut d, 1);
     strict(&mut d, 10, "s");
     strict(&mut d, 11, "s");
-    d.end_session(b"s", &frame(END)).unwrap();
+    d.end_session(b"s", &frame(END).bytes).unwrap();
     assert_eq!(w.written(), [10, END], "the end follows the calls written");
     assert_eq!(bound(&d, "s"), None);
     complete(&mut d, 1, 10);
     assert_eq!(w.written(), [10, END, 11]);
     assert_eq!(bound(&d, "s"), Some(1), "bound afresh");
-    assert!(d.end_session(b"nope", &frame(END)).is_none());
+    assert!(d.end_session(b"nope", &frame(END).bytes).is_none());
     invariant(&d);
 }
 
@@ -313,7 +313,7 @@ fn a_worker_kept_for_its_sessions_is_retired_when_the_last_one_ends() {
     add_ready(&mut d, 1);
     strict(&mut d, 10, "s");
     assert!(complete(&mut d, 1, 10).retire.is_none());
-    let ended = d.end_session(b"s", &frame(END)).unwrap();
+    let ended = d.end_session(b"s", &frame(END).bytes).unwrap();
     assert_eq!(ended.retire.len(), 1);
     assert_eq!(d.workers(Instant::now())[0].state, State::Stopping);
     invariant(&d);

@@ -22,11 +22,11 @@ impl FakePipe {
 }
 
 impl Pipe for FakePipe {
-    fn enqueue(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(frame);
         }
-        let id = u64::from_be_bytes(frame.as_slice().try_into().expect("an 8-byte test frame"));
+        let id = u64::from_be_bytes(frame.to_vec().try_into().expect("an 8-byte test frame"));
         self.frames.lock().push(id);
         Ok(())
     }
@@ -51,8 +51,8 @@ pub(super) fn pool(depth: usize) -> D {
     Dispatcher::new(config(depth, 1_000))
 }
 
-pub(super) fn frame(id: u64) -> Vec<u8> {
-    id.to_be_bytes().to_vec()
+pub(super) fn frame(id: u64) -> OutFrame {
+    OutFrame::from(id.to_be_bytes().to_vec())
 }
 
 /// Submits request `id` from process 0.
@@ -984,11 +984,11 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     let key = [b'a' + rng.below(3) as u8];
                     match rng.below(3) {
                         0 => {
-                            d.end_session(&key, &frame(u64::MAX));
+                            d.end_session(&key, &frame(u64::MAX).bytes);
                         }
                         1 => {
                             let later = Instant::now() + Duration::from_secs(rng.below(3));
-                            d.expire_sessions(later, |_| frame(u64::MAX));
+                            d.expire_sessions(later, |_| frame(u64::MAX).bytes);
                         }
                         _ => {
                             d.ack(1 + rng.below(submitted), 1 + rng.below(2) as u32);
