@@ -400,8 +400,8 @@ defmodule Snakepit.Config do
   - Elixir → Python: binaries and tensors anywhere in the args. A tensor
     arrives as a read-only numpy array over the mapping (no copy); a binary
     arrives as `bytes` (one copy out of the mapping).
-  - Python → Elixir: numpy arrays anywhere in a result or stream chunk, and
-    a `bytes` result (or chunk) itself that large. The binary you get (a
+  - Python → Elixir: numpy arrays and `bytes` anywhere in a result or
+    stream chunk (in lists, tuples and map values). The binary you get (a
     tensor's `:data`, or the bytes) points into the mapping, not at a copy:
     the memory is given back when the last reference to it is
     garbage-collected. Keep a `:binary.copy/1` if you keep a small part of

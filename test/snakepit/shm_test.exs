@@ -114,6 +114,19 @@ defmodule Snakepit.ShmTest do
       await_shm_bytes(ctx.pool, 0)
     end
 
+    test "bytes nested in a result past the threshold go by segment too", ctx do
+      big = :crypto.strong_rand_bytes(@threshold + 7)
+
+      assert {:ok, %{"list" => [^big, "small"], "n" => 1} = result} =
+               exec(ctx, "echo", %{value: %{list: [big, "small"], n: 1}})
+
+      :erlang.garbage_collect()
+      assert shm_bytes(ctx.pool) == @threshold + 7
+      # Used after the check, so it is alive through it.
+      assert byte_size(hd(result["list"])) == @threshold + 7
+      await_shm_bytes(ctx.pool, 0)
+    end
+
     test "below the threshold, values stay in the frame", ctx do
       assert {:ok, %Tensor{}} = exec(ctx, "make_tensor", %{dtype: "float32", shape: [1000]})
       assert {:ok, bin} = exec(ctx, "make_bytes", %{n: @threshold - 1})

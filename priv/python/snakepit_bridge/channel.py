@@ -87,15 +87,20 @@ class Channel:
             payload = codec.packb([kind, request_id, body])
             self._check_size(payload)
             return payload
-        out, previous = shm.start_collecting()
+        out, payload = _collect(kind, request_id, shm.wrap(body))
+        if len(payload) >= shm.threshold():
+            # Large values left in the frame: bytes nested in containers.
+            # Encoding again with them as segments costs a second packb, but
+            # only for frames this large.
+            nested = shm.wrap_nested(body)
+            if nested is not body:
+                out.close()
+                out, payload = _collect(kind, request_id, nested)
         try:
-            payload = codec.packb([kind, request_id, shm.wrap(body)])
             self._check_size(payload)
         except BaseException:
             out.close()
             raise
-        finally:
-            shm.stop_collecting(previous)
         if not out:
             return payload
         out.payload = payload
@@ -162,6 +167,18 @@ class Channel:
             raise ValueError(
                 f"reply of {len(payload)} bytes exceeds the frame limit of {self.max_frame} bytes"
             )
+
+
+def _collect(kind: str, request_id: int, body: Any) -> "tuple[shm.Outgoing, bytes]":
+    """Encodes a frame, large values into segments of the returned Outgoing."""
+    out, previous = shm.start_collecting()
+    try:
+        return out, codec.packb([kind, request_id, body])
+    except BaseException:
+        out.close()
+        raise
+    finally:
+        shm.stop_collecting(previous)
 
 
 def _writev_all(fd: int, parts: "Sequence[bytes | memoryview]") -> None:

@@ -16,10 +16,11 @@ extension type 85 (bytes) or 86 (a tensor: the ext 84 header, whose data is
 the segment) refers to a segment by its index: ``version:u8 = 1, 3 zero
 bytes, index:u32`` (big-endian), then for 86 the tensor header.
 
-What goes by segment, worker -> host: numpy arrays of at least the
-threshold anywhere in a ``result`` or ``chunk``, and a bytes-like result
-(or chunk) that is itself that large; bytes nested in containers stay in
-the frame. Host -> worker: binaries and tensors of the call's args.
+What goes by segment, worker -> host: numpy arrays and bytes-like values
+of at least the threshold anywhere in a ``result`` or ``chunk`` (bytes in
+lists, tuples and map values are found by a second encoding, done only when
+the first one left a frame of at least the threshold). Host -> worker:
+binaries and tensors of the call's args.
 
 What arrives: a tensor is a read-only numpy array over a read-only mapping
 of the segment (no copy; the mapping lives as long as the array). Bytes
@@ -204,6 +205,27 @@ def wrap(value: Any) -> Any:
     if limit and isinstance(value, (bytes, bytearray, memoryview)) and memoryview(value).nbytes >= limit:
         return Blob(value)
     return value
+
+
+def wrap_nested(value: Any, depth: int = 0) -> Any:
+    """``value`` with every large bytes-like value inside lists, tuples and
+    map values made a :class:`Blob`; ``value`` itself when there is none
+    (containers are copied only along the path to one)."""
+    if depth > _MAX_DEPTH:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return wrap(value)
+    if isinstance(value, dict):
+        items = {k: wrap_nested(v, depth + 1) for k, v in value.items()}
+        return items if any(items[k] is not v for k, v in value.items()) else value
+    if isinstance(value, (list, tuple)):
+        seq = [wrap_nested(v, depth + 1) for v in value]
+        return seq if any(a is not b for a, b in zip(seq, value)) else value
+    return value
+
+
+# As deep as the codecs nest.
+_MAX_DEPTH = 256
 
 
 def offer(obj: Any) -> Optional["tuple[int, bytes]"]:

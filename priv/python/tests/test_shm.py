@@ -76,6 +76,37 @@ def test_large_bytes_results_go_by_segment_and_fds_are_closed(pair: Any) -> None
     os.close(write_fd)
 
 
+def test_large_bytes_nested_in_a_result_go_by_segment_too(pair: Any) -> None:
+    _ours, host = pair
+    read_fd, write_fd = os.pipe()
+    ch = channel.Channel(read_fd, write_fd)
+    big = bytes(range(256)) * 20
+    body = {"image": big, "meta": {"name": "x", "parts": [b"small", big]}, "n": 1}
+    ch.write_encoded(ch.encode("result", 9, body))
+    _msg, fds, _flags, _addr = socket.recv_fds(host, 8, 64)
+    assert len(fds) == 2
+    frames = _split(os.read(read_fd, 1 << 16))
+    assert codec.unpackb(frames[0]) == ["shm", 9, [len(big), len(big)]]
+    maps = [mmap.mmap(fd, len(big), prot=mmap.PROT_READ) for fd in fds]
+    with shm.incoming(maps):
+        assert codec.unpackb(frames[1]) == ["result", 9, body]
+    assert len(frames[1]) < 200, "the bytes are not in the frame"
+    for fd in fds:
+        os.close(fd)
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+def test_wrap_nested_copies_only_containers_that_change(pair: Any) -> None:
+    small = {"a": [1, b"x"], "b": (2, 3)}
+    assert shm.wrap_nested(small) is small
+    big = b"y" * 2000
+    value = {"keep": small, "big": [big]}
+    wrapped = shm.wrap_nested(value)
+    assert wrapped is not value and wrapped["keep"] is small
+    assert isinstance(wrapped["big"][0], shm.Blob)
+
+
 def _split(raw: bytes) -> List[bytes]:
     frames = []
     while raw:
@@ -98,7 +129,7 @@ def test_small_values_and_other_kinds_stay_in_the_frame(pair: Any) -> None:
     ch = channel.Channel(read_fd, write_fd)
     assert isinstance(ch.encode("result", 1, b"x" * 100), bytes)
     assert isinstance(ch.encode("log", 0, {"message": "x" * 5000}), bytes)
-    assert isinstance(ch.encode("result", 1, {"nested": b"x" * 5000}), bytes)
+    assert isinstance(ch.encode("result", 1, {"nested": b"x" * 100, "more": "y" * 5000}), bytes)
     os.close(read_fd)
     os.close(write_fd)
 
