@@ -412,7 +412,9 @@ defmodule Snakepit.Config do
   VM (`Snakepit.get_stats/1` reports them as `:shm_bytes`). A call that
   would pass it is refused, and a result that would is dropped (the worker
   goes on); either way the caller gets a retryable `:pool` error with
-  `details.bytes` and `details.limit`. Nothing has a name in the file system:
+  `details.bytes` and `details.limit`. When the system refuses a segment
+  (out of file descriptors or memory), the value travels in the frame
+  instead, as it would below the threshold. Nothing has a name in the file system:
   when a worker, a caller or the whole BEAM dies, the kernel frees its
   segments with its file descriptors and mappings.
 

@@ -121,10 +121,16 @@ class Outgoing:
 
     def add(self, view: memoryview) -> Optional[int]:
         """A new sealed segment holding ``view``; its index, or None when
-        the frame has as many segments as one frame may carry."""
+        the frame has as many segments as one frame may carry, or the system
+        refuses a segment."""
         if len(self.fds) >= MAX_SEGMENTS:
             return None
-        fd = create(view)
+        try:
+            fd = create(view)
+        except OSError:
+            # Out of descriptors or memory: the value goes in the frame (as
+            # the host does), where only the frame limit can refuse it.
+            return None
         self.fds.append(fd)
         self.lengths.append(len(view))
         return len(self.fds) - 1

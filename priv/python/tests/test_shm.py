@@ -97,6 +97,21 @@ def test_large_bytes_nested_in_a_result_go_by_segment_too(pair: Any) -> None:
     os.close(write_fd)
 
 
+def test_a_refused_segment_leaves_the_value_in_the_frame(pair: Any, monkeypatch: Any) -> None:
+    def refuse(*_args: Any) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    read_fd, write_fd = os.pipe()
+    ch = channel.Channel(read_fd, write_fd)
+    data = b"z" * 5000
+    payload = ch.encode("result", 3, {"data": data})
+    assert isinstance(payload, bytes)
+    assert codec.unpackb(payload) == ["result", 3, {"data": data}]
+    os.close(read_fd)
+    os.close(write_fd)
+
+
 def test_wrap_nested_copies_only_containers_that_change(pair: Any) -> None:
     small = {"a": [1, b"x"], "b": (2, 3)}
     assert shm.wrap_nested(small) is small
