@@ -163,7 +163,7 @@ defmodule Bench.Payload do
     py_raw = packet_port(System.find_executable("python3"), [script("raw_pipe_echo.py")])
 
     c =
-      case c_echo() do
+      case c_echo("(no cc: the c_port and c_pipe rows are skipped)") do
         nil ->
           []
 
@@ -217,36 +217,6 @@ defmodule Bench.Payload do
     after
       300_000 -> raise "raw echo did not answer"
     end
-  end
-
-  # Compiles the C echo once into _build/bench/ (nil without a C compiler).
-  defp c_echo do
-    cc = System.find_executable("cc")
-    out = Path.join([Mix.Project.build_path(), "bench", "raw_pipe_echo"])
-    src = script("raw_pipe_echo.c")
-
-    cond do
-      cc == nil ->
-        IO.puts("(no cc: the c_port and c_pipe rows are skipped)")
-        nil
-
-      File.exists?(out) and File.stat!(out).mtime >= File.stat!(src).mtime ->
-        out
-
-      true ->
-        File.mkdir_p!(Path.dirname(out))
-        {_, 0} = System.cmd(cc, ["-O2", "-o", out, src], stderr_to_stdout: true)
-        out
-    end
-  end
-
-  # The C driver prints one line of nanoseconds per round trip.
-  defp c_drive(exe, size, n) do
-    {out, 0} = System.cmd(exe, ["drive", "#{size}", "#{n}"])
-
-    out
-    |> String.split()
-    |> Enum.map(&System.convert_time_unit(String.to_integer(&1), :nanosecond, :native))
   end
 
   defp ratio_range(samples, a, b) do

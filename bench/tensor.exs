@@ -1,4 +1,4 @@
-# numpy float32 arrays between Python and Elixir (issue 12, point 5): how
+# numpy float32 arrays between Python and Elixir: how
 # many GB/s a `%Snakepit.Tensor{}` crosses at, each way, against the floor of
 # moving the same bytes between two processes and within one.
 #
@@ -91,7 +91,7 @@ defmodule Bench.Tensor do
       end
 
     pipe = pipe_port()
-    c_echo = c_echo()
+    c_echo = c_echo("(no cc: no c pipe row; ratios are to the py port echo)")
     # Warm every path up (tiny arrays).
     warm = ones(16)
     for {name, _, _} <- pools, op <- @ops, do: {:ok, _} = call(name, op, warm)
@@ -330,37 +330,11 @@ defmodule Bench.Tensor do
 
   defp c_pipe(exe, size, n) do
     run = fn ->
-      {out, 0} = System.cmd(exe, ["drive", "#{size}", "#{n + 1}"])
-      [_first | times] = String.split(out)
-
-      times
-      |> Enum.map(&System.convert_time_unit(div(String.to_integer(&1), 2), :nanosecond, :native))
-      |> median()
+      [_first | times] = c_drive(exe, size, n + 1)
+      times |> Enum.map(&div(&1, 2)) |> median()
     end
 
     [{{"c pipe", "-"}, run}]
-  end
-
-  # Compiles the C echo once into _build/bench/ (nil without a C compiler),
-  # as bench/payload.exs does.
-  defp c_echo do
-    cc = System.find_executable("cc")
-    out = Path.join([Mix.Project.build_path(), "bench", "raw_pipe_echo"])
-    src = Path.join([__DIR__, "support", "raw_pipe_echo.c"])
-
-    cond do
-      cc == nil ->
-        IO.puts("(no cc: no c pipe row; ratios are to the py port echo)")
-        nil
-
-      File.exists?(out) and File.stat!(out).mtime >= File.stat!(src).mtime ->
-        out
-
-      true ->
-        File.mkdir_p!(Path.dirname(out))
-        {_, 0} = System.cmd(cc, ["-O2", "-o", out, src], stderr_to_stdout: true)
-        out
-    end
   end
 
   ## Figures

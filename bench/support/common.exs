@@ -78,4 +78,36 @@ defmodule Bench.Common do
     "#{System.schedulers_online()} schedulers, OTP #{System.otp_release()}, " <>
       "Elixir #{System.version()}, #{extra}, load average before: #{loadavg()}"
   end
+
+  # bench/support/raw_pipe_echo.c, compiled once into _build/bench/; nil
+  # (after printing `missing`) without a C compiler.
+  def c_echo(missing) do
+    cc = System.find_executable("cc")
+    out = Path.join([Mix.Project.build_path(), "bench", "raw_pipe_echo"])
+    src = Path.join(__DIR__, "raw_pipe_echo.c")
+
+    cond do
+      cc == nil ->
+        IO.puts(missing)
+        nil
+
+      File.exists?(out) and File.stat!(out).mtime >= File.stat!(src).mtime ->
+        out
+
+      true ->
+        File.mkdir_p!(Path.dirname(out))
+        {_, 0} = System.cmd(cc, ["-O2", "-o", out, src], stderr_to_stdout: true)
+        out
+    end
+  end
+
+  # `n` round trips of `size` bytes by the C echo's own driver, outside the
+  # BEAM: the time of each, in native units.
+  def c_drive(exe, size, n) do
+    {out, 0} = System.cmd(exe, ["drive", "#{size}", "#{n}"])
+
+    out
+    |> String.split()
+    |> Enum.map(&System.convert_time_unit(String.to_integer(&1), :nanosecond, :native))
+  end
 end
