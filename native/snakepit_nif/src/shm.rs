@@ -526,14 +526,8 @@ fn recv_fds(socket: &UnixStream, n: usize) -> Result<Vec<OwnedFd>, String> {
     };
     // SAFETY: CMSG_SPACE is a pure computation.
     let space = unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: zeroed msghdr is a valid empty header; fields set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer(space);
+    let mut msg = msghdr(&mut iov, &mut control, space);
     let got = loop {
         // SAFETY: msg points at live buffers for the duration of the call.
         let r = unsafe {
@@ -593,13 +587,8 @@ fn send_fds(socket: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
             libc::CMSG_LEN(payload as u32),
         )
     };
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: zeroed msghdr is a valid empty header; fields set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer(space);
+    let msg = msghdr(&mut iov, &mut control, space);
     // SAFETY: the control buffer has room for one header and the fds.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -629,6 +618,24 @@ fn send_fds(socket: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// A control buffer of `space` bytes; u64 elements keep it aligned for
+/// `cmsghdr`.
+fn control_buffer(space: usize) -> Vec<u64> {
+    vec![0u64; space.div_ceil(8)]
+}
+
+/// A header for one `iov` and the control buffer `control` (`space` bytes
+/// of it used); both must outlive the header's use.
+fn msghdr(iov: &mut libc::iovec, control: &mut [u64], space: usize) -> libc::msghdr {
+    // SAFETY: zeroed msghdr is a valid empty header; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    msg
 }
 
 /// A `SOCK_SEQPACKET` socketpair, close-on-exec: one message per `sendmsg`,
