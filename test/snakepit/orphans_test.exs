@@ -23,16 +23,8 @@ defmodule Snakepit.OrphansTest do
     Process.sleep(:infinity)
     """
 
-    port =
-      Port.open({:spawn_executable, System.find_executable("elixir")}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        {:line, 4096},
-        args: ["-pa", ebin, "-e", script]
-      ])
-
-    {beam, mark, pids} = await_run_line(port)
+    {port, [beam, mark, pids]} = run_beam(ebin, script)
+    pids = pids |> String.split(",") |> Enum.map(&String.to_integer/1)
     # If an assertion fails before the kill, don't leave that BEAM running.
     on_exit(fn -> System.cmd("kill", ["-KILL", beam], stderr_to_stdout: true) end)
     assert length(pids) == 6
@@ -58,22 +50,6 @@ defmodule Snakepit.OrphansTest do
     refute live_owner in killed or mine in killed
     wait_until(fn -> not os_alive?(dead_owner) end)
     assert os_alive?(live_owner) and os_alive?(mine)
-  end
-
-  defp await_run_line(port) do
-    receive do
-      {^port, {:data, {:eol, "RUN " <> rest}}} ->
-        [beam, mark, pids] = String.split(rest)
-        {beam, mark, pids |> String.split(",") |> Enum.map(&String.to_integer/1)}
-
-      {^port, {:data, _other}} ->
-        await_run_line(port)
-
-      {^port, {:exit_status, status}} ->
-        flunk("the separate BEAM exited with status #{status}")
-    after
-      60_000 -> flunk("the separate BEAM did not report its run")
-    end
   end
 
   # A detached `sleep` carrying `mark`, as a leftover worker would.

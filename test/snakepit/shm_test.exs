@@ -368,16 +368,9 @@ defmodule Snakepit.ShmTest do
       IO.inspect(held)
       """
 
-      port =
-        Port.open({:spawn_executable, System.find_executable("elixir")}, [
-          :binary,
-          :exit_status,
-          :stderr_to_stdout,
-          {:line, 4096},
-          args: ["-pa", ebin, "-e", script]
-        ])
-
-      {beam, held, workers} = await_run_line(port)
+      {port, [beam, held, workers]} = TestPools.run_beam(ebin, script)
+      held = String.to_integer(held)
+      workers = workers |> String.split(",") |> Enum.map(&String.to_integer/1)
       on_exit(fn -> System.cmd("kill", ["-KILL", beam], stderr_to_stdout: true) end)
       assert held == 40_000_000
       assert memfds_of(beam) >= 1
@@ -386,22 +379,6 @@ defmodule Snakepit.ShmTest do
       assert_receive {^port, {:exit_status, _}}, 10_000
       TestPools.wait_until(fn -> not Enum.any?(workers, &TestPools.os_alive?/1) end)
       TestPools.wait_until(fn -> memfds_everywhere() <= baseline end)
-    end
-  end
-
-  defp await_run_line(port) do
-    receive do
-      {^port, {:data, {:eol, "RUN " <> rest}}} ->
-        [beam, held, pids] = String.split(rest)
-        {beam, String.to_integer(held), pids |> String.split(",") |> Enum.map(&String.to_integer/1)}
-
-      {^port, {:data, _other}} ->
-        await_run_line(port)
-
-      {^port, {:exit_status, status}} ->
-        flunk("the separate BEAM exited with status #{status}")
-    after
-      60_000 -> flunk("the separate BEAM did not report its run")
     end
   end
 end

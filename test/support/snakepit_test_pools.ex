@@ -173,6 +173,40 @@ defmodule Snakepit.TestPools do
     {lib, ebin}
   end
 
+  @doc """
+  Runs `script` in a separate `elixir -pa ebin` OS process and waits (up to
+  60 s) for the line it prints starting with `RUN `. Returns `{port, words}`:
+  the port (it sends `{port, {:exit_status, _}}` when that BEAM ends) and the
+  line's words after `RUN`. Fails the test if the BEAM exits first.
+  """
+  def run_beam(ebin, script) do
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 4096},
+        args: ["-pa", ebin, "-e", script]
+      ])
+
+    {port, await_run_line(port)}
+  end
+
+  defp await_run_line(port) do
+    receive do
+      {^port, {:data, {:eol, "RUN " <> rest}}} ->
+        String.split(rest)
+
+      {^port, {:data, _other}} ->
+        await_run_line(port)
+
+      {^port, {:exit_status, status}} ->
+        ExUnit.Assertions.flunk("the separate BEAM exited with status #{status}")
+    after
+      60_000 -> ExUnit.Assertions.flunk("the separate BEAM did not report its run")
+    end
+  end
+
   @doc "Starts a pool of the test adapter under the test's supervisor; returns its name."
   def start_pool(extra) do
     opts = opts(extra)
