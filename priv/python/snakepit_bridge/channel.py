@@ -83,23 +83,28 @@ class Channel:
         A ``result`` or ``chunk`` whose large values went into shared-memory
         segments (see :mod:`snakepit_bridge.shm`) is returned as the
         :class:`shm.Outgoing` that holds them and the frame's bytes."""
-        if not shm.threshold() or kind not in _SEGMENT_KINDS:
+        limit = shm.threshold()
+        if not limit or kind not in _SEGMENT_KINDS:
             payload = codec.packb([kind, request_id, body])
             self._check_size(payload)
             return payload
-        out, payload = _collect(kind, request_id, shm.wrap(body))
-        if len(payload) >= shm.threshold():
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            body = shm.wrap(body)
+        out, payload = _collect(kind, request_id, body)
+        if len(payload) >= limit:
             # Large values left in the frame: bytes nested in containers.
             # Encoding again with them as segments costs a second packb, but
             # only for frames this large.
             nested = shm.wrap_nested(body)
             if nested is not body:
-                out.close()
+                if out is not None:
+                    out.close()
                 out, payload = _collect(kind, request_id, nested)
         try:
             self._check_size(payload)
         except BaseException:
-            out.close()
+            if out is not None:
+                out.close()
             raise
         if not out:
             return payload
@@ -169,16 +174,18 @@ class Channel:
             )
 
 
-def _collect(kind: str, request_id: int, body: Any) -> "tuple[shm.Outgoing, bytes]":
-    """Encodes a frame, large values into segments of the returned Outgoing."""
-    out, previous = shm.start_collecting()
+def _collect(kind: str, request_id: int, body: Any) -> "tuple[Optional[shm.Outgoing], bytes]":
+    """Encodes a frame; large values go into segments of the returned
+    Outgoing (None when there are none)."""
+    previous = shm.start_collecting()
     try:
-        return out, codec.packb([kind, request_id, body])
+        payload = codec.packb([kind, request_id, body])
     except BaseException:
-        out.close()
+        out = shm.stop_collecting(previous)
+        if out is not None:
+            out.close()
         raise
-    finally:
-        shm.stop_collecting(previous)
+    return shm.stop_collecting(previous), payload
 
 
 def _writev_all(fd: int, parts: "Sequence[bytes | memoryview]") -> None:

@@ -175,19 +175,37 @@ def create(view: memoryview) -> int:
 _local = threading.local()
 
 
-def start_collecting() -> "tuple[Outgoing, Optional[Outgoing]]":
-    """Makes :func:`offer` put large values into a new :class:`Outgoing`
-    on this thread; returns it and what to restore with
-    :func:`stop_collecting`. (A plain pair, not a context manager: it runs
-    for every result frame.)"""
-    out = Outgoing()
-    previous: Optional[Outgoing] = getattr(_local, "out", None)
-    _local.out = out
-    return out, previous
+# `_local.out` while a frame is being encoded on this thread: `_PENDING`
+# until a value goes by segment, then the frame's Outgoing. Most frames
+# have no segment, so none is made for them.
+_PENDING = object()
 
 
-def stop_collecting(previous: Optional[Outgoing]) -> None:
+def start_collecting() -> object:
+    """Makes :func:`offer` put large values into segments on this thread,
+    in an :class:`Outgoing` made when the first one is; returns what to
+    restore with :func:`stop_collecting`. (A plain pair, not a context
+    manager: it runs for every result frame.)"""
+    previous: object = getattr(_local, "out", None)
+    _local.out = _PENDING
+    return previous
+
+
+def stop_collecting(previous: object) -> Optional[Outgoing]:
+    """Restores what :func:`start_collecting` returned; the segments made
+    since, if any."""
+    out = _local.out
     _local.out = previous
+    return out if isinstance(out, Outgoing) else None
+
+
+def _collecting_into() -> Optional[Outgoing]:
+    """The Outgoing of the frame being encoded on this thread (made now if
+    this is its first segment), or None when no frame is collecting."""
+    out = getattr(_local, "out", None)
+    if out is _PENDING:
+        out = _local.out = Outgoing()
+    return out if isinstance(out, Outgoing) else None
 
 
 @contextmanager
@@ -195,14 +213,16 @@ def collecting() -> Iterator[Outgoing]:
     """While active on this thread, :func:`offer` puts large values into
     segments of the yielded :class:`Outgoing`. Its fds are closed if the
     block raises."""
-    out, previous = start_collecting()
+    out = Outgoing()
+    previous = getattr(_local, "out", None)
+    _local.out = out
     try:
         yield out
     except BaseException:
         out.close()
         raise
     finally:
-        stop_collecting(previous)
+        _local.out = previous
 
 
 def wrap(value: Any) -> Any:
@@ -238,20 +258,23 @@ def offer(obj: Any) -> Optional["tuple[int, bytes]"]:
     """``(ext type, payload)`` for ``obj`` sent as a segment, or None to
     send it in the frame: a :class:`Blob`, or a numpy array of at least the
     threshold, while :func:`collecting` is active."""
-    out: Optional[Outgoing] = getattr(_local, "out", None)
+    if getattr(_local, "out", None) is None:
+        return None
     if isinstance(obj, Blob):
+        out = _collecting_into()
         index = out.add(obj.view) if out is not None else None
         if index is None:
             return None
         return EXT_BYTES, _REF.pack(_REF_VERSION, index)
     limit = threshold()
-    if out is None or not limit or getattr(obj, "nbytes", 0) < limit:
+    if not limit or getattr(obj, "nbytes", 0) < limit:
         return None
     np = sys.modules.get("numpy")
     if np is None or not isinstance(obj, np.ndarray):
         return None
     head, data = tensor.encode_parts(obj) or (b"", memoryview(b""))
-    index = out.add(data)
+    out = _collecting_into()
+    index = out.add(data) if out is not None else None
     if index is None:
         return None
     return EXT_TENSOR, _REF.pack(_REF_VERSION, index) + head
