@@ -674,10 +674,8 @@ defmodule Snakepit do
   outcomes. Read from the native pool, without going through any process.
 
       iex> stats = Snakepit.get_stats()
-      iex> stats.workers
-      2
-      iex> Map.take(stats, [:queued, :busy])
-      %{queued: 0, busy: 0}
+      iex> Map.take(stats, [:workers, :queued])
+      %{queued: 0, workers: 2}
       iex> stats.requests == stats.completed + stats.python_errors + stats.validation_errors +
       ...>   stats.worker_errors + stats.transport_errors + stats.timeouts +
       ...>   stats.queue_timeouts + stats.cancelled + stats.rejected + stats.stopped +
