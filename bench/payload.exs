@@ -12,7 +12,7 @@
 # reversed) over several rounds:
 #
 #   snakepit  `Snakepit.execute("echo", %{value: bin})`, `max_frame_bytes` 256 MiB
-#             (from the default `shm_threshold`, 1 MiB, through shared memory)
+#             (from the default `shm_threshold`, 4 MiB, through shared memory)
 #   snakepit_pipe  the same with `shm_threshold: :infinity`: through the pipes
 #   port      bench/support/port_pool.exs: a GenServer owning a `{:packet, 4}`
 #             Port to the same `python3 -m snakepit_bridge` worker
@@ -130,7 +130,7 @@ defmodule Bench.Payload do
     :ok = Snakepit.await_ready(:payload, 30_000)
 
     # The same with shared memory off: everything through the pipes (blobs
-    # from 64 KiB), to see what the default :shm_threshold (1 MiB) buys.
+    # from 64 KiB), to see what the default :shm_threshold (4 MiB) buys.
     {:ok, _} =
       Snakepit.Pool.start_link(
         name: :payload_pipe,
@@ -240,7 +240,10 @@ defmodule Bench.Payload do
 
   defp mibs(size, native), do: "#{round(size / 1_048_576 / (to_us(native) / 1_000_000))}"
 
-  defp label(size) when size >= 1_048_576, do: "#{div(size, 1_048_576)} MiB"
+  defp label(size) when size >= 1_048_576 and rem(size, 1_048_576) == 0,
+    do: "#{div(size, 1_048_576)} MiB"
+
+  defp label(size) when size >= 1_048_576, do: "#{Float.round(size / 1_048_576, 2)} MiB"
   defp label(size), do: "#{div(size, 1024)} KiB"
 
   ## Tiny calls, many callers

@@ -4,7 +4,7 @@
 #   SHM_ONLY=1 mix run bench/shm.exs (the shm pool alone, back to back)
 #
 # Two pools of the test adapter, one worker each: `shm` (default options:
-# 1 MiB :shm_threshold) and `pipe` (:shm_threshold :infinity, frames up to
+# 4 MiB :shm_threshold) and `pipe` (:shm_threshold :infinity, frames up to
 # 2 GiB - 1, so the pipe carries it: blobs to Python, one frame back).
 # Python -> Elixir: `cached_tensor` returns a float32 array made once per
 # worker (the transfer alone is timed). Elixir -> Python:

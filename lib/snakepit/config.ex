@@ -100,8 +100,8 @@ defmodule Snakepit.Config do
     %{
       name: :shm_threshold,
       shape: :pos_or_infinity,
-      default: 1024 * 1024,
-      note: "1 MiB",
+      default: 4 * 1024 * 1024,
+      note: "4 MiB",
       native: true,
       doc:
         "binaries and tensors this large cross in shared memory, not the pipe (see \"Shared memory\"); `:infinity`: never"
@@ -395,7 +395,11 @@ defmodule Snakepit.Config do
   anonymous, sealed shared-memory file (a memfd) and passes only a handle in
   the frame (see "Shared memory" in `docs/protocol.md`). So such values are
   not bounded by `:max_frame_bytes`: a 1 GB tensor crosses with the default
-  settings.
+  settings. The default threshold, 4 MiB, is where a segment starts to pay:
+  below it a round trip through the pipe measured as fast or faster (1 MiB:
+  the pipe 0.7x the segment's time; 2 MiB: 0.8-1.06x), from there on the
+  two are even or the segment wins (100 MB: 2-3x faster; `bench/payload.exs`,
+  `bench/shm.exs`).
 
   - Elixir → Python: binaries and tensors anywhere in the args. A tensor
     arrives as a read-only numpy array over the mapping (no copy); a binary
@@ -621,7 +625,7 @@ defmodule Snakepit.Config do
 
       iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
       iex> Snakepit.Config.native_options(config)
-      %{max_frame_bytes: 67108864, shm_threshold: 1048576, shm_max_bytes: 4294967296,
+      %{max_frame_bytes: 67108864, shm_threshold: 4194304, shm_max_bytes: 4294967296,
         pipeline_depth: 1, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
         session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """
