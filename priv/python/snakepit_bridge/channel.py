@@ -88,8 +88,7 @@ class Channel:
             payload = codec.packb([kind, request_id, body])
             self._check_size(payload)
             return payload
-        if isinstance(body, (bytes, bytearray, memoryview)):
-            body = shm.wrap(body)
+        body = shm.wrap(body)
         out, payload = _collect(kind, request_id, body)
         if len(payload) >= limit:
             # Large values left in the frame: bytes nested in containers.
