@@ -113,9 +113,15 @@ defmodule Snakepit.TimeoutsTest do
     pool = start_pool(size: 1, cancel_grace: 100)
     [old] = os_pids(pool)
 
+    started = Path.join(tmp_dir("sleep_started"), "started")
+
     capture_log(fn ->
-      doomed = spawn(fn -> Snakepit.execute("sleep", %{ms: 10_000}, pool: pool) end)
-      wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+      doomed =
+        spawn(fn -> Snakepit.execute("sleep", %{ms: 10_000, started: started}, pool: pool) end)
+
+      # Running in Python, not just written to its pipe: a cancel that
+      # arrives before the call starts skips it, and nothing is killed.
+      wait_until(fn -> File.exists?(started) end)
       Process.exit(doomed, :kill)
       wait_until(fn -> not os_alive?(old) end)
       assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool)

@@ -70,7 +70,11 @@ class TestAdapter(BaseAdapter):
         return len(5)  # type: ignore[arg-type]
 
     @tool
-    def sleep(self, ms: int) -> int:
+    def sleep(self, ms: int, started: Optional[str] = None) -> int:
+        """Sleeps without looking at cancellation; creates the file `started`
+        first, if given, so a test knows the call is running, not queued."""
+        if started is not None:
+            open(started, "w").close()
         time.sleep(ms / 1000)
         return ms
 
