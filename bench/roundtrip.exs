@@ -1,24 +1,48 @@
-# Snakepit vs a hand-written Elixir Port pool, driving the same Python worker.
+# Snakepit vs a hand-written Elixir Port pool, driving the same Python worker,
+# with the floors beneath both.
 #
 #   mix run bench/roundtrip.exs            (ROUNDS=5 SECONDS=1 by default)
 #
 # Both candidates run `python3 -m snakepit_bridge` with the demo adapter's
-# `echo` tool, 2 workers each, and are measured interleaved (A B A B ...) in
-# several rounds so that background noise hits both alike. Figures are
-# medians over rounds; ratios are Snakepit / Port (latency: below 1.0 means
-# Snakepit is faster; throughput: above 1.0 means Snakepit is faster).
-# Throughput also runs a Snakepit pool with `pipeline_depth: 4`.
+# `echo` tool, 2 workers each, and are measured interleaved (A B ... then
+# reversed) in several rounds so that background noise hits all alike.
+# Figures are medians over rounds unless said otherwise; ratios are Snakepit /
+# the other (latency and CPU: below 1.0 means Snakepit is cheaper; throughput:
+# above 1.0 means Snakepit is faster).
+#
+# - Latency, 1 caller, per payload (4 B, 10 KB, 1 MB): p50 and p99 over all
+#   calls of all rounds for snakepit (the default pool) and port, and the p50
+#   of two floors, in the same interleaved rounds:
+#     py_raw  a `{:packet, 4}` Port to bench/support/raw_pipe_echo.py: Python
+#             echoing the payload's bytes over its pipes, no codec, no
+#             Snakepit protocol
+#     c_pipe  the C echo bench/support/raw_pipe_echo.c driven by its own C
+#             driver over a pipe pair, entirely outside the BEAM: the raw
+#             pipe (compiled with `cc` into _build/bench/; without `cc` its
+#             columns are skipped)
+#   The floors echo the payload's bytes in a 4-byte-length frame; Snakepit and
+#   the Port send `%{"value" => bytes}` in a call frame.
+# - Throughput of tiny calls at 1/8/64 callers (calls/s), for snakepit,
+#   snakepit_p4 (the same pool with `pipeline_depth: 4`) and port.
+# - CPU µs per tiny call at 64 callers: the CPU time (from
+#   /proc/<pid>/task/*/schedstat) of the BEAM and all its descendant OS
+#   processes (shepherds, Python workers, the Ports' Pythons) during each
+#   64-caller throughput sample, divided by the calls it made.
 
+Code.require_file("support/common.exs", __DIR__)
 Code.require_file("support/msgpack.exs", __DIR__)
 Code.require_file("support/port_pool.exs", __DIR__)
 
 defmodule Bench.Roundtrip do
+  import Bench.Common
+
   @adapter "snakepit_bridge.examples.demo.DemoAdapter"
 
   def run do
     rounds = env_int("ROUNDS", 5)
     seconds = env_int("SECONDS", 1)
-    header(rounds, seconds)
+    IO.puts("# Snakepit roundtrip benchmark")
+    IO.puts(machine_line("#{rounds} rounds, #{seconds} s per throughput sample"))
 
     {:ok, _} = Snakepit.Pool.start_link(name: :bench, size: 2, adapter: @adapter)
     :ok = Snakepit.await_ready(:bench, 30_000)
@@ -41,40 +65,96 @@ defmodule Bench.Roundtrip do
        end}
     ]
 
-    payloads = [
-      {"tiny (4 B)", %{"value" => "ping"}, 2_000},
-      {"10 KB", %{"value" => :crypto.strong_rand_bytes(10_000)}, 1_000},
-      {"1 MB", %{"value" => :crypto.strong_rand_bytes(1_000_000)}, 60}
-    ]
+    py_raw = packet_port(System.find_executable("python3"), [script("raw_pipe_echo.py")])
+    c_exe = c_echo("(no cc: the c_pipe columns are skipped)")
 
-    # Warm both paths up.
+    # Warm all paths up (c_pipe starts afresh on each sample).
     for {_, call} <- candidates, _ <- 1..500, do: call.(%{"value" => "warm"})
+    for _ <- 1..500, do: port_echo(py_raw, "warm")
 
-    IO.puts("\n## Latency, 1 caller (µs per call; p50 / p99 over all calls, interleaved rounds)\n")
-    IO.puts(row(["payload", "snakepit p50", "snakepit p99", "port p50", "port p99", "p50 ratio"]))
-    IO.puts(row(List.duplicate("---", 6)))
+    latency(rounds, candidates, py_raw, c_exe)
+    cpu = throughput(rounds, seconds, candidates)
+    cpu_table(cpu)
+    IO.puts("\nload average after the run: #{loadavg()}")
+  end
 
-    # Latency with one caller: pipelining changes nothing there, so the
-    # default pool and the Port only.
-    latency_candidates = Enum.reject(candidates, fn {name, _} -> name == "snakepit_p4" end)
+  ## Latency, 1 caller
 
-    for {label, args, n} <- payloads do
-      samples = interleave(rounds, latency_candidates, fn call -> latencies(call, args, n) end)
-      s = samples |> Map.fetch!("snakepit") |> List.flatten() |> Enum.sort()
-      p = samples |> Map.fetch!("port") |> List.flatten() |> Enum.sort()
+  # Pipelining changes nothing with one caller, so the default pool and the
+  # Port, against the floors. Each candidate is
+  # `fn bytes, n -> [native time of each of n round trips] end`.
+  defp latency(rounds, candidates, py_raw, c_exe) do
+    timed = fn name ->
+      {_, call} = List.keyfind(candidates, name, 0)
 
-      IO.puts(
-        row([
-          label,
-          us(pct(s, 50)),
-          us(pct(s, 99)),
-          us(pct(p, 50)),
-          us(pct(p, 99)),
-          ratio(pct(s, 50), pct(p, 50))
-        ])
-      )
+      {name,
+       fn bin, n ->
+         args = %{"value" => bin}
+         latencies(fn -> call.(args) end, n)
+       end}
     end
 
+    c_pipe =
+      if c_exe, do: [{"c_pipe", fn bin, n -> c_drive(c_exe, byte_size(bin), n) end}], else: []
+
+    floors = c_pipe ++ [{"py_raw", fn bin, n -> latencies(fn -> port_echo(py_raw, bin) end, n) end}]
+
+    latency_candidates = [timed.("snakepit"), timed.("port")] ++ floors
+    floor_names = Enum.map(floors, &elem(&1, 0))
+
+    payloads = [
+      {"tiny (4 B)", "ping", 2_000},
+      {"10 KB", :crypto.strong_rand_bytes(10_000), 1_000},
+      {"1 MB", :crypto.strong_rand_bytes(1_000_000), 60}
+    ]
+
+    IO.puts("\n## Latency, 1 caller (µs per call; p50 / p99 over all calls, interleaved rounds)\n")
+
+    IO.puts(
+      "py_raw: Python echoing the bytes over a `{:packet, 4}` Port, no protocol; " <>
+        "c_pipe: C echoing them over a pipe, driven outside the BEAM.\n"
+    )
+
+    IO.puts(
+      row(
+        ["payload", "snakepit p50", "snakepit p99", "port p50", "port p99"] ++
+          Enum.map(floor_names, &"#{&1} p50") ++
+          ["snakepit / port"] ++ Enum.map(floor_names, &"snakepit / #{&1}")
+      )
+    )
+
+    IO.puts(rule(6 + 2 * length(floor_names)))
+
+    for {label, bin, n} <- payloads do
+      samples = interleave(rounds, latency_candidates, fn measure -> measure.(bin, n) end)
+      sorted = Map.new(samples, fn {k, rs} -> {k, rs |> List.flatten() |> Enum.sort()} end)
+      s = sorted["snakepit"]
+      p = sorted["port"]
+
+      IO.puts(
+        row(
+          [label, us(pct(s, 50)), us(pct(s, 99)), us(pct(p, 50)), us(pct(p, 99))] ++
+            Enum.map(floor_names, &us(pct(sorted[&1], 50))) ++
+            [ratio(pct(s, 50), pct(p, 50))] ++
+            Enum.map(floor_names, &ratio(pct(s, 50), pct(sorted[&1], 50)))
+        )
+      )
+    end
+  end
+
+  defp latencies(call, n) do
+    for _ <- 1..n do
+      t0 = System.monotonic_time()
+      call.()
+      System.monotonic_time() - t0
+    end
+  end
+
+  ## Throughput, tiny calls; CPU per call at 64 callers
+
+  # Prints the throughput table; returns the CPU µs per call of each
+  # candidate in each 64-caller sample.
+  defp throughput(rounds, seconds, candidates) do
     IO.puts("\n## Throughput, tiny call, 2 workers (calls/s; median of rounds)\n")
     IO.puts("snakepit_p4 is the same pool with `pipeline_depth: 4`.\n")
 
@@ -82,17 +162,17 @@ defmodule Bench.Roundtrip do
       row(["callers", "snakepit", "snakepit_p4", "port", "snakepit / port", "snakepit_p4 / port"])
     )
 
-    IO.puts(row(List.duplicate("---", 6)))
+    IO.puts(rule(6))
 
+    # The CPU figures of the last (64-caller) samples.
     for callers <- [1, 8, 64] do
       samples =
         interleave(rounds, candidates, fn call ->
-          throughput(call, %{"value" => "ping"}, callers, seconds * 1000)
+          sample(call, %{"value" => "ping"}, callers, seconds, callers == 64)
         end)
 
-      s = median(samples["snakepit"])
-      s4 = median(samples["snakepit_p4"])
-      p = median(samples["port"])
+      rates = Map.new(samples, fn {k, xs} -> {k, median(Enum.map(xs, &elem(&1, 0)))} end)
+      %{"snakepit" => s, "snakepit_p4" => s4, "port" => p} = rates
 
       IO.puts(
         row([
@@ -104,68 +184,86 @@ defmodule Bench.Roundtrip do
           ratio(s4, p)
         ])
       )
+
+      Map.new(samples, fn {k, xs} -> {k, Enum.map(xs, &elem(&1, 1))} end)
     end
-
-    IO.puts("\nload average after the run: #{loadavg()}")
+    |> List.last()
   end
 
-  # Runs `measure` for each candidate, alternating which goes first.
-  defp interleave(rounds, candidates, measure) do
-    Enum.reduce(1..rounds, %{}, fn round, acc ->
-      order = if rem(round, 2) == 0, do: Enum.reverse(candidates), else: candidates
-
-      Enum.reduce(order, acc, fn {name, call}, acc ->
-        Map.update(acc, name, [measure.(call)], &[measure.(call) | &1])
-      end)
-    end)
-  end
-
-  defp latencies(call, args, n) do
-    for _ <- 1..n do
-      t0 = System.monotonic_time()
-      call.(args)
-      System.monotonic_time() - t0
-    end
-  end
-
-  defp throughput(call, args, callers, ms) do
-    deadline = System.monotonic_time(:millisecond) + ms
-
-    1..callers
-    |> Enum.map(fn _ -> Task.async(fn -> loop(call, args, deadline, 0) end) end)
-    |> Enum.map(&Task.await(&1, ms + 30_000))
-    |> Enum.sum()
-    |> Kernel./(ms / 1000)
-  end
-
-  defp loop(call, args, deadline, n) do
-    if System.monotonic_time(:millisecond) < deadline do
-      call.(args)
-      loop(call, args, deadline, n + 1)
+  # {calls/s, CPU µs per call or nil}: with `cpu?`, the CPU time the BEAM and
+  # all its descendant OS processes spent during the sample, per call made.
+  defp sample(call, args, callers, seconds, cpu?) do
+    if cpu? do
+      pids = [System.pid() | descendants(System.pid())]
+      cpu0 = cpu_ns(pids)
+      rate = calls_per_s(call, args, callers, seconds * 1000)
+      cpu = cpu_ns(pids) - cpu0
+      {rate, cpu / 1000 / max(rate * seconds, 1)}
     else
-      n
+      {calls_per_s(call, args, callers, seconds * 1000), nil}
     end
   end
 
-  defp pct(sorted, p), do: Enum.at(sorted, min(length(sorted) - 1, div(length(sorted) * p, 100)))
-  defp median(xs), do: xs |> Enum.sort() |> Enum.at(div(length(xs), 2))
+  defp cpu_table(cpu) do
+    %{"snakepit" => s, "snakepit_p4" => s4, "port" => p} =
+      Map.new(cpu, fn {k, xs} -> {k, median(xs)} end)
 
-  defp us(native),
-    do: "#{Float.round(System.convert_time_unit(native, :native, :nanosecond) / 1000, 1)}"
+    IO.puts("\n## CPU per tiny call, 64 callers, 2 workers (µs; median of rounds)\n")
 
-  defp ratio(a, b), do: "#{Float.round(a / b, 2)}"
-  defp row(cells), do: "| " <> Enum.join(cells, " | ") <> " |"
-  defp env_int(name, default), do: String.to_integer(System.get_env(name, "#{default}"))
-  defp loadavg, do: File.read!("/proc/loadavg") |> String.trim()
-
-  defp header(rounds, seconds) do
-    IO.puts("# Snakepit roundtrip benchmark")
+    n = length(descendants(System.pid()))
 
     IO.puts(
-      "#{System.schedulers_online()} schedulers, OTP #{System.otp_release()}, " <>
-        "Elixir #{System.version()}, #{rounds} rounds, #{seconds} s per throughput sample, " <>
-        "load average before: #{loadavg()}"
+      "CPU time of the BEAM and all its descendant OS processes (#{n} now: shepherds, " <>
+        "Python workers, the Ports' Pythons) during each 64-caller\n" <>
+        "throughput sample above, divided by the calls made in it.\n"
     )
+
+    IO.puts(row(["snakepit", "snakepit_p4", "port", "snakepit / port", "snakepit_p4 / port"]))
+    IO.puts(rule(5))
+    IO.puts(row([cpu_us(s), cpu_us(s4), cpu_us(p), ratio(s, p), ratio(s4, p)]))
+  end
+
+  defp cpu_us(us), do: "#{Float.round(us, 1)}"
+
+  ## OS processes and raw pipes
+
+  # The OS pids descending from `root`, from the ppid links in /proc/*/stat.
+  defp descendants(root) do
+    parents =
+      for dir <- File.ls!("/proc"),
+          String.match?(dir, ~r/^\d+$/),
+          {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
+          # The command, in parentheses, may itself hold ") ": the state and
+          # the ppid follow the last one.
+          [_, ppid] <- [Regex.run(~r/^.*\) \S+ (\d+)/s, stat)] do
+        {dir, ppid}
+      end
+
+    collect(["#{root}"], parents, [])
+  end
+
+  defp collect([], _parents, acc), do: acc
+
+  defp collect([pid | rest], parents, acc) do
+    children = for {child, ^pid} <- parents, do: child
+    collect(children ++ rest, parents, children ++ acc)
+  end
+
+  defp script(name), do: Path.join([__DIR__, "support", name])
+
+  defp packet_port(exe, args) do
+    Port.open({:spawn_executable, exe}, [:binary, {:packet, 4}, args: args])
+  end
+
+  defp port_echo(port, bin) do
+    true = Port.command(port, bin)
+    size = byte_size(bin)
+
+    receive do
+      {^port, {:data, out}} when byte_size(out) == size -> :ok
+    after
+      300_000 -> raise "raw echo did not answer"
+    end
   end
 end
 
