@@ -312,7 +312,7 @@ defmodule Snakepit.ExecuteTest do
     assert {:ok, %{"adapter" => adapter, "tools" => tools}} = exec(ctx, "describe")
     assert adapter == "snakepit_test_adapters.TestAdapter"
     assert tools["add"]["signature"] == "(a: Any, b: Any) -> Any"
-    assert tools["sleep"]["parameters"] == ["ms"]
+    assert tools["sleep"]["parameters"] == ["ms", "started"]
   end
 
   test "stats and the worker list describe the pool", ctx do
