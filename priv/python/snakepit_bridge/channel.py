@@ -19,6 +19,10 @@ from . import codec, shm
 
 # Frames that may carry shared-memory segments (worker -> host).
 _SEGMENT_KINDS = ("result", "chunk")
+# Bodies that hold nothing that could go by segment (nor anything the
+# codec's default hook sees): encoded as any frame, without the segment
+# bookkeeping, which costs as much as the rest of a tiny result's encoding.
+_NOTHING_BY_SEGMENT = frozenset({str, int, float, bool, type(None)})
 
 HEADER_LEN = 4
 BLOB_FLAG = 0x8000_0000
@@ -53,8 +57,9 @@ class Channel:
             if len(header) < HEADER_LEN:
                 raise ProtocolError("stream closed inside a frame header")
             size = int.from_bytes(header, "big")
-            blob = size & BLOB_FLAG
-            size &= ~BLOB_FLAG
+            blob = size >= BLOB_FLAG  # the top bit set: a blob, whose length is the other 31
+            if blob:
+                size -= BLOB_FLAG
             if size > self.max_frame:
                 raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
             body = self._reader.read(size)
@@ -83,13 +88,15 @@ class Channel:
         A ``result`` or ``chunk`` whose large values went into shared-memory
         segments (see :mod:`snakepit_bridge.shm`) is returned as the
         :class:`shm.Outgoing` that holds them and the frame's bytes."""
-        limit = shm.threshold()
+        limit = 0 if type(body) in _NOTHING_BY_SEGMENT else shm.threshold()
         if not limit or kind not in _SEGMENT_KINDS:
             payload = codec.packb([kind, request_id, body])
-            self._check_size(payload)
+            if len(payload) > self.max_frame:
+                self._check_size(payload)
             return payload
-        body = shm.wrap(body)
-        out, payload = _collect(kind, request_id, body)
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            body = shm.wrap(body)
+        out, payload = shm.encode_collecting(codec.packb, [kind, request_id, body])
         if len(payload) >= limit:
             # Large values left in the frame: bytes nested in containers.
             # Encoding again with them as segments costs a second packb, but
@@ -98,14 +105,12 @@ class Channel:
             if nested is not body:
                 if out is not None:
                     out.close()
-                out, payload = _collect(kind, request_id, nested)
-        try:
-            self._check_size(payload)
-        except BaseException:
+                out, payload = shm.encode_collecting(codec.packb, [kind, request_id, nested])
+        if len(payload) > self.max_frame:
             if out is not None:
                 out.close()
-            raise
-        if not out:
+            self._check_size(payload)
+        if not out:  # None, or no segment after all (the system refused one)
             return payload
         out.payload = payload
         out.request_id = request_id
@@ -115,10 +120,14 @@ class Channel:
         if isinstance(payload, shm.Outgoing):
             self._write_segments(payload)
             return
-        self._check_size(payload)
-        data = [len(payload).to_bytes(HEADER_LEN, "big"), payload]
+        size = len(payload)
+        if size > self.max_frame:
+            self._check_size(payload)
+        data = [size.to_bytes(HEADER_LEN, "big"), payload]
         with self._lock:
-            _writev_all(self._out_fd, data)
+            written = os.writev(self._out_fd, data)
+            if written < HEADER_LEN + size:  # the pipe took part of it
+                _writev_all(self._out_fd, data, written)
 
     def _write_segments(self, out: shm.Outgoing) -> None:
         """The segments' fds on the socket, then the ``shm`` frame that
@@ -173,26 +182,16 @@ class Channel:
             )
 
 
-def _collect(kind: str, request_id: int, body: Any) -> "tuple[Optional[shm.Outgoing], bytes]":
-    """Encodes a frame; large values go into segments of the returned
-    Outgoing (None when there are none)."""
-    previous = shm.start_collecting()
-    try:
-        payload = codec.packb([kind, request_id, body])
-    except BaseException:
-        out = shm.stop_collecting(previous)
-        if out is not None:
-            out.close()
-        raise
-    return shm.stop_collecting(previous), payload
-
-
-def _writev_all(fd: int, parts: "Sequence[bytes | memoryview]") -> None:
+def _writev_all(fd: int, parts: "Sequence[bytes | memoryview]", written: int = 0) -> None:
+    """Writes ``parts`` but their first ``written`` bytes (which a first
+    ``writev`` took already), however many ``writev`` it takes."""
     views = [memoryview(p) for p in parts]
-    while views:
-        written = os.writev(fd, views)
+    while True:
         while views and written >= len(views[0]):
             written -= len(views[0])
             views.pop(0)
-        if views and written:
+        if not views:
+            return
+        if written:
             views[0] = views[0][written:]
+        written = os.writev(fd, views)

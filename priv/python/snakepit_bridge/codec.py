@@ -19,7 +19,7 @@ array viewing it (no copy).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, Sequence, cast
+from typing import Any, Callable, Optional, Sequence
 
 from . import shm, tensor
 
@@ -107,22 +107,18 @@ def unpackb_with_blobs(data: bytes, blobs: Sequence[bytes]) -> Any:
         _blobs.current = None
 
 
-def _keeping_refusals(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`fn`, raising a tensor's TensorError in place of the codec's own error."""
+def _raise_refusal() -> None:
+    """Raises the reason a hook refused a value, if one did, in place of the
+    codec's own error; else returns, for the caller to re-raise that error.
 
-    def wrapped(arg: Any) -> Any:
+    packb and unpackb below call it when the codec raises. The hooks set a
+    refusal only just before they raise, and the codec lets that through as
+    its own error, so a refusal is always taken by the call that made it:
+    a frame that encodes or decodes fine touches no thread-local."""
+    refused: Optional[Exception] = getattr(_refusal, "error", None)
+    if refused is not None:
         _refusal.error = None
-        try:
-            return fn(arg)
-        except Exception:
-            refused: Optional[Exception] = getattr(_refusal, "error", None)
-            if refused is not None:
-                raise refused from None
-            raise
-        finally:
-            _refusal.error = None
-
-    return wrapped
+        raise refused from None
 
 
 packb: Callable[[Any], bytes]
@@ -141,8 +137,20 @@ try:
     def _ormsgpack_ext(code: int, data: bytes) -> Any:
         return _decode_ext(code, data, ormsgpack.Ext)
 
-    packb = _keeping_refusals(lambda obj: ormsgpack.packb(obj, default=_ormsgpack_default, option=_PACK_OPTS))
-    unpackb = _keeping_refusals(lambda data: ormsgpack.unpackb(data, option=_UNPACK_OPTS, ext_hook=_ormsgpack_ext))
+    # Each a plain function calling the codec: it runs for every frame.
+    def packb(obj: Any) -> bytes:
+        try:
+            return ormsgpack.packb(obj, default=_ormsgpack_default, option=_PACK_OPTS)
+        except Exception:
+            _raise_refusal()
+            raise
+
+    def unpackb(data: bytes) -> Any:
+        try:
+            return ormsgpack.unpackb(data, option=_UNPACK_OPTS, ext_hook=_ormsgpack_ext)
+        except Exception:
+            _raise_refusal()
+            raise
 
     NAME = "ormsgpack"
 except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
@@ -154,9 +162,20 @@ except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
     def _msgpack_ext(code: int, data: bytes) -> Any:
         return _decode_ext(code, data, msgpack.ExtType)
 
-    packb = _keeping_refusals(lambda obj: cast(bytes, msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)))
-    unpackb = _keeping_refusals(
-        lambda data: msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
-    )
+    # Each a plain function calling the codec: it runs for every frame.
+    def packb(obj: Any) -> bytes:
+        try:
+            packed: bytes = msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+            return packed
+        except Exception:
+            _raise_refusal()
+            raise
+
+    def unpackb(data: bytes) -> Any:
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
+        except Exception:
+            _raise_refusal()
+            raise
 
     NAME = "msgpack"

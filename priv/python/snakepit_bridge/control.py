@@ -42,7 +42,10 @@ class Cancellation:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: Optional[int] = None
-        self._event = threading.Event()
+        # Set only under the lock; read without it, as Event.is_set reads
+        # its flag. (Not an Event: nothing waits on it, and Event.clear
+        # costs a Condition round trip on every call.)
+        self._cancelled = False
         self._early: "OrderedDict[int, None]" = OrderedDict()
 
     def begin(self, request_id: int) -> bool:
@@ -52,7 +55,7 @@ class Cancellation:
                 del self._early[request_id]
                 return False
             self._running = request_id
-            self._event.clear()
+            self._cancelled = False
             return True
 
     def end(self) -> None:
@@ -62,14 +65,14 @@ class Cancellation:
     def cancel(self, request_id: int) -> None:
         with self._lock:
             if self._running == request_id:
-                self._event.set()
+                self._cancelled = True
             else:
                 self._early[request_id] = None
                 while len(self._early) > self._EARLY_LIMIT:
                     self._early.popitem(last=False)
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
 
 class Credits:

@@ -126,8 +126,11 @@ class OutputCapture:
     def end(self) -> None:
         """The call ended: a last partial line is sent, the streams restored."""
         global _current
-        self._out.flush()
-        self._err.flush()
+        # Most calls print nothing: skip the flush calls then (this runs on every call).
+        if self._out._partial:
+            self._out.flush()
+        if self._err._partial:
+            self._err.flush()
         if self._saved is not None:
             sys.stdout, sys.stderr = self._saved
             self._saved = None

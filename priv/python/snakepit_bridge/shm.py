@@ -38,7 +38,8 @@ import struct
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from threading import get_ident
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 from . import tensor
 
@@ -53,6 +54,7 @@ __all__ = [
     "configure",
     "decode_bytes",
     "decode_tensor",
+    "encode_collecting",
     "incoming",
     "offer",
     "receive",
@@ -172,39 +174,67 @@ def create(view: memoryview) -> int:
     return fd
 
 
+# The segments received for the frame being decoded on this thread (see
+# `incoming`).
 _local = threading.local()
 
 
-# `_local.out` while a frame is being encoded on this thread: `_PENDING`
-# until a value goes by segment, then the frame's Outgoing. Most frames
-# have no segment, so none is made for them.
+# What :func:`offer` puts large values into while a frame is being encoded,
+# by thread (``get_ident()``; a thread sets and removes only its own entry):
+# `_PENDING` until a value goes by segment, then the frame's Outgoing. Most
+# frames have no segment, so none is made for them. A dict rather than a
+# threading.local: it is set and read back for every result frame, and a
+# threading.local costs several times as much per access.
+_outs: "dict[int, object]" = {}
 _PENDING = object()
 
 
-def start_collecting() -> object:
-    """Makes :func:`offer` put large values into segments on this thread,
-    in an :class:`Outgoing` made when the first one is; returns what to
-    restore with :func:`stop_collecting`. (A plain pair, not a context
-    manager: it runs for every result frame.)"""
-    previous: object = getattr(_local, "out", None)
-    _local.out = _PENDING
+def _enter(thread: int, out: object) -> object:
+    """Makes ``out`` what ``thread`` collects into, until :func:`_leave`;
+    returns what it was."""
+    previous = _outs.get(thread)
+    _outs[thread] = out
     return previous
 
 
-def stop_collecting(previous: object) -> Optional[Outgoing]:
-    """Restores what :func:`start_collecting` returned; the segments made
-    since, if any."""
-    out = _local.out
-    _local.out = previous
-    return out if isinstance(out, Outgoing) else None
+def _leave(thread: int, previous: object) -> object:
+    """Restores what :func:`_enter` returned; returns what ``thread`` had."""
+    out = _outs.pop(thread, None)
+    if previous is not None:
+        _outs[thread] = previous
+    return out
+
+
+def encode_collecting(encode: Callable[[Any], bytes], value: Any) -> "tuple[Optional[Outgoing], bytes]":
+    """``encode(value)`` with :func:`offer` putting large values into
+    segments on this thread, as in :func:`collecting`: the segments made
+    (an :class:`Outgoing`, made when the first one is; None if none were)
+    and the bytes. If ``encode`` raises, the segments made are closed.
+    (A function, not a context manager, with _enter and _leave written out
+    in it: it runs for every result frame.)"""
+    thread = get_ident()
+    previous = _outs.get(thread)
+    _outs[thread] = _PENDING
+    try:
+        payload = encode(value)
+    except BaseException:
+        made = _leave(thread, previous)
+        if isinstance(made, Outgoing):
+            made.close()
+        raise
+    out = _outs.pop(thread)
+    if previous is not None:
+        _outs[thread] = previous
+    return (out if isinstance(out, Outgoing) else None), payload
 
 
 def _collecting_into() -> Optional[Outgoing]:
     """The Outgoing of the frame being encoded on this thread (made now if
     this is its first segment), or None when no frame is collecting."""
-    out = getattr(_local, "out", None)
+    thread = get_ident()
+    out = _outs.get(thread)
     if out is _PENDING:
-        out = _local.out = Outgoing()
+        out = _outs[thread] = Outgoing()
     return out if isinstance(out, Outgoing) else None
 
 
@@ -214,15 +244,15 @@ def collecting() -> Iterator[Outgoing]:
     segments of the yielded :class:`Outgoing`. Its fds are closed if the
     block raises."""
     out = Outgoing()
-    previous = getattr(_local, "out", None)
-    _local.out = out
+    thread = get_ident()
+    previous = _enter(thread, out)
     try:
         yield out
     except BaseException:
         out.close()
         raise
     finally:
-        _local.out = previous
+        _leave(thread, previous)
 
 
 def wrap(value: Any) -> Any:
@@ -258,7 +288,7 @@ def offer(obj: Any) -> Optional["tuple[int, bytes]"]:
     """``(ext type, payload)`` for ``obj`` sent as a segment, or None to
     send it in the frame: a :class:`Blob`, or a numpy array of at least the
     threshold, while :func:`collecting` is active."""
-    if getattr(_local, "out", None) is None:
+    if _outs.get(get_ident()) is None:
         return None
     if isinstance(obj, Blob):
         out = _collecting_into()

@@ -20,8 +20,8 @@ ack; the generator is at most one item ahead of what was sent.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
+from types import AsyncGeneratorType, GeneratorType
 from typing import Any, AsyncGenerator, Dict, Generator, List, Optional, Tuple, Type
 
 from .aio import EventLoop
@@ -29,7 +29,7 @@ from .channel import Channel
 from .control import Cancellation, Credits
 from .errors import error_body
 
-__all__ = ["END", "Items", "items_of", "one_item", "stream", "collect"]
+__all__ = ["END", "GENERATOR_TYPES", "Items", "items_of", "one_item", "stream", "collect"]
 
 _log = logging.getLogger(__name__)
 
@@ -95,12 +95,17 @@ class _OneItem(Items):
         return self._value
 
 
+# The return values items_of finds items in: a caller that tests for these
+# first spares the call for every other value.
+GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
+
+
 def items_of(value: Any, loop: EventLoop) -> Optional[Items]:
     """The items of a tool's return value if it is a generator or an async
     generator, else None."""
-    if inspect.isgenerator(value):
+    if isinstance(value, GeneratorType):
         return _GeneratorItems(value)
-    if inspect.isasyncgen(value):
+    if isinstance(value, AsyncGeneratorType):
         return _AsyncGeneratorItems(value, loop)
     return None
 
