@@ -710,7 +710,8 @@ defmodule Snakepit do
   So `requests` equals the sum of those ten plus `queued` and `in_flight`,
   and once the pool is quiet, the sum of the ten alone. A streaming call is
   one request, counted once when it ends. Also: `:requeued`
-  (calls queued again because their worker died before starting them),
+  (calls queued again because their worker died before starting them, or
+  gave them back when the call ahead of them ran past `:reclaim_after`),
   `:restarts` (workers that died and were replaced), `:recycles` (workers
   replaced by `:max_requests`, `:max_age` or `:max_memory_mb`),
   `:dropped_output_lines` (lines of worker stderr and Python log records

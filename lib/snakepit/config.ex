@@ -125,7 +125,14 @@ defmodule Snakepit.Config do
       shape: :depth,
       default: 1,
       native: true,
-      doc: "most calls written to one worker at a time"
+      doc: "most calls written to one worker at a time (see \"Pipelining\")"
+    },
+    %{
+      name: :reclaim_after,
+      shape: :pos_ms_or_infinity,
+      default: 50,
+      doc:
+        "ms a call may run before the calls written behind it are taken back for other workers; `:infinity`: never"
     },
     %{
       name: :timeout,
@@ -380,13 +387,23 @@ defmodule Snakepit.Config do
   With `pipeline_depth: 1` a call goes only to an idle worker, and a worker
   that finishes waits one round trip (tens of µs) for its next call. With a
   depth of N, up to N calls are written to a worker at once: it finds the
-  next one already in its pipe. That can double the throughput of very short
-  calls (see `bench/roundtrip.exs`). The price is head-of-line blocking: a
-  call written behind a slow one waits for it even if another worker frees up
-  meanwhile. Leave it at 1 for calls that take milliseconds or more, or whose
-  durations vary; raise it (2 to 4) for many tiny calls. Calls still queue in
-  FIFO order, and those written behind a call whose worker dies are queued
-  again, not failed (they never started).
+  next one already in its pipe, which raises the throughput of short calls
+  and lowers the CPU each costs (see `bench/roundtrip.exs`). Calls still
+  queue in FIFO order, and those written behind a call whose worker dies are
+  queued again, not failed (they never started).
+
+  The price of pipelining is head-of-line blocking: a call written behind a
+  slow one waits for it. `:reclaim_after` bounds that wait. Once a call has
+  run `:reclaim_after` ms, nothing more is written behind it, and the calls
+  waiting behind it are taken back (the worker gives back those it has not
+  started; see "Reclaim" in `docs/protocol.md`) and served by other workers,
+  in their original order. The pool looks for such calls every
+  `:reclaim_after / 2` ms, so a call waits behind a slow one at most about
+  1.5 x `:reclaim_after` ms before it is taken back (75 ms by default),
+  and then runs as soon as a worker is free. Calls of a session bound to
+  that worker stay (they can run nowhere else), and nothing is taken back
+  while every worker is busy with a slow call. `reclaim_after: :infinity`
+  turns this off.
 
   ### Shared memory
 

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 9
+  @abi_version 10
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -81,6 +81,7 @@ defmodule Snakepit.Native do
   def pool_kill_all(_pool), do: :erlang.nif_error(why())
   def pool_heartbeat(_pool, _max_missed), do: :erlang.nif_error(why())
   def pool_expire(_pool, _worker_id, _request_id), do: :erlang.nif_error(why())
+  def pool_reclaim(_pool, _after_ms), do: :erlang.nif_error(why())
   def pool_stats(_pool), do: :erlang.nif_error(why())
   def pool_workers(_pool), do: :erlang.nif_error(why())
 

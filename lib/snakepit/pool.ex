@@ -222,6 +222,7 @@ defmodule Snakepit.Pool do
         })
 
         schedule(:heartbeat, config.heartbeat_interval)
+        schedule(:reclaim, reclaim_tick(config))
 
         :ok =
           if config.max_age != :infinity or config.max_memory_mb != :infinity or
@@ -238,6 +239,13 @@ defmodule Snakepit.Pool do
         {:stop, error}
     end
   end
+
+  # How often stalled workers are looked for: half of :reclaim_after, so a
+  # call waits behind a stalled one at most 1.5 x :reclaim_after before it is
+  # asked back. Never without pipelining: nothing can wait behind a call.
+  defp reclaim_tick(%{pipeline_depth: 1}), do: :infinity
+  defp reclaim_tick(%{reclaim_after: :infinity}), do: :infinity
+  defp reclaim_tick(%{reclaim_after: ms}), do: max(div(ms, 2), 1)
 
   @spec schedule(term(), timeout()) :: :ok
   defp schedule(_msg, :infinity), do: :ok
@@ -355,6 +363,12 @@ defmodule Snakepit.Pool do
     end
 
     schedule(:heartbeat, state.config.heartbeat_interval)
+    {:noreply, state}
+  end
+
+  def handle_info(:reclaim, state) do
+    _asked = Native.pool_reclaim(state.handle, state.config.reclaim_after)
+    schedule(:reclaim, reclaim_tick(state.config))
     {:noreply, state}
   end
 

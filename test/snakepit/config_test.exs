@@ -25,6 +25,7 @@ defmodule Snakepit.ConfigTest do
     {:shm_max_bytes, 4_294_967_296, [1, 2 ** 40], [0, -1, :infinity, 1.5]},
     {:startup_timeout, 30_000, [1, 60_000, @max_ms], [0, -1, :infinity, 1.0, @max_ms + 1]},
     {:pipeline_depth, 1, [1, 64], [0, 65, :infinity, 2.0]},
+    {:reclaim_after, 50, [1, :infinity, @max_ms], [0, -1, nil, @max_ms + 1]},
     {:timeout, 30_000, [1, 5_000, :infinity, @max_ms], [0, -1, nil, "5000", 1.5, @max_ms + 1]},
     {:queue_timeout, :infinity, [1, :infinity, @max_ms], [0, -5, nil, @max_ms + 1]},
     {:max_queue, 10_000, [1, 100], [0, :infinity, nil]},

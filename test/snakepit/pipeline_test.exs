@@ -77,6 +77,51 @@ defmodule Snakepit.PipelineTest do
     assert %{in_flight: 0, timeouts: 1, completed: 2, cancelled: 0} = Snakepit.get_stats(pool)
   end
 
+  test "quick calls written behind a slow one are taken back and served by another worker" do
+    # 50 ms is the default :reclaim_after; a call behind a stalled one is
+    # asked back within 1.5x that. Without reclaim, those written behind
+    # the 2 s call would wait for it.
+    pool = start_pool(size: 2, pipeline_depth: 4, reclaim_after: 50)
+    slow = call_async(pool, "sleep", %{ms: 2_000})
+    wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
+    started = System.monotonic_time(:millisecond)
+
+    waits =
+      1..50
+      |> Task.async_stream(
+        fn i ->
+          t0 = System.monotonic_time(:millisecond)
+          assert Snakepit.execute("echo", %{value: i}, pool: pool) == {:ok, i}
+          System.monotonic_time(:millisecond) - t0
+        end,
+        max_concurrency: 50,
+        timeout: 10_000
+      )
+      |> Enum.map(fn {:ok, ms} -> ms end)
+
+    # All answered long before the slow call ends: none waited for it.
+    # (The bound itself is ~75 ms; 1 s leaves room for a loaded machine.)
+    assert Enum.max(waits) < 1_000, "waits: #{inspect(Enum.sort(waits))}"
+    assert System.monotonic_time(:millisecond) - started < 1_500
+    assert Task.await(slow, 5_000) == {:ok, 2_000}
+    # Some had been written behind the slow call and were given back.
+    assert %{requeued: requeued, completed: 51} = Snakepit.get_stats(pool)
+    assert requeued > 0
+  end
+
+  test "with reclaim_after: :infinity calls written behind a slow one wait for it" do
+    pool = start_pool(size: 2, pipeline_depth: 2, reclaim_after: :infinity)
+    # Both workers busy, so the next call is written behind a running one.
+    running = TestPools.occupy(pool, 2)
+    behind = call_async(pool, "echo", %{value: 1})
+    wait_until(fn -> Snakepit.get_stats(pool).in_flight == 3 end)
+    refute Task.yield(behind, 200)
+    running.release.()
+    assert TestPools.await_occupied(running) == [ok: "released", ok: "released"]
+    assert Task.await(behind) == {:ok, 1}
+    assert %{requeued: 0} = Snakepit.get_stats(pool)
+  end
+
   test "pipeline_depth is validated" do
     for bad <- [0, 65, 1.5, :many] do
       assert {:error, %Error{details: %{option: :pipeline_depth}}} =

@@ -30,6 +30,15 @@
 //! starts with the request's window and [`Dispatcher::ack`] gives credits
 //! back as the caller consumes chunks.
 //!
+//! **Reclaim.** A call written behind a running one waits for it. When the
+//! running call has run `reclaim_after` (see [`Dispatcher::reclaim_due`]),
+//! the worker is *stalled*: nothing more is written behind its running call,
+//! and it is asked to give back the calls waiting in its pipe. Those it gives
+//! back before starting them ([`Dispatcher::reclaimed`]) are queued again,
+//! in submission order, for another worker; those it started by then are
+//! answered by it as usual. A worker may ignore the request. Calls of a
+//! session bound to the worker (`Strict`, `FailFast`) stay.
+//!
 //! **Worker death.** A worker runs its calls one at a time, in order. When it
 //! dies, its running call is answered with an error, and the ones written
 //! behind it, which never started, are queued again at the front.
@@ -271,6 +280,8 @@ struct Request<C> {
     submitted: Instant,
     /// When it became its worker's running call.
     started: Option<Instant>,
+    /// Its worker was asked to give it back (see [`Dispatcher::reclaim_due`]).
+    reclaiming: bool,
 }
 
 /// A streaming request's flow control.
@@ -299,6 +310,9 @@ struct Slot<C, W> {
     /// Past `max_requests`, kept for its sessions: takes no new session if
     /// another worker can.
     overdue: bool,
+    /// Its running call ran past `reclaim_after`: nothing more is written
+    /// behind it until it ends.
+    stalled: bool,
 }
 
 impl<C, W> Slot<C, W> {
@@ -316,6 +330,14 @@ impl<C, W> Slot<C, W> {
 
     fn takes_requests(&self) -> bool {
         self.ready && !self.stopping
+    }
+
+    /// Whether a request may be written to it now: below the depth, and not
+    /// behind a call that stalled.
+    fn has_room(&self, depth: usize) -> bool {
+        self.takes_requests()
+            && self.in_flight.len() < depth
+            && (self.in_flight.is_empty() || !self.stalled)
     }
 }
 
@@ -371,6 +393,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             started: now,
             sessions: 0,
             overdue: false,
+            stalled: false,
         };
         self.slots.insert(id, slot);
         Ok(())
@@ -459,6 +482,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             }),
             submitted: now,
             started: None,
+            reclaiming: false,
         });
         Ok(Submitted {
             writes: self.fill(),
@@ -536,6 +560,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         if let Some(next) = slot.in_flight.front_mut() {
             next.started = Some(now);
         }
+        slot.stalled = false;
         slot.served += 1;
         let retire = match self
             .config
@@ -687,6 +712,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 );
                 self.stats.requeued += 1;
                 req.started = None;
+                req.reclaiming = false;
                 if let Some(credits) = req.stream.as_mut() {
                     credits.left = credits.window;
                 }
@@ -729,6 +755,101 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             },
             writes,
         )
+    }
+
+    /// Workers whose running call started at least `after` before `now`
+    /// are marked stalled (nothing more is written behind that call until it
+    /// ends). Returns the stalled workers with the ids of the calls waiting
+    /// behind their running call that they are to be asked to give back,
+    /// each asked once; none while no other worker takes requests. Calls of
+    /// a session bound to the worker (`Strict`, `FailFast`) and calls whose
+    /// caller gave up are left where they are.
+    pub fn reclaim_due(&mut self, after: Duration, now: Instant) -> Vec<(Arc<W>, Vec<u64>)> {
+        for slot in self.slots.values_mut() {
+            if slot.in_flight.front().is_some_and(|head| {
+                head.started
+                    .is_some_and(|t| now.saturating_duration_since(t) >= after)
+            }) {
+                slot.stalled = true;
+            }
+        }
+        // Calls given back when every worker is stalled would only wait in
+        // the queue instead of a pipe.
+        if !self
+            .slots
+            .values()
+            .any(|s| s.takes_requests() && !s.stalled)
+        {
+            return Vec::new();
+        }
+        let mut asks = Vec::new();
+        for slot in self.slots.values_mut().filter(|s| s.stalled) {
+            let ids: Vec<u64> = slot
+                .in_flight
+                .iter_mut()
+                .skip(1)
+                .filter(|r| {
+                    !r.reclaiming
+                        && r.caller.is_some()
+                        && r.session.as_ref().is_none_or(|(_, a)| *a == Affinity::Hint)
+                })
+                .map(|r| {
+                    r.reclaiming = true;
+                    r.id
+                })
+                .collect();
+            if !ids.is_empty() {
+                asks.push((Arc::clone(&slot.worker), ids));
+            }
+        }
+        asks
+    }
+
+    /// The worker gave back `request_id`, which it was asked for and will
+    /// never start: it is queued again in submission order (or dropped, if
+    /// its caller gave up meanwhile), and the queue is dispatched.
+    pub fn reclaimed(&mut self, worker_id: u64, request_id: u64) -> Result<Writes<W>, Violation> {
+        let now = Instant::now();
+        let slot = self
+            .slots
+            .get_mut(&worker_id)
+            .ok_or_else(|| Violation("gave back a call after removal".into()))?;
+        let Some(pos) = slot
+            .in_flight
+            .iter()
+            .position(|r| r.id == request_id && r.reclaiming)
+        else {
+            return Err(Violation(format!(
+                "gave back call {request_id}, which it was not asked to give back"
+            )));
+        };
+        let mut req = slot.in_flight.remove(pos).expect("found above");
+        if pos == 0 {
+            // It ended the call ahead and gave this one back before starting it.
+            if let Some(next) = slot.in_flight.front_mut() {
+                next.started = Some(now);
+            }
+            slot.stalled = false;
+        }
+        req.reclaiming = false;
+        req.started = None;
+        if req.caller.is_none() {
+            self.leave(&req, now);
+        } else {
+            debug_assert!(
+                !req.frame.is_empty(),
+                "a call written behind another keeps its frame"
+            );
+            self.stats.requeued += 1;
+            let at = self
+                .queue
+                .iter()
+                .position(|q| q.id > req.id)
+                .unwrap_or(self.queue.len());
+            self.queue.insert(at, req);
+        }
+        self.settle(worker_id);
+        Ok(self.fill())
     }
 
     /// The caller timed out: gives up its request, wherever it is.
@@ -1085,7 +1206,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     fn has_room(&self, id: u64) -> bool {
         self.slots
             .get(&id)
-            .is_some_and(|s| s.takes_requests() && s.in_flight.len() < self.config.pipeline_depth)
+            .is_some_and(|s| s.has_room(self.config.pipeline_depth))
     }
 
     /// The ready worker with the fewest requests in flight, below the depth.
@@ -1093,7 +1214,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let depth = self.config.pipeline_depth;
         self.slots
             .iter()
-            .filter(|(_, s)| s.takes_requests() && s.in_flight.len() < depth)
+            .filter(|(_, s)| s.has_room(depth))
             .min_by_key(|(id, s)| (s.in_flight.len(), **id))
             .map(|(id, _)| *id)
     }

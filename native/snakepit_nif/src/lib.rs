@@ -48,7 +48,7 @@ use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 9;
+const ABI_VERSION: u32 = 10;
 
 /// Most bytes an encoding on a normal scheduler copies or scans; past it,
 /// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
@@ -181,6 +181,14 @@ fn pool_expire(pool: ResourceArc<PoolHandle>, worker_id: u64, request_id: u64) -
     } else {
         atoms::ok()
     }
+}
+
+/// Asks workers stalled on a call running `after_ms` or longer to give back
+/// the calls written behind it, which then run elsewhere. Returns how many
+/// calls were asked for.
+#[rustler::nif]
+fn pool_reclaim(pool: ResourceArc<PoolHandle>, after_ms: u64) -> usize {
+    pool.core.reclaim(Duration::from_millis(after_ms))
 }
 
 /// Kills the marked processes of BEAMs that are gone (see `orphans.rs`).

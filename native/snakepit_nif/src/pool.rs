@@ -36,7 +36,7 @@ use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::protocol::{self, Envelope, ErrorKind, HandshakeError, Kind, PROTOCOL_VERSION};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The handle Elixir holds. Dropping the last reference (or the owner
 /// process dying) shuts the pool down and kills its workers.
@@ -369,6 +369,22 @@ impl PoolCore {
             .is_some()
     }
 
+    /// Asks each worker whose running call started `after` ago or more to
+    /// give back the calls waiting behind it (a `reclaim` per call on its
+    /// control pipe; see `Dispatcher::reclaim_due`). Returns how many
+    /// calls were asked for.
+    pub fn reclaim(&self, after: Duration) -> usize {
+        let asks = self.dispatch.lock().reclaim_due(after, Instant::now());
+        let mut n = 0;
+        for (worker, ids) in asks {
+            n += ids.len();
+            for id in ids {
+                worker.control(Kind::Reclaim, id);
+            }
+        }
+        n
+    }
+
     /// Sends a heartbeat to every ready worker and kills those that missed
     /// more than `max_missed` in a row. Returns the ids of those killed.
     pub fn heartbeat(&self, max_missed: u32) -> Vec<u64> {
@@ -682,15 +698,26 @@ impl Events for PoolCore {
                 self.dispatch.lock().heartbeat_seen(worker.id);
                 Ok(false)
             }
-            Kind::Chunk | Kind::Done | Kind::Result => Err(format!(
+            Kind::Reclaimed if envelope.id != 0 => {
+                let writes = self
+                    .dispatch
+                    .lock()
+                    .reclaimed(worker.id, envelope.id)
+                    .map_err(|v| v.0)?;
+                flush(writes);
+                Ok(false)
+            }
+            Kind::Chunk | Kind::Done | Kind::Result | Kind::Reclaimed => Err(format!(
                 "sent a {} frame this host does not expect",
                 envelope.kind.as_str()
             )),
             Kind::Shm => Err("sent an shm frame with id 0".into()),
-            Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd => Err(format!(
-                "sent a {} frame, which only the host sends",
-                envelope.kind.as_str()
-            )),
+            Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd | Kind::Reclaim => {
+                Err(format!(
+                    "sent a {} frame, which only the host sends",
+                    envelope.kind.as_str()
+                ))
+            }
         }
     }
 

@@ -40,10 +40,14 @@ pub enum Kind {
     /// both ways: the next frame of this request carries shared-memory
     /// segments, whose fds were sent on the segment socket just before.
     Shm,
+    /// host → worker: give this call back if you have not started it.
+    Reclaim,
+    /// worker → host: this call was given back; it will never run here.
+    Reclaimed,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Ready,
         Kind::Call,
         Kind::Result,
@@ -56,6 +60,8 @@ impl Kind {
         Kind::Ack,
         Kind::SessionEnd,
         Kind::Shm,
+        Kind::Reclaim,
+        Kind::Reclaimed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +78,8 @@ impl Kind {
             Kind::Ack => "ack",
             Kind::SessionEnd => "session_end",
             Kind::Shm => "shm",
+            Kind::Reclaim => "reclaim",
+            Kind::Reclaimed => "reclaimed",
         }
     }
 

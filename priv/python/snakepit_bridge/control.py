@@ -15,6 +15,10 @@ daemon thread:
   pool's ``cancel_grace``.
 - ``ack``: the host's consumer took ``n`` chunks of the running stream,
   which may send ``n`` more (see :class:`Credits`).
+- ``reclaim``: the host takes back a call written behind a long-running one,
+  to run it on another worker. If it has not started, the thread answers
+  ``reclaimed`` at once and the call is skipped, unanswered, when the main
+  thread reaches it; if it has, the ``reclaim`` is ignored.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Set
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -33,11 +37,16 @@ _log = logging.getLogger(__name__)
 
 
 class Cancellation:
-    """Which call runs, and whether the host cancelled it."""
+    """Which call runs, whether the host cancelled it, and the calls it took
+    back (``reclaim``) before they started."""
 
     # Cancels of calls not started yet (pipelined ones) are remembered, up to
     # this many; ids are never reused, so a stale entry is harmless.
     _EARLY_LIMIT = 256
+    # The ids of the last calls begun: a ``reclaim`` for one of them is
+    # refused (the host may ask for a call whose answer it has not read
+    # yet). More than the deepest pipeline a pool can have (64).
+    _BEGUN_KEPT = 256
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,15 +56,35 @@ class Cancellation:
         # costs a Condition round trip on every call.)
         self._cancelled = False
         self._early: "OrderedDict[int, None]" = OrderedDict()
+        self._begun: List[Optional[int]] = [None] * self._BEGUN_KEPT
+        self._next = 0
+        self._reclaimed: Set[int] = set()
 
-    def begin(self, request_id: int) -> bool:
-        """Marks ``request_id`` as running; False if it was cancelled already."""
+    def begin(self, request_id: int) -> Optional[str]:
+        """Marks ``request_id`` as running and returns None, or returns why
+        it must not run: ``"cancelled"`` (answer it so) or ``"reclaimed"``
+        (given back to the host: skip it, without an answer)."""
         with self._lock:
+            if request_id in self._reclaimed:
+                self._reclaimed.discard(request_id)
+                return "reclaimed"
             if request_id in self._early:
                 del self._early[request_id]
-                return False
+                return "cancelled"
+            self._begun[self._next] = request_id
+            self._next = (self._next + 1) % self._BEGUN_KEPT
             self._running = request_id
             self._cancelled = False
+            return None
+
+    def reclaim(self, request_id: int) -> bool:
+        """The host asks for ``request_id`` back: True if it has not begun
+        (it never will; tell the host ``reclaimed``), False if it has, or if
+        an earlier copy of it is still waiting to be skipped."""
+        with self._lock:
+            if request_id in self._reclaimed or request_id in self._begun:
+                return False
+            self._reclaimed.add(request_id)
             return True
 
     def end(self) -> None:
@@ -180,6 +209,9 @@ class ControlThread(threading.Thread):
                 elif kind == "cancel":
                     self.state.cancel(request_id)
                     self.credits.wake()
+                elif kind == "reclaim":
+                    if self.state.reclaim(request_id):
+                        self.replies.write("reclaimed", request_id, None)
                 elif kind == "ack":
                     self._ack(request_id, body)
         except Exception:  # a broken control pipe shows as missed heartbeats

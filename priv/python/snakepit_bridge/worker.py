@@ -146,9 +146,12 @@ class Worker:
                 _log.warning("could not receive the shared-memory segments of call %s: %s", request_id, exc)
             return
         if kind == "call":
-            if not self.cancellation.begin(request_id):
+            skip = self.cancellation.begin(request_id)
+            if skip == "cancelled":
                 msg = "the call was cancelled before it started"
                 self._reply_error(request_id, error_body("cancelled", message=msg))
+                return
+            if skip == "reclaimed":  # the host has it back, and wants no answer
                 return
             try:
                 self.call(request_id, body)

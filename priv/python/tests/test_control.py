@@ -39,14 +39,38 @@ def test_a_call_cancelled_before_it_starts_is_skipped(controlled):
 def test_cancellation_state():
     c = Cancellation()
     c.cancel(5)  # not running yet: remembered
-    assert not c.begin(5)
-    assert c.begin(6) and not c.is_set()
+    assert c.begin(5) == "cancelled"
+    assert c.begin(6) is None and not c.is_set()
     c.cancel(7)
     assert not c.is_set()
     c.cancel(6)
     assert c.is_set()
     c.end()
-    assert c.begin(8) and not c.is_set()
+    assert c.begin(8) is None and not c.is_set()
+
+
+def test_reclaim_takes_back_only_calls_not_begun():
+    c = Cancellation()
+    assert c.begin(1) is None
+    assert not c.reclaim(1), "running"
+    c.end()
+    assert not c.reclaim(1), "answered"
+    assert c.reclaim(2)
+    assert not c.reclaim(2), "asked twice while its copy waits: the second is refused"
+    assert c.begin(2) == "reclaimed"
+    # A later copy of the same call (queued to this worker again) runs.
+    assert c.begin(2) is None
+
+
+def test_a_call_reclaimed_before_it_starts_is_given_back_and_skipped(controlled):
+    controlled.send("call", 1, {"tool": "sleep", "args": {"ms": 300}})
+    controlled.send("call", 2, {"tool": "count", "args": {}})
+    controlled.send_control("reclaim", 2)
+    controlled.send_control("reclaim", 1)  # running: ignored
+    assert controlled.recv() == ("reclaimed", 2, None)
+    assert controlled.recv() == ("result", 1, 300)
+    # 2 was skipped without an answer and never ran.
+    assert controlled.call(3, "count") == ("result", 3, 1)
 
 
 def test_credits_count_acks_of_the_running_stream_and_give_way_to_a_cancel():

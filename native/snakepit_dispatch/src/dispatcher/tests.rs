@@ -279,6 +279,229 @@ fn a_frame_pipelined_to_a_closed_stdin_is_queued_again_intact() {
     invariant(&d);
 }
 
+// --- reclaim ---
+
+/// Far enough ahead that every running call is overdue.
+fn later() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+fn asked(asks: &[(Arc<FakePipe>, Vec<u64>)]) -> Vec<u64> {
+    asks.iter()
+        .flat_map(|(_, ids)| ids.iter().copied())
+        .collect()
+}
+
+/// Makes `worker`'s running call a minute old.
+fn age(d: &mut D, worker: u64) {
+    let head = d
+        .slots
+        .get_mut(&worker)
+        .unwrap()
+        .in_flight
+        .front_mut()
+        .unwrap();
+    head.started = Instant::now().checked_sub(Duration::from_secs(60));
+}
+
+#[test]
+fn calls_behind_a_stalled_call_are_given_back_and_run_elsewhere() {
+    let mut d = pool(3);
+    let w1 = add_ready(&mut d, 1);
+    for id in 10..13 {
+        submit(&mut d, id);
+    }
+    assert_eq!(w1.written(), [10, 11, 12]);
+    let w2 = add_ready(&mut d, 2);
+    assert!(w2.written().is_empty(), "nothing was queued");
+    assert!(
+        d.reclaim_due(Duration::from_secs(1), Instant::now())
+            .is_empty(),
+        "not overdue yet"
+    );
+    let asks = d.reclaim_due(Duration::from_secs(1), later());
+    assert_eq!(asks.len(), 1);
+    assert!(Arc::ptr_eq(&asks[0].0, &w1));
+    assert_eq!(asked(&asks), [11, 12], "the running call stays");
+    assert!(
+        d.reclaim_due(Duration::from_secs(1), later()).is_empty(),
+        "each call is asked for once"
+    );
+    // Given back out of order: they still run in submission order.
+    let writes = d.reclaimed(1, 12).unwrap();
+    assert!(Arc::ptr_eq(&writes[0], &w2));
+    d.reclaimed(1, 11).unwrap();
+    assert_eq!(w2.written(), [12, 11]);
+    assert_eq!(d.stats().requeued, 2);
+    invariant(&d);
+    // The stalled worker gets nothing behind its running call...
+    submit(&mut d, 13);
+    submit(&mut d, 14);
+    assert_eq!(w1.written(), [10, 11, 12]);
+    assert_eq!(w2.written(), [12, 11, 13], "w2 is full at depth 3");
+    assert_eq!(d.gauges().queued, 1);
+    invariant(&d);
+    // ...until that call ends.
+    complete(&mut d, 1, 10);
+    assert_eq!(w1.written(), [10, 11, 12, 14]);
+    for id in [12, 11, 13] {
+        assert_eq!(complete(&mut d, 2, id).caller, Some((0, id)));
+    }
+    assert_eq!(complete(&mut d, 1, 14).caller, Some((0, 14)));
+    assert_eq!(d.stats().completed, 5);
+    invariant(&d);
+}
+
+#[test]
+fn given_back_calls_queue_in_submission_order_ahead_of_later_ones() {
+    let mut d = pool(2);
+    let w1 = add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    let w2 = add_ready(&mut d, 2);
+    for id in 12..15 {
+        submit(&mut d, id);
+    }
+    assert_eq!(w2.written(), [12, 13]);
+    assert_eq!(d.gauges().queued, 1);
+    age(&mut d, 1);
+    let asks = d.reclaim_due(Duration::from_secs(30), Instant::now());
+    assert_eq!(asked(&asks), [11], "only w1's call is overdue");
+    d.reclaimed(1, 11).unwrap();
+    assert_eq!(d.gauges().queued, 2, "no worker has room");
+    complete(&mut d, 2, 12);
+    complete(&mut d, 2, 13);
+    assert_eq!(w2.written(), [12, 13, 11, 14]);
+    assert_eq!(w1.written(), [10, 11]);
+    invariant(&d);
+}
+
+#[test]
+fn nothing_is_asked_back_while_no_other_worker_takes_requests() {
+    let mut d = pool(2);
+    let w1 = add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    assert!(d.reclaim_due(Duration::ZERO, later()).is_empty());
+    // Stalled all the same: a new call waits in the queue, not in its pipe.
+    complete(&mut d, 1, 10);
+    age(&mut d, 1);
+    d.reclaim_due(Duration::from_secs(30), Instant::now());
+    submit(&mut d, 12);
+    assert_eq!(w1.written(), [10, 11]);
+    assert_eq!(d.gauges().queued, 1);
+    invariant(&d);
+}
+
+#[test]
+fn a_call_started_before_the_ask_arrived_is_answered_as_usual() {
+    let mut d = pool(2);
+    let w1 = add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    let w2 = add_ready(&mut d, 2);
+    assert_eq!(asked(&d.reclaim_due(Duration::ZERO, later())), [11]);
+    // The worker ended 10 and started 11 before it read the ask.
+    complete(&mut d, 1, 10);
+    submit(&mut d, 12);
+    submit(&mut d, 13);
+    assert_eq!(w2.written(), [12]);
+    assert_eq!(w1.written(), [10, 11, 13], "no longer stalled");
+    assert_eq!(complete(&mut d, 1, 11).caller, Some((0, 11)));
+    assert!(d.reclaimed(1, 11).is_err(), "it was answered");
+    invariant(&d);
+}
+
+#[test]
+fn a_call_given_back_after_the_one_ahead_ended_leaves_the_next_running() {
+    let mut d = pool(3);
+    let w1 = add_ready(&mut d, 1);
+    for id in 10..13 {
+        submit(&mut d, id);
+    }
+    let w2 = add_ready(&mut d, 2);
+    assert_eq!(asked(&d.reclaim_due(Duration::ZERO, later())), [11, 12]);
+    complete(&mut d, 1, 10);
+    // 11 is at the front now, not started: the worker gives it back.
+    d.reclaimed(1, 11).unwrap();
+    assert_eq!(w2.written(), [11]);
+    // Then 12, which leaves w1 idle: it takes 12 again.
+    d.reclaimed(1, 12).unwrap();
+    assert_eq!(w1.written(), [10, 11, 12, 12]);
+    assert_eq!(d.gauges().queued, 0);
+    assert_eq!(complete(&mut d, 2, 11).caller, Some((0, 11)));
+    assert_eq!(complete(&mut d, 1, 12).caller, Some((0, 12)));
+    invariant(&d);
+}
+
+#[test]
+fn a_call_given_back_after_its_caller_gave_up_is_dropped() {
+    let mut d = pool(2);
+    add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    add_ready(&mut d, 2);
+    assert_eq!(asked(&d.reclaim_due(Duration::ZERO, later())), [11]);
+    assert!(matches!(d.cancel(11), Cancel::Running { .. }));
+    d.reclaimed(1, 11).unwrap();
+    assert_eq!(d.gauges().queued, 0);
+    assert_eq!(d.gauges().in_flight, 1);
+    assert_eq!(d.stats().requeued, 0);
+    assert_eq!(d.stats().timeouts, 1);
+    assert!(d.expired(1, 11).is_none(), "nothing to kill for it");
+    invariant(&d);
+}
+
+#[test]
+fn only_asked_calls_may_be_given_back() {
+    let mut d = pool(2);
+    add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    assert!(d.reclaimed(1, 11).is_err(), "not asked");
+    assert!(d.reclaimed(1, 99).is_err(), "unknown");
+    assert!(d.reclaimed(7, 11).is_err(), "unknown worker");
+}
+
+#[test]
+fn session_calls_bound_to_the_stalled_worker_stay() {
+    let mut d = pool(3);
+    add_ready(&mut d, 1);
+    let session = |affinity| Call {
+        session: Some((b"s".to_vec(), affinity)),
+        stream: None,
+    };
+    for (id, call) in [
+        (10, session(Affinity::Strict)),
+        (11, session(Affinity::Strict)),
+        (12, session(Affinity::Hint)),
+    ] {
+        d.submit_call(id, frame(id), (0, id), call, Instant::now())
+            .ok()
+            .unwrap();
+    }
+    add_ready(&mut d, 2);
+    assert_eq!(asked(&d.reclaim_due(Duration::ZERO, later())), [12]);
+    invariant(&d);
+}
+
+#[test]
+fn a_worker_that_dies_with_asked_calls_queues_them_again() {
+    let mut d = pool(2);
+    add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    let w2 = add_ready(&mut d, 2);
+    assert_eq!(asked(&d.reclaim_due(Duration::ZERO, later())), [11]);
+    d.worker_down(1, Exit::Died);
+    assert_eq!(w2.written(), [11]);
+    assert!(
+        d.reclaim_due(Duration::ZERO, later()).is_empty(),
+        "11 runs now; nothing waits behind it"
+    );
+    invariant(&d);
+}
+
 // --- answers ---
 
 #[test]
@@ -850,6 +1073,12 @@ fn gauges_and_rows_report_each_state() {
 
 // --- the one-answer rule, under random operations ---
 
+/// Whether `sub` appears in `seq` in order (not necessarily adjacent).
+fn is_subsequence(sub: &[u64], seq: &[u64]) -> bool {
+    let mut it = seq.iter();
+    sub.iter().all(|x| it.any(|y| y == x))
+}
+
 /// A small deterministic generator (xorshift64*): no dependency, repeatable.
 struct Rng(u64);
 
@@ -889,6 +1118,9 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
         let mut left: HashMap<u64, &'static str> = HashMap::new();
         let mut submitted = 0u64;
         let mut next_worker = 1u64;
+        // Calls each worker was asked to give back, and those it gave back.
+        let mut asked_of: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut gave_back: HashSet<u64> = HashSet::new();
         let leave = |c: Caller, how: &'static str, left: &mut HashMap<u64, &'static str>| {
             if let Some(before) = left.insert(c.1, how) {
                 panic!(
@@ -1008,9 +1240,46 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                         ),
                     }
                 }
-                9 if submitted > 0 => {
+                9 if submitted > 0 && rng.below(2) == 0 => {
                     if let Some(c) = d.dequeue(1 + rng.below(submitted)) {
                         leave(c, "dequeued", &mut left);
+                    }
+                }
+                9 => {
+                    // Reclaim: ask, or have a worker give back an asked call
+                    // it has not started (a pipelined one, or the front one
+                    // if the call ahead of it just ended).
+                    if rng.below(2) == 0 {
+                        let after = Duration::from_millis(rng.below(2));
+                        for (w, ids) in d.reclaim_due(after, Instant::now()) {
+                            let (id, _) = workers
+                                .iter()
+                                .find(|(_, p)| Arc::ptr_eq(p, &w))
+                                .expect("a known worker");
+                            asked_of.entry(*id).or_default().extend(ids);
+                        }
+                    } else if !workers.is_empty() {
+                        let (id, _) = workers[rng.below(workers.len() as u64) as usize];
+                        let pending = d
+                            .slots
+                            .get(&id)
+                            .map(|s| s.in_flight.iter().map(|r| r.id).collect::<Vec<u64>>());
+                        let asked = asked_of.entry(id).or_default();
+                        if let (Some(pending), false) = (pending, asked.is_empty()) {
+                            let req = asked.remove(rng.below(asked.len() as u64) as usize);
+                            match pending.iter().position(|&r| r == req) {
+                                // Answered already: the host refuses it.
+                                None => assert!(d.reclaimed(id, req).is_err(), "seed {seed}"),
+                                // The worker started it: it answers instead.
+                                Some(0) if rng.below(2) == 0 => {}
+                                Some(_) => {
+                                    d.reclaimed(id, req).unwrap_or_else(|v| {
+                                        panic!("seed {seed}: {req} of {pending:?}: {v:?}")
+                                    });
+                                    gave_back.insert(id);
+                                }
+                            }
+                        }
                     }
                 }
                 10 => {
@@ -1038,8 +1307,14 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     let written: Vec<u64> =
                         w.written().into_iter().filter(|&f| f != u64::MAX).collect();
                     let pending: Vec<u64> = slot.in_flight.iter().map(|r| r.id).collect();
+                    // A worker that gave calls back skips them in its pipe.
+                    let fits = if gave_back.contains(id) {
+                        is_subsequence(&pending, &written)
+                    } else {
+                        written.ends_with(&pending)
+                    };
                     assert!(
-                        written.ends_with(&pending),
+                        fits,
                         "seed {seed}: worker {id} was written {written:?}, has {pending:?}"
                     );
                 }
@@ -1070,7 +1345,12 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
         for how in left.values() {
             *ways.entry(how).or_default() += 1;
         }
+        *ways.entry("(gave back)").or_default() += gave_back.len() as u64;
     }
+    assert!(
+        ways.remove("(gave back)").unwrap_or(0) > 0,
+        "calls were given back"
+    );
     let mut seen: Vec<_> = ways.keys().copied().collect();
     seen.sort();
     assert_eq!(
