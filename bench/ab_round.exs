@@ -19,10 +19,11 @@
 # - `tiny_p50`, `tiny_mean`, `1kb_p50`, `1mb_p50`: µs per call, 1 caller;
 # - `cps_N`, `cps_p4_N`: calls/s with N callers (1, 8, 64), for the default
 #   pool and the same pool with `pipeline_depth: 4`;
-# - `cpu_64`, `cpu_p4_64`: CPU µs per call at 64 callers, the BEAM's and its
-#   child processes' (shepherds, workers) user + system time from /proc;
+# - `cpu_64`, `cpu_p4_64`: CPU µs per call at 64 callers, of the BEAM and
+#   its descendant processes (shepherds, workers), from /proc schedstat;
 # - `port_*`: the same figures for the Port pool.
 
+Code.require_file("support/common.exs", __DIR__)
 Code.require_file("support/msgpack.exs", __DIR__)
 Code.require_file("support/port_pool.exs", __DIR__)
 
@@ -97,71 +98,11 @@ defmodule Bench.ABRound do
   # Calls/s over @seconds, and the CPU µs the BEAM and its descendants spent
   # per call meanwhile.
   defp throughput(call, args, callers) do
-    ms = @seconds * 1000
-    pids = [System.pid() | descendants(System.pid())]
-    cpu0 = cpu_ticks(pids)
-    deadline = System.monotonic_time(:millisecond) + ms
-
-    calls =
-      1..callers
-      |> Enum.map(fn _ -> Task.async(fn -> loop(call, args, deadline, 0) end) end)
-      |> Enum.map(&Task.await(&1, ms + 30_000))
-      |> Enum.sum()
-
-    cpu_us = (cpu_ticks(pids) - cpu0) * 1_000_000 / clock_ticks()
-    {calls / @seconds, cpu_us / max(calls, 1)}
-  end
-
-  defp loop(call, args, deadline, n) do
-    if System.monotonic_time(:millisecond) < deadline do
-      call.(args)
-      loop(call, args, deadline, n + 1)
-    else
-      n
-    end
-  end
-
-  # utime + stime of each pid (all its threads), in clock ticks.
-  defp cpu_ticks(pids) do
-    pids
-    |> Enum.map(fn pid ->
-      case File.read("/proc/#{pid}/stat") do
-        {:ok, stat} ->
-          # Fields after the command's closing paren; utime and stime are
-          # the 14th and 15th fields of the whole line.
-          [_, rest] = String.split(stat, ") ", parts: 2)
-          fields = String.split(rest, " ")
-          String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
-
-        {:error, _} ->
-          0
-      end
-    end)
-    |> Enum.sum()
-  end
-
-  defp descendants(root) do
-    parents =
-      for dir <- File.ls!("/proc"),
-          String.match?(dir, ~r/^\d+$/),
-          {:ok, stat} <- [File.read("/proc/#{dir}/stat")] do
-        [_, rest] = String.split(stat, ") ", parts: 2)
-        {dir, rest |> String.split(" ") |> Enum.at(1)}
-      end
-
-    collect([root], parents, [])
-  end
-
-  defp collect([], _parents, acc), do: acc
-
-  defp collect([pid | rest], parents, acc) do
-    children = for {child, ^pid} <- parents, do: child
-    collect(children ++ rest, parents, children ++ acc)
-  end
-
-  defp clock_ticks do
-    {ticks, 0} = System.cmd("getconf", ["CLK_TCK"])
-    ticks |> String.trim() |> String.to_integer()
+    pids = [System.pid() | Bench.Common.descendants(System.pid())]
+    cpu0 = Bench.Common.cpu_ns(pids)
+    cps = Bench.Common.calls_per_s(call, args, callers, @seconds * 1000)
+    cpu_us = (Bench.Common.cpu_ns(pids) - cpu0) / 1000
+    {cps, cpu_us / max(cps * @seconds, 1)}
   end
 
   defp percentile(xs, p) do

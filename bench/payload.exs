@@ -203,22 +203,6 @@ defmodule Bench.Payload do
 
   defp script(name), do: Path.join([__DIR__, "support", name])
 
-  defp packet_port(exe, args) do
-    Port.open({:spawn_executable, exe}, [:binary, {:packet, 4}, args: args])
-  end
-
-  defp port_echo(port, bin) do
-    true = Port.command(port, bin)
-
-    size = byte_size(bin)
-
-    receive do
-      {^port, {:data, out}} when byte_size(out) == size -> :ok
-    after
-      300_000 -> raise "raw echo did not answer"
-    end
-  end
-
   defp ratio_range(samples, a, b) do
     case {samples[a], samples[b]} do
       {nil, _} ->

@@ -225,46 +225,7 @@ defmodule Bench.Roundtrip do
 
   defp cpu_us(us), do: "#{Float.round(us, 1)}"
 
-  ## OS processes and raw pipes
-
-  # The OS pids descending from `root`, from the ppid links in /proc/*/stat.
-  defp descendants(root) do
-    parents =
-      for dir <- File.ls!("/proc"),
-          String.match?(dir, ~r/^\d+$/),
-          {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
-          # The command, in parentheses, may itself hold ") ": the state and
-          # the ppid follow the last one.
-          [_, ppid] <- [Regex.run(~r/^.*\) \S+ (\d+)/s, stat)] do
-        {dir, ppid}
-      end
-
-    collect(["#{root}"], parents, [])
-  end
-
-  defp collect([], _parents, acc), do: acc
-
-  defp collect([pid | rest], parents, acc) do
-    children = for {child, ^pid} <- parents, do: child
-    collect(children ++ rest, parents, children ++ acc)
-  end
-
   defp script(name), do: Path.join([__DIR__, "support", name])
-
-  defp packet_port(exe, args) do
-    Port.open({:spawn_executable, exe}, [:binary, {:packet, 4}, args: args])
-  end
-
-  defp port_echo(port, bin) do
-    true = Port.command(port, bin)
-    size = byte_size(bin)
-
-    receive do
-      {^port, {:data, out}} when byte_size(out) == size -> :ok
-    after
-      300_000 -> raise "raw echo did not answer"
-    end
-  end
 end
 
 Bench.Roundtrip.run()

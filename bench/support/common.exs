@@ -110,4 +110,44 @@ defmodule Bench.Common do
     |> String.split()
     |> Enum.map(&System.convert_time_unit(String.to_integer(&1), :nanosecond, :native))
   end
+
+  # The OS pids (strings) descending from `root`, from the ppid links in
+  # /proc/*/stat.
+  def descendants(root) do
+    parents =
+      for dir <- File.ls!("/proc"),
+          String.match?(dir, ~r/^\d+$/),
+          {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
+          # The command, in parentheses, may itself hold ") ": the state and
+          # the ppid follow the last one.
+          [_, ppid] <- [Regex.run(~r/^.*\) \S+ (\d+)/s, stat)] do
+        {dir, ppid}
+      end
+
+    collect(["#{root}"], parents, [])
+  end
+
+  defp collect([], _parents, acc), do: acc
+
+  defp collect([pid | rest], parents, acc) do
+    children = for {child, ^pid} <- parents, do: child
+    collect(children ++ rest, parents, children ++ acc)
+  end
+
+  # A `{:packet, 4}` Port to `exe` (an echo: bench/support/raw_pipe_echo.*).
+  def packet_port(exe, args) do
+    Port.open({:spawn_executable, exe}, [:binary, {:packet, 4}, args: args])
+  end
+
+  # One round trip of `bin` through a packet_port/2 echo.
+  def port_echo(port, bin) do
+    true = Port.command(port, bin)
+    size = byte_size(bin)
+
+    receive do
+      {^port, {:data, out}} when byte_size(out) == size -> :ok
+    after
+      300_000 -> raise "raw echo did not answer"
+    end
+  end
 end
