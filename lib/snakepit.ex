@@ -191,8 +191,9 @@ defmodule Snakepit do
     `Snakepit.Config`);
   - `:queue_timeout` - milliseconds the call may wait for a free worker
     (default: the pool's `:queue_timeout`, itself `:infinity` by default).
-    Past it the call leaves the queue with a `:timeout` error whose details
-    have `queue: true`;
+    Past it the call leaves the queue, or is taken back from the worker
+    whose pipe it waits in (see "Pipelining" in `Snakepit.Config`), with a
+    `:timeout` error whose details have `queue: true`;
   - `:session_id` - the session the call belongs to (a string of 1 to 256
     bytes), or `nil`; see "Sessions" below and `execute_in_session/4`;
   - `:affinity` - how a session's call picks its worker: `:strict`,
@@ -416,32 +417,43 @@ defmodule Snakepit do
   end
 
   # The call waited `queue_timeout` ms: it leaves the queue, unless a worker
-  # has it already; then it gets the rest of its `timeout`.
+  # has it already; then it gets the rest of its `timeout`. A call waiting
+  # in a worker's pipe behind another (pipelining) is asked back: it ends
+  # with this same error (`{tag, :dequeued}`) if the worker gives it back
+  # before starting it.
   defp queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout) do
-    if Native.dequeue(handle, request_id) do
-      {{:error,
-        Error.timeout(
-          "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
-          %{tool: tool, timeout: queue_timeout, queue: true, retryable: true}
-        )}, nil}
-    else
-      rest = if timeout == :infinity, do: :infinity, else: timeout - queue_timeout
+    case Native.dequeue(handle, request_id) do
+      :dequeued ->
+        {queue_timeout_error(tool, queue_timeout), nil}
 
-      receive do
-        {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
-        {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
-      after
-        rest -> timed_out(handle, tag, request_id, tool, timeout)
-      end
+      _pending_or_started ->
+        rest = if timeout == :infinity, do: :infinity, else: timeout - queue_timeout
+
+        receive do
+          {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
+          {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
+          {^tag, :dequeued} -> {queue_timeout_error(tool, queue_timeout), nil}
+        after
+          rest -> timed_out(handle, tag, request_id, tool, timeout, queue_timeout)
+        end
     end
   end
 
-  defp timed_out(handle, tag, request_id, tool, timeout) do
+  defp queue_timeout_error(tool, queue_timeout) do
+    {:error,
+     Error.timeout(
+       "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
+       %{tool: tool, timeout: queue_timeout, queue: true, retryable: true}
+     )}
+  end
+
+  defp timed_out(handle, tag, request_id, tool, timeout, queue_timeout \\ nil) do
     case Native.cancel(handle, request_id) do
       replied when replied == :replied ->
         receive do
           {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
           {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
+          {^tag, :dequeued} -> {queue_timeout_error(tool, queue_timeout), nil}
         after
           @reply_in_flight_wait ->
             {{:error,

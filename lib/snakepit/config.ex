@@ -123,7 +123,7 @@ defmodule Snakepit.Config do
     %{
       name: :pipeline_depth,
       shape: :depth,
-      default: 1,
+      default: 4,
       native: true,
       doc: "most calls written to one worker at a time (see \"Pipelining\")"
     },
@@ -384,26 +384,32 @@ defmodule Snakepit.Config do
 
   ### Pipelining
 
-  With `pipeline_depth: 1` a call goes only to an idle worker, and a worker
-  that finishes waits one round trip (tens of µs) for its next call. With a
-  depth of N, up to N calls are written to a worker at once: it finds the
-  next one already in its pipe, which raises the throughput of short calls
-  and lowers the CPU each costs (see `bench/roundtrip.exs`). Calls still
-  queue in FIFO order, and those written behind a call whose worker dies are
-  queued again, not failed (they never started).
+  Up to `:pipeline_depth` calls (4 by default) are written to a worker at
+  once: the first runs, the others wait in its pipe, so a worker that
+  finishes a call finds the next one there instead of waiting a round trip
+  (tens of µs) for it. For many short calls that raises throughput and
+  lowers the CPU each call costs (see `bench/roundtrip.exs`). Calls still
+  go in FIFO order, to an idle worker first; those written behind a call
+  whose worker dies are queued again, not failed (they never started).
+  `pipeline_depth: 1` writes a call only to an idle worker.
 
   The price of pipelining is head-of-line blocking: a call written behind a
   slow one waits for it. `:reclaim_after` bounds that wait. Once a call has
-  run `:reclaim_after` ms, nothing more is written behind it, and the calls
-  waiting behind it are taken back (the worker gives back those it has not
-  started; see "Reclaim" in `docs/protocol.md`) and served by other workers,
-  in their original order. The pool looks for such calls every
-  `:reclaim_after / 2` ms, so a call waits behind a slow one at most about
-  1.5 x `:reclaim_after` ms before it is taken back (75 ms by default),
-  and then runs as soon as a worker is free. Calls of a session bound to
-  that worker stay (they can run nowhere else), and nothing is taken back
-  while every worker is busy with a slow call. `reclaim_after: :infinity`
-  turns this off.
+  run `:reclaim_after` ms (50 by default), nothing more is written behind
+  it, and the calls waiting behind it are taken back (the worker gives back
+  those it has not started; see "Reclaim" in `docs/protocol.md`) and served
+  by other workers, in their original order. The pool looks for such calls
+  every `:reclaim_after / 2` ms, so a call waits behind a slow one at most
+  about 1.5 x `:reclaim_after` ms before it is taken back (75 ms by
+  default), and then runs as soon as a worker is free. Calls of a session
+  bound to that worker stay (they can run nowhere else), and nothing is
+  taken back while every worker is busy with a slow call.
+  `reclaim_after: :infinity` turns this off.
+
+  A call's `:queue_timeout` covers its wait in a worker's pipe too: when it
+  passes, the call is taken out of the queue, or asked back from the worker
+  whose pipe it waits in (and fails with the same `:timeout` error if the
+  worker gives it back before starting it).
 
   ### Shared memory
 
@@ -643,7 +649,7 @@ defmodule Snakepit.Config do
       iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
       iex> Snakepit.Config.native_options(config)
       %{max_frame_bytes: 67108864, shm_threshold: 4194304, shm_max_bytes: 4294967296,
-        pipeline_depth: 1, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
+        pipeline_depth: 4, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
         session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """
   @spec native_options(t()) :: native_options()

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 10
+  @abi_version 11
   @status_key {__MODULE__, :load_status}
 
   @doc false

@@ -222,7 +222,6 @@ defmodule Snakepit.Pool do
         })
 
         schedule(:heartbeat, config.heartbeat_interval)
-        schedule(:reclaim, reclaim_tick(config))
 
         :ok =
           if config.max_age != :infinity or config.max_memory_mb != :infinity or
@@ -240,9 +239,10 @@ defmodule Snakepit.Pool do
     end
   end
 
-  # How often stalled workers are looked for: half of :reclaim_after, so a
-  # call waits behind a stalled one at most 1.5 x :reclaim_after before it is
-  # asked back. Never without pipelining: nothing can wait behind a call.
+  # How often stalled workers are looked for while the pool has work: half
+  # of :reclaim_after, so a call waits behind a stalled one at most 1.5 x
+  # :reclaim_after before it is asked back. Never without pipelining:
+  # nothing can wait behind a call.
   defp reclaim_tick(%{pipeline_depth: 1}), do: :infinity
   defp reclaim_tick(%{reclaim_after: :infinity}), do: :infinity
   defp reclaim_tick(%{reclaim_after: ms}), do: max(div(ms, 2), 1)
@@ -366,9 +366,19 @@ defmodule Snakepit.Pool do
     {:noreply, state}
   end
 
-  def handle_info(:reclaim, state) do
-    _asked = Native.pool_reclaim(state.handle, state.config.reclaim_after)
-    schedule(:reclaim, reclaim_tick(state.config))
+  # Ticks only while the pool has calls: the native side says when it found
+  # none (then the ticks stop), and sends :snakepit_reclaim on the next
+  # submit to start them again.
+  def handle_info(msg, state) when msg in [:reclaim, :snakepit_reclaim] do
+    case reclaim_tick(state.config) do
+      :infinity ->
+        :ok
+
+      tick ->
+        if Native.pool_reclaim(state.handle, state.config.reclaim_after),
+          do: schedule(:reclaim, tick)
+    end
+
     {:noreply, state}
   end
 

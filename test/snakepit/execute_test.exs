@@ -208,8 +208,10 @@ defmodule Snakepit.ExecuteTest do
       assert stats.restarts == before.restarts
     end
 
-    test "a call that times out while queued never reaches a worker", ctx do
-      # Both workers are busy; this call waits in the queue and gives up there.
+    test "a call that times out while queued never reaches a worker" do
+      # Both workers are busy; without pipelining this call waits in the
+      # queue and gives up there.
+      ctx = %{pool: TestPools.start_pool(size: 2, pipeline_depth: 1)}
       busy = TestPools.occupy(ctx.pool, 2)
       served = TestPools.served(ctx.pool)
       assert {:error, %Error{category: :timeout} = e} = exec(ctx, "count", %{}, timeout: 20)

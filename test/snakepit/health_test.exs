@@ -55,7 +55,7 @@ defmodule Snakepit.HealthTest do
     end
 
     test "a worker recycled with a call in flight finishes it first" do
-      pool = start_pool(size: 1, max_requests: 1, pipeline_depth: 4)
+      pool = start_pool(size: 1, max_requests: 1, pipeline_depth: 4, reclaim_after: :infinity)
       [old] = os_pids(pool)
       running = occupy(pool)
       behind = for _ <- 1..3, do: Task.async(fn -> Snakepit.execute("pid", %{}, pool: pool) end)

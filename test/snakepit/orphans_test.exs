@@ -52,14 +52,18 @@ defmodule Snakepit.OrphansTest do
     assert os_alive?(live_owner) and os_alive?(mine)
   end
 
-  # A detached `sleep` carrying `mark`, as a leftover worker would.
+  # A detached `sleep` carrying `mark`, as a leftover worker would. Returned
+  # once it runs `sleep`: while the forked shell is still exec'ing it, its
+  # /proc/<pid>/environ can read empty, and reap/0 would not see the mark.
   defp start_marked(mark) do
     {out, 0} =
       System.cmd("sh", ["-c", "sleep 600 >/dev/null 2>&1 & echo $!"],
         env: [{"SNAKEPIT_OWNER", mark}]
       )
 
-    String.to_integer(String.trim(out))
+    os_pid = String.to_integer(String.trim(out))
+    wait_until(fn -> match?({:ok, "sleep" <> _}, File.read("/proc/#{os_pid}/cmdline")) end)
+    os_pid
   end
 
   defp start_time(os_pid) do

@@ -1,5 +1,8 @@
 defmodule Snakepit.PipelineTest do
   # pipeline_depth > 1: calls written to a busy worker's pipe ahead of time.
+  # Tests that write calls behind a long-running one set reclaim_after:
+  # :infinity, or the running call would stall its worker after 50 ms and
+  # later calls would queue instead (see the reclaim tests).
   use ExUnit.Case, async: true
   import ExUnit.CaptureLog
   import Snakepit.TestPools, only: [wait_until: 1, start_pool: 1]
@@ -11,7 +14,7 @@ defmodule Snakepit.PipelineTest do
   end
 
   test "up to pipeline_depth calls are written to a worker, the rest wait in the queue" do
-    pool = start_pool(size: 1, pipeline_depth: 3)
+    pool = start_pool(size: 1, pipeline_depth: 3, reclaim_after: :infinity)
     first = TestPools.occupy(pool)
     more = for i <- 1..3, do: call_async(pool, "echo", %{value: i})
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
@@ -38,7 +41,7 @@ defmodule Snakepit.PipelineTest do
   end
 
   test "calls written behind a call whose worker dies are queued again, not failed" do
-    pool = start_pool(size: 1, pipeline_depth: 3)
+    pool = start_pool(size: 1, pipeline_depth: 3, reclaim_after: :infinity)
     [os_pid] = TestPools.os_pids(pool)
 
     capture_log(fn ->
@@ -56,7 +59,7 @@ defmodule Snakepit.PipelineTest do
   end
 
   test "a call cancelled while waiting in a worker's pipe never answers its caller" do
-    pool = start_pool(size: 1, pipeline_depth: 2)
+    pool = start_pool(size: 1, pipeline_depth: 2, reclaim_after: :infinity)
     running = TestPools.occupy(pool)
 
     assert {:error, %Error{category: :timeout} = e} =
@@ -78,11 +81,12 @@ defmodule Snakepit.PipelineTest do
   end
 
   test "quick calls written behind a slow one are taken back and served by another worker" do
-    # 50 ms is the default :reclaim_after; a call behind a stalled one is
-    # asked back within 1.5x that. Without reclaim, those written behind
-    # the 2 s call would wait for it.
-    pool = start_pool(size: 2, pipeline_depth: 4, reclaim_after: 50)
-    slow = call_async(pool, "sleep", %{ms: 2_000})
+    # A call behind a stalled one is asked back within 1.5 x :reclaim_after
+    # (450 ms here). 300 ms rather than the default 50 leaves a loaded
+    # machine the time to write some of the quick calls behind the slow one
+    # before it stalls; without reclaim those wait for it (3 s).
+    pool = start_pool(size: 2, pipeline_depth: 4, reclaim_after: 300)
+    slow = call_async(pool, "sleep", %{ms: 3_000})
     wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end)
     started = System.monotonic_time(:millisecond)
 
@@ -100,13 +104,29 @@ defmodule Snakepit.PipelineTest do
       |> Enum.map(fn {:ok, ms} -> ms end)
 
     # All answered long before the slow call ends: none waited for it.
-    # (The bound itself is ~75 ms; 1 s leaves room for a loaded machine.)
-    assert Enum.max(waits) < 1_000, "waits: #{inspect(Enum.sort(waits))}"
-    assert System.monotonic_time(:millisecond) - started < 1_500
-    assert Task.await(slow, 5_000) == {:ok, 2_000}
+    assert Enum.max(waits) < 2_000, "waits: #{inspect(Enum.sort(waits))}"
+    assert System.monotonic_time(:millisecond) - started < 2_500
+    assert Task.await(slow, 10_000) == {:ok, 3_000}
     # Some had been written behind the slow call and were given back.
     assert %{requeued: requeued, completed: 51} = Snakepit.get_stats(pool)
     assert requeued > 0
+  end
+
+  test "a call whose queue_timeout passes in a worker's pipe is taken back and fails so" do
+    pool = start_pool(size: 1, pipeline_depth: 2, reclaim_after: :infinity)
+    running = TestPools.occupy(pool)
+
+    assert {:error, %Error{category: :timeout} = e} =
+             Snakepit.execute("count", %{}, pool: pool, queue_timeout: 50, timeout: 5_000)
+
+    assert e.details.queue == true
+    assert e.message =~ ":queue_timeout"
+    running.release.()
+    assert TestPools.await_occupied(running) == [{:ok, "released"}]
+    # It never ran: this is the worker's first count.
+    assert {:ok, 1} = Snakepit.execute("count", %{}, pool: pool)
+    assert %{queue_timeouts: 1, requeued: 0, in_flight: 0} = Snakepit.get_stats(pool)
+    TestPools.refute_stray_answers()
   end
 
   test "with reclaim_after: :infinity calls written behind a slow one wait for it" do

@@ -204,7 +204,7 @@ defmodule Snakepit.PoolTest do
     end
 
     test "calls queued behind a dying worker are served by its replacement" do
-      opts = TestPools.opts(size: 1)
+      opts = TestPools.opts(size: 1, pipeline_depth: 1)
       start_supervised!({Snakepit.Pool, opts})
       pool = opts[:name]
       [old] = os_pids(pool)
@@ -232,7 +232,7 @@ defmodule Snakepit.PoolTest do
 
   describe "stopping" do
     test "stopping a pool answers queued calls, finishes the running one, and leaves no process" do
-      opts = TestPools.opts(size: 1)
+      opts = TestPools.opts(size: 1, pipeline_depth: 1)
       start_supervised!({Snakepit.Pool, opts}, id: :stopping)
       pool = opts[:name]
       [os_pid] = os_pids(pool)

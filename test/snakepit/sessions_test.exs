@@ -64,7 +64,7 @@ defmodule Snakepit.SessionsTest do
   end
 
   test ":strict waits for its busy worker even when others are idle; calls run in order" do
-    pool = start_pool(size: 2)
+    pool = start_pool(size: 2, pipeline_depth: 1)
     s = Snakepit.new_session_id()
     {:ok, %{"pid" => pid}} = counter(pool, s)
     {blocked, release} = block_in_session(pool, s)
@@ -121,7 +121,7 @@ defmodule Snakepit.SessionsTest do
 
   @tag :capture_log
   test "SIGKILL of a session's worker: its calls learn the session was lost, then it starts afresh" do
-    pool = start_pool(size: 2)
+    pool = start_pool(size: 2, pipeline_depth: 1)
     s = Snakepit.new_session_id()
     {:ok, %{"pid" => pid}} = counter(pool, s)
     {blocked, _release} = block_in_session(pool, s)

@@ -21,7 +21,7 @@ defmodule Snakepit.StatsTest do
   ]
 
   test "a mixed run counts each call once, under its own outcome" do
-    pool = start_pool(size: 1, max_queue: 1, cancel_grace: 5_000)
+    pool = start_pool(size: 1, max_queue: 1, cancel_grace: 5_000, pipeline_depth: 1)
     run = &Snakepit.execute(&1, &2, Keyword.put(&3, :pool, pool))
 
     for i <- 1..3, do: assert({:ok, ^i} = run.("echo", %{value: i}, []))
@@ -88,7 +88,7 @@ defmodule Snakepit.StatsTest do
 
   test "with pipelining, answers to timed-out calls are not counted again" do
     # 2 ok and 2 timeouts were once reported as 3 completed and 1 Python error.
-    pool = start_pool(size: 1, pipeline_depth: 2, cancel_grace: 5_000)
+    pool = start_pool(size: 1, pipeline_depth: 2, cancel_grace: 5_000, reclaim_after: :infinity)
     run = &Snakepit.execute(&1, &2, Keyword.put(&3, :pool, pool))
 
     slow = Task.async(fn -> run.("sleep", %{ms: 200}, timeout: 50) end)

@@ -42,6 +42,8 @@ defmodule Snakepit.TelemetryTest do
       start_pool(
         size: 1,
         max_queue: 1,
+        # Calls queue rather than wait in the worker's pipe: a full queue.
+        pipeline_depth: 1,
         max_requests: 50,
         circuit_breaker: [threshold: 1, cooldown: 100]
       )

@@ -63,7 +63,7 @@ defmodule Snakepit.TimeoutsTest do
   end
 
   test "past :max_queue, calls fail at once with a :pool error" do
-    pool = start_pool(size: 1, max_queue: 1)
+    pool = start_pool(size: 1, max_queue: 1, pipeline_depth: 1)
     blocker = occupy(pool)
     queued = Task.async(fn -> Snakepit.execute("echo", %{value: :queued}, pool: pool) end)
     wait_until(fn -> Snakepit.get_stats(pool).queued == 1 end)
@@ -79,7 +79,7 @@ defmodule Snakepit.TimeoutsTest do
   end
 
   test "a caller that dies while queued gives up its place" do
-    pool = start_pool(size: 1)
+    pool = start_pool(size: 1, pipeline_depth: 1)
     blocker = occupy(pool)
 
     doomed = spawn(fn -> Snakepit.execute("count", %{}, pool: pool) end)

@@ -214,6 +214,27 @@ pub enum Cancel<C, W> {
     Replied,
 }
 
+/// What [`Dispatcher::dequeue`] found.
+pub enum Dequeue<C, W> {
+    /// Taken out of the queue: answer it with a queue timeout.
+    Queued(C),
+    /// Waiting in a worker's pipe behind a running call. The worker is to be
+    /// asked for it back (`Some`; `None`: asked already). If the worker gives
+    /// it back, [`Dispatcher::reclaimed`] hands its caller back, to answer
+    /// with a queue timeout; if it starts it first, it runs.
+    Pipelined(Option<Arc<W>>),
+    /// Running, answered, or given up: it goes on as it is.
+    Started,
+}
+
+/// What [`Dispatcher::reclaimed`] did with a call its worker gave back.
+pub struct GivenBack<C, W> {
+    pub writes: Writes<W>,
+    /// The call's `queue_timeout` had passed (see [`Dispatcher::dequeue`]):
+    /// answer its caller with a queue timeout.
+    pub dequeued: Option<C>,
+}
+
 /// Requests given up because their caller died (see `caller_down`).
 pub struct GivenUp<C, W> {
     pub queued: Vec<C>,
@@ -282,6 +303,10 @@ struct Request<C> {
     started: Option<Instant>,
     /// Its worker was asked to give it back (see [`Dispatcher::reclaim_due`]).
     reclaiming: bool,
+    /// Its `queue_timeout` passed while it waited in a worker's pipe: if the
+    /// worker gives it back, it ends with a queue timeout instead of being
+    /// queued again (see [`Dispatcher::dequeue`]).
+    dequeue: bool,
 }
 
 /// A streaming request's flow control.
@@ -483,6 +508,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             submitted: now,
             started: None,
             reclaiming: false,
+            dequeue: false,
         });
         Ok(Submitted {
             writes: self.fill(),
@@ -713,6 +739,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 self.stats.requeued += 1;
                 req.started = None;
                 req.reclaiming = false;
+                req.dequeue = false;
                 if let Some(credits) = req.stream.as_mut() {
                     credits.left = credits.window;
                 }
@@ -807,8 +834,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
 
     /// The worker gave back `request_id`, which it was asked for and will
     /// never start: it is queued again in submission order (or dropped, if
-    /// its caller gave up meanwhile), and the queue is dispatched.
-    pub fn reclaimed(&mut self, worker_id: u64, request_id: u64) -> Result<Writes<W>, Violation> {
+    /// its caller gave up meanwhile, or handed back to be answered with a
+    /// queue timeout if it was dequeued), and the queue is dispatched.
+    pub fn reclaimed(
+        &mut self,
+        worker_id: u64,
+        request_id: u64,
+    ) -> Result<GivenBack<C, W>, Violation> {
         let now = Instant::now();
         let slot = self
             .slots
@@ -833,8 +865,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         }
         req.reclaiming = false;
         req.started = None;
+        let mut dequeued = None;
         if req.caller.is_none() {
             self.leave(&req, now);
+        } else if req.dequeue {
+            self.ended(req.id, Outcome::QueueTimeout, now);
+            self.leave(&req, now);
+            dequeued = req.caller.take();
         } else {
             debug_assert!(
                 !req.frame.is_empty(),
@@ -849,7 +886,10 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             self.queue.insert(at, req);
         }
         self.settle(worker_id);
-        Ok(self.fill())
+        Ok(GivenBack {
+            writes: self.fill(),
+            dequeued,
+        })
     }
 
     /// The caller timed out: gives up its request, wherever it is.
@@ -891,12 +931,33 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     }
 
     /// The caller's `queue_timeout` passed: takes its request out of the
-    /// queue if it is still there. `None` means a worker has it (or it was
-    /// answered).
-    pub fn dequeue(&mut self, request_id: u64) -> Option<C> {
-        let caller = self.take_queued(request_id)?;
-        self.ended(request_id, Outcome::QueueTimeout, Instant::now());
-        Some(caller)
+    /// queue if it is still there, or asks for it back if it waits in a
+    /// worker's pipe (see [`Dequeue`]).
+    pub fn dequeue(&mut self, request_id: u64) -> Dequeue<C, W> {
+        if let Some(caller) = self.take_queued(request_id) {
+            self.ended(request_id, Outcome::QueueTimeout, Instant::now());
+            return Dequeue::Queued(caller);
+        }
+        for slot in self.slots.values_mut() {
+            let Some(req) = slot
+                .in_flight
+                .iter_mut()
+                .skip(1)
+                .find(|r| r.id == request_id)
+            else {
+                continue;
+            };
+            if req.caller.is_none() {
+                return Dequeue::Started;
+            }
+            req.dequeue = true;
+            if req.reclaiming {
+                return Dequeue::Pipelined(None);
+            }
+            req.reclaiming = true;
+            return Dequeue::Pipelined(Some(Arc::clone(&slot.worker)));
+        }
+        Dequeue::Started
     }
 
     fn take_queued(&mut self, request_id: u64) -> Option<C> {

@@ -31,8 +31,12 @@ rustler::atoms! {
     half_open,
     circuit,
     snakepit_circuit,
-    // submit/cancel/expire
+    snakepit_reclaim,
+    // submit/cancel/expire/dequeue
     dirty,
+    dequeued,
+    pending,
+    started,
     cancelled,
     replied,
     running,

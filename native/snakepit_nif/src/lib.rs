@@ -48,7 +48,7 @@ use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 10;
+const ABI_VERSION: u32 = 11;
 
 /// Most bytes an encoding on a normal scheduler copies or scans; past it,
 /// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
@@ -184,10 +184,10 @@ fn pool_expire(pool: ResourceArc<PoolHandle>, worker_id: u64, request_id: u64) -
 }
 
 /// Asks workers stalled on a call running `after_ms` or longer to give back
-/// the calls written behind it, which then run elsewhere. Returns how many
-/// calls were asked for.
+/// the calls written behind it, which then run elsewhere. Returns `false`
+/// when the pool is idle: stop ticking until `:snakepit_reclaim` comes.
 #[rustler::nif]
-fn pool_reclaim(pool: ResourceArc<PoolHandle>, after_ms: u64) -> usize {
+fn pool_reclaim(pool: ResourceArc<PoolHandle>, after_ms: u64) -> bool {
     pool.core.reclaim(Duration::from_millis(after_ms))
 }
 
@@ -475,10 +475,12 @@ fn pool_session(pool: ResourceArc<PoolHandle>, session_id: Binary) -> Option<ter
     pool.core.session(session_id.as_slice())
 }
 
-/// After a queue timeout: `true` if the request was still queued (it is
-/// removed; no reply will come), `false` if a worker has it.
+/// After a queue timeout: `:dequeued` if the request was still queued (it
+/// is removed; no reply will come), `:pending` if it waited in a worker's
+/// pipe (asked back: its reply is `{tag, :dequeued}` if given back, else its
+/// answer), `:started` if a worker runs it.
 #[rustler::nif]
-fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> bool {
+fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
     pool.core.dequeue(env, request_id)
 }
 

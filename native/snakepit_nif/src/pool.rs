@@ -25,7 +25,7 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedBinary, Resource};
 use snakepit_dispatch::breaker::{self, Transition};
 use snakepit_dispatch::dispatcher::{
-    self, Call, Cancel, Ended, Exit, Refused, StartError, Terminal, Writes,
+    self, Call, Cancel, Dequeue, Ended, Exit, Refused, StartError, Terminal, Writes,
 };
 use snakepit_dispatch::output::Admit;
 use snakepit_dispatch::recycle::Reason;
@@ -34,7 +34,7 @@ use snakepit_dispatch::stats::Outcome;
 use snakepit_dispatch::Dispatcher;
 use snakepit_wire::outgoing::OutFrame;
 use snakepit_wire::protocol::{self, Envelope, ErrorKind, HandshakeError, Kind, PROTOCOL_VERSION};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,10 @@ pub struct PoolCore {
     shepherd: String,
     next_request: AtomicU64,
     dispatch: Mutex<Dispatcher<Reply, Worker>>,
+    /// The owner stopped its reclaim ticks, the pool being idle: the next
+    /// submit sends it `:snakepit_reclaim` to start them again (see
+    /// [`PoolCore::reclaim`]). Set and read under the dispatch lock's order.
+    reclaim_idle: AtomicBool,
 }
 
 fn flush(writes: Writes<Worker>) {
@@ -115,6 +119,7 @@ impl PoolCore {
             shepherd: config.shepherd,
             next_request: AtomicU64::new(1),
             dispatch: Mutex::new(Dispatcher::new(config.dispatch)),
+            reclaim_idle: AtomicBool::new(true),
         }
     }
 
@@ -223,6 +228,21 @@ impl PoolCore {
         let submitted = self.with_dispatch(Some(env), |d| {
             d.submit_call(id, frame, reply, call, Instant::now())
         });
+        // After the lock: a reclaim pass that found the pool idle set the
+        // flag before releasing it, so this call is seen by one or the other.
+        if self.reclaim_idle.load(Ordering::Relaxed)
+            && self.reclaim_idle.swap(false, Ordering::AcqRel)
+        {
+            let env_out = OwnedEnv::new();
+            env_out.run(|e| {
+                send_raw(
+                    Some(env),
+                    &self.owner,
+                    e,
+                    atoms::snakepit_reclaim().encode(e),
+                )
+            });
+        }
         match submitted {
             Ok(submitted) => {
                 flush(submitted.writes);
@@ -335,11 +355,25 @@ impl PoolCore {
         }
     }
 
-    /// After a queue timeout: whether the request was still queued (it is
-    /// removed, and no answer will come).
-    pub fn dequeue(&self, env: Env, request_id: u64) -> bool {
-        let taken = self.with_dispatch(Some(env), |d| d.dequeue(request_id));
-        taken.map(|reply| reply.release(Some(env))).is_some()
+    /// After a queue timeout: `:dequeued` if the request was still queued
+    /// (it is removed, and no answer will come); `:pending` if it waits in a
+    /// worker's pipe (its worker is asked for it back: it is answered either
+    /// `{tag, :dequeued}`, if given back, or as usual, if it starts first);
+    /// `:started` if a worker runs it (or it was answered).
+    pub fn dequeue(&self, env: Env, request_id: u64) -> rustler::Atom {
+        match self.with_dispatch(Some(env), |d| d.dequeue(request_id)) {
+            Dequeue::Queued(reply) => {
+                reply.release(Some(env));
+                atoms::dequeued()
+            }
+            Dequeue::Pipelined(worker) => {
+                if let Some(worker) = worker {
+                    worker.control(Kind::Reclaim, request_id);
+                }
+                atoms::pending()
+            }
+            Dequeue::Started => atoms::started(),
+        }
     }
 
     /// The caller behind `monitor` died: its requests are given up. `env` is
@@ -371,18 +405,26 @@ impl PoolCore {
 
     /// Asks each worker whose running call started `after` ago or more to
     /// give back the calls waiting behind it (a `reclaim` per call on its
-    /// control pipe; see `Dispatcher::reclaim_due`). Returns how many
-    /// calls were asked for.
-    pub fn reclaim(&self, after: Duration) -> usize {
-        let asks = self.dispatch.lock().reclaim_due(after, Instant::now());
-        let mut n = 0;
+    /// control pipe; see `Dispatcher::reclaim_due`). Returns `false` when
+    /// the pool has no call queued or in flight: the owner then stops its
+    /// reclaim ticks, and the next submit sends it `:snakepit_reclaim`.
+    pub fn reclaim(&self, after: Duration) -> bool {
+        let (asks, idle) = {
+            let mut d = self.dispatch.lock();
+            let asks = d.reclaim_due(after, Instant::now());
+            let g = d.gauges();
+            let idle = g.queued == 0 && g.busy == 0;
+            if idle {
+                self.reclaim_idle.store(true, Ordering::Release);
+            }
+            (asks, idle)
+        };
         for (worker, ids) in asks {
-            n += ids.len();
             for id in ids {
                 worker.control(Kind::Reclaim, id);
             }
         }
-        n
+        !idle
     }
 
     /// Sends a heartbeat to every ready worker and kills those that missed
@@ -699,12 +741,15 @@ impl Events for PoolCore {
                 Ok(false)
             }
             Kind::Reclaimed if envelope.id != 0 => {
-                let writes = self
+                let given = self
                     .dispatch
                     .lock()
                     .reclaimed(worker.id, envelope.id)
                     .map_err(|v| v.0)?;
-                flush(writes);
+                if let Some(reply) = given.dequeued {
+                    reply.dequeued();
+                }
+                flush(given.writes);
                 Ok(false)
             }
             Kind::Chunk | Kind::Done | Kind::Result | Kind::Reclaimed => Err(format!(

@@ -165,6 +165,13 @@ impl<R: Resource> ReplyTo<R> {
         drop(shm);
     }
 
+    /// `{tag, :dequeued}`: the call's `queue_timeout` passed while it waited
+    /// in a worker's pipe, and the worker gave it back unstarted. From one
+    /// of our threads.
+    pub fn dequeued(self) {
+        self.reply(None, |e| vec![atoms::dequeued().encode(e)]);
+    }
+
     /// `{tag, :error, {category, message, details}}`.
     pub fn fail(self, from: Option<Env>, failure: &Failure) {
         self.reply(from, |e| vec![atoms::error().encode(e), failure.encode(e)]);

@@ -328,7 +328,7 @@ fn calls_behind_a_stalled_call_are_given_back_and_run_elsewhere() {
         "each call is asked for once"
     );
     // Given back out of order: they still run in submission order.
-    let writes = d.reclaimed(1, 12).unwrap();
+    let writes = d.reclaimed(1, 12).unwrap().writes;
     assert!(Arc::ptr_eq(&writes[0], &w2));
     d.reclaimed(1, 11).unwrap();
     assert_eq!(w2.written(), [12, 11]);
@@ -449,6 +449,49 @@ fn a_call_given_back_after_its_caller_gave_up_is_dropped() {
     assert_eq!(d.stats().requeued, 0);
     assert_eq!(d.stats().timeouts, 1);
     assert!(d.expired(1, 11).is_none(), "nothing to kill for it");
+    invariant(&d);
+}
+
+#[test]
+fn a_pipelined_call_past_its_queue_timeout_is_asked_back_and_ends_so() {
+    let mut d = pool(3);
+    let w1 = add_ready(&mut d, 1);
+    for id in 10..13 {
+        submit(&mut d, id);
+    }
+    let w2 = add_ready(&mut d, 2);
+    match d.dequeue(11) {
+        Dequeue::Pipelined(Some(w)) => assert!(Arc::ptr_eq(&w, &w1)),
+        _ => panic!("11 waits in w1's pipe"),
+    }
+    assert!(
+        matches!(d.dequeue(11), Dequeue::Pipelined(None)),
+        "asked once"
+    );
+    let given = d.reclaimed(1, 11).unwrap();
+    assert_eq!(given.dequeued, Some((0, 11)));
+    assert!(given.writes.is_empty());
+    assert!(w2.written().is_empty(), "it is not queued again");
+    assert_eq!(d.stats().queue_timeouts, 1);
+    assert_eq!(d.stats().requeued, 0);
+    // A reclaim_due ask for 12 later still queues 12 again as usual.
+    assert_eq!(asked(&d.reclaim_due(Duration::ZERO, later())), [12]);
+    assert!(d.reclaimed(1, 12).unwrap().dequeued.is_none());
+    assert_eq!(w2.written(), [12]);
+    invariant(&d);
+}
+
+#[test]
+fn a_dequeued_call_its_worker_started_first_runs_to_its_answer() {
+    let mut d = pool(2);
+    add_ready(&mut d, 1);
+    submit(&mut d, 10);
+    submit(&mut d, 11);
+    assert!(matches!(d.dequeue(11), Dequeue::Pipelined(Some(_))));
+    complete(&mut d, 1, 10);
+    assert_eq!(complete(&mut d, 1, 11).caller, Some((0, 11)));
+    assert_eq!(d.stats().queue_timeouts, 0);
+    assert_eq!(d.stats().completed, 2);
     invariant(&d);
 }
 
@@ -743,9 +786,12 @@ fn dequeue_takes_only_queued_requests() {
     add_ready(&mut d, 1);
     submit(&mut d, 10);
     submit(&mut d, 11);
-    assert_eq!(d.dequeue(10), None, "a worker has it");
-    assert_eq!(d.dequeue(11), Some((0, 11)));
-    assert_eq!(d.dequeue(11), None);
+    assert!(
+        matches!(d.dequeue(10), Dequeue::Started),
+        "a worker runs it"
+    );
+    assert!(matches!(d.dequeue(11), Dequeue::Queued((0, 11))));
+    assert!(matches!(d.dequeue(11), Dequeue::Started));
     assert_eq!(d.stats().queue_timeouts, 1);
     complete(&mut d, 1, 10);
     assert_eq!(d.gauges().queued, 0);
@@ -1235,14 +1281,23 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                             leave(caller, "cancel running", &mut left)
                         }
                         Cancel::Replied => assert!(
-                            left.contains_key(&id) || d.dequeue(id).is_none(),
+                            left.contains_key(&id) || matches!(d.dequeue(id), Dequeue::Started),
                             "seed {seed}: cancel said replied for a pending request"
                         ),
                     }
                 }
                 9 if submitted > 0 && rng.below(2) == 0 => {
-                    if let Some(c) = d.dequeue(1 + rng.below(submitted)) {
-                        leave(c, "dequeued", &mut left);
+                    let id = 1 + rng.below(submitted);
+                    match d.dequeue(id) {
+                        Dequeue::Queued(c) => leave(c, "dequeued", &mut left),
+                        Dequeue::Pipelined(Some(w)) => {
+                            let (wid, _) = workers
+                                .iter()
+                                .find(|(_, p)| Arc::ptr_eq(p, &w))
+                                .expect("a known worker");
+                            asked_of.entry(*wid).or_default().push(id);
+                        }
+                        Dequeue::Pipelined(None) | Dequeue::Started => {}
                     }
                 }
                 9 => {
@@ -1273,9 +1328,12 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                                 // The worker started it: it answers instead.
                                 Some(0) if rng.below(2) == 0 => {}
                                 Some(_) => {
-                                    d.reclaimed(id, req).unwrap_or_else(|v| {
+                                    let given = d.reclaimed(id, req).unwrap_or_else(|v| {
                                         panic!("seed {seed}: {req} of {pending:?}: {v:?}")
                                     });
+                                    if let Some(c) = given.dequeued {
+                                        leave(c, "dequeued", &mut left);
+                                    }
                                     gave_back.insert(id);
                                 }
                             }
