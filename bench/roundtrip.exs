@@ -23,7 +23,7 @@
 #   The floors echo the payload's bytes in a 4-byte-length frame; Snakepit and
 #   the Port send `%{"value" => bytes}` in a call frame.
 # - Throughput of tiny calls at 1/8/64 callers (calls/s), for snakepit,
-#   snakepit_p4 (the same pool with `pipeline_depth: 4`) and port.
+#   snakepit_d1 (the same pool with `pipeline_depth: 1`, no pipelining; the default is 4) and port.
 # - CPU µs per tiny call at 64 callers: the CPU time (from
 #   /proc/<pid>/task/*/schedstat) of the BEAM and all its descendant OS
 #   processes (shepherds, Python workers, the Ports' Pythons) during each
@@ -48,16 +48,16 @@ defmodule Bench.Roundtrip do
     :ok = Snakepit.await_ready(:bench, 30_000)
 
     {:ok, _} =
-      Snakepit.Pool.start_link(name: :bench_p4, size: 2, adapter: @adapter, pipeline_depth: 4)
+      Snakepit.Pool.start_link(name: :bench_d1, size: 2, adapter: @adapter, pipeline_depth: 1)
 
-    :ok = Snakepit.await_ready(:bench_p4, 30_000)
+    :ok = Snakepit.await_ready(:bench_d1, 30_000)
     env = [{"PYTHONPATH", Path.join(:code.priv_dir(:snakepit), "python")}]
     ports = List.to_tuple(for _ <- 1..2, do: elem(Bench.PortPool.start(@adapter, env), 1))
     next = :atomics.new(1, [])
 
     candidates = [
       {"snakepit", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :bench) end},
-      {"snakepit_p4", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :bench_p4) end},
+      {"snakepit_d1", fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :bench_d1) end},
       {"port",
        fn args ->
          port = elem(ports, rem(:atomics.add_get(next, 1, 1), 2))
@@ -156,10 +156,10 @@ defmodule Bench.Roundtrip do
   # candidate in each 64-caller sample.
   defp throughput(rounds, seconds, candidates) do
     IO.puts("\n## Throughput, tiny call, 2 workers (calls/s; median of rounds)\n")
-    IO.puts("snakepit_p4 is the same pool with `pipeline_depth: 4`.\n")
+    IO.puts("snakepit_d1 is the same pool with `pipeline_depth: 1` (the default is 4).\n")
 
     IO.puts(
-      row(["callers", "snakepit", "snakepit_p4", "port", "snakepit / port", "snakepit_p4 / port"])
+      row(["callers", "snakepit", "snakepit_d1", "port", "snakepit / port", "snakepit_d1 / port"])
     )
 
     IO.puts(rule(6))
@@ -172,16 +172,16 @@ defmodule Bench.Roundtrip do
         end)
 
       rates = Map.new(samples, fn {k, xs} -> {k, median(Enum.map(xs, &elem(&1, 0)))} end)
-      %{"snakepit" => s, "snakepit_p4" => s4, "port" => p} = rates
+      %{"snakepit" => s, "snakepit_d1" => s1, "port" => p} = rates
 
       IO.puts(
         row([
           "#{callers}",
           "#{round(s)}",
-          "#{round(s4)}",
+          "#{round(s1)}",
           "#{round(p)}",
           ratio(s, p),
-          ratio(s4, p)
+          ratio(s1, p)
         ])
       )
 
@@ -205,7 +205,7 @@ defmodule Bench.Roundtrip do
   end
 
   defp cpu_table(cpu) do
-    %{"snakepit" => s, "snakepit_p4" => s4, "port" => p} =
+    %{"snakepit" => s, "snakepit_d1" => s1, "port" => p} =
       Map.new(cpu, fn {k, xs} -> {k, median(xs)} end)
 
     IO.puts("\n## CPU per tiny call, 64 callers, 2 workers (µs; median of rounds)\n")
@@ -218,9 +218,9 @@ defmodule Bench.Roundtrip do
         "throughput sample above, divided by the calls made in it.\n"
     )
 
-    IO.puts(row(["snakepit", "snakepit_p4", "port", "snakepit / port", "snakepit_p4 / port"]))
+    IO.puts(row(["snakepit", "snakepit_d1", "port", "snakepit / port", "snakepit_d1 / port"]))
     IO.puts(rule(5))
-    IO.puts(row([cpu_us(s), cpu_us(s4), cpu_us(p), ratio(s, p), ratio(s4, p)]))
+    IO.puts(row([cpu_us(s), cpu_us(s1), cpu_us(p), ratio(s, p), ratio(s1, p)]))
   end
 
   defp cpu_us(us), do: "#{Float.round(us, 1)}"
