@@ -741,10 +741,10 @@ impl Events for PoolCore {
                 Ok(false)
             }
             Kind::Reclaimed if envelope.id != 0 => {
+                // Through with_dispatch: a dequeued call's queue timeout is an
+                // outcome the circuit breaker sees, like any other.
                 let given = self
-                    .dispatch
-                    .lock()
-                    .reclaimed(worker.id, envelope.id)
+                    .with_dispatch(None, |d| d.reclaimed(worker.id, envelope.id))
                     .map_err(|v| v.0)?;
                 if let Some(reply) = given.dequeued {
                     reply.dequeued();
