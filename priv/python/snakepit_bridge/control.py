@@ -23,10 +23,11 @@ daemon thread:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Set
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -77,14 +78,22 @@ class Cancellation:
             self._cancelled = False
             return None
 
-    def reclaim(self, request_id: int) -> bool:
+    def reclaim(self, request_id: int, tell: Callable[[], None]) -> bool:
         """The host asks for ``request_id`` back: True if it has not begun
-        (it never will; tell the host ``reclaimed``), False if it has, or if
-        an earlier copy of it is still waiting to be skipped."""
+        (it never will), False if it has, or if an earlier copy of it is
+        still waiting to be skipped.
+
+        When it is given back, ``tell`` (which writes ``reclaimed`` to the
+        host) runs before the lock is released: :meth:`begin` cannot skip
+        the call, and so the main thread cannot answer the call behind it,
+        until the host has ``reclaimed`` on stdout ahead of that answer. The
+        host expects answers in the order it wrote the calls, and one that
+        overtook the ``reclaimed`` would break the protocol."""
         with self._lock:
             if request_id in self._reclaimed or request_id in self._begun:
                 return False
             self._reclaimed.add(request_id)
+            tell()
             return True
 
     def end(self) -> None:
@@ -210,8 +219,8 @@ class ControlThread(threading.Thread):
                     self.state.cancel(request_id)
                     self.credits.wake()
                 elif kind == "reclaim":
-                    if self.state.reclaim(request_id):
-                        self.replies.write("reclaimed", request_id, None)
+                    tell = functools.partial(self.replies.write, "reclaimed", request_id, None)
+                    self.state.reclaim(request_id, tell)
                 elif kind == "ack":
                     self._ack(request_id, body)
         except Exception:  # a broken control pipe shows as missed heartbeats

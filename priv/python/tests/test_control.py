@@ -51,24 +51,50 @@ def test_cancellation_state():
 
 def test_reclaim_takes_back_only_calls_not_begun():
     c = Cancellation()
+    told: list = []
     assert c.begin(1) is None
-    assert not c.reclaim(1), "running"
+    assert not c.reclaim(1, lambda: told.append(1)), "running"
     c.end()
-    assert not c.reclaim(1), "answered"
-    assert c.reclaim(2)
-    assert not c.reclaim(2), "asked twice while its copy waits: the second is refused"
+    assert not c.reclaim(1, lambda: told.append(1)), "answered"
+    assert c.reclaim(2, lambda: told.append(2))
+    assert not c.reclaim(2, lambda: told.append(2)), "asked twice while its copy waits: the second is refused"
+    assert told == [2], "the host is told once, of the call given back"
     assert c.begin(2) == "reclaimed"
     # A later copy of the same call (queued to this worker again) runs.
     assert c.begin(2) is None
 
 
+def test_a_reclaimed_call_is_not_skipped_before_the_host_is_told():
+    # The main thread must not skip the call (and answer the next) while
+    # the control thread has yet to write `reclaimed`: the host would read
+    # the next call's answer first and take it for a protocol violation.
+    c = Cancellation()
+    events: list = []
+
+    def skip() -> None:
+        events.append(("begin", c.begin(2)))
+
+    def tell() -> None:
+        skipper.start()
+        skipper.join(0.05)
+        events.append(("told", skipper.is_alive()))
+
+    skipper = threading.Thread(target=skip)
+    assert c.reclaim(2, tell)
+    skipper.join()
+    assert events == [("told", True), ("begin", "reclaimed")]
+
+
 def test_a_call_reclaimed_before_it_starts_is_given_back_and_skipped(controlled):
-    controlled.send("call", 1, {"tool": "sleep", "args": {"ms": 300}})
+    controlled.send("call", 1, {"tool": "until_cancelled", "args": {}})
+    kind, _, body = controlled.recv()
+    assert kind == "log" and body["message"] == "until_cancelled started"
     controlled.send("call", 2, {"tool": "count", "args": {}})
     controlled.send_control("reclaim", 2)
     controlled.send_control("reclaim", 1)  # running: ignored
     assert controlled.recv() == ("reclaimed", 2, None)
-    assert controlled.recv() == ("result", 1, 300)
+    controlled.send_control("cancel", 1)
+    assert controlled.recv() == ("result", 1, "cancelled")
     # 2 was skipped without an answer and never ran.
     assert controlled.call(3, "count") == ("result", 3, 1)
 
