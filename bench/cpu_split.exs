@@ -4,6 +4,7 @@
 #
 #   mix run bench/cpu_split.exs
 #   CALLERS=1 DEPTH=1 SECS=3 mix run bench/cpu_split.exs
+#   POOL=port mix run bench/cpu_split.exs   # the Port pool of bench/roundtrip.exs
 #
 # The figures come from /proc (schedstat for CPU, status for switches), so
 # they cost nothing to collect and need no profiler. CPU per call was the
@@ -15,6 +16,8 @@
 # `python` (every Python process under the BEAM, main and control threads).
 
 Code.require_file("support/common.exs", __DIR__)
+Code.require_file("support/msgpack.exs", __DIR__)
+Code.require_file("support/port_pool.exs", __DIR__)
 
 defmodule Bench.CpuSplit do
   import Bench.Common
@@ -26,11 +29,31 @@ defmodule Bench.CpuSplit do
     callers = env_int("CALLERS", 64)
     secs = env_int("SECS", 3)
 
-    {:ok, _} =
-      Snakepit.Pool.start_link(name: :split, size: 2, adapter: @adapter, pipeline_depth: depth)
+    call =
+      case System.get_env("POOL", "snakepit") do
+        "snakepit" ->
+          {:ok, _} =
+            Snakepit.Pool.start_link(
+              name: :split,
+              size: 2,
+              adapter: @adapter,
+              pipeline_depth: depth
+            )
 
-    :ok = Snakepit.await_ready(:split, 30_000)
-    call = fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :split) end
+          :ok = Snakepit.await_ready(:split, 30_000)
+          fn args -> {:ok, _} = Snakepit.execute("echo", args, pool: :split) end
+
+        "port" ->
+          env = [{"PYTHONPATH", Path.join(:code.priv_dir(:snakepit), "python")}]
+          ports = List.to_tuple(for _ <- 1..2, do: elem(Bench.PortPool.start(@adapter, env), 1))
+          next = :atomics.new(1, [])
+
+          fn args ->
+            port = elem(ports, rem(:atomics.add_get(next, 1, 1), 2))
+            {:ok, _} = Bench.PortPool.call(port, "echo", args)
+          end
+      end
+
     for _ <- 1..2_000, do: call.(%{"value" => "warm"})
 
     before = sample()
@@ -38,7 +61,12 @@ defmodule Bench.CpuSplit do
     after_ = sample()
     calls = cps * secs
 
-    IO.puts(machine_line("#{callers} callers, pipeline_depth #{depth}, #{secs} s"))
+    IO.puts(
+      machine_line(
+        "#{System.get_env("POOL", "snakepit")}, #{callers} callers, pipeline_depth #{depth}, #{secs} s"
+      )
+    )
+
     IO.puts("\n#{round(cps)} calls/s\n")
     IO.puts(row(["thread group", "CPU µs per call", "switches per call"]))
     IO.puts(rule(3))
