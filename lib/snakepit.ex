@@ -152,13 +152,9 @@ defmodule Snakepit do
   `Snakepit.Pool` for the design and `Snakepit.Config` for the options.
   """
 
-  alias Snakepit.{Error, Native, Pool}
+  alias Snakepit.{Call, CallOptions, Error, Native, Pool}
 
   @default_timeout 30_000
-  @max_timeout Snakepit.Config.max_timeout()
-  # After a timeout, `cancel` may report that the reply was already sent; it
-  # is then in the mailbox or arriving. This bounds that wait, defensively.
-  @reply_in_flight_wait 5_000
 
   @typedoc "Options of `execute/3`."
   @type execute_opt ::
@@ -180,32 +176,14 @@ defmodule Snakepit do
   Calls `command` (a tool of the pool's adapter) with `args` as keyword
   arguments, in a free worker of the pool.
 
-  Options:
-  - `:pool` - the pool's name (default `:default`);
-  - `:timeout` - milliseconds to wait for the answer, queueing included,
-    or `:infinity` (default: the pool's `:timeout`, itself `30_000` by
-    default). On timeout the worker
-    is told to cancel and the caller gets a `:timeout` error; a late
-    answer is dropped, never delivered. (An answer already on its way
-    when the timer fires is returned instead: the call did complete.) (see "Timeouts and cancellation" in
-    `Snakepit.Config`);
-  - `:queue_timeout` - milliseconds the call may wait for a free worker
-    (default: the pool's `:queue_timeout`, itself `:infinity` by default).
-    Past it the call leaves the queue, or is taken back from the worker
-    whose pipe it waits in (see "Pipelining" in `Snakepit.Config`), with a
-    `:timeout` error whose details have `queue: true`;
-  - `:session_id` - the session the call belongs to (a string of 1 to 256
-    bytes), or `nil`; see "Sessions" below and `execute_in_session/4`;
-  - `:affinity` - how a session's call picks its worker: `:strict`,
-    `:hint` or `:fail_fast` (default: the pool's `:affinity`, itself
-    `:strict`). Ignored without a `:session_id`;
-  - `:correlation_id` - a string (1 to 128 bytes) that follows the call into
-    the worker's logs, its telemetry events and its error's details (see
-    `Snakepit.Correlation`; default: a new one);
-  - `:retry` - retry the call after errors that say it never started
-    (`Snakepit.Error.retryable?/1`), or in the listed categories, with
-    backoff, within `:timeout`: `false` or options of `Snakepit.Retry.run/2`
-    (default: the pool's `:retry`, itself `false`).
+  Options (the full table, with defaults, is in `Snakepit.CallOptions`):
+  `:pool`, `:timeout` (ms for the answer, queueing included; past it the
+  worker is told to cancel, the caller gets a `:timeout` error, and a late
+  answer is dropped), `:queue_timeout` (ms to wait for a worker to start
+  it), `:session_id` and `:affinity` (see "Sessions"), `:correlation_id`
+  (see `Snakepit.Correlation`) and `:retry` (see `Snakepit.Retry`). An
+  option not in that table is a `:validation` error naming it. See also
+  "Timeouts and cancellation" and "Pipelining" in `Snakepit.Config`.
 
   `args` is a map (or a keyword list); its keys become the tool's keyword
   argument names. Timeouts are `:infinity` or integers from 0 to
@@ -221,274 +199,8 @@ defmodule Snakepit do
   """
   @spec execute(String.t() | atom(), map() | keyword(), [execute_opt()]) ::
           {:ok, term()} | {:error, Error.t()}
-  def execute(command, args \\ %{}, opts \\ []), do: run(command, args, opts, false)
-
-  defp run(command, args, opts, raising?) do
-    pool = Keyword.get(opts, :pool, :default)
-
-    case Snakepit.Correlation.from_opts(opts) do
-      {:ok, correlation_id} ->
-        command
-        |> prepare(args, opts, pool, correlation_id)
-        |> perform(raising?)
-        |> with_correlation(correlation_id)
-
-      {:error, _} = error ->
-        error
-    end
-  end
-
-  defp prepare(command, args, opts, pool, correlation_id) do
-    with {:ok, entry} <- fetch_pool(pool),
-         {:ok, tool} <- check_command(command),
-         {:ok, args} <- check_args(args),
-         timeout = Keyword.get(opts, :timeout, entry.timeout),
-         :ok <- check_timeout(:timeout, timeout),
-         queue_timeout = Keyword.get(opts, :queue_timeout, entry.queue_timeout),
-         :ok <- check_timeout(:queue_timeout, queue_timeout),
-         {:ok, session} <- session_route(opts, entry),
-         {:ok, retry} <- retry_opts(Keyword.get(opts, :retry, entry.retry)) do
-      {:ok,
-       %{
-         handle: entry.handle,
-         pool: pool,
-         tool: tool,
-         args: args,
-         session: session,
-         correlation_id: correlation_id,
-         timeout: timeout,
-         queue_timeout: queue_timeout,
-         retry: retry
-       }}
-    end
-  end
-
-  defp perform({:error, _} = error, _raising?), do: error
-
-  defp perform({:ok, %{retry: nil} = c}, raising?), do: attempt(c, c.timeout, 1, raising?)
-
-  defp perform({:ok, c}, raising?) do
-    counter = :counters.new(1, [])
-
-    Snakepit.Retry.run(
-      fn budget ->
-        :counters.add(counter, 1, 1)
-        attempt(c, min_timeout(budget, c.timeout), :counters.get(counter, 1), raising?)
-      end,
-      Keyword.put(c.retry, :timeout, c.timeout)
-    )
-  end
-
-  defp min_timeout(:infinity, t), do: t
-  defp min_timeout(t, :infinity), do: t
-  defp min_timeout(a, b), do: min(a, b)
-
-  # One attempt: the call itself, inside its telemetry span when
-  # `:telemetry` is loaded.
-  defp attempt(c, timeout, n, raising?) do
-    if Snakepit.Telemetry.enabled?() do
-      metadata = %{
-        pool: c.pool,
-        command: c.tool,
-        session_id: session_id(c.session),
-        correlation_id: c.correlation_id,
-        attempt: n
-      }
-
-      Snakepit.Telemetry.emit(
-        [:snakepit, :call, :start],
-        Snakepit.Telemetry.start_measurements(),
-        metadata
-      )
-
-      started = System.monotonic_time()
-      {result, meta} = call(c, timeout)
-      emit_call_end(result, meta, started, metadata, raising?)
-      result
-    else
-      c |> call(timeout) |> elem(0)
-    end
-  end
-
-  defp emit_call_end(result, meta, started, metadata, raising?) do
-    duration = System.monotonic_time() - started
-
-    case {result, raising?} do
-      {{:error, error}, true} ->
-        error = Snakepit.Redact.redact(error)
-
-        Snakepit.Telemetry.emit(
-          [:snakepit, :call, :exception],
-          %{duration: duration},
-          Map.merge(metadata, %{kind: :error, reason: error, stacktrace: []})
-        )
-
-      _ ->
-        {os_pid, queue_time, run_time} = meta || {nil, nil, nil}
-
-        measurements = %{
-          duration: duration,
-          queue_time: native_time(queue_time),
-          run_time: native_time(run_time)
-        }
-
-        {outcome, error} =
-          case result do
-            {:ok, _} -> {:ok, nil}
-            {:error, error} -> {error.category, Snakepit.Redact.redact(error)}
-          end
-
-        metadata = Map.merge(metadata, %{worker_os_pid: os_pid, outcome: outcome, error: error})
-        Snakepit.Telemetry.emit([:snakepit, :call, :stop], measurements, metadata)
-        Snakepit.Telemetry.emit([:snakepit, :pool, :request], measurements, metadata)
-    end
-  end
-
-  defp native_time(nil), do: nil
-  defp native_time(ns), do: System.convert_time_unit(ns, :nanosecond, :native)
-
-  defp session_id(nil), do: nil
-  defp session_id({id, _affinity}), do: id
-
-  defp with_correlation({:error, %Error{} = error}, correlation_id),
-    do: {:error, Snakepit.Correlation.tag(error, correlation_id)}
-
-  defp with_correlation(result, _correlation_id), do: result
-
-  # make_ref/0 and the receive stay in one function so the VM only scans
-  # messages that arrived after the ref was made (the receive optimization).
-  # Returns the result and the answer's `{os_pid, queue_ns, run_ns}` (or nil).
-  defp call(c, timeout) do
-    queue_timeout = min_timeout(c.queue_timeout, timeout)
-    tag = make_ref()
-    %{handle: handle, tool: tool, args: args, session: session} = c
-
-    submitted =
-      case Native.submit(handle, tag, tool, args, session, nil, c.correlation_id) do
-        :dirty -> Native.submit_dirty(handle, tag, tool, args, session, nil, c.correlation_id)
-        other -> other
-      end
-
-    case submitted do
-      {:error, reason} ->
-        error = Error.from_native(reason)
-        if error.details[:queued], do: queue_full(c, error)
-        {{:error, error}, nil}
-
-      accepted ->
-        # {:ok, request_id} or {:ok, request_id, :new_session}
-        request_id = elem(accepted, 1)
-        if tuple_size(accepted) == 3, do: session_created(c)
-        first_wait = min_timeout(queue_timeout, timeout)
-
-        receive do
-          {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
-          {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
-        after
-          first_wait ->
-            if first_wait == timeout do
-              timed_out(handle, tag, request_id, tool, timeout)
-            else
-              queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout)
-            end
-        end
-    end
-  end
-
-  @doc false
-  # Shared with Snakepit.Stream.
-  @spec session_created(map()) :: :ok
-  def session_created(%{session: {id, _}, pool: pool}) do
-    Snakepit.Telemetry.emit(
-      [:snakepit, :session, :created],
-      %{system_time: System.system_time()},
-      %{pool: pool, session_id: id}
-    )
-  end
-
-  @doc false
-  @spec queue_full(map(), Error.t()) :: :ok
-  def queue_full(c, error) do
-    Snakepit.Telemetry.emit(
-      [:snakepit, :pool, :queue_full],
-      %{queued: error.details[:queued], limit: error.details[:limit]},
-      %{pool: c.pool, command: c.tool, correlation_id: c.correlation_id}
-    )
-  end
-
-  # The call waited `queue_timeout` ms: it leaves the queue, unless a worker
-  # has it already; then it gets the rest of its `timeout`. A call waiting
-  # in a worker's pipe behind another (pipelining) is asked back: it ends
-  # with this same error (`{tag, :dequeued}`) if the worker gives it back
-  # before starting it.
-  defp queue_timed_out(handle, tag, request_id, tool, timeout, queue_timeout) do
-    case Native.dequeue(handle, request_id) do
-      :dequeued ->
-        {queue_timeout_error(tool, queue_timeout), nil}
-
-      _pending_or_started ->
-        rest = if timeout == :infinity, do: :infinity, else: timeout - queue_timeout
-
-        receive do
-          {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
-          {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
-          {^tag, :dequeued} -> {queue_timeout_error(tool, queue_timeout), nil}
-        after
-          rest -> timed_out(handle, tag, request_id, tool, timeout, queue_timeout)
-        end
-    end
-  end
-
-  defp queue_timeout_error(tool, queue_timeout) do
-    {:error,
-     Error.timeout(
-       "no worker was free for #{Error.excerpt(tool)} within #{queue_timeout} ms (:queue_timeout)",
-       %{tool: tool, timeout: queue_timeout, queue: true, retryable: true}
-     )}
-  end
-
-  defp timed_out(handle, tag, request_id, tool, timeout, queue_timeout \\ nil) do
-    case Native.cancel(handle, request_id) do
-      replied when replied == :replied ->
-        receive do
-          {^tag, status, frame, offset, meta} -> {answer(status, frame, offset), meta}
-          {^tag, :error, reason} -> {{:error, Error.from_native(reason)}, nil}
-          {^tag, :dequeued} -> {queue_timeout_error(tool, queue_timeout), nil}
-        after
-          @reply_in_flight_wait ->
-            {{:error,
-              Error.transport("the reply to #{Error.excerpt(tool)} was lost", %{tool: tool})}, nil}
-        end
-
-      cancelled when cancelled in [:cancelled, :running] ->
-        queued = cancelled == :cancelled
-        details = %{tool: tool, timeout: timeout, queue: queued}
-        details = if queued, do: Map.put(details, :retryable, true), else: details
-
-        {{:error,
-          Error.timeout("no answer from #{Error.excerpt(tool)} within #{timeout} ms", details)},
-         nil}
-    end
-  end
-
-  # The NIF sends a worker's answer as the raw frame; it is decoded here, in
-  # the caller (see native/snakepit_nif/src/codec.rs for why).
-  defp answer(status, frame, offset) do
-    case {status, Native.decode_frame(frame, offset)} do
-      {:result, {:ok, result}} ->
-        {:ok, result}
-
-      # Any body, of any shape: from_python/1 makes an error of it.
-      {:python_error, {:ok, body}} ->
-        {:error, Error.from_python(body)}
-
-      # Its shared-memory segments were over the pool's :shm_max_bytes.
-      {_, {:refused, reason}} ->
-        {:error, Error.from_native(reason)}
-
-      {_, {:error, why}} ->
-        {:error, Error.transport("the worker's answer could not be decoded: #{why}")}
-    end
+  def execute(command, args \\ %{}, opts \\ []) do
+    with {:ok, call} <- Call.prepare(command, args, opts, :call), do: Call.run(call, false)
   end
 
   @doc """
@@ -499,7 +211,7 @@ defmodule Snakepit do
   """
   @spec execute!(String.t() | atom(), map() | keyword(), [execute_opt()]) :: term()
   def execute!(command, args \\ %{}, opts \\ []) do
-    case run(command, args, opts, true) do
+    case with({:ok, call} <- Call.prepare(command, args, opts, :call), do: Call.run(call, true)) do
       {:ok, result} -> result
       {:error, error} -> raise error
     end
@@ -536,8 +248,8 @@ defmodule Snakepit do
   def end_session(session_id, opts \\ []) do
     pool = Keyword.get(opts, :pool, :default)
 
-    with {:ok, entry} <- fetch_pool(pool),
-         {:ok, {id, _}} <- session_route([session_id: session_id], entry) do
+    with {:ok, entry} <- Pool.fetch(pool),
+         {:ok, {id, _}} <- CallOptions.session_route([session_id: session_id], entry) do
       if Native.end_session(entry.handle, id) do
         Snakepit.Telemetry.emit(
           [:snakepit, :session, :cleanup],
@@ -566,7 +278,7 @@ defmodule Snakepit do
   """
   @spec list_sessions(atom()) :: [map()] | {:error, Error.t()}
   def list_sessions(pool \\ :default) do
-    with {:ok, %{handle: handle}} <- fetch_pool(pool) do
+    with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
       Native.pool_sessions(handle)
     end
   end
@@ -581,8 +293,8 @@ defmodule Snakepit do
   def session_info(session_id, opts \\ []) do
     pool = Keyword.get(opts, :pool, :default)
 
-    with {:ok, entry} <- fetch_pool(pool),
-         {:ok, {id, _}} <- session_route([session_id: session_id], entry) do
+    with {:ok, entry} <- Pool.fetch(pool),
+         {:ok, {id, _}} <- CallOptions.session_route([session_id: session_id], entry) do
       case Native.pool_session(entry.handle, id) do
         nil ->
           {:error,
@@ -676,7 +388,7 @@ defmodule Snakepit do
   """
   @spec await_ready(atom(), timeout()) :: :ok | {:error, Error.t()}
   def await_ready(pool \\ :default, timeout \\ @default_timeout) do
-    with :ok <- check_timeout(:timeout, timeout) do
+    with {:ok, timeout} <- CallOptions.check_timeout(:timeout, timeout) do
       Pool.await_ready(pool, timeout)
     end
   end
@@ -750,7 +462,7 @@ defmodule Snakepit do
   """
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ :default) do
-    with {:ok, %{handle: handle}} <- fetch_pool(pool) do
+    with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
       stats = Native.pool_stats(handle)
 
       errors = %{
@@ -779,7 +491,7 @@ defmodule Snakepit do
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do
-    with {:ok, %{handle: handle}} <- fetch_pool(pool) do
+    with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
       Native.pool_workers(handle)
     end
   end
@@ -787,241 +499,11 @@ defmodule Snakepit do
   @doc """
   Runs `fun` with Snakepit's configured pools started and ready, then stops
   them (and every worker process) before returning `fun`'s result. For
-  scripts and `mix run`:
+  scripts and `mix run`; see `Snakepit.Script` for the options and errors.
 
       Snakepit.run_as_script(fn -> Snakepit.execute!("add", %{a: 1, b: 2}) end)
-
-  Options: `:timeout` for each pool to become ready (default `30_000`),
-  `:halt` to stop the VM afterwards with status 0, or 1 if `fun` raised or
-  did not run (default `false`).
-
-  If Snakepit cannot start or a pool is not ready in time, `fun` does not
-  run: the application is stopped and `{:error, %Snakepit.Error{}}` is
-  returned (with `:halt`, printed and the VM halted with status 1). Its
-  category is `:timeout` for a pool that was not ready within `:timeout`,
-  `:validation` for a configuration that `Snakepit.Config.pools_from_env/1`
-  refuses or a pool option refused when the pool starts, and `:pool` for a
-  pool that could not start its workers; `details.pool` names the pool when
-  one is at fault. (A `fun` that itself returns such a tuple cannot be told
-  apart; match on `details.pool` or have `fun` return something else.)
   """
   @spec run_as_script((() -> result), keyword()) :: result | {:error, Error.t()}
         when result: term()
-  def run_as_script(fun, opts \\ []) when is_function(fun, 0) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
-    halt? = Keyword.get(opts, :halt, false)
-
-    case start_for_script(timeout) do
-      :ok ->
-        run_script(fun, halt?)
-
-      {:error, %Error{} = error} ->
-        _ = Application.stop(:snakepit)
-
-        if halt? do
-          IO.puts(:stderr, "Snakepit.run_as_script/2: " <> to_string(error))
-          System.halt(1)
-        end
-
-        {:error, error}
-    end
-  end
-
-  defp run_script(fun, halt?) do
-    fun.()
-  rescue
-    e ->
-      if halt? do
-        IO.puts(:stderr, Exception.format(:error, e, __STACKTRACE__))
-        _ = Application.stop(:snakepit)
-        System.halt(1)
-      end
-
-      reraise e, __STACKTRACE__
-  after
-    _ = Application.stop(:snakepit)
-    if halt?, do: System.halt(0)
-  end
-
-  # Starts the application and waits for each configured pool.
-  defp start_for_script(timeout) do
-    case Application.ensure_all_started(:snakepit) do
-      {:ok, _} ->
-        # The env was checked by the application's start, unless it was
-        # already running and the env changed since.
-        with {:ok, pools} <- Snakepit.Config.pools_from_env(Application.get_all_env(:snakepit)) do
-          Enum.reduce_while(pools, :ok, fn {name, _opts}, :ok ->
-            case script_await(name, timeout) do
-              :ok -> {:cont, :ok}
-              {:error, error} -> {:halt, {:error, error}}
-            end
-          end)
-        end
-
-      {:error, reason} ->
-        {:error, script_start_error(reason)}
-    end
-  end
-
-  defp script_await(name, timeout) do
-    await_ready(name, timeout)
-  catch
-    # The pool stopped while we waited (e.g. :max_start_failures).
-    :exit, reason ->
-      {:error,
-       Error.pool(
-         "pool #{inspect(name)} stopped before it was ready: " <> Exception.format_exit(reason),
-         %{pool: name}
-       )}
-  end
-
-  # `Application.ensure_all_started/1`'s reason, as an error naming the pool
-  # at fault when there is one.
-  defp script_start_error({:snakepit, {%Error{} = error, {_mod, :start, _args}}}), do: error
-
-  defp script_start_error(
-         {:snakepit,
-          {{:shutdown, {:failed_to_start_child, {Pool, name}, reason}}, {_mod, :start, _}}}
-       ) do
-    case reason do
-      %Error{message: message} = error ->
-        message =
-          if message =~ inspect(name), do: message, else: "pool #{inspect(name)}: " <> message
-
-        %{error | message: message, details: Map.put(error.details, :pool, name)}
-
-      other ->
-        Error.pool(
-          "pool #{inspect(name)} could not start: " <> Exception.format_exit(other),
-          %{pool: name}
-        )
-    end
-  end
-
-  defp script_start_error({app, reason}) do
-    Error.pool(
-      "Snakepit could not start (application #{inspect(app)}): " <>
-        Application.format_error(reason),
-      %{application: app}
-    )
-  end
-
-  @doc false
-  # Shared with Snakepit.Stream: the pool's entry, or a :pool error.
-  @spec fetch_pool(term()) :: {:ok, Pool.entry()} | {:error, Error.t()}
-  def fetch_pool(pool) do
-    case Pool.lookup(pool) do
-      nil -> {:error, Error.pool("no pool named #{Error.excerpt(pool)} is running", %{pool: pool})}
-      found -> {:ok, found}
-    end
-  end
-
-  @doc false
-  @spec check_command(term()) :: {:ok, String.t()} | {:error, Error.t()}
-  def check_command(command) when is_binary(command), do: {:ok, command}
-
-  def check_command(command) when is_atom(command) and command not in [nil, true, false],
-    do: {:ok, Atom.to_string(command)}
-
-  def check_command(command),
-    do:
-      {:error,
-       Error.validation("the command must be a string or an atom, got: #{Error.excerpt(command)}")}
-
-  @doc false
-  @spec check_args(term()) :: {:ok, map()} | {:error, Error.t()}
-  def check_args(args) when is_map(args), do: {:ok, args}
-
-  def check_args(args) when is_list(args) do
-    if Keyword.keyword?(args),
-      do: {:ok, Map.new(args)},
-      else:
-        {:error,
-         Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
-  end
-
-  def check_args(args),
-    do:
-      {:error,
-       Error.validation("args must be a map or a keyword list, got: #{Error.excerpt(args)}")}
-
-  # Checked before anything is submitted: past Config.max_timeout/0 the VM
-  # cannot wait (`receive ... after` raises), and the answer would be left
-  # in the caller's mailbox.
-  @doc false
-  @spec check_timeout(atom(), term()) :: :ok | {:error, Error.t()}
-  def check_timeout(_, :infinity), do: :ok
-
-  def check_timeout(_, t) when is_integer(t) and t >= 0 and t <= @max_timeout, do: :ok
-
-  def check_timeout(key, t),
-    do:
-      {:error,
-       Error.validation(
-         "the #{inspect(key)} must be :infinity or an integer from 0 to #{@max_timeout} (ms), " <>
-           "got: #{Error.excerpt(t)}",
-         %{option: key}
-       )}
-
-  @doc false
-  # `nil` (no session) or `{session_id, affinity}`, as the native submit takes it.
-  @spec session_route(keyword(), Pool.entry()) ::
-          {:ok, {String.t(), affinity()} | nil} | {:error, Error.t()}
-  def session_route(opts, entry) do
-    affinity = Keyword.get(opts, :affinity, entry.affinity)
-
-    with :ok <- check_affinity(affinity) do
-      case Keyword.get(opts, :session_id) do
-        nil -> {:ok, nil}
-        id -> with :ok <- check_session_id(id), do: {:ok, {id, affinity}}
-      end
-    end
-  end
-
-  @doc false
-  # `nil` (no retry) or the options of Snakepit.Retry.run/2.
-  @spec retry_opts(term()) :: {:ok, keyword() | nil} | {:error, Error.t()}
-  def retry_opts(false), do: {:ok, nil}
-  def retry_opts(nil), do: {:ok, nil}
-  def retry_opts(true), do: {:ok, []}
-
-  def retry_opts(opts) when is_list(opts) do
-    if Keyword.keyword?(opts) and not Keyword.has_key?(opts, :timeout),
-      do: {:ok, opts},
-      else: retry_refused(opts)
-  end
-
-  def retry_opts(other), do: retry_refused(other)
-
-  defp retry_refused(value),
-    do:
-      {:error,
-       Error.validation(
-         "the :retry option must be false, true or a keyword list of Snakepit.Retry options " <>
-           "(its total time is the call's :timeout), got: #{Error.excerpt(value)}",
-         %{option: :retry}
-       )}
-
-  @max_session_id 256
-
-  defp check_session_id(id) when is_binary(id) and byte_size(id) in 1..@max_session_id, do: :ok
-
-  defp check_session_id(id),
-    do:
-      {:error,
-       Error.validation(
-         "the :session_id must be a string of 1 to #{@max_session_id} bytes, got: " <>
-           Error.excerpt(id),
-         %{option: :session_id}
-       )}
-
-  defp check_affinity(a) when a in [:strict, :hint, :fail_fast], do: :ok
-
-  defp check_affinity(a),
-    do:
-      {:error,
-       Error.validation(
-         "the :affinity must be :strict, :hint or :fail_fast, got: #{Error.excerpt(a)}",
-         %{option: :affinity}
-       )}
+  defdelegate run_as_script(fun, opts \\ []), to: Snakepit.Script, as: :run
 end

@@ -135,6 +135,21 @@ defmodule Snakepit.Pool do
   def lookup(name), do: :persistent_term.get({__MODULE__, name}, nil)
 
   @doc """
+  Like `lookup/1`, but a pool that is not running is a `:pool` error.
+
+      iex> {:error, e} = Snakepit.Pool.fetch(:no_such_pool)
+      iex> e.category
+      :pool
+  """
+  @spec fetch(term()) :: {:ok, entry()} | {:error, Error.t()}
+  def fetch(name) do
+    case :persistent_term.get({__MODULE__, name}, nil) do
+      nil -> {:error, Error.pool("no pool named #{Error.excerpt(name)} is running", %{pool: name})}
+      entry -> {:ok, entry}
+    end
+  end
+
+  @doc """
   Waits until every worker of the pool has finished its handshake.
   """
   @spec await_ready(atom(), timeout()) :: :ok | {:error, Error.t()}

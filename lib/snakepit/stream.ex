@@ -25,157 +25,78 @@ defmodule Snakepit.Stream do
   **Timeouts.** `:timeout` bounds the whole stream (default `:infinity`),
   `:chunk_timeout` each wait for the next chunk (default: the pool's
   `:timeout`). Either gives a `:timeout` error and cancels the call.
+  `:queue_timeout` bounds the wait for a worker to start it, as for a plain
+  call (`Snakepit.Call`). Streams are not retried: chunks already taken
+  cannot be taken back.
   """
 
-  alias Snakepit.{Error, Native}
-
-  # After a cancel that reports the final answer as sent, how long to wait
-  # for it, defensively (it is in the mailbox or arriving).
-  @reply_in_flight_wait 5_000
+  alias Snakepit.{Call, Error, Native}
 
   @enforce_keys [
-    :handle,
+    :call,
     :tag,
     :request_id,
-    :tool,
     :ack_every,
     :deadline,
-    :chunk_timeout,
-    :correlation_id,
-    :telemetry
+    :queue_deadline,
+    :span
   ]
   defstruct @enforce_keys ++ [taken: 0, chunks: 0]
 
   @typedoc "A streaming call in progress."
   @type t :: %__MODULE__{
-          handle: reference(),
+          call: Call.t(),
           tag: reference(),
           request_id: pos_integer(),
-          tool: String.t(),
           ack_every: pos_integer(),
           deadline: integer() | :infinity,
-          chunk_timeout: timeout(),
-          correlation_id: String.t(),
-          telemetry: {map(), integer()} | nil,
+          queue_deadline: integer() | :infinity,
+          span: {atom(), map(), integer()} | nil,
           taken: non_neg_integer(),
           chunks: non_neg_integer()
         }
 
   @doc """
-  Submits a streaming call. Options as `Snakepit.execute_stream/4`.
+  Submits a streaming call. Options as `Snakepit.execute_stream/4` (see
+  `Snakepit.CallOptions`).
   """
   @spec start(String.t() | atom(), map() | keyword(), keyword()) ::
           {:ok, t()} | {:error, Error.t()}
   def start(command, args, opts) do
-    pool = Keyword.get(opts, :pool, :default)
-
-    with {:ok, correlation_id} <- Snakepit.Correlation.from_opts(opts),
-         {:ok, entry} <- Snakepit.fetch_pool(pool),
-         {:ok, tool} <- Snakepit.check_command(command),
-         {:ok, args} <- Snakepit.check_args(args),
-         timeout = Keyword.get(opts, :timeout, :infinity),
-         :ok <- Snakepit.check_timeout(:timeout, timeout),
-         chunk_timeout = Keyword.get(opts, :chunk_timeout, entry.timeout),
-         :ok <- Snakepit.check_timeout(:chunk_timeout, chunk_timeout),
-         {:ok, window} <- check_window(Keyword.get(opts, :stream_window, entry.stream_window)),
-         {:ok, session} <- Snakepit.session_route(opts, entry) do
+    with {:ok, c} <- Call.prepare(command, args, opts, :stream) do
       tag = make_ref()
-      call = %{pool: pool, tool: tool, session: session, correlation_id: correlation_id}
-      telemetry = span_start(call)
+      span = Call.span_start(c, :stream, %{})
 
-      submitted =
-        case Native.submit(entry.handle, tag, tool, args, session, window, correlation_id) do
-          :dirty ->
-            Native.submit_dirty(entry.handle, tag, tool, args, session, window, correlation_id)
-
-          other ->
-            other
-        end
-
-      case submitted do
-        {:error, reason} ->
-          error = Error.from_native(reason)
-          if error.details[:queued], do: Snakepit.queue_full(call, error)
-          span_stop(telemetry, 0, {:error, error})
-          {:error, Snakepit.Correlation.tag(error, correlation_id)}
-
-        accepted ->
-          if tuple_size(accepted) == 3, do: Snakepit.session_created(call)
-
+      case Call.submit(c, tag) do
+        {:ok, request_id} ->
           {:ok,
            %__MODULE__{
-             handle: entry.handle,
+             call: c,
              tag: tag,
-             request_id: elem(accepted, 1),
-             tool: tool,
-             ack_every: max(1, div(window, 2)),
-             deadline: deadline(timeout),
-             chunk_timeout: chunk_timeout,
-             correlation_id: correlation_id,
-             telemetry: telemetry
+             request_id: request_id,
+             ack_every: max(1, div(c.window, 2)),
+             deadline: deadline(c.timeout),
+             queue_deadline: deadline(c.queue_timeout),
+             span: span
            }}
+
+        {:error, error} ->
+          Call.span_stop(span, error, %{chunks: 0}, %{})
+          {:error, Snakepit.Correlation.tag(error, c.correlation_id)}
       end
-    else
-      {:error, error} -> {:error, error}
     end
-  end
-
-  defp span_start(call) do
-    if Snakepit.Telemetry.enabled?() do
-      metadata = %{
-        pool: call.pool,
-        command: call.tool,
-        session_id: with({id, _} <- call.session, do: id),
-        correlation_id: call.correlation_id
-      }
-
-      Snakepit.Telemetry.emit(
-        [:snakepit, :stream, :start],
-        Snakepit.Telemetry.start_measurements(),
-        metadata
-      )
-
-      {metadata, System.monotonic_time()}
-    end
-  end
-
-  defp span_stop(nil, _chunks, _result), do: :ok
-
-  defp span_stop({metadata, started}, chunks, result) do
-    {outcome, error} =
-      case result do
-        :done -> {:ok, nil}
-        :halted -> {:halted, nil}
-        {:error, error} -> {error.category, Snakepit.Redact.redact(error)}
-      end
-
-    Snakepit.Telemetry.emit(
-      [:snakepit, :stream, :stop],
-      %{duration: System.monotonic_time() - started, chunks: chunks},
-      Map.merge(metadata, %{outcome: outcome, error: error})
-    )
-  end
-
-  defp span_exception(nil, _chunks, _kind, _reason, _stacktrace), do: :ok
-
-  defp span_exception({metadata, started}, chunks, kind, reason, stacktrace) do
-    Snakepit.Telemetry.emit(
-      [:snakepit, :stream, :exception],
-      %{duration: System.monotonic_time() - started, chunks: chunks},
-      Map.merge(metadata, %{kind: kind, reason: reason, stacktrace: stacktrace})
-    )
   end
 
   # The stream ended (or failed): its telemetry span ends, its error gets
   # the correlation id.
   defp ended(s, :done) do
-    span_stop(s.telemetry, s.chunks, :done)
+    Call.span_stop(s.span, :ok, %{chunks: s.chunks}, %{})
     :done
   end
 
   defp ended(s, {:error, error}) do
-    span_stop(s.telemetry, s.chunks, {:error, error})
-    {:error, Snakepit.Correlation.tag(error, s.correlation_id)}
+    Call.span_stop(s.span, error, %{chunks: s.chunks}, %{})
+    {:error, Snakepit.Correlation.tag(error, s.call.correlation_id)}
   end
 
   @doc """
@@ -193,22 +114,13 @@ defmodule Snakepit.Stream do
   defp receive_next(%__MODULE__{tag: tag} = s) do
     receive do
       {^tag, :chunk, frame, offset} ->
-        case Native.decode_frame(frame, offset) do
+        case Call.decode(:chunk, frame, offset) do
           {:ok, value} ->
             {:chunk, value, taken(s)}
 
-          {:refused, reason} ->
+          {:error, error} ->
             drop(s)
-            ended(s, {:error, Error.from_native(reason)})
-
-          {:error, why} ->
-            drop(s)
-
-            ended(
-              s,
-              {:error,
-               Error.transport("a chunk of #{Error.excerpt(s.tool)} could not be decoded: #{why}")}
-            )
+            ended(s, {:error, error})
         end
 
       {^tag, status, frame, offset, _meta} ->
@@ -216,8 +128,24 @@ defmodule Snakepit.Stream do
 
       {^tag, :error, reason} ->
         ended(s, {:error, Error.from_native(reason)})
+
+      {^tag, :dequeued} ->
+        ended(s, Call.queue_timeout_error(s.call, s.call.queue_timeout))
     after
-      wait(s) -> ended(s, timed_out(s))
+      wait(s) -> expired(s)
+    end
+  end
+
+  # A wait ran out: the queue timeout (no worker started the call yet), or
+  # the stream's time or the chunk's.
+  defp expired(%__MODULE__{queue_deadline: queue_deadline} = s) do
+    if queue_deadline != :infinity and now() >= queue_deadline and not past_deadline?(s) do
+      case Call.dequeue(s.call, s.request_id, s.call.queue_timeout) do
+        :continue -> receive_next(%{s | queue_deadline: :infinity})
+        {:error, _} = error -> ended(s, error)
+      end
+    else
+      ended(s, timed_out(s))
     end
   end
 
@@ -228,27 +156,20 @@ defmodule Snakepit.Stream do
   @spec cancel(t()) :: :ok
   def cancel(%__MODULE__{} = s) do
     drop(s)
-    span_stop(s.telemetry, s.chunks, :halted)
+    Call.span_stop(s.span, :halted, %{chunks: s.chunks}, %{})
   end
 
   # Gives the call up and empties the mailbox of its messages. A timeout
   # counts as one; the consumer stopping early, as a cancel.
-  defp drop(%__MODULE__{tag: tag} = s, why \\ :halted) do
-    gave_up =
-      if why == :timeout,
-        do: Native.cancel(s.handle, s.request_id),
-        else: Native.stream_cancel(s.handle, s.request_id)
-
-    case gave_up do
-      :replied -> await_final(tag)
-      _gave_up -> :ok
-    end
-
+  defp drop(%__MODULE__{tag: tag} = s, how \\ :halt) do
+    _ = Call.cancel(s.call, tag, s.request_id, how)
     flush(tag)
   end
 
-  @doc false
-  # Snakepit.execute_stream/4.
+  @doc """
+  Runs a streaming call, giving each chunk to `callback` in the calling
+  process: what `Snakepit.execute_stream/4` does.
+  """
   @spec run(String.t() | atom(), map() | keyword(), (term() -> any()), keyword()) ::
           :ok | {:error, Error.t()}
   def run(command, args, callback, opts) do
@@ -263,7 +184,7 @@ defmodule Snakepit.Stream do
         catch
           kind, reason ->
             drop(s)
-            span_exception(s.telemetry, s.chunks, kind, reason, __STACKTRACE__)
+            Call.span_exception(s.span, %{chunks: s.chunks}, kind, reason, __STACKTRACE__)
             :erlang.raise(kind, reason, __STACKTRACE__)
         end
 
@@ -277,9 +198,11 @@ defmodule Snakepit.Stream do
     end
   end
 
-  @doc false
-  # Snakepit.stream/3: a Stream.resource whose accumulator is the stream,
-  # or what to raise once it halts.
+  @doc """
+  A streaming call as a lazy `Enumerable`: what `Snakepit.stream/3` returns.
+  """
+  # A Stream.resource whose accumulator is the stream, or what to raise once
+  # it halts.
   @spec lazy(String.t() | atom(), map() | keyword(), keyword()) :: Enumerable.t()
   def lazy(command, args, opts) do
     Stream.resource(
@@ -308,80 +231,68 @@ defmodule Snakepit.Stream do
     )
   end
 
+  # A chunk arrived: the call has started (no queue timeout any more), and
+  # every `ack_every` chunks taken go back to the worker as credits.
   defp taken(%__MODULE__{taken: taken, ack_every: every} = s) when taken + 1 >= every do
-    :ok = Native.stream_ack(s.handle, s.request_id, taken + 1)
-    %{s | taken: 0, chunks: s.chunks + 1}
+    :ok = Native.stream_ack(s.call.handle, s.request_id, taken + 1)
+    %{s | taken: 0, chunks: s.chunks + 1, queue_deadline: :infinity}
   end
 
-  defp taken(s), do: %{s | taken: s.taken + 1, chunks: s.chunks + 1}
+  defp taken(s), do: %{s | taken: s.taken + 1, chunks: s.chunks + 1, queue_deadline: :infinity}
 
   defp final(:done, _frame, _offset), do: :done
-
-  defp final(:python_error, frame, offset) do
-    case Native.decode_frame(frame, offset) do
-      {:ok, body} -> {:error, Error.from_python(body)}
-      {:refused, reason} -> {:error, Error.from_native(reason)}
-      {:error, why} -> {:error, Error.transport("the worker's error could not be decoded: #{why}")}
-    end
-  end
+  defp final(:python_error, frame, offset), do: Call.decode(:python_error, frame, offset)
 
   defp final(status, _frame, _offset),
     do: {:error, Error.transport("a stream ended with an unexpected #{inspect(status)} answer")}
 
-  defp timed_out(s) do
+  defp timed_out(%__MODULE__{call: c} = s) do
     drop(s, :timeout)
 
-    if s.deadline != :infinity and now() >= s.deadline do
+    if past_deadline?(s) do
       {:error,
-       Error.timeout("the stream of #{Error.excerpt(s.tool)} did not end within its :timeout", %{
-         tool: s.tool
+       Error.timeout("the stream of #{Error.excerpt(c.tool)} did not end within its :timeout", %{
+         tool: c.tool
        })}
     else
       {:error,
        Error.timeout(
-         "no chunk of #{Error.excerpt(s.tool)} came within #{s.chunk_timeout} ms (:chunk_timeout)",
-         %{tool: s.tool, timeout: s.chunk_timeout, chunk: true}
+         "no chunk of #{Error.excerpt(c.tool)} came within #{c.chunk_timeout} ms (:chunk_timeout)",
+         %{tool: c.tool, timeout: c.chunk_timeout, chunk: true}
        )}
     end
   end
 
-  # The final answer is in the mailbox or arriving; chunks may precede it.
-  defp await_final(tag) do
-    receive do
-      {^tag, :chunk, _, _} -> await_final(tag)
-      {^tag, _, _, _, _} -> :ok
-      {^tag, :error, _} -> :ok
-    after
-      @reply_in_flight_wait -> :ok
-    end
-  end
+  defp past_deadline?(%{deadline: :infinity}), do: false
+  defp past_deadline?(%{deadline: deadline}), do: now() >= deadline
 
   defp flush(tag) do
     receive do
       {^tag, _, _, _, _} -> flush(tag)
       {^tag, _, _, _} -> flush(tag)
       {^tag, _, _} -> flush(tag)
+      {^tag, _} -> flush(tag)
     after
       0 -> :ok
     end
   end
 
-  defp wait(%{deadline: :infinity, chunk_timeout: chunk}), do: chunk
-  defp wait(%{deadline: deadline, chunk_timeout: :infinity}), do: max(deadline - now(), 0)
-  defp wait(%{deadline: deadline, chunk_timeout: chunk}), do: min(max(deadline - now(), 0), chunk)
+  # The next wait: until the first of the stream's deadline, the queue
+  # deadline and the chunk timeout.
+  defp wait(%{deadline: deadline, queue_deadline: queue_deadline, call: c}) do
+    [deadline, queue_deadline]
+    |> Enum.reject(&(&1 == :infinity))
+    |> Enum.map(&max(&1 - now(), 0))
+    |> Enum.min(fn -> :infinity end)
+    |> min_timeout(c.chunk_timeout)
+  end
+
+  defp min_timeout(:infinity, t), do: t
+  defp min_timeout(t, :infinity), do: t
+  defp min_timeout(a, b), do: min(a, b)
 
   defp deadline(:infinity), do: :infinity
   defp deadline(ms), do: now() + ms
 
   defp now, do: System.monotonic_time(:millisecond)
-
-  defp check_window(w) when is_integer(w) and w in 1..65_536, do: {:ok, w}
-
-  defp check_window(w),
-    do:
-      {:error,
-       Error.validation(
-         "the :stream_window must be an integer from 1 to 65_536, got: #{Error.excerpt(w)}",
-         %{option: :stream_window}
-       )}
 end

@@ -8,4 +8,6 @@ defmodule Snakepit.DocTest do
   doctest Snakepit.Correlation
   doctest Snakepit.Telemetry
   doctest Snakepit.SessionHelpers
+  doctest Snakepit.CallOptions
+  doctest Snakepit.Pool, only: [fetch: 1]
 end
