@@ -314,13 +314,17 @@ defmodule Snakepit.Call do
   @doc """
   Decodes an answer's frame in the caller (see
   `native/snakepit_nif/src/codec.rs` for why here): `:result` and `:done`
-  are values, `:python_error` becomes the tool's `Snakepit.Error`.
+  are values; `:python_error` (the tool failed) and `:validation_error`
+  (the worker refused the call) become the worker's `Snakepit.Error`.
   """
   @spec decode(atom(), binary(), non_neg_integer()) :: result()
   def decode(status, frame, offset) do
     case {status, Native.decode_frame(frame, offset)} do
       {:python_error, {:ok, body}} ->
-        {:error, Error.from_python(body)}
+        {:error, Error.from_python(body, :python_error)}
+
+      {:validation_error, {:ok, body}} ->
+        {:error, Error.from_python(body, :validation)}
 
       {_, {:ok, value}} ->
         {:ok, value}

@@ -243,8 +243,14 @@ defmodule Snakepit.Error do
   # keys as sent, so never over Snakepit's atom keys); a "code" that is a
   # string or an integer is `details.code` (anything else, its excerpt);
   # `"retryable": true` is `details.retryable`. Other shapes are ignored.
-  @spec from_python(term()) :: t()
-  def from_python(body) when is_map(body) do
+  # The category is the one the native side gave the answer (`category`),
+  # or, for a body that did not come as an answer, the same rule asked of it
+  # (`Snakepit.Native.error_category/1`): `:validation` for a call refused
+  # before its tool ran, `:python_error` otherwise.
+  @spec from_python(term(), :validation | :python_error | nil) :: t()
+  def from_python(body, category \\ nil)
+
+  def from_python(body, category) when is_map(body) do
     kind = string_field(body, "kind")
 
     details =
@@ -255,16 +261,17 @@ defmodule Snakepit.Error do
     traceback = string_field(body, "traceback")
     message = shown_field(body, "message") || "unknown error"
 
-    case kind do
-      k when k in ["unknown_tool", "bad_arguments", "bad_request"] ->
+    case category || Snakepit.Native.error_category(kind) do
+      :validation ->
         %__MODULE__{new(:validation, message, details) | python_traceback: traceback}
 
-      _ ->
+      :python_error ->
         python_error(shown_field(body, "type") || "Error", message, traceback, details)
     end
   end
 
-  def from_python(body), do: transport("the worker sent a malformed error: " <> excerpt(body))
+  def from_python(body, _category),
+    do: transport("the worker sent a malformed error: " <> excerpt(body))
 
   # What a ToolError adds to the body, as details.
   defp tool_error_fields(body) do

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 11
+  @abi_version 12
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -74,6 +74,7 @@ defmodule Snakepit.Native do
   def abi_version, do: :erlang.nif_error(:not_loaded)
 
   def pool_new(_owner, _opts), do: :erlang.nif_error(why())
+  def error_category(_kind), do: :erlang.nif_error(why())
   def pool_start_worker(_pool, _id, _program, _argv, _env, _cwd), do: :erlang.nif_error(why())
   def pool_maintain(_pool), do: :erlang.nif_error(why())
   def pool_close(_pool), do: :erlang.nif_error(why())

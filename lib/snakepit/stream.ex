@@ -7,7 +7,7 @@ defmodule Snakepit.Stream do
   (`:stream_window`). The worker's chunks arrive in the caller's mailbox as
   `{tag, :chunk, frame, offset}`, decoded here, in the caller, like answers
   are; the stream ends with exactly one `{tag, :done, ...}`,
-  `{tag, :python_error, ...}` or `{tag, :error, reason}`.
+  `{tag, :python_error | :validation_error, ...}` or `{tag, :error, reason}`.
 
   **Backpressure.** The worker may send at most `W` chunks that the
   consumer has not taken. Each time the consumer has taken `max(1, div(W,
@@ -241,7 +241,8 @@ defmodule Snakepit.Stream do
   defp taken(s), do: %{s | taken: s.taken + 1, chunks: s.chunks + 1, queue_deadline: :infinity}
 
   defp final(:done, _frame, _offset), do: :done
-  defp final(:python_error, frame, offset), do: Call.decode(:python_error, frame, offset)
+  defp final(status, frame, offset) when status in [:python_error, :validation_error],
+    do: Call.decode(status, frame, offset)
 
   defp final(status, _frame, _offset),
     do: {:error, Error.transport("a stream ended with an unexpected #{inspect(status)} answer")}

@@ -15,6 +15,7 @@ rustler::atoms! {
     // replies: {tag, :result | :python_error, frame, offset} | {tag, :error, reason}
     result,
     python_error,
+    validation_error,
     chunk,
     done,
     // session affinities

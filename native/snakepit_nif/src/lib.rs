@@ -48,7 +48,7 @@ use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 11;
+const ABI_VERSION: u32 = 12;
 
 /// Most bytes an encoding on a normal scheduler copies or scans; past it,
 /// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
@@ -575,6 +575,18 @@ fn decode_with<'a>(
         Ok(t) => (atoms::ok(), t).encode(env),
         Err(codec::DecodeFailure::OverBudget) => atoms::dirty().encode(env),
         Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
+}
+
+/// The category of a worker's `error` body whose `kind` is `kind` (a
+/// string, or nil): `:validation` for a call refused before its tool ran,
+/// `:python_error` otherwise. The rule is `protocol::ErrorKind::of`'s, the
+/// one the pool answers and counts calls by.
+#[rustler::nif]
+fn error_category(kind: Option<Binary>) -> rustler::Atom {
+    match protocol::ErrorKind::of(kind.as_ref().map(|k| k.as_slice())) {
+        protocol::ErrorKind::Refused => atoms::validation(),
+        protocol::ErrorKind::Failed => atoms::python_error(),
     }
 }
 

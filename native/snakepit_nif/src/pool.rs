@@ -627,7 +627,11 @@ impl PoolCore {
             Kind::Result => (atoms::result(), Outcome::Completed, Terminal::Result),
             Kind::Done => (atoms::done(), Outcome::Completed, Terminal::Done),
             _ => match protocol::error_kind(frame.as_slice(), envelope.body) {
-                ErrorKind::Refused => (atoms::python_error(), Outcome::Validation, Terminal::Error),
+                ErrorKind::Refused => (
+                    atoms::validation_error(),
+                    Outcome::Validation,
+                    Terminal::Error,
+                ),
                 ErrorKind::Failed => (atoms::python_error(), Outcome::PythonError, Terminal::Error),
             },
         };

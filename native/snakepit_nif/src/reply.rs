@@ -177,8 +177,10 @@ impl<R: Resource> ReplyTo<R> {
         self.reply(from, |e| vec![atoms::error().encode(e), failure.encode(e)]);
     }
 
-    /// `{tag, :result | :done | :python_error, frame, body_offset, meta}`: the worker's raw
-    /// frame, which the caller decodes itself (see `codec.rs` for why).
+    /// `{tag, status, frame, body_offset, meta}`, status `:result`, `:done`,
+    /// `:python_error` (the tool failed) or `:validation_error` (the worker
+    /// refused the call): the worker's raw frame, which the caller decodes
+    /// itself (see `codec.rs` for why).
     /// `meta` is `{os_pid, queue_ns, run_ns}`: which worker answered, and
     /// how long the call waited and ran (for telemetry).
     pub fn answer(self, status: rustler::Atom, frame: Framed, body: usize, meta: (u32, u64, u64)) {

@@ -369,6 +369,18 @@ pub enum ErrorKind {
     Failed,
 }
 
+impl ErrorKind {
+    /// The one place that says which `kind`s mean "refused": the NIF
+    /// counts and answers calls by it, and `Snakepit.Error.from_python/1`
+    /// asks it (through `error_category/1`) for bodies it gets otherwise.
+    pub fn of(kind: Option<&[u8]>) -> ErrorKind {
+        match kind {
+            Some(b"unknown_tool" | b"bad_arguments" | b"bad_request") => ErrorKind::Refused,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
 /// Classifies an `error` body (at `body` in `frame`) by its `kind` field.
 pub fn error_kind(frame: &[u8], body: usize) -> ErrorKind {
     let kind = map_value(frame, body, b"kind")
@@ -378,10 +390,7 @@ pub fn error_kind(frame: &[u8], body: usize) -> ErrorKind {
             Ok(Token::Str(k)) => Some(r.slice(k)),
             _ => None,
         });
-    match kind {
-        Some(b"unknown_tool" | b"bad_arguments" | b"bad_request") => ErrorKind::Refused,
-        _ => ErrorKind::Failed,
-    }
+    ErrorKind::of(kind)
 }
 
 #[cfg(test)]
