@@ -1,5 +1,6 @@
 defmodule Snakepit.ErrorDesignTest do
-  # The design's Error test suite (Phase 2, Step 2.1), ported as it is.
+  # The design documents' tests of Snakepit.Error, as written there: the
+  # error type keeps the design's API.
   # Left out, as they are about gRPC, which Snakepit does not use (workers
   # speak MessagePack over pipes):
   #   - "has required fields": the assertion `error.grpc_status == nil`

@@ -12,7 +12,8 @@ rustler::atoms! {
     neg_infinity,
     msgpack_ext,
     msgpack,
-    // replies: {tag, :result | :python_error, frame, offset} | {tag, :error, reason}
+    // replies: {tag, :result | :done | :python_error, frame, body_offset, meta},
+    // {tag, :chunk, frame, body_offset}, {tag, :error, reason}
     result,
     python_error,
     validation_error,

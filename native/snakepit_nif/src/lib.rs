@@ -1,19 +1,30 @@
-//! Snakepit's native core, loaded as `Elixir.Snakepit.Native`.
+//! Snakepit's native core, loaded as `Elixir.Snakepit.Native`. This file
+//! holds the NIF functions; the modules:
 //!
 //! - `pool.rs`: a pool: its dispatcher (the `snakepit_dispatch` crate, where
 //!   queueing, dispatch, cancel, recycling and counting are decided) under a
 //!   lock, and the glue to Erlang processes;
-//! - `worker.rs`, `writer.rs`: the worker OS processes, their pipes and the
-//!   threads that serve them;
-//! - `reply.rs`: how a call's answer reaches its caller;
-//! - `codec.rs`: terms <-> MessagePack; `terms.rs`: the maps and tuples
-//!   returned to Elixir; `orphans.rs`: leftovers of dead BEAMs.
+//! - `worker.rs`: one worker OS process, under its shepherd, and its reader
+//!   and stderr threads; `writer.rs`: the write end of its stdin, with the
+//!   writer thread that finishes writes a full pipe left;
+//! - `spawn.rs`: starting a process from inside the BEAM with `posix_spawn`;
+//! - `reply.rs`: how a call's answer, and a stream's chunks, reach its caller;
+//! - `codec.rs`: terms <-> MessagePack, with large binaries sent as blobs;
+//!   `tensor.rs` (declared in `codec.rs`): `%Snakepit.Tensor{}` on the wire;
+//! - `shm.rs`: shared-memory segments for payloads of `:shm_threshold` or more;
+//! - `terms.rs`: the maps and tuples returned to Elixir; `atoms.rs`: the
+//!   atoms the NIF sends;
+//! - `orphans.rs`: finding and killing the leftovers of dead BEAMs.
 //!
 //! The wire format itself is the `snakepit_wire` crate. Answers go to callers
-//! as plain messages: `{tag, :result | :python_error, frame, body_offset}`
-//! carrying the worker's raw frame, which the caller decodes with `decode/2`
-//! in its own process, or `{tag, :error, {category, message, details}}` for
-//! failures found here.
+//! as plain messages: `{tag, :result | :done | :python_error, frame,
+//! body_offset, meta}`, with `meta = {os_pid, queue_ns, run_ns}`, carrying
+//! the worker's raw frame, which the caller decodes with `decode/2` in its
+//! own process; a stream's chunks as `{tag, :chunk, frame, body_offset}`;
+//! `{tag, :dequeued}` for a call a worker gave back after its queue timeout;
+//! or `{tag, :error, {category, message, details}}` for failures found here.
+//! A frame that came with shared-memory segments is `{:shm, frame, segments}`
+//! (or `{:shm_refused, reason}` over `:shm_max_bytes`).
 //!
 //! Every NIF here returns in microseconds on a normal scheduler, except those
 //! marked `schedule = "Dirty..."`: spawning (fork/exec), encoding large
