@@ -241,6 +241,7 @@ defmodule Snakepit.Stream do
   defp taken(s), do: %{s | taken: s.taken + 1, chunks: s.chunks + 1, queue_deadline: :infinity}
 
   defp final(:done, _frame, _offset), do: :done
+
   defp final(status, frame, offset) when status in [:python_error, :validation_error],
     do: Call.decode(status, frame, offset)
 

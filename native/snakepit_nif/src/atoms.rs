@@ -12,7 +12,7 @@ rustler::atoms! {
     neg_infinity,
     msgpack_ext,
     msgpack,
-    // replies: {tag, :result | :done | :python_error, frame, body_offset, meta},
+    // replies: {tag, :result | :done | :python_error | :validation_error, frame, body_offset, meta},
     // {tag, :chunk, frame, body_offset}, {tag, :error, reason}
     result,
     python_error,

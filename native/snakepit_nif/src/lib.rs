@@ -17,7 +17,7 @@
 //! - `orphans.rs`: finding and killing the leftovers of dead BEAMs.
 //!
 //! The wire format itself is the `snakepit_wire` crate. Answers go to callers
-//! as plain messages: `{tag, :result | :done | :python_error, frame,
+//! as plain messages: `{tag, :result | :done | :python_error | :validation_error, frame,
 //! body_offset, meta}`, with `meta = {os_pid, queue_ns, run_ns}`, carrying
 //! the worker's raw frame, which the caller decodes with `decode/2` in its
 //! own process; a stream's chunks as `{tag, :chunk, frame, body_offset}`;
