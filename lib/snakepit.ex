@@ -452,9 +452,10 @@ defmodule Snakepit do
   percentiles in microseconds of how long recent calls waited for a worker
   and ran, over the last 60 to 120 s, from native HDR histograms; `nil`
   before any call), and
-  `:errors`, the error outcomes by category of `Snakepit.Error`:
-  `%{python: _, validation: _, worker: _, transport: _, timeout: _,
-  pool: _}`.
+  `:errors`, the error outcomes keyed by category of `Snakepit.Error`:
+  `%{python_error: _, validation: _, worker: _, transport: _, timeout: _,
+  pool: _}`. (Its `:python` key, the same count as `:python_error`, is
+  deprecated: it predates keying by category, and goes in a later release.)
 
   Calls refused in the caller before they reach the pool (an unknown pool,
   a command that is not a string) are not counted. Returns
@@ -466,6 +467,8 @@ defmodule Snakepit do
       stats = Native.pool_stats(handle)
 
       errors = %{
+        python_error: stats.python_errors,
+        # Deprecated: the key before :errors was keyed by category.
         python: stats.python_errors,
         validation: stats.validation_errors,
         worker: stats.worker_errors,

@@ -400,8 +400,7 @@ defmodule Snakepit.Call do
     )
   end
 
-  # A plain call's span also carries where its time went, and is repeated
-  # as the `[:snakepit, :pool, :request]` event of the design documents.
+  # A plain call's span also carries where its time went.
   defp call_span_stop(span, {:error, error}, _meta, true) do
     span_exception(span, %{}, :error, Snakepit.Redact.redact(error), [])
   end
@@ -423,7 +422,6 @@ defmodule Snakepit.Call do
 
     metadata = Map.merge(metadata, %{worker_os_pid: os_pid, outcome: outcome, error: error})
     Snakepit.Telemetry.emit([:snakepit, kind, :stop], measurements, metadata)
-    Snakepit.Telemetry.emit([:snakepit, :pool, :request], measurements, metadata)
   end
 
   defp native_time(nil), do: nil

@@ -565,6 +565,28 @@ defmodule Snakepit.Config do
   def max_timeout, do: @max_ms
 
   @doc """
+  The interpreter the `:python` option names: a path is used as is, a name
+  is looked up on the BEAM's `PATH`. `{:error, :not_on_path}` for a name
+  not found there, `{:error, :not_found}` for a path that does not exist.
+
+      iex> {:ok, path} = Snakepit.Config.find_python("sh")
+      iex> Path.basename(path)
+      "sh"
+      iex> Snakepit.Config.find_python("/no/such/python3")
+      {:error, :not_found}
+  """
+  @spec find_python(String.t()) :: {:ok, String.t()} | {:error, :not_on_path | :not_found}
+  def find_python(python) do
+    found = if String.contains?(python, "/"), do: python, else: System.find_executable(python)
+
+    cond do
+      found == nil -> {:error, :not_on_path}
+      File.exists?(found) -> {:ok, found}
+      true -> {:error, :not_found}
+    end
+  end
+
+  @doc """
   The option names a pool accepts, in the order of the table above.
 
       iex> Enum.take(Snakepit.Config.known_options(), 3)

@@ -347,21 +347,17 @@ defmodule Snakepit.Doctor do
     end
   end
 
-  # As Snakepit.Pool finds it: a path is used as is, a name is looked up
-  # on the BEAM's PATH.
+  # As Snakepit.Pool finds it (Snakepit.Config.find_python/1).
   defp find_python(python) do
-    path? = String.contains?(python, "/")
-    found = if path?, do: python, else: System.find_executable(python)
+    case Snakepit.Config.find_python(python) do
+      {:ok, found} ->
+        {:ok, found}
 
-    cond do
-      found == nil ->
+      {:error, :not_on_path} ->
         {:error, "#{python} was not found on the PATH (#{System.get_env("PATH", "")})"}
 
-      not File.exists?(found) ->
+      {:error, :not_found} ->
         {:error, "#{python} does not exist"}
-
-      true ->
-        {:ok, found}
     end
   end
 

@@ -184,17 +184,13 @@ defmodule Snakepit.Pool do
   end
 
   defp find_python(python) do
-    found = if String.contains?(python, "/"), do: python, else: System.find_executable(python)
+    with {:error, why} <- Config.find_python(python) do
+      where = if why == :not_on_path, do: " on the PATH", else: ""
 
-    if found && File.exists?(found) do
-      {:ok, found}
-    else
       {:error,
-       Error.validation(
-         "invalid pool option :python: #{inspect(python)} was not found" <>
-           if(String.contains?(python, "/"), do: "", else: " on the PATH"),
-         %{option: :python}
-       )}
+       Error.validation("invalid pool option :python: #{inspect(python)} was not found" <> where, %{
+         option: :python
+       })}
     end
   end
 
@@ -557,7 +553,6 @@ defmodule Snakepit.Pool do
     metadata = %{pool: state.config.name, worker_id: id, os_pid: worker.os_pid}
     measurements = %{system_time: System.system_time()}
     Telemetry.emit([:snakepit, :worker, :start], measurements, metadata)
-    Telemetry.emit([:snakepit, :pool, :worker_started], measurements, metadata)
 
     %{state | failures: failures}
     |> put_worker(id, %{worker | status: :ready})
@@ -675,19 +670,8 @@ defmodule Snakepit.Pool do
           reason: details[:recycled] || details[:reason]
         })
 
-      case details[:recycled] do
-        nil ->
-          Telemetry.emit([:snakepit, :worker, :exit], measurements, stopped)
-
-        reason ->
-          Telemetry.emit(
-            [:snakepit, :worker, :recycle],
-            measurements,
-            Map.put(base, :reason, reason)
-          )
-      end
-
-      Telemetry.emit([:snakepit, :pool, :worker_stopped], measurements, stopped)
+      event = if details[:recycled], do: :recycle, else: :exit
+      Telemetry.emit([:snakepit, :worker, event], measurements, stopped)
     end
   end
 

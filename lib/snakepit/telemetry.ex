@@ -27,9 +27,9 @@ defmodule Snakepit.Telemetry do
   | `[:snakepit, :session, :cleanup]` | `system_time` | `pool`, `session_id`, `reason` |
   | `[:snakepit, :worker, :start]` | `system_time` | `pool`, `worker_id`, `os_pid` |
   | `[:snakepit, :worker, :exit]` | `system_time` | `pool`, `worker_id`, `os_pid`, `status`, `signal`, `reason` |
-  | `[:snakepit, :worker, :recycle]` | `system_time` | `pool`, `worker_id`, `os_pid`, `reason` |
+  | `[:snakepit, :worker, :recycle]` | `system_time` | `pool`, `worker_id`, `os_pid`, `status`, `signal`, `reason` |
   | `[:snakepit, :pool, :worker_started]` | `system_time` | as `[:snakepit, :worker, :start]` |
-  | `[:snakepit, :pool, :worker_stopped]` | `system_time` | `pool`, `worker_id`, `os_pid`, `status`, `signal`, `reason` |
+  | `[:snakepit, :pool, :worker_stopped]` | `system_time` | as `[:snakepit, :worker, :exit]` or `:recycle` |
   | `[:snakepit, :circuit, :open]` | `system_time`, `failures`, `retry_after_ms` | `pool` |
   | `[:snakepit, :circuit, :half_open]` | `system_time` | `pool` |
   | `[:snakepit, :circuit, :close]` | `system_time` | `pool` |
@@ -91,15 +91,34 @@ defmodule Snakepit.Telemetry do
     enabled
   end
 
+  # The design documents' names for events Snakepit emits under its own:
+  # each is emitted right after its event, with the same measurements and
+  # metadata, from emit/3 and nowhere else.
+  @aliases %{
+    [:snakepit, :call, :stop] => [:snakepit, :pool, :request],
+    [:snakepit, :worker, :start] => [:snakepit, :pool, :worker_started],
+    [:snakepit, :worker, :exit] => [:snakepit, :pool, :worker_stopped],
+    [:snakepit, :worker, :recycle] => [:snakepit, :pool, :worker_stopped]
+  }
+
   @doc """
-  Emits `event`, if `:telemetry` is loaded. Callers that build large
-  metadata check `enabled?/0` first.
+  Emits `event`, if `:telemetry` is loaded, and its design-document alias
+  when it has one (see the table). Callers that build large metadata check
+  `enabled?/0` first.
   """
   @spec emit(event(), map(), map()) :: :ok
   def emit(event, measurements, metadata) do
     if enabled?() do
       # apply/3: no compile-time reference to a module that may be absent.
       apply(:telemetry, :execute, [event, measurements, metadata])
+
+      case @aliases do
+        %{^event => alias_event} ->
+          apply(:telemetry, :execute, [alias_event, measurements, metadata])
+
+        _ ->
+          :ok
+      end
     end
 
     :ok

@@ -77,6 +77,7 @@ defmodule Snakepit.StatsTest do
     assert stats.restarts == 1
 
     assert stats.errors == %{
+             python_error: 2,
              python: 2,
              validation: 3,
              worker: 1,
@@ -84,6 +85,11 @@ defmodule Snakepit.StatsTest do
              timeout: 2,
              pool: 1
            }
+
+    # Keyed by category (Snakepit.Error.category/0): every key but the
+    # deprecated :python is one.
+    categories = [:worker, :timeout, :python_error, :validation, :pool, :transport]
+    assert Enum.sort(Map.keys(stats.errors) -- [:python]) == Enum.sort(categories)
   end
 
   test "with pipelining, answers to timed-out calls are not counted again" do
