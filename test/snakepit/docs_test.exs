@@ -5,14 +5,14 @@ defmodule Snakepit.DocsTest do
   #
   # Checked: every `Snakepit.Foo` module and every `Module.fun/arity` (or a
   # bare `fun/arity` naming a NIF) in backticks in README.md and
-  # docs/architecture.md; every module and Rust file named in the README's
+  # docs/architecture.md and docs/api.md; every module and Rust file named in the README's
   # module tree (the fenced block with the native/ lines); and that the tree
   # names every module and every Rust file that exists.
   use ExUnit.Case, async: true
 
   @root Path.expand("../..", __DIR__)
   @readme "README.md"
-  @checked [@readme, "docs/architecture.md"]
+  @checked [@readme, "docs/architecture.md", "docs/api.md"]
 
   # `Snakepit.Pool`, `%Snakepit.Error{}`, `Mix.Tasks.Snakepit.Doctor`.
   @module_ref ~r/(?<![\w.])((?:Mix\.Tasks\.)?Snakepit(?:\.[A-Z]\w*)*)/
