@@ -836,8 +836,7 @@ defmodule Snakepit.Doctor do
 
   ## Helpers
 
-  @doc false
-  def pool_names(pools), do: Enum.map_join(pools, ", ", fn {name, _} -> inspect(name) end)
+  defp pool_names(pools), do: Enum.map_join(pools, ", ", fn {name, _} -> inspect(name) end)
 
   defp skipped(name, pool, why),
     do: %Check{name: name, status: :skipped, detail: "pool #{inspect(pool)}: not checked, #{why}"}

@@ -193,9 +193,14 @@ defmodule Snakepit.Error do
     %__MODULE__{category: category, message: message, details: Redact.redact(details)}
   end
 
-  @doc false
-  # Turns the payload of a native `{tag, :error, payload}` reply, or of a
-  # NIF's `{:error, payload}`, into an error.
+  @doc """
+  The error a failure found by the native core stands for: the payload of
+  an `{tag, :error, payload}` answer, or of a NIF's `{:error, payload}`,
+  `{category, message, details}`. Anything else is a `:transport` error.
+
+      iex> Snakepit.Error.from_native({:pool, "the pool is stopping", %{}}).category
+      :pool
+  """
   @spec from_native(term()) :: t()
   def from_native({category, message, details})
       when category in [:worker, :transport, :pool, :validation] do
@@ -234,19 +239,27 @@ defmodule Snakepit.Error do
       else: text
   end
 
-  @doc false
-  # A worker's `error` frame body: untrusted data, of any shape. Always an
-  # error: a body that is not a map is the worker breaking the protocol
-  # (`:transport`); a message or type that is not a string is shown with
-  # `excerpt/1`, and a kind, tool or traceback that is not one is dropped.
-  # A ToolError's fields: a "details" map is merged into the details (its
-  # keys as sent, so never over Snakepit's atom keys); a "code" that is a
-  # string or an integer is `details.code` (anything else, its excerpt);
-  # `"retryable": true` is `details.retryable`. Other shapes are ignored.
-  # The category is the one the native side gave the answer (`category`),
-  # or, for a body that did not come as an answer, the same rule asked of it
-  # (`Snakepit.Native.error_category/1`): `:validation` for a call refused
-  # before its tool ran, `:python_error` otherwise.
+  @doc """
+  The error a worker's `error` frame body stands for (see
+  `docs/protocol.md`). The body is untrusted data, of any shape, and the
+  result is always an error: a body that is not a map is the worker
+  breaking the protocol (`:transport`); a message or type that is not a
+  string is shown with `excerpt/1`, and a kind, tool or traceback that is
+  not one is dropped. A `ToolError`'s fields: a `"details"` map is merged
+  into the details (its keys as sent, so never over Snakepit's atom keys);
+  a `"code"` that is a string or an integer is `details.code` (anything
+  else, its excerpt); `"retryable": true` is `details.retryable`.
+
+  `category` is the one the native core gave the answer; without it, the
+  same rule decides (`:validation` for a call the worker refused before its
+  tool ran, by its `"kind"`, `:python_error` otherwise).
+
+      iex> e = Snakepit.Error.from_python(%{"kind" => "exception", "type" => "KeyError", "message" => "'a'"})
+      iex> {e.category, e.details.exception_type}
+      {:python_error, "KeyError"}
+      iex> Snakepit.Error.from_python(%{"kind" => "unknown_tool", "message" => "no"}).category
+      :validation
+  """
   @spec from_python(term(), :validation | :python_error | nil) :: t()
   def from_python(body, category \\ nil)
 
@@ -329,7 +342,13 @@ defmodule Snakepit.Error do
   @spec message(t()) :: String.t()
   def message(%__MODULE__{} = error), do: format(error)
 
-  @doc false
+  @doc """
+  The error as one line of text (then its Python traceback, if any): what
+  `Exception.message/1` gives.
+
+      iex> Snakepit.Error.format(Snakepit.Error.timeout("late"))
+      "[timeout] late"
+  """
   @spec format(t()) :: String.t()
   def format(%{category: category, message: message} = error) do
     IO.iodata_to_binary([

@@ -120,12 +120,6 @@ defmodule Snakepit.Redact do
     end
   end
 
-  @doc false
-  # redact/1 with the names already read, for callers that redact several terms.
-  @spec redact(term(), [String.t()]) :: term()
-  def redact(term, []), do: term
-  def redact(term, names), do: walk(term, names)
-
   defp walk(%MapSet{} = set, _names), do: set
 
   defp walk(map, names) when is_map(map) do

@@ -129,9 +129,10 @@ defmodule Snakepit.Telemetry do
   def start_measurements,
     do: %{system_time: System.system_time(), monotonic_time: System.monotonic_time()}
 
-  @doc false
-  # The events of the table above, as parsed from this module's docs (for
-  # the test that checks the table against what is emitted).
+  @doc """
+  The events of the table above, read from this module's docs (a test
+  checks them against what is emitted).
+  """
   @spec documented_events() :: [event()]
   def documented_events do
     {:docs_v1, _, _, _, %{"en" => doc}, _, _} = Code.fetch_docs(__MODULE__)

@@ -124,10 +124,9 @@ defmodule Mix.Tasks.Snakepit.Doctor do
     end
   end
 
-  @doc false
   # One check as printed: a line, and the fix (and details) indented below.
   @spec format_check(Check.t(), boolean()) :: IO.chardata()
-  def format_check(%Check{} = check, verbose? \\ false) do
+  defp format_check(%Check{} = check, verbose?) do
     {mark, color} =
       case check.status do
         :ok -> {"✓", :green}

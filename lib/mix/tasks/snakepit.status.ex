@@ -275,11 +275,12 @@ defmodule Mix.Tasks.Snakepit.Status do
     end
   end
 
-  @doc false
-  # The names of the pools running where `call` (apply/3, or :rpc.call/4
-  # to a node) runs: Snakepit.Pool.names/0 if that node's Snakepit has it,
-  # else the pools registered in Snakepit.Registry that have a native
-  # handle published (Snakepit.Pool.lookup/1).
+  @doc """
+  The names of the pools running where `call` (apply/3, or :rpc.call/4
+  to a node) runs: Snakepit.Pool.names/0 if that node's Snakepit has it,
+  else the pools registered in Snakepit.Registry that have a native
+  handle published (Snakepit.Pool.lookup/1).
+  """
   @spec remote_pools((module(), atom(), list() -> term())) :: {:ok, [atom()]} | {:error, String.t()}
   def remote_pools(call) do
     case call.(Snakepit.Pool, :names, []) do
@@ -303,8 +304,9 @@ defmodule Mix.Tasks.Snakepit.Status do
 
   ## Collecting and formatting
 
-  @doc false
-  # A pool's stats and workers, read with `call` (apply/3, or an :rpc.call).
+  @doc """
+  A pool's stats and workers, read with `call` (apply/3, or an :rpc.call).
+  """
   @spec collect(atom(), (module(), atom(), list() -> term())) :: map()
   def collect(name, call) do
     stats = call.(Snakepit, :get_stats, [name])
@@ -326,8 +328,9 @@ defmodule Mix.Tasks.Snakepit.Status do
   defp describe_error({:badrpc, reason}), do: "rpc failed: #{inspect(reason)}"
   defp describe_error(other), do: inspect(other)
 
-  @doc false
-  # The report of one pool (what `collect/2` returned), as text.
+  @doc """
+  The report of one pool (what `collect/2` returned), as text.
+  """
   @spec format_pool(map()) :: String.t()
   def format_pool(%{name: name, error: error}) when is_binary(error) do
     "pool #{inspect(name)}: #{error}"
@@ -455,8 +458,9 @@ defmodule Mix.Tasks.Snakepit.Status do
     |> Enum.reverse()
   end
 
-  @doc false
-  # Milliseconds as "850 ms", "12s", "3m 04s", "2h 05m", "3d 04h".
+  @doc """
+  Milliseconds as "850 ms", "12s", "3m 04s", "2h 05m", "3d 04h".
+  """
   @spec age(non_neg_integer() | nil) :: String.t()
   def age(nil), do: "-"
   def age(ms) when ms < 1_000, do: "#{ms} ms"
@@ -472,8 +476,9 @@ defmodule Mix.Tasks.Snakepit.Status do
 
   defp pad2(n), do: n |> Integer.to_string() |> String.pad_leading(2, "0")
 
-  @doc false
-  # Bytes as "812 B", "4.0 KiB", "24.1 MiB", "1.20 GiB".
+  @doc """
+  Bytes as "812 B", "4.0 KiB", "24.1 MiB", "1.20 GiB".
+  """
   @spec bytes(non_neg_integer() | nil) :: String.t()
   def bytes(nil), do: "-"
   def bytes(b) when b < 1024, do: "#{b} B"
@@ -484,8 +489,9 @@ defmodule Mix.Tasks.Snakepit.Status do
 
   def bytes(b), do: "#{:erlang.float_to_binary(b / 1024 / 1024 / 1024, decimals: 2)} GiB"
 
-  @doc false
-  # Microseconds as "850 µs", "1.2 ms", "3.40 s"; "-" when not measured.
+  @doc """
+  Microseconds as "850 µs", "1.2 ms", "3.40 s"; "-" when not measured.
+  """
   @spec micros(number() | nil) :: String.t()
   def micros(us) when is_number(us) and us < 1_000, do: "#{round(us)} µs"
 
