@@ -34,8 +34,6 @@ use snakepit_wire::outgoing::{OutFrame, Part, BLOB_EXT};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-// Declared here, not in lib.rs: tensors are part of the codec.
-#[path = "tensor.rs"]
 pub mod tensor;
 
 /// Why a frame could not be decoded into terms.
