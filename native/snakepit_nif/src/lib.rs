@@ -515,7 +515,7 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 
 /// Decodes the MessagePack item at `offset` of `data` into a term, in the
 /// calling process. Replies carry raw frames and callers decode them here:
-/// terms are never built on the pool's own threads (see `codec.rs`).
+/// terms are never built on the pool's own threads (see `codec/mod.rs`).
 /// Returns `:dirty` when the frame needs more work than a normal scheduler
 /// should do (many values or many short strings; a large binary costs next
 /// to nothing): the caller then calls `decode_dirty/2`.

@@ -563,7 +563,7 @@ impl PoolCore {
     }
 
     /// Sends `{:snakepit_worker, id, event, {:msgpack, frame, body_offset}}`
-    /// to the owner, which decodes the body itself (see `codec.rs`).
+    /// to the owner, which decodes the body itself (see `codec/mod.rs`).
     fn notify_with_body(&self, id: u64, event: Atom, frame: OwnedBinary, body: usize) {
         let mut env = OwnedEnv::new();
         let _ = env.send_and_clear(&self.owner, |e| {
