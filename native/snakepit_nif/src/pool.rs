@@ -523,8 +523,9 @@ impl PoolCore {
         };
         // Drops are counted by the dispatcher as they are reported; add those
         // not reported yet.
-        stats.dropped_output_lines += workers.iter().map(|w| w.pending_drops()).sum::<u64>();
-        stats.shm_bytes = self.shm.in_flight();
+        stats.counters.dropped_output_lines +=
+            workers.iter().map(|w| w.pending_drops()).sum::<u64>();
+        stats.native.shm_bytes = self.shm.in_flight();
         stats
     }
 
