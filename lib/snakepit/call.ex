@@ -313,7 +313,7 @@ defmodule Snakepit.Call do
 
   @doc """
   Decodes an answer's frame in the caller (see
-  `native/snakepit_nif/src/codec.rs` for why here): `:result` and `:done`
+  `native/snakepit_nif/src/codec/mod.rs` for why here): `:result` and `:done`
   are values; `:python_error` (the tool failed) and `:validation_error`
   (the worker refused the call) become the worker's `Snakepit.Error`.
   """

@@ -538,7 +538,7 @@ defmodule Snakepit.Pool do
   end
 
   # Frame-carrying events hold the raw frame; bodies are decoded here, in a
-  # process (see native/snakepit_nif/src/codec.rs for why), as
+  # process (see native/snakepit_nif/src/codec/mod.rs for why), as
   # `{:frame, {:ok, body} | {:error, why}}`. A body is the worker's data, of
   # any shape: each clause of worker_event/5 checks the shape it uses, and
   # one that does not fit is the worker breaking the protocol, never a crash

@@ -73,7 +73,7 @@ defmodule Snakepit.ExecuteTest do
     end
 
     # Binaries of 64 KiB and more are spliced into the frame, not copied
-    # (codec.rs): whatever kind of binary they are, the worker gets the bytes.
+    # (codec/encode.rs): whatever kind of binary they are, the worker gets the bytes.
     test "large binaries anywhere in the args: text or not, sub-binaries, unaligned", ctx do
       bin = :crypto.strong_rand_bytes(300_000)
       text = String.duplicate("héllo ", 50_000)

@@ -10,8 +10,8 @@ defmodule Snakepit.Generators do
   #   * `py_key/1`: a map key as Python compares it, so generated maps have
   #     no two keys that Python would take for one;
   #   * `key_text/1`, `float_text/1`: a map key as the codec names it in an
-  #     error's path (native/snakepit_nif/src/codec.rs, `key_text`: Rust's
-  #     `{:?}` for strings and floats).
+  #     error's path (native/snakepit_nif/src/codec/keys.rs, `key_text`:
+  #     Rust's `{:?}` for strings and floats).
   #
   # PropEr's ?LET, ?SUCHTHAT, ?LAZY and ?SIZED macros are not available in
   # Elixir: they are `:proper_types.bind/3`, `add_constraint/3`, `lazy/1` and
@@ -470,7 +470,7 @@ defmodule Snakepit.Generators do
   def py_key(k) when is_list(k), do: {:tuple, Enum.map(k, &py_key/1)}
   def py_key(k) when is_tuple(k), do: k |> Tuple.to_list() |> py_key()
 
-  @doc "A map key as the codec names it in a path or message (`key_text` in codec.rs)."
+  @doc "A map key as the codec names it in a path or message (`key_text` in codec/keys.rs)."
   def key_text(k) when k in [nil, true, false], do: Atom.to_string(k)
   def key_text(k) when is_atom(k), do: ":" <> Atom.to_string(k)
   def key_text(k) when is_integer(k) and k >= @i64_min and k <= @i64_max, do: Integer.to_string(k)
@@ -485,7 +485,7 @@ defmodule Snakepit.Generators do
     end
   end
 
-  # Anything else, integers above the int64 range included (codec.rs reads
+  # Anything else, integers above the int64 range included (codec/keys.rs reads
   # a key as a str, an atom, an i64 or an f64).
   def key_text(_), do: "<key>"
 

@@ -289,6 +289,34 @@ pub struct Gauges {
     pub sessions: u64,
 }
 
+impl Gauges {
+    /// Every gauge with its name, which the NIF makes a key of
+    /// `pool_stats/1`'s map. The pattern names every field: a new gauge
+    /// does not compile until it is listed here too.
+    pub fn fields(&self) -> impl IntoIterator<Item = (&'static str, u64)> {
+        let Gauges {
+            workers,
+            idle,
+            busy,
+            starting,
+            stopping,
+            queued,
+            in_flight,
+            sessions,
+        } = *self;
+        [
+            ("workers", workers),
+            ("idle", idle),
+            ("busy", busy),
+            ("starting", starting),
+            ("stopping", stopping),
+            ("queued", queued),
+            ("in_flight", in_flight),
+            ("sessions", sessions),
+        ]
+    }
+}
+
 struct Request<C> {
     id: u64,
     /// The encoded `call` frame. Taken when written to an idle worker; kept

@@ -91,6 +91,52 @@ impl Stats {
         *counter += 1;
     }
 
+    /// Every counter with its name, which the NIF makes a key of
+    /// `pool_stats/1`'s map. The pattern names every field: a new counter
+    /// does not compile until it is listed here too.
+    pub fn fields(&self) -> impl IntoIterator<Item = (&'static str, u64)> {
+        let Stats {
+            requests,
+            completed,
+            python_errors,
+            validation_errors,
+            worker_errors,
+            transport_errors,
+            timeouts,
+            queue_timeouts,
+            cancelled,
+            rejected,
+            stopped,
+            requeued,
+            restarts,
+            recycles,
+            dropped_output_lines,
+            chunks,
+            sessions_expired,
+            sessions_lost,
+        } = *self;
+        [
+            ("requests", requests),
+            ("completed", completed),
+            ("python_errors", python_errors),
+            ("validation_errors", validation_errors),
+            ("worker_errors", worker_errors),
+            ("transport_errors", transport_errors),
+            ("timeouts", timeouts),
+            ("queue_timeouts", queue_timeouts),
+            ("cancelled", cancelled),
+            ("rejected", rejected),
+            ("stopped", stopped),
+            ("requeued", requeued),
+            ("restarts", restarts),
+            ("recycles", recycles),
+            ("dropped_output_lines", dropped_output_lines),
+            ("chunks", chunks),
+            ("sessions_expired", sessions_expired),
+            ("sessions_lost", sessions_lost),
+        ]
+    }
+
     /// Requests that have ended, all outcomes together.
     pub fn settled(&self) -> u64 {
         self.completed
@@ -160,5 +206,24 @@ mod tests {
             ..Stats::default()
         };
         assert_eq!(s.settled(), 0);
+    }
+
+    /// The field names `{:?}` prints for a struct, in order.
+    fn declared(debug: String) -> Vec<String> {
+        let inner = &debug[debug.find('{').unwrap() + 1..debug.rfind('}').unwrap()];
+        let names = inner.split(',').map(|f| f.split(':').next().unwrap());
+        names.map(|name| name.trim().to_string()).collect()
+    }
+
+    #[test]
+    fn fields_are_named_as_declared_and_apart_from_the_gauges() {
+        let stats = Stats::default();
+        let gauges = crate::dispatcher::Gauges::default();
+        let counters: Vec<&str> = stats.fields().into_iter().map(|f| f.0).collect();
+        let gauge_names: Vec<&str> = gauges.fields().into_iter().map(|f| f.0).collect();
+        assert_eq!(counters, declared(format!("{stats:?}")));
+        assert_eq!(gauge_names, declared(format!("{gauges:?}")));
+        // The NIF returns both in one map.
+        assert!(counters.iter().all(|name| !gauge_names.contains(name)));
     }
 }

@@ -1,5 +1,7 @@
 //! Atoms the NIF sends. None is ever made from worker data. Map keys of the
-//! structs in `terms.rs` are made by `#[derive(NifMap)]` from field names.
+//! structs in `terms.rs` are made by `#[derive(NifMap)]` from field names,
+//! and those of `pool_stats/1` also from the field names of the dispatcher's
+//! gauges and counters.
 
 rustler::atoms! {
     ok,

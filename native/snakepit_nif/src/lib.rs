@@ -9,8 +9,10 @@
 //!   writer thread that finishes writes a full pipe left;
 //! - `spawn.rs`: starting a process from inside the BEAM with `posix_spawn`;
 //! - `reply.rs`: how a call's answer, and a stream's chunks, reach its caller;
-//! - `codec.rs`: terms <-> MessagePack, with large binaries sent as blobs;
-//!   `tensor.rs` (declared in `codec.rs`): `%Snakepit.Tensor{}` on the wire;
+//! - `codec/`: terms <-> MessagePack, with large binaries sent as blobs
+//!   (`encode.rs`, `decode.rs`, `keys.rs` for map keys, `kept.rs` for the
+//!   binaries blobs point into); `codec/tensor.rs`: `%Snakepit.Tensor{}` on
+//!   the wire;
 //! - `shm.rs`: shared-memory segments for payloads of `:shm_threshold` or more;
 //! - `terms.rs`: the maps and tuples returned to Elixir; `atoms.rs`: the
 //!   atoms the NIF sends;
@@ -526,7 +528,7 @@ fn codec_roundtrip<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 
 /// Decodes the MessagePack item at `offset` of `data` into a term, in the
 /// calling process. Replies carry raw frames and callers decode them here:
-/// terms are never built on the pool's own threads (see `codec.rs`).
+/// terms are never built on the pool's own threads (see `codec/mod.rs`).
 /// Returns `:dirty` when the frame needs more work than a normal scheduler
 /// should do (many values or many short strings; a large binary costs next
 /// to nothing): the caller then calls `decode_dirty/2`.

@@ -523,8 +523,9 @@ impl PoolCore {
         };
         // Drops are counted by the dispatcher as they are reported; add those
         // not reported yet.
-        stats.dropped_output_lines += workers.iter().map(|w| w.pending_drops()).sum::<u64>();
-        stats.shm_bytes = self.shm.in_flight();
+        stats.counters.dropped_output_lines +=
+            workers.iter().map(|w| w.pending_drops()).sum::<u64>();
+        stats.native.shm_bytes = self.shm.in_flight();
         stats
     }
 
@@ -563,7 +564,7 @@ impl PoolCore {
     }
 
     /// Sends `{:snakepit_worker, id, event, {:msgpack, frame, body_offset}}`
-    /// to the owner, which decodes the body itself (see `codec.rs`).
+    /// to the owner, which decodes the body itself (see `codec/mod.rs`).
     fn notify_with_body(&self, id: u64, event: Atom, frame: OwnedBinary, body: usize) {
         let mut env = OwnedEnv::new();
         let _ = env.send_and_clear(&self.owner, |e| {

@@ -180,7 +180,7 @@ impl<R: Resource> ReplyTo<R> {
     /// `{tag, status, frame, body_offset, meta}`, status `:result`, `:done`,
     /// `:python_error` (the tool failed) or `:validation_error` (the worker
     /// refused the call): the worker's raw frame, which the caller decodes
-    /// itself (see `codec.rs` for why).
+    /// itself (see `codec/mod.rs` for why).
     /// `meta` is `{os_pid, queue_ns, run_ns}`: which worker answered, and
     /// how long the call waited and ran (for telemetry).
     pub fn answer(self, status: rustler::Atom, frame: Framed, body: usize, meta: (u32, u64, u64)) {

@@ -7,35 +7,18 @@ use snakepit_dispatch::dispatcher::{Gauges, State};
 use snakepit_dispatch::latency::{Percentiles, Summary};
 use snakepit_dispatch::stats::Stats;
 
-/// `Snakepit.Native.pool_stats/1`: gauges (now) and counters (since start).
-#[derive(NifMap)]
+/// `Snakepit.Native.pool_stats/1`: one map of the dispatcher's gauges (now)
+/// and counters (since start), keyed by their field names (their one
+/// declaration is in `snakepit_dispatch`), and of what the NIF adds.
 pub struct PoolStats {
-    pub workers: u64,
-    pub idle: u64,
-    pub busy: u64,
-    pub starting: u64,
-    pub stopping: u64,
-    pub queued: u64,
-    pub in_flight: u64,
-    pub requests: u64,
-    pub completed: u64,
-    pub python_errors: u64,
-    pub validation_errors: u64,
-    pub worker_errors: u64,
-    pub transport_errors: u64,
-    pub timeouts: u64,
-    pub queue_timeouts: u64,
-    pub cancelled: u64,
-    pub rejected: u64,
-    pub stopped: u64,
-    pub requeued: u64,
-    pub restarts: u64,
-    pub recycles: u64,
-    pub dropped_output_lines: u64,
-    pub sessions: u64,
-    pub sessions_expired: u64,
-    pub sessions_lost: u64,
-    pub chunks: u64,
+    pub gauges: Gauges,
+    pub counters: Stats,
+    pub native: NativeStats,
+}
+
+/// What `pool_stats/1` knows beyond the dispatcher.
+#[derive(NifMap)]
+pub struct NativeStats {
     /// Bytes of shared-memory segments in flight (see `shm.rs`).
     pub shm_bytes: u64,
     /// The circuit breaker's state: `:closed`, `:open`, `:half_open`, or
@@ -70,42 +53,32 @@ impl From<Percentiles> for PercentileStats {
 }
 
 impl PoolStats {
-    pub fn new(g: Gauges, s: &Stats, circuit: Option<Atom>, latency: Summary) -> PoolStats {
+    pub fn new(gauges: Gauges, counters: &Stats, circuit: Option<Atom>, latency: Summary) -> Self {
         PoolStats {
-            workers: g.workers,
-            idle: g.idle,
-            busy: g.busy,
-            starting: g.starting,
-            stopping: g.stopping,
-            queued: g.queued,
-            in_flight: g.in_flight,
-            requests: s.requests,
-            completed: s.completed,
-            python_errors: s.python_errors,
-            validation_errors: s.validation_errors,
-            worker_errors: s.worker_errors,
-            transport_errors: s.transport_errors,
-            timeouts: s.timeouts,
-            queue_timeouts: s.queue_timeouts,
-            cancelled: s.cancelled,
-            rejected: s.rejected,
-            stopped: s.stopped,
-            requeued: s.requeued,
-            restarts: s.restarts,
-            recycles: s.recycles,
-            dropped_output_lines: s.dropped_output_lines,
-            sessions: g.sessions,
-            sessions_expired: s.sessions_expired,
-            sessions_lost: s.sessions_lost,
-            chunks: s.chunks,
-            shm_bytes: 0,
-            circuit,
-            latency: LatencyStats {
-                queue: latency.queue.into(),
-                run: latency.run.into(),
-                samples: latency.samples,
+            gauges,
+            counters: counters.clone(),
+            native: NativeStats {
+                shm_bytes: 0,
+                circuit,
+                latency: LatencyStats {
+                    queue: latency.queue.into(),
+                    run: latency.run.into(),
+                    samples: latency.samples,
+                },
             },
         }
+    }
+}
+
+impl Encoder for PoolStats {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let dispatcher = self.gauges.fields().into_iter();
+        let fields = dispatcher.chain(self.counters.fields());
+        fields.fold(self.native.encode(env), |map, (name, n)| {
+            let key = Atom::from_str(env, name).expect("a field name is an atom");
+            assert!(map.map_get(key).is_err(), "two stats named {name}");
+            map.map_put(key, n).expect("a map")
+        })
     }
 }
 
