@@ -61,6 +61,21 @@ defmodule Snakepit.CallOptionsTest do
 
     assert e.message =~ "streams are not retried"
     assert :ok = Snakepit.execute_stream("countdown", %{n: 1}, fn _ -> :ok end, retry: false)
+
+    id = Snakepit.new_session_id()
+
+    assert {:error, %Error{category: :validation, details: %{option: :retry}}} =
+             Snakepit.execute_in_session_stream(id, "countdown", %{n: 1}, fn _ -> :ok end,
+               retry: true
+             )
+
+    e =
+      assert_raise Error, fn ->
+        Snakepit.stream("countdown", %{n: 1}, retry: true) |> Enum.to_list()
+      end
+
+    assert {e.category, e.details.option} == {:validation, :retry}
+    assert [1] = Snakepit.stream("countdown", %{n: 1}, retry: false) |> Enum.to_list()
   end
 
   describe ":queue_timeout works for every streaming entry point" do
