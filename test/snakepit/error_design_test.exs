@@ -1,18 +1,18 @@
 defmodule Snakepit.ErrorDesignTest do
-  # The design's Error test suite (Phase 2, Step 2.1). Left out, as they are
-  # about gRPC, which Snakepit does not use (workers speak MessagePack over
-  # pipes):
+  # The design's Error test suite (Phase 2, Step 2.1), ported as it is.
+  # Left out, as they are about gRPC, which Snakepit does not use (workers
+  # speak MessagePack over pipes):
   #   - "has required fields": the assertion `error.grpc_status == nil`
   #     (there is no :grpc_status field);
   #   - "validates category field": the category :grpc_error (a broken
   #     conversation with a worker is :transport instead);
   #   - the whole `describe "grpc_error/3"` (no grpc_error/3).
-  # Rewritten: the design's two "Error struct" tests and its "backward
-  # compatibility" test built `%Error{}` literals (and an `{:error, atom}`)
-  # and matched the same values back, which cannot fail. What they stood
-  # for is checked on what Snakepit builds and returns instead: the
-  # struct's and the type's fields, the categories of the type and of the
-  # builders, and the `{:error, %Snakepit.Error{}}` of real failed calls.
+  # Not as written there: the design's "Error struct" tests and its
+  # "backward compatibility" test match `%Error{}` literals (and an
+  # `{:error, atom}`) back, so they cannot fail. What they are about is
+  # checked on what Snakepit builds and returns: the struct's and the
+  # type's fields, the categories of the type and of the builders, and the
+  # `{:error, %Snakepit.Error{}}` of real failed calls.
   use ExUnit.Case, async: true
   @moduletag :capture_log
 
