@@ -117,6 +117,7 @@ defmodule Snakepit.MixProject do
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       deps: [],
+      package: package(),
       aliases: [dialyzer: &dialyzer/1],
       preferred_cli_env: [dialyzer: :dev]
     ]
@@ -124,6 +125,26 @@ defmodule Snakepit.MixProject do
 
   def application do
     [extra_applications: [:logger, :crypto], mod: {Snakepit.Application, []}]
+  end
+
+  # The Hex package: what a user needs to build Snakepit from source
+  # (`mix compile` runs cargo on the workspace), and no build output: not
+  # cargo's target/, not priv/native/ (the NIF and shepherd `mix compile`
+  # installs), not Python's caches. Hex takes a listed directory whole, hidden
+  # files included, so the trees that can hold build output are listed by
+  # their sources. test/snakepit/packaging_test.exs checks both.
+  defp package do
+    [
+      licenses: ["Apache-2.0"],
+      # No public repository yet: add its address here ("GitHub" => url).
+      links: %{},
+      files: ~w(
+        mix.exs .formatter.exs README.md LICENSE CHANGELOG.md lib docs
+        Cargo.toml Cargo.lock native/*/Cargo.toml native/*/src native/*/tests native/*/examples
+        priv/python/pyproject.toml priv/python/requirements*.txt priv/python/snakepit_bridge/**/*.py
+        priv/python/snakepit_bridge/py.typed priv/python/launcher/*.py priv/python/build_backend/*.py
+      )
+    ]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -8,32 +8,83 @@ defmodule Snakepit.ErrorDesignTest do
   #   - "validates category field": the category :grpc_error (a broken
   #     conversation with a worker is :transport instead);
   #   - the whole `describe "grpc_error/3"` (no grpc_error/3).
+  # Not as written there: the design's "Error struct" tests and its
+  # "backward compatibility" test match `%Error{}` literals (and an
+  # `{:error, atom}`) back, so they cannot fail. What they are about is
+  # checked on what Snakepit builds and returns: the struct's and the
+  # type's fields, the categories of the type and of the builders, and the
+  # `{:error, %Snakepit.Error{}}` of real failed calls.
   use ExUnit.Case, async: true
+  @moduletag :capture_log
 
-  alias Snakepit.Error
+  alias Snakepit.{Error, TestPools}
+
+  @fake Path.expand("../support/python/fake_worker.py", __DIR__)
+  @fields [:category, :details, :message, :python_traceback]
 
   describe "Error struct" do
-    test "has required fields" do
-      error = %Error{
-        category: :worker,
-        message: "Worker not found",
-        details: %{worker_id: "worker_1"}
-      }
-
-      assert error.category == :worker
-      assert error.message == "Worker not found"
-      assert error.details == %{worker_id: "worker_1"}
-      assert error.python_traceback == nil
+    test "has the design's fields, and the type declares exactly those" do
+      keys = %Error{} |> Map.from_struct() |> Map.delete(:__exception__) |> Map.keys()
+      assert Enum.sort(keys) == @fields
+      assert type_fields() == @fields
     end
 
-    test "validates category field" do
-      # Valid categories
-      valid_categories = [:worker, :timeout, :python_error, :validation, :pool]
+    test "the type's categories are those the builders make" do
+      built = [
+        Error.worker("m"),
+        Error.timeout("m"),
+        Error.python_error("ValueError", "m", nil),
+        Error.validation("m"),
+        Error.pool("m"),
+        Error.transport("m")
+      ]
 
-      for category <- valid_categories do
-        error = %Error{category: category, message: "test"}
-        assert error.category == category
+      assert built |> Enum.map(& &1.category) |> Enum.sort() == Enum.sort(type_categories())
+    end
+
+    test "from the native core, only the categories it may send are taken; others are :transport" do
+      assert %Error{category: :pool, message: "m", details: %{n: 1}} =
+               Error.from_native({:pool, "m", %{n: 1}})
+
+      for odd <- [:grpc_error, :timeout, :python_error, "worker"] do
+        assert %Error{category: :transport, message: "unexpected reply from the native core: " <> _} =
+                 Error.from_native({odd, "m", %{}})
       end
+    end
+  end
+
+  describe "errors of real calls" do
+    setup do
+      %{pool: TestPools.start_pool(size: 1)}
+    end
+
+    test "are {:error, %Error{}} with the design's fields, in every category", %{pool: pool} do
+      broken =
+        TestPools.start_pool(size: 1, python: @fake, env: %{"FAKE_WORKER_MODE" => "deep_result"})
+
+      # exit_now comes after the other calls on `pool`: it ends their worker.
+      results = [
+        python_error: Snakepit.execute("boom", %{}, pool: pool),
+        validation: Snakepit.execute("no_such_tool", %{}, pool: pool),
+        timeout: Snakepit.execute("until_cancelled", %{}, pool: pool, timeout: 50),
+        worker: Snakepit.execute("exit_now", %{code: 7}, pool: pool),
+        pool: Snakepit.execute("ping", %{}, pool: :no_such_pool),
+        transport: Snakepit.execute("break", %{}, pool: broken)
+      ]
+
+      assert results |> Keyword.keys() |> Enum.sort() == Enum.sort(type_categories())
+
+      for {category, result} <- results do
+        assert {:error, %Error{category: ^category} = error} = result
+        assert is_binary(error.message) and error.message != ""
+        assert is_map(error.details)
+
+        if category == :python_error,
+          do: assert(error.python_traceback =~ "raise ValueError(message)"),
+          else: assert(error.python_traceback == nil, inspect(error, structs: false))
+      end
+
+      assert {:error, %Error{details: %{status: 7}}} = results[:worker]
     end
   end
 
@@ -131,17 +182,21 @@ defmodule Snakepit.ErrorDesignTest do
     end
   end
 
-  describe "backward compatibility" do
-    test "pattern matching works with old and new formats" do
-      # Old format
-      old_result = {:error, :worker_not_found}
-      assert {:error, :worker_not_found} = old_result
+  defp type_fields do
+    {:ok, types} = Code.Typespec.fetch_types(Error)
+    [{:type, _, :map, fields}] = for {:type, {:t, type, []}} <- types, do: type
 
-      # New format
-      new_result = {:error, Error.worker_error("Worker not found")}
+    keys =
+      for {:type, _, :map_field_exact, [{:atom, _, key}, _]} <- fields,
+          key not in [:__struct__, :__exception__],
+          do: key
 
-      assert {:error, %Error{category: :worker, message: "Worker not found", details: %{}}} =
-               new_result
-    end
+    Enum.sort(keys)
+  end
+
+  defp type_categories do
+    {:ok, types} = Code.Typespec.fetch_types(Error)
+    [{:type, _, :union, atoms}] = for {:type, {:category, type, []}} <- types, do: type
+    for {:atom, _, category} <- atoms, do: category
   end
 end

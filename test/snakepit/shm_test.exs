@@ -50,20 +50,15 @@ defmodule Snakepit.ShmTest do
 
   # The pool's shared-memory bytes drop to `bytes` once every process that
   # may hold a segment's binary has been garbage-collected.
-  defp await_shm_bytes(pool, bytes, tries \\ 100) do
-    :erlang.garbage_collect()
-
-    cond do
-      shm_bytes(pool) == bytes ->
-        :ok
-
-      tries == 0 ->
-        flunk("shm_bytes stayed at #{shm_bytes(pool)}, expected #{bytes}")
-
-      true ->
-        Process.sleep(20)
-        await_shm_bytes(pool, bytes, tries - 1)
-    end
+  defp await_shm_bytes(pool, bytes) do
+    TestPools.wait_until(
+      fn ->
+        :erlang.garbage_collect()
+        shm_bytes(pool) == bytes
+      end,
+      5_000,
+      fn -> "shm_bytes stayed at #{shm_bytes(pool)}, expected #{bytes}" end
+    )
   end
 
   # Checks in functions of their own: once they return, nothing of the
@@ -366,9 +361,11 @@ defmodule Snakepit.ShmTest do
       {:ok, held} = Snakepit.execute("filled_tensor", %{n: 5_000_000}, pool: :doomed)
       spawn(fn -> Snakepit.execute("hold_arg", %{value: :binary.copy(<<1>>, 20_000_000),
         path: #{inspect(flag)}}, pool: :doomed, timeout: :infinity) end)
-      Process.sleep(500)
+      # On a worker: its argument's segment was made before it was queued.
+      Snakepit.TestPools.wait_until(fn -> Snakepit.get_stats(:doomed).busy == 1 end)
       workers = Enum.map(Snakepit.list_workers(:doomed), & &1.os_pid)
       IO.puts("RUN \#{System.pid()} \#{Snakepit.get_stats(:doomed).shm_bytes} \#{Enum.join(workers, ",")}")
+      # Holds both segments until the test SIGKILLs this BEAM.
       Process.sleep(:infinity)
       IO.inspect(held)
       """
@@ -379,6 +376,8 @@ defmodule Snakepit.ShmTest do
       on_exit(fn -> System.cmd("kill", ["-KILL", beam], stderr_to_stdout: true) end)
       assert held == 40_000_000
       assert memfds_of(beam) >= 1
+      # The worker holds the argument's mapping too.
+      TestPools.wait_until(fn -> Enum.any?(workers, &(memfds_of("#{&1}") >= 1)) end)
       assert memfds_everywhere() >= baseline + 2
       {_, 0} = System.cmd("kill", ["-KILL", beam])
       assert_receive {^port, {:exit_status, _}}, 10_000

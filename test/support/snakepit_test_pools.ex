@@ -30,14 +30,12 @@ defmodule Snakepit.TestPools do
 
   @doc """
   Polls `fun` every 10 ms until it returns true, for conditions that send no
-  message (OS processes, pool counters). Fails after `timeout` ms.
+  message (OS processes, pool counters). Fails after `timeout` ms, with the
+  message `failure.()` builds then (so it can show the value that was
+  awaited). The one polling loop of the tests: use it rather than a sleep.
   """
-  def wait_until(fun, timeout \\ 5_000) do
-    wait_until(fun, timeout, fn -> "condition not met within #{timeout} ms" end)
-  end
-
-  # `failure` builds the flunk message when the time is up.
-  defp wait_until(fun, timeout, failure) do
+  def wait_until(fun, timeout \\ 5_000, failure \\ nil) do
+    failure = failure || fn -> "condition not met within #{timeout} ms" end
     deadline = System.monotonic_time(:millisecond) + timeout
     do_wait(fun, deadline, failure)
   end

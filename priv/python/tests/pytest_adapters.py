@@ -4,11 +4,14 @@ find this module when started with ``python_path=[TESTS]`` (see conftest)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from typing import Any, Dict, Iterator, Optional
 
 from snakepit_test_adapters import TestAdapter
 
 from snakepit_bridge import Context, Session, tool
+from snakepit_bridge.control import Credits
 
 
 class PytestAdapter(TestAdapter):
@@ -54,6 +57,37 @@ class PytestAdapter(TestAdapter):
                 yield 1
             except GeneratorExit:
                 yield 2
+
+    @tool
+    def told_count(
+        self,
+        n: Optional[int] = None,
+        tell: Optional[int] = None,
+        marker: Optional[str] = None,
+        gate: Optional[str] = None,
+    ) -> Iterator[int]:
+        """0, 1, ..., n - 1 (forever if n is None), logging "yielding i: k
+        credits left" before each of the first `tell` items (all if None): k
+        is what the worker's stream has left to send it with. The log frame
+        goes out on stdout in order with the chunks, so a test sees the bridge
+        pull each item, and whether it will have to wait for an ack to send
+        it. With `gate`, item 0 waits, after its log, until the file `gate`
+        exists. When closed, writes to the file `marker` how many it yielded."""
+        # The worker's one Credits (white-box: the bridge gives tools no handle on it).
+        (credits,) = [o for o in gc.get_objects() if isinstance(o, Credits)]
+        yielded = 0
+        try:
+            while n is None or yielded < n:
+                if tell is None or yielded < tell:
+                    logging.getLogger("snakepit_test").info("yielding %d: %s credits left", yielded, credits.left())
+                if gate is not None and yielded == 0:
+                    self.block_until(gate)
+                yielded += 1
+                yield yielded - 1
+        finally:
+            if marker is not None:
+                with open(marker, "w") as f:
+                    f.write(str(yielded))
 
     def on_session_end(self, session: Session) -> None:
         if session.state.get("raise_on_end"):

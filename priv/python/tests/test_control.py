@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import threading
-import time
+from typing import Optional
 
 from snakepit_bridge.control import Cancellation, Credits
+
+
+class WatchedCondition(threading.Condition):
+    """A Condition that tells when a thread starts waiting on it. A notify
+    made after ``waiting`` is set reaches that thread: ``wait`` holds the
+    lock until it has queued the thread as a waiter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
 
 
 def test_heartbeat_is_answered_while_a_call_runs(controlled):
@@ -102,6 +116,7 @@ def test_a_call_reclaimed_before_it_starts_is_given_back_and_skipped(controlled)
 def test_credits_count_acks_of_the_running_stream_and_give_way_to_a_cancel():
     cancellation = Cancellation()
     credits = Credits(cancellation)
+    cond = credits._cond = WatchedCondition()  # to know when take() waits
     cancellation.begin(1)
     credits.ack(1, 5)  # before begin: not this stream's yet
     credits.begin(1, 1)
@@ -113,15 +128,15 @@ def test_credits_count_acks_of_the_running_stream_and_give_way_to_a_cancel():
     took = []
     waiter = threading.Thread(target=lambda: took.append(credits.take()))
     waiter.start()
-    time.sleep(0.05)
-    assert waiter.is_alive()
+    assert cond.waiting.wait(5), "take() with no credit left did not wait"
     credits.ack(1, 1)
     waiter.join(5)
     assert took == [True]
 
+    cond.waiting.clear()
     waiter = threading.Thread(target=lambda: took.append(credits.take()))
     waiter.start()
-    time.sleep(0.05)
+    assert cond.waiting.wait(5)  # the cancel comes while it waits
     cancellation.cancel(1)
     credits.wake()
     waiter.join(5)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 BIG = 2**32  # a window never used up
 
 
-def assert_waiting(w, probe=900):
-    """Nothing comes from the worker (no chunk, in particular) until a
-    heartbeat is answered: the worker is waiting, and still answers them."""
-    time.sleep(0.15)
+def await_log(w, prefix):
+    """Reads frames up to a log frame whose message starts with ``prefix``,
+    and returns that message; fails on any frame but a log before it."""
+    while True:
+        frame = w.recv()
+        assert frame is not None, f"the worker closed stdout before logging {prefix!r}"
+        kind, _, body = frame
+        if kind == "log" and body["message"].startswith(prefix):
+            return body["message"]
+        assert kind == "log", f"{frame!r} came before the log {prefix!r}"
+
+
+def assert_waiting(w, item, probe=900):
+    """The bridge pulled ``item`` of a ``told_count`` stream with no credit
+    left to send it (its log says so), so it waits for an ack: the next
+    frame is the answer to a heartbeat, not the chunk."""
+    assert await_log(w, f"yielding {item}:") == f"yielding {item}: 0 credits left"
     w.send_control("heartbeat", probe)
     assert w.recv_frame() == ("heartbeat", probe, None)
 
@@ -29,19 +40,19 @@ def test_a_stream_of_no_items_is_just_done(worker):
     assert worker.stream(1, "count_up", {"n": 0}) == [("done", 1, None)]
 
 
-def test_window_is_respected_and_acks_give_credits_back(controlled):
-    controlled.send_call(1, "count_up", {"n": 6}, stream=2)
-    assert [controlled.recv_frame() for _ in range(2)] == [("chunk", 1, 0), ("chunk", 1, 1)]
-    assert_waiting(controlled, 10)
-    controlled.send_control("ack", 1, 1)
-    assert controlled.recv_frame() == ("chunk", 1, 2)
-    assert_waiting(controlled, 11)
-    controlled.send_control("ack", 1, 2)
-    assert [controlled.recv_frame() for _ in range(2)] == [("chunk", 1, 3), ("chunk", 1, 4)]
-    assert_waiting(controlled, 12)
+def test_window_is_respected_and_acks_give_credits_back(extra):
+    extra.send_call(1, "told_count", {"n": 6}, stream=2)
+    assert [extra.recv_frame() for _ in range(2)] == [("chunk", 1, 0), ("chunk", 1, 1)]
+    assert_waiting(extra, 2, 10)
+    extra.send_control("ack", 1, 1)
+    assert extra.recv_frame() == ("chunk", 1, 2)
+    assert_waiting(extra, 3, 11)
+    extra.send_control("ack", 1, 2)
+    assert [extra.recv_frame() for _ in range(2)] == [("chunk", 1, 3), ("chunk", 1, 4)]
+    assert_waiting(extra, 5, 12)
     # The last item needs a credit; the end of the stream does not.
-    controlled.send_control("ack", 1, 1)
-    assert [controlled.recv_frame() for _ in range(2)] == [("chunk", 1, 5), ("done", 1, None)]
+    extra.send_control("ack", 1, 1)
+    assert [extra.recv_frame() for _ in range(2)] == [("chunk", 1, 5), ("done", 1, None)]
 
 
 def test_end_of_stream_needs_no_credit(controlled):
@@ -53,41 +64,50 @@ def test_end_of_stream_needs_no_credit(controlled):
     assert (kind, body["kind"]) == ("error", "exception")
 
 
-def test_acks_for_other_requests_and_bad_acks_are_ignored(controlled):
-    controlled.send_call(1, "count_up", {"n": 3}, stream=1)
-    assert controlled.recv_frame() == ("chunk", 1, 0)
+def test_acks_for_other_requests_and_bad_acks_are_ignored(extra, tmp_path):
+    gate = tmp_path / "gate"
+    extra.send_call(1, "told_count", {"n": 3, "gate": str(gate)}, stream=1)
+    await_log(extra, "yielding 0:")  # the stream has begun; item 0 waits for the gate
     for request_id, n in [(2, 5), (1, 0), (1, -1), (1, "2"), (1, True), (1, None), (1, 1.5)]:
-        controlled.send_control("ack", request_id, n)
-    assert_waiting(controlled)
-    controlled.send_control("ack", 1, 5)
-    assert [controlled.recv_frame() for _ in range(3)] == [("chunk", 1, 1), ("chunk", 1, 2), ("done", 1, None)]
+        extra.send_control("ack", request_id, n)
+    # Answered once the acks are taken in: a credit one of them gave would
+    # be there before item 0 spends the window, and item 1 would not wait.
+    extra.send_control("heartbeat", 1)
+    assert extra.recv_frame() == ("heartbeat", 1, None)
+    gate.touch()
+    assert extra.recv_frame() == ("chunk", 1, 0)
+    assert_waiting(extra, 1)
+    extra.send_control("ack", 1, 5)
+    assert [extra.recv_frame() for _ in range(3)] == [("chunk", 1, 1), ("chunk", 1, 2), ("done", 1, None)]
 
 
-def test_acks_of_a_finished_stream_do_not_carry_over(controlled):
-    controlled.send_call(1, "count_up", {"n": 1}, stream=1)
-    assert [controlled.recv_frame() for _ in range(2)] == [("chunk", 1, 0), ("done", 1, None)]
-    controlled.send_control("ack", 1, 100)  # late: its consumer took the chunk after the stream ended
-    controlled.send_call(2, "count_up", {"n": 3}, stream=1)
-    assert controlled.recv_frame() == ("chunk", 2, 0)
-    assert_waiting(controlled)
-    controlled.send_control("ack", 2, 2)
-    assert [controlled.recv_frame() for _ in range(3)] == [("chunk", 2, 1), ("chunk", 2, 2), ("done", 2, None)]
+def test_acks_of_a_finished_stream_do_not_carry_over(extra):
+    extra.send_call(1, "told_count", {"n": 1}, stream=1)
+    assert [extra.recv_frame() for _ in range(2)] == [("chunk", 1, 0), ("done", 1, None)]
+    extra.send_control("ack", 1, 100)  # late: its consumer took the chunk after the stream ended
+    extra.send_control("heartbeat", 1)  # answered once the ack is taken in
+    assert extra.recv_frame() == ("heartbeat", 1, None)
+    extra.send_call(2, "told_count", {"n": 3}, stream=1)
+    assert extra.recv_frame() == ("chunk", 2, 0)
+    assert_waiting(extra, 1)
+    extra.send_control("ack", 2, 2)
+    assert [extra.recv_frame() for _ in range(3)] == [("chunk", 2, 1), ("chunk", 2, 2), ("done", 2, None)]
 
 
-def test_cancel_while_out_of_credits_closes_the_generator(controlled, tmp_path):
+def test_cancel_while_out_of_credits_closes_the_generator(extra, tmp_path):
     marker = tmp_path / "closed"
-    controlled.send_call(1, "infinite", {"marker": str(marker)}, stream=2)
-    assert [controlled.recv_frame() for _ in range(2)] == [("chunk", 1, 0), ("chunk", 1, 1)]
-    assert_waiting(controlled)
+    extra.send_call(1, "told_count", {"marker": str(marker)}, stream=2)
+    assert [extra.recv_frame() for _ in range(2)] == [("chunk", 1, 0), ("chunk", 1, 1)]
+    assert_waiting(extra, 2)
     assert not marker.exists()
-    controlled.send_control("cancel", 1)
-    kind, request_id, body = controlled.recv_frame()
+    extra.send_control("cancel", 1)
+    kind, request_id, body = extra.recv_frame()
     assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
     # The generator's finally ran before the answer was sent. It yielded the
     # item it was suspended on, which was never sent: 2 sent, 3 yielded.
     assert marker.read_text() == "3"
-    assert controlled.call(2, "count") == ("result", 2, 1)
-    assert controlled.call(3, "sleep", {"ms": 0}) == ("result", 3, 0)
+    assert extra.call(2, "count") == ("result", 2, 1)
+    assert extra.call(3, "sleep", {"ms": 0}) == ("result", 3, 0)
 
 
 def test_cancel_stops_a_stream_that_has_credits(controlled, tmp_path):
@@ -175,12 +195,12 @@ def test_generator_called_plainly_over_the_frame_limit_is_unencodable(spawn):
     assert len(frames) == 1 and frames[0][2]["kind"] == "unencodable_result"
 
 
-def test_generator_called_plainly_stops_when_cancelled(controlled, tmp_path):
+def test_generator_called_plainly_stops_when_cancelled(extra, tmp_path):
     marker = tmp_path / "closed"
-    controlled.send_call(1, "infinite", {"marker": str(marker)})
-    time.sleep(0.05)
-    controlled.send_control("cancel", 1)
-    kind, _, body = controlled.recv_frame()
+    extra.send_call(1, "told_count", {"marker": str(marker), "tell": 1})
+    await_log(extra, "yielding 0:")  # running: the cancel stops it, not skips it
+    extra.send_control("cancel", 1)
+    kind, _, body = extra.recv_frame()
     assert (kind, body["kind"]) == ("error", "cancelled")
     assert int(marker.read_text()) > 0
 
