@@ -15,7 +15,7 @@
 #             (from the default `shm_threshold`, 4 MiB, through shared memory)
 #   snakepit_pipe  the same with `shm_threshold: :infinity`: through the pipes
 #   port      bench/support/port_pool.exs: a GenServer owning a `{:packet, 4}`
-#             Port to the same `python3 -m snakepit_bridge` worker
+#             Port to the same bridge, run as `python3 -m snakepit_bridge`
 #   py_raw    a `{:packet, 4}` Port to bench/support/raw_pipe_echo.py: Python
 #             pipe I/O with no codec (os.readv / os.writev)
 #   c_port    a `{:packet, 4}` Port to bench/support/raw_pipe_echo.c: the pipe

@@ -3,8 +3,9 @@
 #
 #   mix run bench/roundtrip.exs            (ROUNDS=5 SECONDS=1 by default)
 #
-# Both candidates run `python3 -m snakepit_bridge` with the demo adapter's
-# `echo` tool, 2 workers each, and are measured interleaved (A B ... then
+# Both candidates run the same Python bridge (Snakepit's workers through
+# priv/python/launcher/snakepit_worker.py, the Port pool's as `python3 -m
+# snakepit_bridge`) with the demo adapter's `echo` tool, 2 workers each, and are measured interleaved (A B ... then
 # reversed) in several rounds so that background noise hits all alike.
 # Figures are medians over rounds unless said otherwise; ratios are Snakepit /
 # the other (latency and CPU: below 1.0 means Snakepit is cheaper; throughput:

@@ -450,8 +450,8 @@ defmodule Snakepit do
   state: `:closed`, `:open`, `:half_open`, or `nil` without one),
   `:latency` (`%{queue: %{p50: _, p95: _, p99: _}, run: %{...}, samples: n}`:
   percentiles in microseconds of how long recent calls waited for a worker
-  and ran, over the last 60 to 120 s, from native HDR histograms; `nil`
-  before any call), and
+  and ran, over the last 60 to 120 s, from native HDR histograms; before
+  any call the percentiles are `nil` and `samples` is 0), and
   `:errors`, the error outcomes keyed by category of `Snakepit.Error`:
   `%{python_error: _, validation: _, worker: _, transport: _, timeout: _,
   pool: _}`. (Its `:python` key, the same count as `:python_error`, is
