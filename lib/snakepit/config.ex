@@ -329,11 +329,14 @@ defmodule Snakepit.Config do
 
   - a call still in the queue leaves it; one already written to a worker
     but not yet started there is skipped by the worker;
-  - nothing interrupts Python code that is running. The worker is told on
-    its control pipe, and from then on `snakepit_bridge.cancelled()` returns
-    `True` inside the tool, which can poll it and return early;
-  - a worker still busy with the call `:cancel_grace` ms later is killed
-    and replaced.
+  - a call that is running is interrupted: the worker is told on its
+    control pipe, and the Python bridge raises
+    `snakepit_bridge.CallCancelled` inside the tool at its next Python
+    bytecode (an `async` tool's task is cancelled instead), so its
+    `finally` blocks run and the worker serves the next call;
+    `snakepit_bridge.cancelled()` turns `True` too, for tools that poll;
+  - a worker still busy with the call `:cancel_grace` ms later (a tool
+    stuck in native code, which neither reaches) is killed and replaced.
 
   A caller that dies gives up its call the same way. The late answer of a
   cancelled call is never delivered.

@@ -313,9 +313,9 @@ defmodule Snakepit.ConfigTest do
         assert doc =~ section
       end
 
-      refute doc =~ "CallCancelled"
+      assert doc =~ "snakepit_bridge.CallCancelled"
       assert doc =~ "snakepit_bridge.cancelled()"
-      assert doc =~ "nothing interrupts Python code"
+      assert doc =~ "stuck in native code"
       assert doc =~ "never delivered"
     end
 

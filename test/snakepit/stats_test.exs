@@ -97,15 +97,14 @@ defmodule Snakepit.StatsTest do
     pool = start_pool(size: 1, pipeline_depth: 2, cancel_grace: 5_000, reclaim_after: :infinity)
     run = &Snakepit.execute(&1, &2, Keyword.put(&3, :pool, pool))
 
-    # The gate holds the first call until both have timed out, however late
-    # a loaded machine runs this test (a 200 ms sleep once ended before the
-    # second call's 50 ms had, and that call answered).
-    {gate, release} = gate()
-    slow = Task.async(fn -> run.("block_until", %{path: gate}, timeout: 50) end)
+    # The first call holds the worker in native code (time.sleep), where
+    # its cancel cannot stop it, for long enough that both calls time out
+    # however late a loaded machine runs this test (a 200 ms sleep once
+    # ended before the second call's 50 ms had, and that call answered).
+    slow = Task.async(fn -> run.("sleep", %{ms: 2_000}, timeout: 50) end)
     wait_until(fn -> Snakepit.get_stats(pool).in_flight == 1 end)
     assert {:error, %Error{category: :timeout}} = run.("boom", %{}, timeout: 50)
     assert {:error, %Error{category: :timeout}} = Task.await(slow)
-    release.()
     assert {:ok, 1} = run.("echo", %{value: 1}, [])
     assert {:ok, 2} = run.("echo", %{value: 2}, [])
     wait_until(fn -> quiet?(pool) end)

@@ -43,6 +43,37 @@ defmodule Snakepit.TimeoutsTest do
     assert Snakepit.get_stats(pool).restarts == 0
   end
 
+  # spin logs a line.
+  @tag :capture_log
+  test "a pure-Python loop that never polls is stopped by its timeout, runs its finally, and its worker goes on" do
+    pool = start_pool(size: 1, cancel_grace: 5_000)
+    [pid] = os_pids(pool)
+    finished = Path.join(System.tmp_dir!(), "snakepit_spin_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(finished) end)
+
+    assert {:error, %Error{category: :timeout}} =
+             Snakepit.execute("spin", %{finished: finished}, pool: pool, timeout: 200)
+
+    # CallCancelled was raised in the loop: its finally ran, and the same
+    # process serves the next call, well inside the grace period.
+    assert {:ok, ^pid} = Snakepit.execute("pid", %{}, pool: pool, timeout: 2_000)
+    assert File.exists?(finished)
+    assert %{restarts: 0, timeouts: 1} = Snakepit.get_stats(pool)
+  end
+
+  @tag :capture_log
+  test "an async tool stuck in await is cancelled by its timeout, and its worker goes on" do
+    pool = start_pool(size: 1, cancel_grace: 5_000)
+    [pid] = os_pids(pool)
+
+    assert {:error, %Error{category: :timeout}} =
+             Snakepit.execute("async_wait", %{seconds: 100}, pool: pool, timeout: 200)
+
+    assert {:ok, ^pid} = Snakepit.execute("pid", %{}, pool: pool, timeout: 2_000)
+    assert {:ok, "slept"} = Snakepit.execute("async_wait", %{seconds: 0}, pool: pool)
+    assert Snakepit.get_stats(pool).restarts == 0
+  end
+
   test ":queue_timeout bounds the wait for a worker, separately from :timeout" do
     pool = start_pool(size: 1)
     blocker = occupy(pool)

@@ -10,8 +10,17 @@ fails with data for its caller by raising :class:`ToolError`.
 
 from .adapter import BaseAdapter, tool
 from .context import Context, Session
-from .control import cancelled
+from .control import CallCancelled, cancelled
 from .errors import ToolError
 from .worker import PROTOCOL_VERSION
 
-__all__ = ["BaseAdapter", "tool", "cancelled", "Context", "Session", "ToolError", "PROTOCOL_VERSION"]
+__all__ = [
+    "BaseAdapter",
+    "tool",
+    "cancelled",
+    "CallCancelled",
+    "Context",
+    "Session",
+    "ToolError",
+    "PROTOCOL_VERSION",
+]

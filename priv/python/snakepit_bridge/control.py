@@ -9,10 +9,13 @@ daemon thread:
   are alive. A worker frozen, or stuck in C code that holds the GIL, misses
   heartbeats and is replaced by the host.
 - ``cancel``: the host gave up on a call (its caller timed out or died).
-  If it is running, :func:`cancelled` turns true, so a long tool can stop
-  early, and a stream waiting for credits stops at once; if it has not
-  started yet, it is skipped. A tool that does not stop is killed after the
-  pool's ``cancel_grace``.
+  If it is running, :class:`CallCancelled` is raised inside the tool (a
+  plain function or a generator, at its next Python bytecode; an ``async``
+  tool's task is cancelled), so its ``finally`` blocks run and the worker
+  answers the call as cancelled and goes on; :func:`cancelled` turns true
+  as well, and a stream waiting for credits stops at once. If it has not
+  started yet, it is skipped. A tool stuck in native code, which neither
+  can reach, is killed with its worker after the pool's ``cancel_grace``.
 - ``ack``: the host's consumer took ``n`` chunks of the running stream,
   which may send ``n`` more (see :class:`Credits`).
 - ``reclaim``: the host takes back a call written behind a long-running one,
@@ -23,6 +26,7 @@ daemon thread:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import threading
@@ -32,9 +36,26 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Set
 if TYPE_CHECKING:
     from .channel import Channel
 
-__all__ = ["Cancellation", "Credits", "ControlThread", "cancelled"]
+__all__ = ["CallCancelled", "Cancellation", "Credits", "ControlThread", "cancelled"]
 
 _log = logging.getLogger(__name__)
+
+
+class CallCancelled(BaseException):
+    """Raised inside a running tool when the host cancels its call: its
+    caller timed out or died, or stopped consuming its stream.
+
+    A ``BaseException``, like ``asyncio.CancelledError``, so that a tool's
+    ``except Exception`` does not swallow it; its ``finally`` blocks run.
+    A tool may catch it to clean up, but its call is over either way: the
+    worker answers it as cancelled unless the tool returns first."""
+
+
+def _raise_in(thread_id: int, exc: Optional[type]) -> None:
+    """Schedules ``exc`` in thread ``thread_id`` at its next bytecode, or,
+    with None, takes back one scheduled and not raised yet."""
+    arg = ctypes.py_object(exc) if exc is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), arg)
 
 
 class Cancellation:
@@ -60,6 +81,12 @@ class Cancellation:
         self._begun: List[Optional[int]] = [None] * self._BEGUN_KEPT
         self._next = 0
         self._reclaimed: Set[int] = set()
+        # The thread running the tool's own code now (see __enter__), and
+        # how to stop an ``async`` tool's task: what cancel() interrupts.
+        self._tool_thread: Optional[int] = None
+        self._stop_task: Optional[Callable[[], None]] = None
+        # CallCancelled was scheduled in _tool_thread and may not be raised yet.
+        self._scheduled = False
 
     def begin(self, request_id: int) -> Optional[str]:
         """Marks ``request_id`` as running and returns None, or returns why
@@ -104,6 +131,11 @@ class Cancellation:
         with self._lock:
             if self._running == request_id:
                 self._cancelled = True
+                if self._tool_thread is not None and not self._scheduled:
+                    self._scheduled = True
+                    _raise_in(self._tool_thread, CallCancelled)
+                if self._stop_task is not None:
+                    self._stop_task()
             else:
                 self._early[request_id] = None
                 while len(self._early) > self._EARLY_LIMIT:
@@ -111,6 +143,42 @@ class Cancellation:
 
     def is_set(self) -> bool:
         return self._cancelled
+
+    # ``with cancellation:`` around a tool's own synchronous code (its body,
+    # a generator's next item): a cancel of the running call raises
+    # CallCancelled there, and nowhere else. One tool runs at a time.
+
+    def __enter__(self) -> None:
+        # No lock: cancel() sets _cancelled, then reads _tool_thread, under
+        # the GIL; this sets _tool_thread, then reads _cancelled. One of the
+        # two sees the other's write.
+        self._tool_thread = threading.get_ident()
+        if self._cancelled:
+            self.__exit__()
+            raise CallCancelled
+
+    def __exit__(self, *_exc: Any) -> None:
+        # CallCancelled may be raised in here, at any bytecode: until the
+        # lock is taken, cancel() can still schedule it; after that, one not
+        # raised yet is taken back. So try until the lock was taken.
+        while True:
+            try:
+                with self._lock:
+                    if self._scheduled and self._tool_thread is not None:
+                        _raise_in(self._tool_thread, None)
+                    self._tool_thread = None
+                    self._scheduled = False
+                return
+            except CallCancelled:
+                continue
+
+    def stop_task_with(self, stop: Optional[Callable[[], None]]) -> None:
+        """Sets (or, with None, clears) how a cancel stops the ``async``
+        tool now running; ``stop`` runs at once if its call is cancelled."""
+        with self._lock:
+            self._stop_task = stop
+            if stop is not None and self._cancelled:
+                stop()
 
 
 class Credits:

@@ -26,7 +26,7 @@ from typing import Any, AsyncGenerator, Dict, Generator, List, Optional, Tuple, 
 
 from .aio import EventLoop
 from .channel import Channel
-from .control import Cancellation, Credits
+from .control import CallCancelled, Cancellation, Credits
 from .errors import error_body
 
 __all__ = ["END", "GENERATOR_TYPES", "Items", "items_of", "one_item", "stream", "collect"]
@@ -54,11 +54,13 @@ class Items:
 
 
 class _GeneratorItems(Items):
-    def __init__(self, gen: Generator[Any, Any, Any]) -> None:
+    def __init__(self, gen: Generator[Any, Any, Any], cancellation: Cancellation) -> None:
         self._gen = gen
+        self._cancellation = cancellation
 
     def pull(self) -> Any:
-        return next(self._gen, END)
+        with self._cancellation:  # a cancel raises CallCancelled in the generator's code
+            return next(self._gen, END)
 
     def close(self) -> None:
         self._gen.close()
@@ -73,7 +75,7 @@ class _AsyncGeneratorItems(Items):
         return self._loop.run(_anext(self._agen))
 
     def close(self) -> None:
-        self._loop.run(self._agen.aclose())
+        self._loop.run(self._agen.aclose(), cancellable=False)
 
 
 async def _anext(agen: AsyncGenerator[Any, Any]) -> Any:
@@ -100,11 +102,11 @@ class _OneItem(Items):
 GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
 
 
-def items_of(value: Any, loop: EventLoop) -> Optional[Items]:
+def items_of(value: Any, loop: EventLoop, cancellation: Cancellation) -> Optional[Items]:
     """The items of a tool's return value if it is a generator or an async
     generator, else None."""
     if isinstance(value, GeneratorType):
-        return _GeneratorItems(value)
+        return _GeneratorItems(value, cancellation)
     if isinstance(value, AsyncGeneratorType):
         return _AsyncGeneratorItems(value, loop)
     return None
@@ -151,7 +153,11 @@ def _pump(
             return "error", _cancelled()
         try:
             item = items.pull()
+        except CallCancelled:
+            return "error", _cancelled()
         except TOOL_ERRORS as exc:
+            if cancellation.is_set() and isinstance(exc, asyncio.CancelledError):
+                return "error", _cancelled()
             return "error", error_body("exception", exc, tool=tool)
         if item is END:
             return "done", None

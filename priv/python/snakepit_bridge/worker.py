@@ -21,6 +21,7 @@ carry a ``kind`` the host maps to an error category:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -34,7 +35,7 @@ from .adapter import BaseAdapter, load_adapter
 from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
 from .context import Context, Sessions
-from .control import Cancellation, ControlThread, Credits, _state
+from .control import CallCancelled, Cancellation, ControlThread, Credits, _state
 from .correlation import OutputCapture, install_record_factory
 from .errors import error_body
 from .streaming import GENERATOR_TYPES, TOOL_ERRORS, collect, items_of, one_item, stream
@@ -88,7 +89,7 @@ class Worker:
         self.credits = credits if credits is not None else Credits(cancellation)
         self.tools: Dict[str, Callable[..., Any]] = adapter.tools()
         self.sessions = Sessions()
-        self.loop = EventLoop()
+        self.loop = EventLoop(self.cancellation)
         self.output = OutputCapture(channel)
         self._takes_ctx: Dict[str, bool] = {}
         # Shared-memory segments an `shm` frame announced, for the next frame.
@@ -241,7 +242,11 @@ class Worker:
     ) -> None:
         """Runs the tool and answers the call (``window``: None for a plain call)."""
         try:
-            result = fn(**args)
+            with self.cancellation:  # a cancel raises CallCancelled in the tool
+                result = fn(**args)
+        except CallCancelled:
+            self._reply_cancelled(request_id, tool)
+            return
         except TypeError as exc:
             # The call itself failed to bind (missing/extra kwargs), or the
             # tool raised TypeError from inside; only the first is bad_arguments.
@@ -255,12 +260,15 @@ class Worker:
             try:
                 result = self.loop.run(result)
             except TOOL_ERRORS as exc:
-                self._reply_error(request_id, error_body("exception", exc, tool=tool))
+                if self.cancellation.is_set() and isinstance(exc, asyncio.CancelledError):
+                    self._reply_cancelled(request_id, tool)
+                else:
+                    self._reply_error(request_id, error_body("exception", exc, tool=tool))
                 return
         if window is None:
             self._answer(request_id, tool, result)
         else:
-            items = items_of(result, self.loop) or one_item(result)
+            items = items_of(result, self.loop, self.cancellation) or one_item(result)
             stream(
                 request_id,
                 tool,
@@ -273,16 +281,19 @@ class Worker:
 
     def _answer(self, request_id: int, name: str, result: Any) -> None:
         """Answers a plain call with one ``result`` (a generator's items as a list)."""
-        items = items_of(result, self.loop) if isinstance(result, GENERATOR_TYPES) else None
+        items = items_of(result, self.loop, self.cancellation) if isinstance(result, GENERATOR_TYPES) else None
         if items is not None:
             try:
                 collected = collect(items, name, self.cancellation)
+            except CallCancelled:
+                collected = None
             except TOOL_ERRORS as exc:
-                self._reply_error(request_id, error_body("exception", exc, tool=name))
-                return
+                if not (self.cancellation.is_set() and isinstance(exc, asyncio.CancelledError)):
+                    self._reply_error(request_id, error_body("exception", exc, tool=name))
+                    return
+                collected = None
             if collected is None:
-                msg = "the call was cancelled while it ran"
-                self._reply_error(request_id, error_body("cancelled", message=msg, tool=name))
+                self._reply_cancelled(request_id, name)
                 return
             result = collected
         try:
@@ -301,6 +312,10 @@ class Worker:
 
     def _reply_error(self, request_id: int, body: Dict[str, Any]) -> None:
         self.channel.write("error", request_id, body)
+
+    def _reply_cancelled(self, request_id: int, tool: str) -> None:
+        msg = "the call was cancelled while it ran"
+        self._reply_error(request_id, error_body("cancelled", message=msg, tool=tool))
 
 
 # A bytes result this large is written straight from its buffer rather

@@ -34,7 +34,9 @@ def test_cancel_reaches_the_running_tool(controlled):
     kind, _, body = controlled.recv()  # the tool logs when it starts
     assert kind == "log" and body["message"] == "until_cancelled started"
     controlled.send_control("cancel", 1)
-    assert controlled.recv() == ("result", 1, "cancelled")
+    # CallCancelled is raised in the tool's loop before it sees cancelled().
+    kind, request_id, body = controlled.recv()
+    assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
     # The next call starts uncancelled.
     controlled.send("call", 2, {"tool": "until_cancelled", "args": {"timeout_ms": 50}})
     assert controlled.recv_skipping_logs() == ("result", 2, "never cancelled")
@@ -108,7 +110,8 @@ def test_a_call_reclaimed_before_it_starts_is_given_back_and_skipped(controlled)
     controlled.send_control("reclaim", 1)  # running: ignored
     assert controlled.recv() == ("reclaimed", 2, None)
     controlled.send_control("cancel", 1)
-    assert controlled.recv() == ("result", 1, "cancelled")
+    kind, request_id, body = controlled.recv()
+    assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
     # 2 was skipped without an answer and never ran.
     assert controlled.call(3, "count") == ("result", 3, 1)
 
@@ -146,3 +149,42 @@ def test_credits_count_acks_of_the_running_stream_and_give_way_to_a_cancel():
     credits.end()
     credits.ack(1, 1)
     assert credits.left() == 0
+
+
+def _log_message(frame) -> str:
+    kind, _, body = frame
+    assert kind == "log", frame
+    return body["message"]
+
+
+def test_cancel_raises_in_a_loop_that_never_polls_and_the_worker_goes_on(controlled):
+    pid = controlled.call(1, "pid")[2]
+    controlled.send("call", 2, {"tool": "spin", "args": {}})
+    assert _log_message(controlled.recv()) == "spin started"
+    controlled.send_control("cancel", 2)
+    assert _log_message(controlled.recv()) == "spin finally"
+    kind, request_id, body = controlled.recv()
+    assert (kind, request_id, body["kind"]) == ("error", 2, "cancelled")
+    assert controlled.call(3, "pid") == ("result", 3, pid)
+
+
+def test_cancel_cancels_an_async_tool_in_its_await(controlled):
+    controlled.send("call", 1, {"tool": "async_wait", "args": {}})
+    assert _log_message(controlled.recv()) == "async_wait started"
+    controlled.send_control("cancel", 1)
+    assert _log_message(controlled.recv()) == "async_wait finally"
+    kind, request_id, body = controlled.recv()
+    assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
+    # The loop is fine for the next async call.
+    assert controlled.call(2, "async_wait", {"seconds": 0}) == ("result", 2, "slept")
+
+
+def test_cancel_reaches_an_async_generator_stuck_in_await(controlled):
+    controlled.send("call", 1, {"tool": "async_stuck", "args": {}, "stream": 8})
+    assert controlled.recv_skipping_logs() == ("chunk", 1, 1)
+    assert _log_message(controlled.recv()) == "async_stuck waiting"
+    controlled.send_control("cancel", 1)
+    assert _log_message(controlled.recv()) == "async_stuck finally"
+    kind, request_id, body = controlled.recv()
+    assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
+

@@ -159,6 +159,48 @@ class TestAdapter(BaseAdapter):
         time.sleep(10)
 
     @tool
+    def spin(self, finished: Optional[str] = None) -> int:
+        """A pure-Python loop that never looks at cancellation, and whose
+        `except Exception` must not swallow CallCancelled. Logs when it
+        starts; creates the file `finished`, if given, in its `finally`."""
+        log = logging.getLogger("snakepit_test")
+        log.info("spin started")
+        n = 0
+        try:
+            while True:
+                try:
+                    n += 1
+                except Exception:
+                    pass
+        finally:
+            log.info("spin finally")
+            if finished is not None:
+                open(finished, "w").close()
+
+    @tool
+    async def async_wait(self, seconds: float = 100.0) -> str:
+        """Awaits for `seconds`; logs when it starts and in its `finally`."""
+        log = logging.getLogger("snakepit_test")
+        log.info("async_wait started")
+        try:
+            await asyncio.sleep(seconds)
+            return "slept"
+        finally:
+            log.info("async_wait finally")
+
+    @tool
+    async def async_stuck(self) -> AsyncIterator[int]:
+        """An async generator that yields once, then awaits forever."""
+        log = logging.getLogger("snakepit_test")
+        try:
+            yield 1
+            log.info("async_stuck waiting")
+            await asyncio.sleep(3600)
+            yield 2
+        finally:
+            log.info("async_stuck finally")
+
+    @tool
     def until_cancelled(self, timeout_ms: int = 10_000) -> str:
         """Works until the host cancels the call, as a well-behaved long tool does."""
         deadline = time.monotonic() + timeout_ms / 1000
