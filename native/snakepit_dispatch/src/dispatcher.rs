@@ -58,8 +58,10 @@ use std::time::{Duration, Instant};
 pub trait Pipe {
     /// Queues a frame for writing, without blocking or any syscall (it is
     /// called under the pool's lock, which keeps frames in dispatch order).
-    /// A closed stdin hands the frame back.
-    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame>;
+    /// Returns where the frame starts in the stdin stream: the bytes queued
+    /// before it since the worker started (a `reclaim` names it, see
+    /// [`Dispatcher::reclaim_due`]). A closed stdin hands the frame back.
+    fn enqueue(&self, frame: OutFrame) -> Result<u64, OutFrame>;
 }
 
 /// Settings fixed when the pool is made.
@@ -222,7 +224,7 @@ pub enum Dequeue<C, W> {
     /// asked for it back (`Some`; `None`: asked already). If the worker gives
     /// it back, [`Dispatcher::reclaimed`] hands its caller back, to answer
     /// with a queue timeout; if it starts it first, it runs.
-    Pipelined(Option<Arc<W>>),
+    Pipelined(Option<(Arc<W>, u64)>),
     /// Running, answered, or given up: it goes on as it is.
     Started,
 }
@@ -331,6 +333,8 @@ struct Request<C> {
     started: Option<Instant>,
     /// Its worker was asked to give it back (see [`Dispatcher::reclaim_due`]).
     reclaiming: bool,
+    /// Where its frame starts in its worker's stdin (see [`Pipe::enqueue`]).
+    offset: u64,
     /// Its `queue_timeout` passed while it waited in a worker's pipe: if the
     /// worker gives it back, it ends with a queue timeout instead of being
     /// queued again (see [`Dispatcher::dequeue`]).
@@ -536,6 +540,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             submitted: now,
             started: None,
             reclaiming: false,
+            offset: 0,
             dequeue: false,
         });
         Ok(Submitted {
@@ -814,12 +819,17 @@ impl<C, W: Pipe> Dispatcher<C, W> {
 
     /// Workers whose running call started at least `after` before `now`
     /// are marked stalled (nothing more is written behind that call until it
-    /// ends). Returns the stalled workers with the ids of the calls waiting
-    /// behind their running call that they are to be asked to give back,
-    /// each asked once; none while no other worker takes requests. Calls of
+    /// ends). Returns the stalled workers with the calls waiting behind their
+    /// running call that they are to be asked to give back, as `(id, offset
+    /// of its frame in the worker's stdin)`, each asked once (the offset lets
+    /// the worker tell a call it has not read from one it read long ago); none while no other worker takes requests. Calls of
     /// a session bound to the worker (`Strict`, `FailFast`) and calls whose
     /// caller gave up are left where they are.
-    pub fn reclaim_due(&mut self, after: Duration, now: Instant) -> Vec<(Arc<W>, Vec<u64>)> {
+    pub fn reclaim_due(
+        &mut self,
+        after: Duration,
+        now: Instant,
+    ) -> Vec<(Arc<W>, Vec<(u64, u64)>)> {
         for slot in self.slots.values_mut() {
             if slot.in_flight.front().is_some_and(|head| {
                 head.started
@@ -839,7 +849,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         }
         let mut asks = Vec::new();
         for slot in self.slots.values_mut().filter(|s| s.stalled) {
-            let ids: Vec<u64> = slot
+            let ids: Vec<(u64, u64)> = slot
                 .in_flight
                 .iter_mut()
                 .skip(1)
@@ -850,7 +860,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 })
                 .map(|r| {
                     r.reclaiming = true;
-                    r.id
+                    (r.id, r.offset)
                 })
                 .collect();
             if !ids.is_empty() {
@@ -983,7 +993,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 return Dequeue::Pipelined(None);
             }
             req.reclaiming = true;
-            return Dequeue::Pipelined(Some(Arc::clone(&slot.worker)));
+            return Dequeue::Pipelined(Some((Arc::clone(&slot.worker), req.offset)));
         }
         Dequeue::Started
     }
@@ -1235,10 +1245,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             req.frame.clone()
         };
         self.idle.retain(|&id| id != target);
-        if let Err(frame) = slot.worker.enqueue(frame) {
-            slot.stopping = true;
-            req.frame = frame;
-            return Err(req);
+        match slot.worker.enqueue(frame) {
+            Ok(offset) => req.offset = offset,
+            Err(frame) => {
+                slot.stopping = true;
+                req.frame = frame;
+                return Err(req);
+            }
         }
         if let Some((key, _)) = &req.session {
             if self.sessions.ran_on(key, target) {

@@ -367,8 +367,8 @@ impl PoolCore {
                 atoms::dequeued()
             }
             Dequeue::Pipelined(worker) => {
-                if let Some(worker) = worker {
-                    worker.control(Kind::Reclaim, request_id);
+                if let Some((worker, offset)) = worker {
+                    worker.reclaim(request_id, offset);
                 }
                 atoms::pending()
             }
@@ -419,9 +419,9 @@ impl PoolCore {
             }
             (asks, idle)
         };
-        for (worker, ids) in asks {
-            for id in ids {
-                worker.control(Kind::Reclaim, id);
+        for (worker, calls) in asks {
+            for (id, offset) in calls {
+                worker.reclaim(id, offset);
             }
         }
         !idle

@@ -168,6 +168,13 @@ impl Worker {
         self.send_control(&protocol::control_frame(kind, request_id));
     }
 
+    /// Asks for `request_id` back (a `reclaim` on the control pipe), naming
+    /// where its frame starts in stdin: the worker gives it back only if it
+    /// has not read that far.
+    pub fn reclaim(&self, request_id: u64, offset: u64) {
+        self.send_control(&protocol::reclaim_frame(request_id, offset));
+    }
+
     /// Gives a streaming call `n` more credits (an `ack` on the control pipe).
     pub fn ack(&self, request_id: u64, n: u32) {
         self.send_control(&protocol::ack_frame(request_id, n));
@@ -183,7 +190,7 @@ impl Worker {
 }
 
 impl Pipe for Worker {
-    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
+    fn enqueue(&self, frame: OutFrame) -> Result<u64, OutFrame> {
         self.shm.before_enqueue(&frame.bytes);
         self.writer.enqueue(frame)
     }

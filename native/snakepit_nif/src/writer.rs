@@ -31,6 +31,9 @@ struct State {
     thread_draining: bool,
     /// Close the fd once `pending` is empty.
     close_when_drained: bool,
+    /// Bytes enqueued since the start: where the next frame starts in the
+    /// stream (what a `reclaim` names, see `Dispatcher::reclaim_due`).
+    enqueued: u64,
     /// The fd, until the writer is closed. Shared with the writer thread
     /// while it writes outside the lock: closing drops this reference, and
     /// the fd is closed (and its number reused) only once the thread's write
@@ -56,6 +59,7 @@ impl Writer {
                 offset: 0,
                 thread_draining: false,
                 close_when_drained: false,
+                enqueued: 0,
                 fd: Some(Arc::new(fd)),
             }),
             wake,
@@ -68,16 +72,18 @@ impl Writer {
         Ok(writer)
     }
 
-    /// Adds a frame (or several, back to back) behind those already queued.
-    /// No syscall: safe to call under the pool's lock. A closed stdin hands
-    /// the frame back.
-    pub fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
+    /// Adds a frame (or several, back to back) behind those already queued,
+    /// and returns where it starts in the stream. No syscall: safe to call
+    /// under the pool's lock. A closed stdin hands the frame back.
+    pub fn enqueue(&self, frame: OutFrame) -> Result<u64, OutFrame> {
         let mut state = self.state.lock();
         if state.fd.is_none() || state.close_when_drained {
             return Err(frame);
         }
+        let offset = state.enqueued;
+        state.enqueued += frame.len() as u64;
         state.pending.push_back(frame);
-        Ok(())
+        Ok(offset)
     }
 
     /// Writes queued frames without blocking, many per `writev(2)`; hands

@@ -274,6 +274,15 @@ pub fn shm_lengths(frame: &[u8], body: usize) -> Result<Vec<u64>, String> {
         .collect()
 }
 
+/// `[reclaim, id, offset]`: give back call `id`, whose frame starts
+/// `offset` bytes into the worker's stdin, if it has not read that far.
+pub fn reclaim_frame(id: u64, offset: u64) -> Vec<u8> {
+    let mut buf = begin_frame(Kind::Reclaim, id, 1);
+    rmp::encode::write_uint(&mut buf, offset).expect("Vec write");
+    frame::finish(&mut buf, frame::DEFAULT_MAX_FRAME).expect("tiny frame");
+    buf
+}
+
 /// A complete frame with a nil body, e.g. `cancel` or `heartbeat`.
 pub fn control_frame(kind: Kind, id: u64) -> Vec<u8> {
     let mut buf = begin_frame(kind, id, 1);
@@ -418,6 +427,17 @@ mod tests {
         let f = control_frame(Kind::Shm, 9);
         let env = parse_envelope(&f[HEADER_LEN..]).unwrap();
         assert!(shm_lengths(&f[HEADER_LEN..], env.body).is_err());
+    }
+
+    #[test]
+    fn a_reclaim_frame_names_the_offset_of_its_call() {
+        let f = reclaim_frame(7, 300_000);
+        let env = parse_envelope(&f[HEADER_LEN..]).unwrap();
+        assert_eq!((env.kind, env.id), (Kind::Reclaim, 7));
+        let mut r = Reader::at(&f[HEADER_LEN..], env.body);
+        // The reader gives every integer that fits an i64 as Int.
+        let t = r.next_token();
+        assert!(matches!(t, Ok(Token::Int(300_000))), "{t:?}");
     }
 
     #[test]

@@ -43,6 +43,10 @@ class Channel:
         self._lock = threading.Lock()
         self._blobs: List[bytes] = []
         self.max_frame = max_frame
+        # Bytes of whole frames read so far: a ``reclaim`` names where its
+        # call starts in this stream, and a call not reached yet can be given
+        # back (see control.py). Written by the reading thread only.
+        self.consumed = 0
 
     def read_raw(self) -> Optional[bytes]:
         """The next frame's MessagePack bytes, or None at a clean end of
@@ -65,6 +69,7 @@ class Channel:
             body = self._reader.read(size)
             if len(body) < size:
                 raise ProtocolError("stream closed inside a frame")
+            self.consumed += HEADER_LEN + size
             if not blob:
                 return body
             self._blobs.append(body)

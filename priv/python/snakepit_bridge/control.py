@@ -105,10 +105,18 @@ class Cancellation:
             self._cancelled = False
             return None
 
-    def reclaim(self, request_id: int, tell: Callable[[], None]) -> bool:
+    def reclaim(
+        self, request_id: int, tell: Callable[[], None], unread: Optional[Callable[[], bool]] = None
+    ) -> bool:
         """The host asks for ``request_id`` back: True if it has not begun
         (it never will), False if it has, or if an earlier copy of it is
         still waiting to be skipped.
+
+        ``unread`` says whether the call's frame has not been read from stdin
+        yet (the host names where it starts): only such a call is given
+        back. Without it, a call is taken for begun only if it is among the
+        last ones begun, which a control thread held up for long (a busy
+        machine) could mistake.
 
         When it is given back, ``tell`` (which writes ``reclaimed`` to the
         host) runs before the lock is released: :meth:`begin` cannot skip
@@ -118,6 +126,8 @@ class Cancellation:
         overtook the ``reclaimed`` would break the protocol."""
         with self._lock:
             if request_id in self._reclaimed or request_id in self._begun:
+                return False
+            if unread is not None and not unread():
                 return False
             self._reclaimed.add(request_id)
             tell()
@@ -288,11 +298,20 @@ class ControlThread(threading.Thread):
                     self.credits.wake()
                 elif kind == "reclaim":
                     tell = functools.partial(self.replies.write, "reclaimed", request_id, None)
-                    self.state.reclaim(request_id, tell)
+                    self.state.reclaim(request_id, tell, self._unread(body))
                 elif kind == "ack":
                     self._ack(request_id, body)
         except Exception:  # a broken control pipe shows as missed heartbeats
             return
+
+    def _unread(self, offset: Any) -> Optional[Callable[[], bool]]:
+        """For a ``reclaim`` naming the offset of its call in stdin: whether
+        the main thread has not read that far yet. (The main channel reads
+        stdin; this thread writes to it as ``replies``.)"""
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            return None
+        channel = self.replies
+        return lambda: channel.consumed <= offset
 
     def _ack(self, request_id: Any, n: Any) -> None:
         if isinstance(n, int) and not isinstance(n, bool) and n >= 1:

@@ -188,3 +188,28 @@ def test_cancel_reaches_an_async_generator_stuck_in_await(controlled):
     kind, request_id, body = controlled.recv()
     assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
 
+
+
+def test_a_reclaim_for_a_call_already_read_is_refused_however_late_it_comes():
+    # Found with reclaim_after: 1 ms under load: the control thread, held up,
+    # took a reclaim for a call begun more than 256 calls before, no longer
+    # among the ids it remembers, and gave it back: the host had its answer
+    # long before, and killed the worker for the stale `reclaimed`. The
+    # offset the host names settles it.
+    c = Cancellation()
+    told: list = []
+    assert not c.reclaim(5, lambda: told.append(5), unread=lambda: False), "read already"
+    assert c.reclaim(6, lambda: told.append(6), unread=lambda: True)
+    assert told == [6]
+
+
+def test_the_control_thread_gives_back_only_calls_stdin_has_not_reached(controlled):
+    assert controlled.call(1, "count") == ("result", 1, 1)
+    # A call whose frame started at offset 0, which the worker has read past
+    # (an id it does not remember having begun): refused.
+    controlled.send_control("reclaim", 99, 0)
+    controlled.send_control("heartbeat", 0)
+    assert controlled.recv() == ("heartbeat", 0, None)
+    # An offset far ahead of what it read: given back.
+    controlled.send_control("reclaim", 2, 10**9)
+    assert controlled.recv() == ("reclaimed", 2, None)

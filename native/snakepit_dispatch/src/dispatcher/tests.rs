@@ -22,13 +22,15 @@ impl FakePipe {
 }
 
 impl Pipe for FakePipe {
-    fn enqueue(&self, frame: OutFrame) -> Result<(), OutFrame> {
+    fn enqueue(&self, frame: OutFrame) -> Result<u64, OutFrame> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(frame);
         }
         let id = u64::from_be_bytes(frame.to_vec().try_into().expect("an 8-byte test frame"));
-        self.frames.lock().push(id);
-        Ok(())
+        let mut frames = self.frames.lock();
+        frames.push(id);
+        // Each test frame is 8 bytes.
+        Ok(8 * (frames.len() as u64 - 1))
     }
 }
 
@@ -286,9 +288,9 @@ fn later() -> Instant {
     Instant::now() + Duration::from_secs(60)
 }
 
-fn asked(asks: &[(Arc<FakePipe>, Vec<u64>)]) -> Vec<u64> {
+fn asked(asks: &[(Arc<FakePipe>, Vec<(u64, u64)>)]) -> Vec<u64> {
     asks.iter()
-        .flat_map(|(_, ids)| ids.iter().copied())
+        .flat_map(|(_, ids)| ids.iter().map(|&(id, _)| id))
         .collect()
 }
 
@@ -461,7 +463,7 @@ fn a_pipelined_call_past_its_queue_timeout_is_asked_back_and_ends_so() {
     }
     let w2 = add_ready(&mut d, 2);
     match d.dequeue(11) {
-        Dequeue::Pipelined(Some(w)) => assert!(Arc::ptr_eq(&w, &w1)),
+        Dequeue::Pipelined(Some((w, _))) => assert!(Arc::ptr_eq(&w, &w1)),
         _ => panic!("11 waits in w1's pipe"),
     }
     assert!(
@@ -1290,7 +1292,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     let id = 1 + rng.below(submitted);
                     match d.dequeue(id) {
                         Dequeue::Queued(c) => leave(c, "dequeued", &mut left),
-                        Dequeue::Pipelined(Some(w)) => {
+                        Dequeue::Pipelined(Some((w, _))) => {
                             let (wid, _) = workers
                                 .iter()
                                 .find(|(_, p)| Arc::ptr_eq(p, &w))
@@ -1311,7 +1313,10 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                                 .iter()
                                 .find(|(_, p)| Arc::ptr_eq(p, &w))
                                 .expect("a known worker");
-                            asked_of.entry(*id).or_default().extend(ids);
+                            asked_of
+                                .entry(*id)
+                                .or_default()
+                                .extend(ids.iter().map(|&(call, _)| call));
                         }
                     } else if !workers.is_empty() {
                         let (id, _) = workers[rng.below(workers.len() as u64) as usize];
