@@ -216,6 +216,12 @@ pub enum Cancel<C, W> {
     Replied,
 }
 
+/// The calls [`Dispatcher::reclaim_due`] asks back: per worker, each call's
+/// id and where its frame starts in that worker's stdin (see
+/// [`Pipe::enqueue`]), which lets the worker tell a call it has not read from
+/// one it read long ago.
+pub type Asks<W> = Vec<(Arc<W>, Vec<(u64, u64)>)>;
+
 /// What [`Dispatcher::dequeue`] found.
 pub enum Dequeue<C, W> {
     /// Taken out of the queue: answer it with a queue timeout.
@@ -820,16 +826,11 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     /// Workers whose running call started at least `after` before `now`
     /// are marked stalled (nothing more is written behind that call until it
     /// ends). Returns the stalled workers with the calls waiting behind their
-    /// running call that they are to be asked to give back, as `(id, offset
-    /// of its frame in the worker's stdin)`, each asked once (the offset lets
-    /// the worker tell a call it has not read from one it read long ago); none while no other worker takes requests. Calls of
+    /// running call that they are to be asked to give back (see [`Asks`]),
+    /// each asked once; none while no other worker takes requests. Calls of
     /// a session bound to the worker (`Strict`, `FailFast`) and calls whose
     /// caller gave up are left where they are.
-    pub fn reclaim_due(
-        &mut self,
-        after: Duration,
-        now: Instant,
-    ) -> Vec<(Arc<W>, Vec<(u64, u64)>)> {
+    pub fn reclaim_due(&mut self, after: Duration, now: Instant) -> Asks<W> {
         for slot in self.slots.values_mut() {
             if slot.in_flight.front().is_some_and(|head| {
                 head.started
