@@ -288,7 +288,7 @@ fn later() -> Instant {
     Instant::now() + Duration::from_secs(60)
 }
 
-fn asked(asks: &[(Arc<FakePipe>, Vec<(u64, u64)>)]) -> Vec<u64> {
+fn asked(asks: &Asks<FakePipe>) -> Vec<u64> {
     asks.iter()
         .flat_map(|(_, ids)| ids.iter().map(|&(id, _)| id))
         .collect()
