@@ -51,6 +51,9 @@ class CallCancelled(BaseException):
     worker answers it as cancelled unless the tool returns first."""
 
 
+_get_ident = threading.get_ident
+
+
 def _raise_in(thread_id: int, exc: Optional[type]) -> None:
     """Schedules ``exc`` in thread ``thread_id`` at its next bytecode, or,
     with None, takes back one scheduled and not raised yet."""
@@ -162,12 +165,12 @@ class Cancellation:
         # No lock: cancel() sets _cancelled, then reads _tool_thread, under
         # the GIL; this sets _tool_thread, then reads _cancelled. One of the
         # two sees the other's write.
-        self._tool_thread = threading.get_ident()
+        self._tool_thread = _get_ident()
         if self._cancelled:
-            self.__exit__()
+            self.__exit__(None, None, None)
             raise CallCancelled
 
-    def __exit__(self, *_exc: Any) -> None:
+    def __exit__(self, _type: Any, _value: Any, _tb: Any) -> None:
         # CallCancelled may be raised in here, at any bytecode: until the
         # lock is taken, cancel() can still schedule it; after that, one not
         # raised yet is taken back. So try until the lock was taken.
