@@ -23,10 +23,14 @@ class WatchedCondition(threading.Condition):
 
 
 def test_heartbeat_is_answered_while_a_call_runs(controlled):
-    controlled.send("call", 1, {"tool": "sleep", "args": {"ms": 300}})
+    controlled.send("call", 1, {"tool": "until_cancelled", "args": {}})
+    kind, _, body = controlled.recv()  # the call has started
+    assert kind == "log" and body["message"] == "until_cancelled started"
     controlled.send_control("heartbeat", 0)
     assert controlled.recv() == ("heartbeat", 0, None)
-    assert controlled.recv() == ("result", 1, 300)
+    controlled.send_control("cancel", 1)
+    kind, request_id, body = controlled.recv()
+    assert (kind, request_id, body["kind"]) == ("error", 1, "cancelled")
 
 
 def test_cancel_reaches_the_running_tool(controlled):
