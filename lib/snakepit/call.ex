@@ -78,20 +78,8 @@ defmodule Snakepit.Call do
     with {:ok, o} <- CallOptions.resolve(opts, kind) do
       with {:ok, tool} <- check_command(command),
            {:ok, args} <- check_args(args) do
-        {:ok,
-         %__MODULE__{
-           pool: o.pool,
-           handle: o.handle,
-           tool: tool,
-           args: args,
-           session: o.session,
-           correlation_id: o.correlation_id,
-           timeout: o.timeout,
-           queue_timeout: o.queue_timeout,
-           retry: o.retry,
-           chunk_timeout: o.chunk_timeout,
-           window: o.window
-         }}
+        # The resolved options are this struct's fields but the two below.
+        {:ok, struct!(__MODULE__, Map.merge(o, %{tool: tool, args: args}))}
       else
         {:error, error} -> {:error, Snakepit.Correlation.tag(error, o.correlation_id)}
       end
@@ -113,7 +101,7 @@ defmodule Snakepit.Call do
 
     fn budget ->
       :counters.add(counter, 1, 1)
-      attempt(c, min_timeout(budget, c.timeout), :counters.get(counter, 1), raising?)
+      attempt(c, min(budget, c.timeout), :counters.get(counter, 1), raising?)
     end
     |> Snakepit.Retry.run(Keyword.put(c.retry, :timeout, c.timeout))
     |> tagged(c)
@@ -123,10 +111,6 @@ defmodule Snakepit.Call do
     do: {:error, Snakepit.Correlation.tag(error, c.correlation_id)}
 
   defp tagged(result, _c), do: result
-
-  defp min_timeout(:infinity, t), do: t
-  defp min_timeout(t, :infinity), do: t
-  defp min_timeout(a, b), do: min(a, b)
 
   # One attempt, inside its telemetry span when `:telemetry` is loaded.
   defp attempt(c, timeout, n, raising?) do
@@ -152,7 +136,8 @@ defmodule Snakepit.Call do
         {{:error, error}, nil}
 
       {:ok, request_id} ->
-        queue_timeout = min_timeout(c.queue_timeout, timeout)
+        # :infinity, an atom, sorts after every integer: min/2 picks the bound.
+        queue_timeout = min(c.queue_timeout, timeout)
 
         receive do
           {^tag, status, frame, offset, meta} -> {decode(status, frame, offset), meta}

@@ -281,17 +281,14 @@ defmodule Snakepit.Stream do
 
   # The next wait: until the first of the stream's deadline, the queue
   # deadline and the chunk timeout.
+  # (:infinity, an atom, sorts after every integer, so min/2 keeps the bound.)
   defp wait(%{deadline: deadline, queue_deadline: queue_deadline, call: c}) do
-    [deadline, queue_deadline]
-    |> Enum.reject(&(&1 == :infinity))
-    |> Enum.map(&max(&1 - now(), 0))
-    |> Enum.min(fn -> :infinity end)
-    |> min_timeout(c.chunk_timeout)
+    now = now()
+    Enum.min([left(deadline, now), left(queue_deadline, now), c.chunk_timeout])
   end
 
-  defp min_timeout(:infinity, t), do: t
-  defp min_timeout(t, :infinity), do: t
-  defp min_timeout(a, b), do: min(a, b)
+  defp left(:infinity, _now), do: :infinity
+  defp left(deadline, now), do: max(deadline - now, 0)
 
   defp deadline(:infinity), do: :infinity
   defp deadline(ms), do: now() + ms
