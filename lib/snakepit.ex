@@ -484,13 +484,15 @@ defmodule Snakepit do
   @doc """
   The workers of a pool, ordered by id: `:worker_id`, `:os_pid`, `:state`
   (`:starting | :idle | :busy | :stopping`), `:in_flight` (calls written to
-  it), `:requests` served, `:age_ms`, `:rss_bytes` (resident memory of
-  the worker process, from `/proc`; `nil` if it cannot be read), and
-  `:sessions` (sessions bound to it).
+  it), `:running` (of those, the calls it runs now: at most the pool's
+  `:concurrency`; the others wait in its pipe), `:requests` served,
+  `:age_ms`, `:rss_bytes` (resident memory of the worker process, from
+  `/proc`; `nil` if it cannot be read), and `:sessions` (sessions bound to
+  it).
 
       iex> [first | _] = Snakepit.list_workers()
       iex> Map.keys(first) |> Enum.sort()
-      [:age_ms, :in_flight, :os_pid, :requests, :rss_bytes, :sessions, :state, :worker_id]
+      [:age_ms, :in_flight, :os_pid, :requests, :rss_bytes, :running, :sessions, :state, :worker_id]
   """
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do

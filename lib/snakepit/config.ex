@@ -31,6 +31,7 @@ defmodule Snakepit.Config do
     dir_or_nil: {quote(do: String.t() | nil), "a directory string or nil"},
     frame_size: {quote(do: pos_integer()), "an integer from 1 to #{@max_frame_limit}"},
     depth: {quote(do: 1..64), "an integer from 1 to 64"},
+    concurrency: {quote(do: 1..1024), "an integer from 1 to 1024"},
     affinity: {quote(do: :strict | :hint | :fail_fast), "one of :strict, :hint, :fail_fast"},
     circuit:
       {quote(do: false | keyword()),
@@ -121,11 +122,19 @@ defmodule Snakepit.Config do
       doc: "ms to wait for the first worker's handshake"
     },
     %{
+      name: :concurrency,
+      shape: :concurrency,
+      default: 1,
+      native: true,
+      doc: "calls one worker runs at once, on threads and one asyncio loop (see \"Concurrency\")"
+    },
+    %{
       name: :pipeline_depth,
       shape: :depth,
       default: 4,
       native: true,
-      doc: "most calls written to one worker at a time (see \"Pipelining\")"
+      doc:
+        "calls written to one worker at a time, counting one of its running calls: `:concurrency + :pipeline_depth - 1` at most (see \"Pipelining\")"
     },
     %{
       name: :reclaim_after,
@@ -460,6 +469,7 @@ defmodule Snakepit.Config do
   |                                       | one, else the BEAM's own; empty entries are dropped      |
   | `PYTHONUNBUFFERED`                    | `1`, so that what a worker prints is logged at once      |
   | `SNAKEPIT_MAX_FRAME_BYTES`            | the pool's `:max_frame_bytes`                            |
+  | `SNAKEPIT_CONCURRENCY`                | the pool's `:concurrency`                                |
   | `SNAKEPIT_POOL`, `SNAKEPIT_WORKER_ID` | the pool's name and the worker's id                      |
   | `SNAKEPIT_CONTROL_FD`                 | the worker's end of the control pipe                     |
   | `SNAKEPIT_SHM_FD`                     | the worker's end of its segment socket (shared memory)   |
@@ -674,7 +684,7 @@ defmodule Snakepit.Config do
       iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
       iex> Snakepit.Config.native_options(config)
       %{max_frame_bytes: 67108864, shm_threshold: 4194304, shm_max_bytes: 4294967296,
-        pipeline_depth: 4, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
+        concurrency: 1, pipeline_depth: 4, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
         session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """
   @spec native_options(t()) :: native_options()
@@ -817,6 +827,7 @@ defmodule Snakepit.Config do
     do: {:ok, v}
 
   defp accept(:depth, v) when is_integer(v) and v in 1..64, do: {:ok, v}
+  defp accept(:concurrency, v) when is_integer(v) and v in 1..1024, do: {:ok, v}
   defp accept(:affinity, v) when v in [:strict, :hint, :fail_fast], do: {:ok, v}
   defp accept(:circuit, false), do: {:ok, false}
 
@@ -843,7 +854,7 @@ defmodule Snakepit.Config do
   # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the
   # native side (native/snakepit_nif/src/worker.rs) set for every worker:
   # :env may not replace them. Keep in step with those two.
-  @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
+  @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_CONCURRENCY SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
                SNAKEPIT_OWNER SNAKEPIT_SHM_FD SNAKEPIT_SHM_THRESHOLD)
 
   # The :env as string pairs, or what is wrong with it, never quoting a

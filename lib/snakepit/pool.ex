@@ -453,6 +453,7 @@ defmodule Snakepit.Pool do
       [
         {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
         {"SNAKEPIT_SHM_THRESHOLD", shm_threshold(config.shm_threshold)},
+        {"SNAKEPIT_CONCURRENCY", Integer.to_string(config.concurrency)},
         {"SNAKEPIT_POOL", to_string(config.name)},
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
       ] ++ worker_env(config)

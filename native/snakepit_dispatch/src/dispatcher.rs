@@ -18,11 +18,17 @@
 //!
 //! **Dispatch.** The queue is FIFO: each request goes, in queue order, to a
 //! worker it may run on. A request goes to an idle worker first, the most
-//! recently idle one (at low load the same warm worker keeps serving); with
-//! `pipeline_depth` > 1 it may also be written behind a running call, to the
-//! ready worker with the fewest in flight, so that worker finds its next call
-//! in its pipe. A call of a session may run only on the session's worker
+//! recently idle one (at low load the same warm worker keeps serving); then,
+//! to the ready worker with the fewest in flight that has room. A worker has
+//! `concurrency` *slots*: it runs that many calls at once, and answers them
+//! in any order. With `pipeline_depth` > 1, up to `pipeline_depth - 1` more
+//! calls are written behind the running ones, so the worker finds its next
+//! call in its pipe. A call of a session may run only on the session's worker
 //! (`Strict`, `FailFast`), or prefers it (`Hint`): see [`crate::sessions`].
+//! With `concurrency` > 1, a `Strict` or `FailFast` call is written to its
+//! worker only once no other call of its session is there, so a session's
+//! calls run one after another, unless the worker's adapter said in its
+//! handshake that they may run at once.
 //! After every change, no queued request has a worker it may go to.
 //!
 //! **Streams.** A streaming request is answered by chunks, then one final
@@ -30,18 +36,22 @@
 //! starts with the request's window and [`Dispatcher::ack`] gives credits
 //! back as the caller consumes chunks.
 //!
-//! **Reclaim.** A call written behind a running one waits for it. When the
-//! running call has run `reclaim_after` (see [`Dispatcher::reclaim_due`]),
-//! the worker is *stalled*: nothing more is written behind its running call,
-//! and it is asked to give back the calls waiting in its pipe. Those it gives
+//! **Reclaim.** A call written behind the running ones waits for a slot.
+//! When each running call has run `reclaim_after` (see
+//! [`Dispatcher::reclaim_due`]), the worker is *stalled*: nothing more is
+//! written behind its running calls, and it is asked to give back the calls
+//! waiting in its pipe. Those it gives
 //! back before starting them ([`Dispatcher::reclaimed`]) are queued again,
 //! in submission order, for another worker; those it started by then are
 //! answered by it as usual. A worker may ignore the request. Calls of a
 //! session bound to the worker (`Strict`, `FailFast`) stay.
 //!
-//! **Worker death.** A worker runs its calls one at a time, in order. When it
-//! dies, its running call is answered with an error, and the ones written
-//! behind it, which never started, are queued again at the front.
+//! **Worker death.** A worker starts its calls in the order they were
+//! written, and frees a slot only after it has answered the slot's call, so
+//! its running calls are always the first `concurrency` of those written to
+//! it and not answered yet. When it dies, its running calls are answered with
+//! an error, and the ones written behind them, which never started, are
+//! queued again at the front.
 
 use crate::breaker::{self, Breaker, Transition};
 use crate::latency::{Latency, Timing};
@@ -67,7 +77,11 @@ pub trait Pipe {
 /// Settings fixed when the pool is made.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
-    /// Most requests written to one worker at a time (1: no pipelining).
+    /// Calls one worker runs at once (its *running* calls; 1: one at a time).
+    pub concurrency: usize,
+    /// How many calls a worker may have written to it per free slot: up to
+    /// `pipeline_depth - 1` wait in its pipe behind the `concurrency` it
+    /// runs (1: no pipelining).
     pub pipeline_depth: usize,
     /// Most requests waiting in the queue; past it, `submit` refuses.
     pub max_queue: usize,
@@ -189,10 +203,10 @@ pub struct Answered<C, W> {
 
 /// What [`Dispatcher::worker_down`] decided.
 pub struct Gone<C> {
-    /// The caller of the call it was running, to answer with an error.
-    pub running: Option<C>,
-    /// That call's session, if it was bound to the worker: its state is lost.
-    pub running_lost_session: Option<Key>,
+    /// The callers of the calls it was running, to answer with an error,
+    /// each with its call's session if that was bound to the worker (its
+    /// state is lost).
+    pub running: Vec<(C, Option<Key>)>,
     /// Calls of sessions bound to the worker that had not started, with
     /// their session: answer them with a `:worker` error saying it was lost.
     pub lost: Vec<(C, Key)>,
@@ -266,6 +280,8 @@ pub struct Row<W> {
     /// Takes no new requests (a draining worker still reports `Busy`).
     pub stopping: bool,
     pub in_flight: usize,
+    /// Of those, the calls it runs (the first `concurrency`).
+    pub running: usize,
     pub served: u64,
     pub age: Duration,
     /// Sessions bound to it.
@@ -361,8 +377,9 @@ struct Slot<C, W> {
     ready: bool,
     /// Takes no new requests; finishes those it has.
     stopping: bool,
-    /// Written to the worker: the first runs, the others wait in its pipe.
-    /// Never longer than `pipeline_depth`.
+    /// Written to the worker, in the order written: the first `concurrency`
+    /// run (or may start at once), the others wait in its pipe. Never longer
+    /// than `concurrency + pipeline_depth - 1`.
     in_flight: VecDeque<Request<C>>,
     served: u64,
     /// Heartbeats sent since the last one it answered.
@@ -373,9 +390,14 @@ struct Slot<C, W> {
     /// Past `max_requests`, kept for its sessions: takes no new session if
     /// another worker can.
     overdue: bool,
-    /// Its running call ran past `reclaim_after`: nothing more is written
-    /// behind it until it ends.
+    /// Each of its `concurrency` running calls ran past `reclaim_after`, or
+    /// the worker waits on the host (see [`Dispatcher::hold`]): nothing more
+    /// is written behind them until one ends.
     stalled: bool,
+    /// The adapter lets calls of one session run at once (its handshake
+    /// said so); otherwise, with `concurrency` > 1, a session's calls are
+    /// written to its worker one at a time, so they run in order.
+    concurrent_sessions: bool,
 }
 
 impl<C, W> Slot<C, W> {
@@ -395,12 +417,40 @@ impl<C, W> Slot<C, W> {
         self.ready && !self.stopping
     }
 
-    /// Whether a request may be written to it now: below the depth, and not
-    /// behind a call that stalled.
-    fn has_room(&self, depth: usize) -> bool {
+    /// Whether a request may be written to it now: below its capacity
+    /// (`concurrency + pipeline_depth - 1`), and, with every slot taken, not
+    /// behind calls that stalled.
+    fn has_room(&self, config: &Config) -> bool {
         self.takes_requests()
-            && self.in_flight.len() < depth
-            && (self.in_flight.is_empty() || !self.stalled)
+            && self.in_flight.len() < config.capacity()
+            && (self.in_flight.len() < config.concurrency || !self.stalled)
+    }
+
+    /// One of its running calls left: the first call waiting in its pipe, if
+    /// any, takes the slot, and the worker is no longer stalled.
+    fn slot_freed(&mut self, concurrency: usize, now: Instant) {
+        if let Some(next) = self.in_flight.get_mut(concurrency - 1) {
+            next.started.get_or_insert(now);
+        }
+        self.stalled = false;
+    }
+
+    /// Whether `key` has a call here that a call of the same session may
+    /// not overtake: with `concurrency` > 1 the worker would run both at once.
+    fn runs_session(&self, key: &Key, concurrency: usize) -> bool {
+        concurrency > 1
+            && !self.concurrent_sessions
+            && self
+                .in_flight
+                .iter()
+                .any(|r| r.session.as_ref().is_some_and(|(k, _)| k == key))
+    }
+}
+
+impl Config {
+    /// Most requests written to one worker at a time.
+    pub fn capacity(&self) -> usize {
+        self.concurrency + self.pipeline_depth - 1
     }
 }
 
@@ -421,6 +471,7 @@ pub struct Dispatcher<C, W> {
 impl<C, W: Pipe> Dispatcher<C, W> {
     pub fn new(config: Config) -> Self {
         assert!(config.pipeline_depth > 0, "pipeline_depth must be positive");
+        assert!(config.concurrency > 0, "concurrency must be positive");
         Dispatcher {
             config,
             slots: HashMap::new(),
@@ -457,6 +508,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             sessions: 0,
             overdue: false,
             stalled: false,
+            concurrent_sessions: false,
         };
         self.slots.insert(id, slot);
         Ok(())
@@ -509,10 +561,11 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let mut new_session = false;
         if let Some((key, affinity)) = &session {
             let slots = &self.slots;
+            let concurrency = self.config.concurrency;
             let busy = |w: u64| {
                 slots
                     .get(&w)
-                    .is_none_or(|s| !s.in_flight.is_empty() || !s.takes_requests())
+                    .is_none_or(|s| s.in_flight.len() >= concurrency || !s.takes_requests())
             };
             match self.sessions.admit(key, *affinity, busy, now) {
                 Ok(created) => new_session = created,
@@ -581,6 +634,15 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         Ok(self.fill())
     }
 
+    /// The worker's adapter lets a session's calls run at once (its
+    /// handshake said so): with `concurrency` > 1 they are no longer written
+    /// to it one at a time. Call before [`Self::ready`].
+    pub fn allow_concurrent_sessions(&mut self, id: u64) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.concurrent_sessions = true;
+        }
+    }
+
     /// The worker answered `request_id` with a `result` (see [`Self::finish`]).
     pub fn answer(
         &mut self,
@@ -596,7 +658,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     }
 
     /// The worker ended `request_id` (with `outcome`: `Completed`,
-    /// `PythonError` or `Validation`). It must be the call it is running,
+    /// `PythonError` or `Validation`). It must be one of the calls it runs,
     /// and `terminal` must fit it: `Result` a plain call, `Done` a stream.
     pub fn finish(
         &mut self,
@@ -606,8 +668,9 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         terminal: Terminal,
         now: Instant,
     ) -> Result<Answered<C, W>, Violation> {
-        let slot = running(&mut self.slots, worker_id, request_id)?;
-        let streaming = slot.in_flight.front().is_some_and(|r| r.stream.is_some());
+        let concurrency = self.config.concurrency;
+        let (slot, pos) = running(&mut self.slots, concurrency, worker_id, request_id)?;
+        let streaming = slot.in_flight[pos].stream.is_some();
         match (terminal, streaming) {
             (Terminal::Result, true) => {
                 return Err(Violation(format!(
@@ -621,11 +684,8 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             }
             _ => {}
         }
-        let req = slot.in_flight.pop_front().expect("checked above");
-        if let Some(next) = slot.in_flight.front_mut() {
-            next.started = Some(now);
-        }
-        slot.stalled = false;
+        let req = slot.in_flight.remove(pos).expect("checked above");
+        slot.slot_freed(concurrency, now);
         slot.served += 1;
         let retire = match self
             .config
@@ -670,8 +730,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     /// must be running and have a credit for. Returns its caller, if it
     /// still waits (else the chunk is dropped).
     pub fn chunk(&mut self, worker_id: u64, request_id: u64) -> Result<Option<&C>, Violation> {
-        let slot = running(&mut self.slots, worker_id, request_id)?;
-        let req = slot.in_flight.front_mut().expect("checked by running");
+        let (slot, pos) = running(
+            &mut self.slots,
+            self.config.concurrency,
+            worker_id,
+            request_id,
+        )?;
+        let req = &mut slot.in_flight[pos];
         let Some(credits) = req.stream.as_mut() else {
             return Err(Violation(format!(
                 "sent a chunk to call {request_id}, which is not a stream"
@@ -702,8 +767,8 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         })
     }
 
-    /// The worker's process is gone: its running call is answered, the ones
-    /// behind it are queued again (or stopped, if the pool is closed), and it
+    /// The worker's process is gone: its running calls are answered, the ones
+    /// behind them are queued again (or stopped, if the pool is closed), and it
     /// is forgotten. Sessions bound to it are lost: their calls that had not
     /// started (`Strict` and `FailFast`, queued or in its pipe) are answered
     /// with an error saying so; `Hint` calls are queued again.
@@ -713,8 +778,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         let Some(slot) = self.slots.remove(&id) else {
             return (
                 Gone {
-                    running: None,
-                    running_lost_session: None,
+                    running: Vec::new(),
                     lost: Vec::new(),
                     stopped: Vec::new(),
                 },
@@ -735,12 +799,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 .is_some_and(|(k, a)| *a != Affinity::Hint && lost_keys.contains(k))
         };
         let mut in_flight = slot.in_flight;
-        let mut running = None;
-        let mut running_lost_session = None;
-        if let Some(req) = in_flight.pop_front() {
+        let waiting = in_flight.split_off(in_flight.len().min(self.config.concurrency));
+        let mut running = Vec::new();
+        for req in in_flight {
+            let mut lost_session = None;
             if let Some((key, _)) = &req.session {
                 if lost_keys.contains(key) {
-                    running_lost_session = Some(key.clone());
+                    lost_session = Some(key.clone());
                     told.insert(key.clone());
                 }
             }
@@ -752,11 +817,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 self.ended(req.id, outcome, now);
             }
             self.leave(&req, now);
-            running = req.caller;
+            if let Some(caller) = req.caller {
+                running.push((caller, lost_session));
+            }
         }
         let mut lost = Vec::new();
         let mut stopped = Vec::new();
-        for mut req in in_flight.into_iter().rev() {
+        for mut req in waiting.into_iter().rev() {
             if pinned(&req) || self.closed || req.caller.is_none() {
                 if let Some(caller) = req.caller.take() {
                     if self.closed {
@@ -815,7 +882,6 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         (
             Gone {
                 running,
-                running_lost_session,
                 lost,
                 stopped,
             },
@@ -823,19 +889,23 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         )
     }
 
-    /// Workers whose running call started at least `after` before `now`
-    /// are marked stalled (nothing more is written behind that call until it
-    /// ends). Returns the stalled workers with the calls waiting behind their
-    /// running call that they are to be asked to give back (see [`Asks`]),
+    /// Workers whose running calls (all `concurrency` of them) started at
+    /// least `after` before `now` are marked stalled (nothing more is written
+    /// behind those calls until one ends). Returns the stalled workers with
+    /// the calls waiting behind their running calls that they are to be
+    /// asked to give back (see [`Asks`]),
     /// each asked once; none while no other worker takes requests. Calls of
     /// a session bound to the worker (`Strict`, `FailFast`) and calls whose
     /// caller gave up are left where they are.
     pub fn reclaim_due(&mut self, after: Duration, now: Instant) -> Asks<W> {
+        let concurrency = self.config.concurrency;
         for slot in self.slots.values_mut() {
-            if slot.in_flight.front().is_some_and(|head| {
-                head.started
-                    .is_some_and(|t| now.saturating_duration_since(t) >= after)
-            }) {
+            if slot.in_flight.len() >= concurrency
+                && slot.in_flight.iter().take(concurrency).all(|r| {
+                    r.started
+                        .is_some_and(|t| now.saturating_duration_since(t) >= after)
+                })
+            {
                 slot.stalled = true;
             }
         }
@@ -853,7 +923,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             let ids: Vec<(u64, u64)> = slot
                 .in_flight
                 .iter_mut()
-                .skip(1)
+                .skip(concurrency)
                 .filter(|r| {
                     !r.reclaiming
                         && r.caller.is_some()
@@ -895,12 +965,9 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             )));
         };
         let mut req = slot.in_flight.remove(pos).expect("found above");
-        if pos == 0 {
-            // It ended the call ahead and gave this one back before starting it.
-            if let Some(next) = slot.in_flight.front_mut() {
-                next.started = Some(now);
-            }
-            slot.stalled = false;
+        if pos < self.config.concurrency {
+            // It ended a call ahead and gave this one back before starting it.
+            slot.slot_freed(self.config.concurrency, now);
         }
         req.reclaiming = false;
         req.started = None;
@@ -977,11 +1044,12 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             self.ended(request_id, Outcome::QueueTimeout, Instant::now());
             return Dequeue::Queued(caller);
         }
+        let concurrency = self.config.concurrency;
         for slot in self.slots.values_mut() {
             let Some(req) = slot
                 .in_flight
                 .iter_mut()
-                .skip(1)
+                .skip(concurrency)
                 .find(|r| r.id == request_id)
             else {
                 continue;
@@ -1165,6 +1233,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 state: s.state(),
                 stopping: s.stopping,
                 in_flight: s.in_flight.len(),
+                running: s.in_flight.len().min(self.config.concurrency),
                 served: s.served,
                 age: now.saturating_duration_since(s.started),
                 sessions: s.sessions,
@@ -1240,7 +1309,10 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     /// Writes `req` to `target`, or hands it back if its stdin is closed.
     fn place(&mut self, target: u64, mut req: Request<C>) -> Result<Arc<W>, Request<C>> {
         let slot = self.slots.get_mut(&target).expect("target has a slot");
-        let frame = if slot.in_flight.is_empty() {
+        // A call that starts at once is never queued again (if its worker
+        // dies, it fails with it): its frame is not kept.
+        let starts = slot.in_flight.len() < self.config.concurrency;
+        let frame = if starts {
             std::mem::take(&mut req.frame)
         } else {
             req.frame.clone()
@@ -1259,7 +1331,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                 slot.sessions += 1;
             }
         }
-        if slot.in_flight.is_empty() {
+        if starts {
             req.started = Some(Instant::now());
         }
         slot.in_flight.push_back(req);
@@ -1268,7 +1340,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
 
     /// Whether some worker could take a request that may run anywhere.
     fn any_room(&self) -> bool {
-        !self.idle.is_empty() || (self.config.pipeline_depth > 1 && self.roomiest().is_some())
+        !self.idle.is_empty() || self.roomiest().is_some()
     }
 
     /// The worker a request of `session` (or of none) goes to now, if any.
@@ -1279,11 +1351,13 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         match (self.sessions.worker_of(key), affinity) {
             (Some(w), Affinity::Hint) if self.has_room(w) => Some(w),
             (Some(_), Affinity::Hint) => self.pick_any(),
-            (Some(w), _) => self.has_room(w).then_some(w),
+            (Some(w), _) => self.has_room_for(w, key).then_some(w),
             // A new session: the idle worker holding the fewest sessions
             // (most recently idle first among equals), so sessions started
             // together spread out; never one kept only for its sessions if
             // another can take it.
+            // (Calls of it may still run where it was before it ended or
+            // lost its worker: a worker running one is not picked.)
             (None, _) => self
                 .idle
                 .iter()
@@ -1293,31 +1367,53 @@ impl<C, W: Pipe> Dispatcher<C, W> {
                     (slot.overdue, slot.sessions)
                 })
                 .copied()
-                .or_else(|| self.pick_any()),
+                .or_else(|| match affinity {
+                    Affinity::Hint => self.pick_any(),
+                    _ => self.roomiest_for(Some(key)),
+                }),
         }
     }
 
-    /// The most recently idle worker, else (pipelining) the roomiest.
+    /// The most recently idle worker, else (concurrency, pipelining) the
+    /// roomiest.
     fn pick_any(&self) -> Option<u64> {
         match self.idle.back() {
             Some(&id) => Some(id),
-            None if self.config.pipeline_depth > 1 => self.roomiest(),
-            None => None,
+            None => self.roomiest(),
         }
     }
 
     fn has_room(&self, id: u64) -> bool {
         self.slots
             .get(&id)
-            .is_some_and(|s| s.has_room(self.config.pipeline_depth))
+            .is_some_and(|s| s.has_room(&self.config))
     }
 
-    /// The ready worker with the fewest requests in flight, below the depth.
+    /// Whether a call of session `key` may be written to worker `id` now.
+    fn has_room_for(&self, id: u64, key: &Key) -> bool {
+        self.slots.get(&id).is_some_and(|s| {
+            s.has_room(&self.config) && !s.runs_session(key, self.config.concurrency)
+        })
+    }
+
+    /// The ready worker with the fewest requests in flight, below its
+    /// capacity.
     fn roomiest(&self) -> Option<u64> {
-        let depth = self.config.pipeline_depth;
+        self.roomiest_for(None)
+    }
+
+    /// [`Self::roomiest`], among those that may take a call of session
+    /// `key` (see [`Slot::runs_session`]).
+    fn roomiest_for(&self, key: Option<&Key>) -> Option<u64> {
+        let config = &self.config;
+        if config.capacity() == 1 {
+            return None; // a worker with room is idle
+        }
         self.slots
             .iter()
-            .filter(|(_, s)| s.has_room(depth))
+            .filter(|(_, s)| {
+                s.has_room(config) && key.is_none_or(|k| !s.runs_session(k, config.concurrency))
+            })
             .min_by_key(|(id, s)| (s.in_flight.len(), **id))
             .map(|(id, _)| *id)
     }
@@ -1413,21 +1509,30 @@ impl<C, W: Pipe> Dispatcher<C, W> {
     }
 }
 
-/// The slot of `worker_id`, which must be running `request_id`.
+/// The slot of `worker_id`, which must be running `request_id`: one of
+/// its first `concurrency` calls (a worker starts calls in the order they
+/// were written and frees a slot only after answering its call, so an answer
+/// from further back breaks the protocol). Returns the call's position.
 fn running<C, W>(
     slots: &mut HashMap<u64, Slot<C, W>>,
+    concurrency: usize,
     worker_id: u64,
     request_id: u64,
-) -> Result<&mut Slot<C, W>, Violation> {
+) -> Result<(&mut Slot<C, W>, usize), Violation> {
     let slot = slots
         .get_mut(&worker_id)
         .ok_or_else(|| Violation("answered after removal".into()))?;
-    if slot.in_flight.front().map(|r| r.id) != Some(request_id) {
+    let Some(pos) = slot
+        .in_flight
+        .iter()
+        .take(concurrency)
+        .position(|r| r.id == request_id)
+    else {
         return Err(Violation(format!(
             "answered request {request_id} that it was not running"
         )));
-    }
-    Ok(slot)
+    };
+    Ok((slot, pos))
 }
 
 /// Registers a worker, then runs `start` (which starts the threads that
@@ -1449,6 +1554,8 @@ pub fn start_registered<C, W: Pipe, T, E>(
     })
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]

@@ -82,6 +82,7 @@ struct PoolOptions {
     /// Bytes; 0: shared memory is never used.
     shm_threshold: u64,
     shm_max_bytes: u64,
+    concurrency: usize,
     pipeline_depth: usize,
     max_queue: usize,
     max_requests: u64,
@@ -104,6 +105,7 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
     if opts.max_frame_bytes == 0
         || opts.max_frame_bytes > u32::MAX as usize
         || opts.pipeline_depth == 0
+        || opts.concurrency == 0
     {
         return Err(rustler::Error::BadArg);
     }
@@ -119,6 +121,7 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
         ),
         shepherd: opts.shepherd,
         dispatch: dispatcher::Config {
+            concurrency: opts.concurrency,
             pipeline_depth: opts.pipeline_depth,
             max_queue: opts.max_queue,
             recycle: Policy::from_limits(opts.max_requests, opts.max_age, opts.max_memory_mb),

@@ -538,6 +538,7 @@ impl PoolCore {
                 os_pid: r.worker.os_pid,
                 state: state_atom(r.state),
                 in_flight: r.in_flight as u64,
+                running: r.running as u64,
                 requests: r.served,
                 age_ms: r.age.as_millis() as u64,
                 rss_bytes: worker::rss_bytes(r.worker.os_pid),
@@ -611,7 +612,14 @@ impl PoolCore {
             self.notify(None, worker.id, atoms::startup_error(), failure);
             return Err(format!("its handshake was refused: {e}"));
         }
-        let writes = self.dispatch.lock().ready(worker.id).map_err(|v| v.0)?;
+        let concurrent_sessions = protocol::concurrent_sessions(frame.as_slice(), envelope.body);
+        let writes = {
+            let mut d = self.dispatch.lock();
+            if concurrent_sessions {
+                d.allow_concurrent_sessions(worker.id);
+            }
+            d.ready(worker.id).map_err(|v| v.0)?
+        };
         self.notify_with_body(worker.id, atoms::ready(), frame, envelope.body);
         flush(writes);
         Ok(false)
@@ -793,7 +801,7 @@ impl Events for PoolCore {
         self.notify(None, worker_id, atoms::dropped_output(), lines);
     }
 
-    /// Answers the worker's running call, queues again the ones behind it
+    /// Answers the worker's running calls, queues again the ones behind them
     /// (they never started), forgets the worker, tells the owner.
     fn exited(&self, worker: &Worker, exit: ExitInfo) {
         let how = if exit.protocol_error.is_some() {
@@ -810,12 +818,12 @@ impl Events for PoolCore {
         let (gone, writes) = self.with_dispatch(None, |d| d.worker_down(worker.id, how));
         flush(writes);
         let details = exit.details(worker);
-        if let Some(reply) = gone.running {
-            let category = match how {
-                Exit::BrokeProtocol => atoms::transport(),
-                _ => atoms::worker(),
-            };
-            let failure = match gone.running_lost_session {
+        let category = match how {
+            Exit::BrokeProtocol => atoms::transport(),
+            _ => atoms::worker(),
+        };
+        for (reply, lost_session) in gone.running {
+            let failure = match lost_session {
                 Some(key) => Failure::new(
                     category,
                     format!(

@@ -89,6 +89,8 @@ pub struct WorkerInfo {
     pub os_pid: u32,
     pub state: Atom,
     pub in_flight: u64,
+    /// Its calls running now (at most the pool's `concurrency`).
+    pub running: u64,
     pub requests: u64,
     pub age_ms: u64,
     pub rss_bytes: Option<u64>,

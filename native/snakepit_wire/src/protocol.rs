@@ -368,6 +368,16 @@ pub fn check_ready(frame: &[u8], body: usize) -> Result<(), HandshakeError> {
     }
 }
 
+/// Whether a `ready` body (at `body` in `frame`) says the adapter lets
+/// calls of one session run at once (`"concurrent_sessions": true`); absent
+/// or anything else: no.
+pub fn concurrent_sessions(frame: &[u8], body: usize) -> bool {
+    map_value(frame, body, b"concurrent_sessions")
+        .ok()
+        .flatten()
+        .is_some_and(|mut r| matches!(r.next_token(), Ok(Token::Bool(true))))
+}
+
 /// What an `error` frame says went wrong, from its body's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -539,6 +549,26 @@ mod tests {
             }
         }
         buf
+    }
+
+    #[test]
+    fn a_ready_frame_may_let_a_sessions_calls_run_at_once() {
+        // {"concurrent_sessions": true} / false / absent / not a bool
+        let yes = [
+            0x81, 0xb3, b'c', b'o', b'n', b'c', b'u', b'r', b'r', b'e', b'n', b't', b'_', b's',
+            b'e', b's', b's', b'i', b'o', b'n', b's', 0xc3,
+        ];
+        assert!(concurrent_sessions(&yes, 0));
+        let mut no = yes;
+        no[21] = 0xc2;
+        assert!(!concurrent_sessions(&no, 0));
+        let mut one = yes;
+        one[21] = 0x01;
+        assert!(!concurrent_sessions(&one, 0));
+        assert!(!concurrent_sessions(
+            &body_of(&[("pid", None, Some(42))]),
+            0
+        ));
     }
 
     #[test]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from .control import Cancellation, _state
+from .control import CallScope, _state
 
 __all__ = ["Context", "Session", "Sessions"]
 
@@ -65,7 +65,7 @@ class Context:
         session: Optional[Session],
         request_id: int,
         streaming: bool,
-        cancellation: Cancellation = _state,
+        cancellation: CallScope = _state,
         correlation_id: Optional[str] = None,
     ) -> None:
         self.session = session

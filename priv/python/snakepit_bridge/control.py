@@ -26,17 +26,18 @@ daemon thread:
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Union
 
 if TYPE_CHECKING:
     from .channel import Channel
 
-__all__ = ["CallCancelled", "Cancellation", "Credits", "ControlThread", "cancelled"]
+__all__ = ["CallCancelled", "CallScope", "Calls", "Cancellation", "Credits", "ControlThread", "cancelled"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,105 +62,42 @@ def _raise_in(thread_id: int, exc: Optional[type]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), arg)
 
 
-class Cancellation:
-    """Which call runs, whether the host cancelled it, and the calls it took
-    back (``reclaim``) before they started."""
+class CallScope:
+    """One running call, as a cancel reaches it: whether the host cancelled
+    it, the thread running its own code, and how to stop its ``async`` task.
 
-    # Cancels of calls not started yet (pipelined ones) are remembered, up to
-    # this many; ids are never reused, so a stale entry is harmless.
-    _EARLY_LIMIT = 256
-    # The ids of the last calls begun: a ``reclaim`` for one of them is
-    # refused (the host may ask for a call whose answer it has not read
-    # yet). More than the deepest pipeline a pool can have (64).
-    _BEGUN_KEPT = 256
+    ``with scope:`` around a tool's own synchronous code (its body, a
+    generator's next item) is where a cancel raises :class:`CallCancelled`,
+    and nowhere else. :class:`Cancellation` is the scope of a worker that
+    runs one call at a time; :class:`Calls` makes one per call."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: Optional[int] = None
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
         # Set only under the lock; read without it, as Event.is_set reads
         # its flag. (Not an Event: nothing waits on it, and Event.clear
         # costs a Condition round trip on every call.)
         self._cancelled = False
-        self._early: "OrderedDict[int, None]" = OrderedDict()
-        self._begun: List[Optional[int]] = [None] * self._BEGUN_KEPT
-        self._next = 0
-        self._reclaimed: Set[int] = set()
         # The thread running the tool's own code now (see __enter__), and
         # how to stop an ``async`` tool's task: what cancel() interrupts.
         self._tool_thread: Optional[int] = None
         self._stop_task: Optional[Callable[[], None]] = None
         # CallCancelled was scheduled in _tool_thread and may not be raised yet.
         self._scheduled = False
-
-    def begin(self, request_id: int) -> Optional[str]:
-        """Marks ``request_id`` as running and returns None, or returns why
-        it must not run: ``"cancelled"`` (answer it so) or ``"reclaimed"``
-        (given back to the host: skip it, without an answer)."""
-        with self._lock:
-            if request_id in self._reclaimed:
-                self._reclaimed.discard(request_id)
-                return "reclaimed"
-            if request_id in self._early:
-                del self._early[request_id]
-                return "cancelled"
-            self._begun[self._next] = request_id
-            self._next = (self._next + 1) % self._BEGUN_KEPT
-            self._running = request_id
-            self._cancelled = False
-            return None
-
-    def reclaim(
-        self, request_id: int, tell: Callable[[], None], unread: Optional[Callable[[], bool]] = None
-    ) -> bool:
-        """The host asks for ``request_id`` back: True if it has not begun
-        (it never will), False if it has, or if an earlier copy of it is
-        still waiting to be skipped.
-
-        ``unread`` says whether the call's frame has not been read from stdin
-        yet (the host names where it starts): only such a call is given
-        back. Without it, a call is taken for begun only if it is among the
-        last ones begun, which a control thread held up for long (a busy
-        machine) could mistake.
-
-        When it is given back, ``tell`` (which writes ``reclaimed`` to the
-        host) runs before the lock is released: :meth:`begin` cannot skip
-        the call, and so the main thread cannot answer the call behind it,
-        until the host has ``reclaimed`` on stdout ahead of that answer. The
-        host expects answers in the order it wrote the calls, and one that
-        overtook the ``reclaimed`` would break the protocol."""
-        with self._lock:
-            if request_id in self._reclaimed or request_id in self._begun:
-                return False
-            if unread is not None and not unread():
-                return False
-            self._reclaimed.add(request_id)
-            tell()
-            return True
-
-    def end(self) -> None:
-        with self._lock:
-            self._running = None
-
-    def cancel(self, request_id: int) -> None:
-        with self._lock:
-            if self._running == request_id:
-                self._cancelled = True
-                if self._tool_thread is not None and not self._scheduled:
-                    self._scheduled = True
-                    _raise_in(self._tool_thread, CallCancelled)
-                if self._stop_task is not None:
-                    self._stop_task()
-            else:
-                self._early[request_id] = None
-                while len(self._early) > self._EARLY_LIMIT:
-                    self._early.popitem(last=False)
+        # The credits of the call's stream, if it streams.
+        self.credits: Optional["Credits"] = None
 
     def is_set(self) -> bool:
         return self._cancelled
 
-    # ``with cancellation:`` around a tool's own synchronous code (its body,
-    # a generator's next item): a cancel of the running call raises
-    # CallCancelled there, and nowhere else. One tool runs at a time.
+    def _interrupt(self) -> None:
+        """Cancels the call (under the lock): CallCancelled in its tool's
+        code, or its task cancelled."""
+        self._cancelled = True
+        if self._tool_thread is not None and not self._scheduled:
+            self._scheduled = True
+            _raise_in(self._tool_thread, CallCancelled)
+        if self._stop_task is not None:
+            self._stop_task()
 
     def __enter__(self) -> None:
         # No lock: cancel() sets _cancelled, then reads _tool_thread, under
@@ -194,6 +132,160 @@ class Cancellation:
                 stop()
 
 
+class _Admission:
+    """What decides whether a call read from stdin runs: cancels that came
+    before it began, and calls given back (``reclaim``) before they began.
+    Shared by :class:`Cancellation` and :class:`Calls`; used under their lock."""
+
+    # Cancels of calls not started yet (pipelined ones) are remembered, up to
+    # this many; ids are never reused, so a stale entry is harmless.
+    _EARLY_LIMIT = 256
+    # The ids of the last calls begun: a ``reclaim`` for one of them is
+    # refused (the host may ask for a call whose answer it has not read
+    # yet). More than the most calls a worker can hold (concurrency + 63).
+    _BEGUN_KEPT = 2048
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._early: "OrderedDict[int, None]" = OrderedDict()
+        self._begun: List[Optional[int]] = [None] * self._BEGUN_KEPT
+        self._next = 0
+        self._reclaimed: Set[int] = set()
+
+    def _admit(self, request_id: int) -> Optional[str]:
+        """Under the lock: None if ``request_id`` may begin (it is recorded
+        as begun), else why not (see :meth:`Cancellation.begin`)."""
+        if request_id in self._reclaimed:
+            self._reclaimed.discard(request_id)
+            return "reclaimed"
+        if request_id in self._early:
+            del self._early[request_id]
+            return "cancelled"
+        self._begun[self._next] = request_id
+        self._next = (self._next + 1) % self._BEGUN_KEPT
+        return None
+
+    def _remember_cancel(self, request_id: int) -> None:
+        """Under the lock: a cancel of a call that has not begun."""
+        self._early[request_id] = None
+        while len(self._early) > self._EARLY_LIMIT:
+            self._early.popitem(last=False)
+
+    def reclaim(self, request_id: int, tell: Callable[[], None], unread: Optional[Callable[[], bool]] = None) -> bool:
+        """The host asks for ``request_id`` back: True if it has not begun
+        (it never will), False if it has, or if an earlier copy of it is
+        still waiting to be skipped.
+
+        ``unread`` says whether the call's frame has not been read from stdin
+        yet (the host names where it starts): only such a call is given
+        back. Without it, a call is taken for begun only if it is among the
+        last ones begun, which a control thread held up for long (a busy
+        machine) could mistake.
+
+        When it is given back, ``tell`` (which writes ``reclaimed`` to the
+        host) runs before the lock is released: the call cannot be begun (and
+        skipped), and so no call read after it can be answered, until the
+        host has ``reclaimed`` on stdout ahead of that answer. The host
+        expects a call's answer only once the calls written before it have
+        begun, and one that overtook the ``reclaimed`` would break the
+        protocol."""
+        with self._lock:
+            if request_id in self._reclaimed or request_id in self._begun:
+                return False
+            if unread is not None and not unread():
+                return False
+            self._reclaimed.add(request_id)
+            tell()
+            return True
+
+
+class Cancellation(_Admission, CallScope):
+    """The calls of a worker that runs one at a time: which one runs, its
+    scope, and what decides whether the next may begin."""
+
+    def __init__(self) -> None:
+        _Admission.__init__(self)
+        CallScope.__init__(self, self._lock)
+        self._running: Optional[int] = None
+
+    def begin(self, request_id: int) -> Optional[str]:
+        """Marks ``request_id`` as running and returns None, or returns why
+        it must not run: ``"cancelled"`` (answer it so) or ``"reclaimed"``
+        (given back to the host: skip it, without an answer)."""
+        with self._lock:
+            why = self._admit(request_id)
+            if why is None:
+                self._running = request_id
+                self._cancelled = False
+            return why
+
+    def end(self) -> None:
+        with self._lock:
+            self._running = None
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            if self._running == request_id:
+                self._interrupt()
+            else:
+                self._remember_cancel(request_id)
+
+    def ack(self, request_id: int, n: int) -> None:
+        """Gives ``n`` credits back to stream ``request_id``, if it runs."""
+        if self.credits is not None:
+            self.credits.ack(request_id, n)
+
+    def wake(self) -> None:
+        """Wakes a stream waiting for credits, to see a cancel."""
+        if self.credits is not None:
+            self.credits.wake()
+
+
+class Calls(_Admission):
+    """The calls of a worker that runs several at once (``concurrency`` > 1):
+    a :class:`CallScope` for each running call, by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._running: Dict[int, CallScope] = {}
+
+    def begin(self, request_id: int) -> Union[CallScope, str]:
+        """The scope of ``request_id``, now running, or why it must not run
+        (as :meth:`Cancellation.begin`)."""
+        with self._lock:
+            why = self._admit(request_id)
+            if why is not None:
+                return why
+            scope = self._running[request_id] = CallScope(self._lock)
+            return scope
+
+    def end(self, request_id: int) -> None:
+        with self._lock:
+            self._running.pop(request_id, None)
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            scope = self._running.get(request_id)
+            if scope is not None:
+                scope._interrupt()
+            else:
+                self._remember_cancel(request_id)
+        if scope is not None and scope.credits is not None:
+            scope.credits.wake()
+
+    def ack(self, request_id: int, n: int) -> None:
+        """Gives ``n`` credits back to stream ``request_id``, if it runs."""
+        scope = self._running.get(request_id)
+        if scope is not None and scope.credits is not None:
+            scope.credits.ack(request_id, n)
+
+    def wake(self) -> None:
+        """Nothing to do: :meth:`cancel` wakes the stream it cancels."""
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+
 class Credits:
     """The credits of the running stream: how many chunks it may still send.
 
@@ -205,7 +297,7 @@ class Credits:
     for any other request (a stream already over, a plain call) are ignored.
     """
 
-    def __init__(self, cancellation: Cancellation) -> None:
+    def __init__(self, cancellation: CallScope) -> None:
         self._cond = threading.Condition()
         self._cancellation = cancellation
         self._stream: Optional[int] = None
@@ -252,6 +344,12 @@ class Credits:
 
 _state = Cancellation()
 
+# The scope of the call this thread (or asyncio task) runs, in a worker that
+# runs several at once; unset in one that runs one at a time (see _state).
+current_scope: "contextvars.ContextVar[Optional[CallScope]]" = contextvars.ContextVar(
+    "snakepit_call_scope", default=None
+)
+
 
 def cancelled() -> bool:
     """True once the host has cancelled the call that is running.
@@ -266,7 +364,8 @@ def cancelled() -> bool:
     A streaming tool need not: the bridge checks before each item, and
     closes the generator when the stream is cancelled.
     """
-    return _state.is_set()
+    scope = current_scope.get()
+    return (scope if scope is not None else _state).is_set()
 
 
 class ControlThread(threading.Thread):
@@ -276,14 +375,12 @@ class ControlThread(threading.Thread):
         self,
         control: "Channel",
         replies: "Channel",
-        state: Cancellation = _state,
-        credits: Optional[Credits] = None,
+        state: Union[Cancellation, "Calls"] = _state,
     ) -> None:
         super().__init__(name="snakepit-control", daemon=True)
         self.control = control
         self.replies = replies
         self.state = state
-        self.credits = credits if credits is not None else Credits(state)
 
     def run(self) -> None:
         from . import codec
@@ -298,7 +395,7 @@ class ControlThread(threading.Thread):
                     self.replies.write("heartbeat", request_id, None)
                 elif kind == "cancel":
                     self.state.cancel(request_id)
-                    self.credits.wake()
+                    self.state.wake()
                 elif kind == "reclaim":
                     tell = functools.partial(self.replies.write, "reclaimed", request_id, None)
                     self.state.reclaim(request_id, tell, self._unread(body))
@@ -318,6 +415,6 @@ class ControlThread(threading.Thread):
 
     def _ack(self, request_id: Any, n: Any) -> None:
         if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
-            self.credits.ack(request_id, n)
+            self.state.ack(request_id, n)
         else:
             _log.warning("ignored an ack for request %r whose count is not an int >= 1: %.100r", request_id, n)

@@ -16,6 +16,7 @@ call runs:
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import sys
@@ -27,12 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = ["current", "install_record_factory", "OutputCapture"]
 
-_current: Optional[str] = None
+# Per thread, and per asyncio task: a worker may run several calls at once.
+_current: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar("snakepit_correlation_id", default=None)
 
 
 def current() -> Optional[str]:
     """The correlation id of the call that runs now, or None."""
-    return _current
+    return _current.get()
 
 
 def install_record_factory() -> None:
@@ -43,7 +45,7 @@ def install_record_factory() -> None:
 
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = factory(*args, **kwargs)
-        record.correlation_id = _current
+        record.correlation_id = _current.get()
         return record
 
     make._snakepit = True  # type: ignore[attr-defined]
@@ -98,17 +100,23 @@ class OutputCapture:
     """Swaps ``sys.stdout``/``sys.stderr`` for line senders while a call runs.
 
     Made once per worker, so a call pays for two attribute swaps, not for
-    new stream objects (this runs on every call)."""
+    new stream objects (this runs on every call). A worker that runs several
+    calls at once (``shared``) swaps them once for good, and each line is
+    sent with the correlation id of the thread (or task) that ended it."""
 
-    def __init__(self, channel: "Channel") -> None:
+    def __init__(self, channel: "Channel", shared: bool = False) -> None:
         self._channel = channel
         self._out = _CallOutput(self._sender("stdout"), sys.stdout)
         self._err = _CallOutput(self._sender("stderr"), sys.stderr)
         self._saved: Optional[Tuple[TextIO, TextIO]] = None
+        self._shared = shared
+        if shared:
+            self._saved = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = self._out, self._err
 
     def _sender(self, logger: str) -> Callable[[str], None]:
         def send(line: str) -> None:
-            body = {"level": "info", "logger": logger, "message": line, "correlation_id": _current}
+            body = {"level": "info", "logger": logger, "message": line, "correlation_id": _current.get()}
             try:
                 self._channel.write("log", 0, body)
             except Exception:  # output must never break the call
@@ -116,16 +124,27 @@ class OutputCapture:
 
         return send
 
-    def begin(self, correlation_id: Optional[str]) -> None:
-        """A call starts: its id is current, its output is captured."""
-        global _current
-        _current = correlation_id
-        self._saved = (sys.stdout, sys.stderr)
-        sys.stdout, sys.stderr = self._out, self._err
+    def begin(self, correlation_id: Optional[str]) -> "contextvars.Token[Optional[str]]":
+        """A call starts: its id is current, its output is captured. Returns
+        what :meth:`end` takes."""
+        token = _current.set(correlation_id)
+        if not self._shared:
+            self._saved = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = self._out, self._err
+        return token
 
-    def end(self) -> None:
+    def end(self, token: "contextvars.Token[Optional[str]]") -> None:
         """The call ended: a last partial line is sent, the streams restored."""
-        global _current
+        if not self._shared:
+            self._restore()
+        _current.reset(token)
+
+    def close(self) -> None:
+        """Sends what is left and gives the streams back (a shared capture)."""
+        if self._shared:
+            self._restore()
+
+    def _restore(self) -> None:
         # Most calls print nothing: skip the flush calls then (this runs on every call).
         if self._out._partial:
             self._out.flush()
@@ -134,4 +153,3 @@ class OutputCapture:
         if self._saved is not None:
             sys.stdout, sys.stderr = self._saved
             self._saved = None
-        _current = None

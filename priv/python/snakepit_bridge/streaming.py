@@ -24,9 +24,9 @@ import logging
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any, AsyncGenerator, Dict, Generator, List, Optional, Tuple, Type
 
-from .aio import EventLoop
+from .aio import Loop
 from .channel import Channel
-from .control import CallCancelled, Cancellation, Credits
+from .control import CallCancelled, CallScope, Credits
 from .errors import error_body
 
 __all__ = ["END", "GENERATOR_TYPES", "Items", "items_of", "one_item", "stream", "collect"]
@@ -43,7 +43,7 @@ TOOL_ERRORS: Tuple[Type[BaseException], ...] = (Exception, asyncio.CancelledErro
 
 
 class Items:
-    """The items of one call, pulled one at a time on the main thread."""
+    """The items of one call, pulled one at a time by the thread serving it."""
 
     def pull(self) -> Any:
         """The next item, or :data:`END`. Raises what the tool raises."""
@@ -54,7 +54,7 @@ class Items:
 
 
 class _GeneratorItems(Items):
-    def __init__(self, gen: Generator[Any, Any, Any], cancellation: Cancellation) -> None:
+    def __init__(self, gen: Generator[Any, Any, Any], cancellation: CallScope) -> None:
         self._gen = gen
         self._cancellation = cancellation
 
@@ -67,15 +67,16 @@ class _GeneratorItems(Items):
 
 
 class _AsyncGeneratorItems(Items):
-    def __init__(self, agen: AsyncGenerator[Any, Any], loop: EventLoop) -> None:
+    def __init__(self, agen: AsyncGenerator[Any, Any], loop: Loop, cancellation: CallScope) -> None:
         self._agen = agen
         self._loop = loop
+        self._cancellation = cancellation
 
     def pull(self) -> Any:
-        return self._loop.run(_anext(self._agen))
+        return self._loop.run(_anext(self._agen), self._cancellation)
 
     def close(self) -> None:
-        self._loop.run(self._agen.aclose(), cancellable=False)
+        self._loop.run(self._agen.aclose())
 
 
 async def _anext(agen: AsyncGenerator[Any, Any]) -> Any:
@@ -102,13 +103,13 @@ class _OneItem(Items):
 GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
 
 
-def items_of(value: Any, loop: EventLoop, cancellation: Cancellation) -> Optional[Items]:
+def items_of(value: Any, loop: Loop, cancellation: CallScope) -> Optional[Items]:
     """The items of a tool's return value if it is a generator or an async
     generator, else None."""
     if isinstance(value, GeneratorType):
         return _GeneratorItems(value, cancellation)
     if isinstance(value, AsyncGeneratorType):
-        return _AsyncGeneratorItems(value, loop)
+        return _AsyncGeneratorItems(value, loop, cancellation)
     return None
 
 
@@ -125,7 +126,7 @@ def stream(
     *,
     channel: Channel,
     credits: Credits,
-    cancellation: Cancellation,
+    cancellation: CallScope,
 ) -> None:
     """Answers a streaming call: chunks within credits, then ``done`` or
     ``error``. Closes ``items`` before the last frame, so a generator's
@@ -145,7 +146,7 @@ def _pump(
     items: Items,
     channel: Channel,
     credits: Credits,
-    cancellation: Cancellation,
+    cancellation: CallScope,
 ) -> Tuple[str, Optional[Dict[str, Any]]]:
     """Sends chunks until the stream ends; the frame that ends it."""
     while True:
@@ -171,7 +172,7 @@ def _pump(
         channel.write_encoded(payload)
 
 
-def collect(items: Items, tool: str, cancellation: Cancellation) -> Optional[List[Any]]:
+def collect(items: Items, tool: str, cancellation: CallScope) -> Optional[List[Any]]:
     """All the items, for a plain call; None if the call was cancelled first.
     Raises what the tool raises. Closes ``items`` in any case."""
     out: List[Any] = []

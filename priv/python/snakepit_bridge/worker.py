@@ -1,4 +1,11 @@
-"""The worker loop: handshake, then one call at a time until stdin closes.
+"""The worker loop: handshake, then calls until stdin closes.
+
+A worker runs one call at a time on its main thread (:class:`Worker`), or,
+with the pool's ``concurrency`` N > 1 (``SNAKEPIT_CONCURRENCY``), up to N at
+once (:class:`ConcurrentWorker`): each on a thread of its own, the
+coroutines of ``async`` tools on one asyncio loop. Either way the main
+thread reads stdin only when a call may start, so calls the host wrote
+ahead stay in the pipe, where it can take them back (``reclaim``).
 
 Every ``call`` frame gets exactly one ``result`` or ``error`` frame with the
 same id; a streaming call (``stream`` = W >= 1) gets ``chunk`` frames first
@@ -26,21 +33,23 @@ import inspect
 import logging
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from types import CoroutineType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import codec, shm, tensor
 from .adapter import BaseAdapter, load_adapter
-from .aio import EventLoop
+from .aio import EventLoop, Loop, LoopThread
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
 from .context import Context, Sessions
-from .control import CallCancelled, Cancellation, ControlThread, Credits, _state
+from .control import CallCancelled, Calls, CallScope, Cancellation, ControlThread, Credits, _state, current_scope
 from .correlation import OutputCapture, install_record_factory
 from .errors import error_body
 from .streaming import GENERATOR_TYPES, TOOL_ERRORS, collect, items_of, one_item, stream
 
-__all__ = ["PROTOCOL_VERSION", "Worker", "serve", "error_body"]
+__all__ = ["PROTOCOL_VERSION", "ConcurrentWorker", "Worker", "serve", "error_body"]
 
 PROTOCOL_VERSION = 3
 
@@ -74,7 +83,9 @@ _Call = Tuple[str, Callable[..., Any], Dict[str, Any], Optional[str], Optional[i
 
 
 class Worker:
-    """Serves one adapter over one channel."""
+    """Serves one adapter over one channel, one call at a time."""
+
+    concurrency = 1
 
     def __init__(
         self,
@@ -87,10 +98,13 @@ class Worker:
         self.channel = channel
         self.cancellation = cancellation
         self.credits = credits if credits is not None else Credits(cancellation)
+        cancellation.credits = self.credits
+        # What the control thread tells of cancels, acks and reclaims.
+        self.state: Union[Cancellation, Calls] = cancellation
         self.tools: Dict[str, Callable[..., Any]] = adapter.tools()
         self.sessions = Sessions()
-        self.loop = EventLoop(self.cancellation)
-        self.output = OutputCapture(channel)
+        self.loop: Loop = EventLoop()
+        self.output = OutputCapture(channel, shared=self.concurrency > 1)
         self._takes_ctx: Dict[str, bool] = {}
         # Shared-memory segments an `shm` frame announced, for the next frame.
         self._segments: Optional[List[Any]] = None
@@ -107,6 +121,8 @@ class Worker:
                 "tools": sorted(self.tools),
                 "codec": codec.NAME,
                 "python": sys.version.split()[0],
+                "concurrency": self.concurrency,
+                "concurrent_sessions": bool(getattr(self.adapter, "concurrent_sessions", False)),
             },
         )
 
@@ -122,7 +138,10 @@ class Worker:
         """Closes the event loop, if a call needed one."""
         self.loop.close()
 
-    def handle(self, raw: bytes, blobs: Sequence[bytes] = ()) -> None:
+    def handle(self, raw: bytes, blobs: Sequence[bytes] = ()) -> bool:
+        """Acts on one frame read from stdin. True if it was a call handed
+        to a thread of its own (:class:`ConcurrentWorker`), which frees its
+        slot when answered."""
         segments, self._segments = self._segments, None
         if self._carried:  # blobs read before an `shm` frame belong to the frame after it
             blobs, self._carried = [*self._carried, *blobs], []
@@ -137,7 +156,9 @@ class Worker:
             request_id = _salvage_id(raw)
             if request_id:
                 self._reply_error(request_id, error_body("bad_request", exc, message=f"undecodable call: {exc}"))
-            return
+            return False
+        if kind == "call":
+            return self.take_call(request_id, body)
         if kind == "shm":
             self._carried = list(blobs)
             try:
@@ -145,19 +166,6 @@ class Worker:
             except (OSError, shm.ShmError) as exc:
                 # The call that follows fails to decode, as a bad_request.
                 _log.warning("could not receive the shared-memory segments of call %s: %s", request_id, exc)
-            return
-        if kind == "call":
-            skip = self.cancellation.begin(request_id)
-            if skip == "cancelled":
-                msg = "the call was cancelled before it started"
-                self._reply_error(request_id, error_body("cancelled", message=msg))
-                return
-            if skip == "reclaimed":  # the host has it back, and wants no answer
-                return
-            try:
-                self.call(request_id, body)
-            finally:
-                self.cancellation.end()
         elif kind == "session_end":
             self.end_session(body)
         elif kind == "heartbeat":
@@ -165,23 +173,43 @@ class Worker:
         elif kind == "cancel":
             # Hosts send cancels on the control pipe; one on stdin can only
             # name a call that has not started.
-            self.cancellation.cancel(request_id)
+            self.state.cancel(request_id)
+        return False
 
-    def call(self, request_id: int, body: Any) -> None:
+    def take_call(self, request_id: int, body: Any) -> bool:
+        """Runs a ``call`` frame now, unless it was cancelled or given back
+        before it began."""
+        skip = self.cancellation.begin(request_id)
+        if skip is not None:
+            self._skip(request_id, skip)
+            return False
+        try:
+            self.call(request_id, body, self.cancellation)
+        finally:
+            self.cancellation.end()
+        return False
+
+    def _skip(self, request_id: int, why: str) -> None:
+        if why == "cancelled":
+            msg = "the call was cancelled before it started"
+            self._reply_error(request_id, error_body("cancelled", message=msg))
+        # "reclaimed": the host has it back, and wants no answer
+
+    def call(self, request_id: int, body: Any, scope: CallScope) -> None:
         parsed = self._parse(body)
         if isinstance(parsed, dict):  # the body of the error that answers it
             self._reply_error(request_id, parsed)
             return
         tool, fn, args, session_id, window, wants_ctx, correlation_id = parsed
         session = self.sessions.enter(session_id) if session_id is not None else None
-        self.output.begin(correlation_id)
+        token = self.output.begin(correlation_id)
         try:
             if wants_ctx:
-                ctx = Context(session, request_id, window is not None, self.cancellation, correlation_id)
+                ctx = Context(session, request_id, window is not None, scope, correlation_id)
                 args = {**args, "ctx": ctx}
-            self._run(request_id, tool, fn, args, window)
+            self._run(request_id, tool, fn, args, window, scope)
         finally:
-            self.output.end()
+            self.output.end(token)
             if session is not None:
                 self.sessions.leave(session)
 
@@ -238,11 +266,17 @@ class Worker:
         return name, fn, args, session_id, window, wants_ctx, correlation_id
 
     def _run(
-        self, request_id: int, tool: str, fn: Callable[..., Any], args: Dict[str, Any], window: Optional[int]
+        self,
+        request_id: int,
+        tool: str,
+        fn: Callable[..., Any],
+        args: Dict[str, Any],
+        window: Optional[int],
+        scope: CallScope,
     ) -> None:
         """Runs the tool and answers the call (``window``: None for a plain call)."""
         try:
-            with self.cancellation:  # a cancel raises CallCancelled in the tool
+            with scope:  # a cancel raises CallCancelled in the tool
                 result = fn(**args)
         except CallCancelled:
             self._reply_cancelled(request_id, tool)
@@ -258,37 +292,39 @@ class Worker:
             return
         if isinstance(result, CoroutineType):
             try:
-                result = self.loop.run(result)
+                result = self.loop.run(result, scope)
             except TOOL_ERRORS as exc:
-                if self.cancellation.is_set() and isinstance(exc, asyncio.CancelledError):
+                if scope.is_set() and isinstance(exc, asyncio.CancelledError):
                     self._reply_cancelled(request_id, tool)
                 else:
                     self._reply_error(request_id, error_body("exception", exc, tool=tool))
                 return
         if window is None:
-            self._answer(request_id, tool, result)
+            self._answer(request_id, tool, result, scope)
         else:
-            items = items_of(result, self.loop, self.cancellation) or one_item(result)
+            items = items_of(result, self.loop, scope) or one_item(result)
+            if scope.credits is None:
+                scope.credits = Credits(scope)
             stream(
                 request_id,
                 tool,
                 items,
                 window,
                 channel=self.channel,
-                credits=self.credits,
-                cancellation=self.cancellation,
+                credits=scope.credits,
+                cancellation=scope,
             )
 
-    def _answer(self, request_id: int, name: str, result: Any) -> None:
+    def _answer(self, request_id: int, name: str, result: Any, scope: CallScope) -> None:
         """Answers a plain call with one ``result`` (a generator's items as a list)."""
-        items = items_of(result, self.loop, self.cancellation) if isinstance(result, GENERATOR_TYPES) else None
+        items = items_of(result, self.loop, scope) if isinstance(result, GENERATOR_TYPES) else None
         if items is not None:
             try:
-                collected = collect(items, name, self.cancellation)
+                collected = collect(items, name, scope)
             except CallCancelled:
                 collected = None
             except TOOL_ERRORS as exc:
-                if not (self.cancellation.is_set() and isinstance(exc, asyncio.CancelledError)):
+                if not (scope.is_set() and isinstance(exc, asyncio.CancelledError)):
                     self._reply_error(request_id, error_body("exception", exc, tool=name))
                     return
                 collected = None
@@ -316,6 +352,70 @@ class Worker:
     def _reply_cancelled(self, request_id: int, tool: str) -> None:
         msg = "the call was cancelled while it ran"
         self._reply_error(request_id, error_body("cancelled", message=msg, tool=tool))
+
+
+class ConcurrentWorker(Worker):
+    """Serves one adapter, running up to ``concurrency`` calls at once.
+
+    The main thread takes a slot before it reads a frame from stdin, so at
+    most ``concurrency`` calls have been read and not answered, and the
+    calls the host wrote behind them stay in the pipe (where a ``reclaim``
+    can take them back). Each call runs on a thread of a pool of
+    ``concurrency`` threads, with a :class:`CallScope` of its own; an
+    ``async`` tool's coroutine runs on the worker's one asyncio loop
+    (:class:`LoopThread`) while its thread waits. A call frees its slot
+    only after its answer is written: the host relies on it (a call's
+    answer comes only once every call written before it has begun)."""
+
+    def __init__(self, adapter: BaseAdapter, channel: Channel, concurrency: int) -> None:
+        self.concurrency = concurrency
+        super().__init__(adapter, channel, Cancellation())
+        self.calls = Calls()
+        self.state = self.calls
+        self.loop = LoopThread()
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="snakepit-call")
+
+    def run(self) -> None:
+        """Serves frames until stdin closes, then waits for the calls running."""
+        try:
+            while True:
+                self._slots.acquire()
+                raw = self.channel.read_raw()
+                if raw is None:
+                    self._slots.release()
+                    return
+                if not self.handle(raw, self.channel.take_blobs()):
+                    self._slots.release()
+        finally:
+            for _ in range(self.concurrency):
+                self._slots.acquire()
+            self._threads.shutdown()
+
+    def close(self) -> None:
+        try:
+            self.output.close()
+        finally:
+            super().close()
+
+    def take_call(self, request_id: int, body: Any) -> bool:
+        scope = self.calls.begin(request_id)
+        if isinstance(scope, str):
+            self._skip(request_id, scope)
+            return False
+        self._threads.submit(self._serve, request_id, body, scope)
+        return True
+
+    def _serve(self, request_id: int, body: Any, scope: CallScope) -> None:
+        token = current_scope.set(scope)
+        try:
+            self.call(request_id, body, scope)
+        except BaseException:  # noqa: BLE001 - a call must never take its slot with it
+            _log.exception("call %s failed in the bridge", request_id)
+        finally:
+            self.calls.end(request_id)
+            current_scope.reset(token)
+            self._slots.release()
 
 
 # A bytes result this large is written straight from its buffer rather
@@ -408,6 +508,18 @@ def _after_prefix(raw: bytes, pos: int, prefixes: Tuple[bytes, ...]) -> int:
     return -1
 
 
+def _concurrency(text: Optional[str]) -> int:
+    """The calls to run at once, from ``SNAKEPIT_CONCURRENCY`` (1 if unset)."""
+    try:
+        n = int(text) if text else 1
+    except ValueError:
+        n = 0
+    if n < 1:
+        _log.warning("ignored SNAKEPIT_CONCURRENCY=%r: not an integer >= 1", text)
+        return 1
+    return n
+
+
 def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     """Loads the adapter, sends ``ready`` and serves calls. Returns the exit code."""
     max_frame = int(os.environ.get("SNAKEPIT_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME))
@@ -422,7 +534,8 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     root.addHandler(LogForwarder(channel))
     if root.level == logging.WARNING:  # untouched default
         root.setLevel(logging.INFO)
-    worker = Worker(adapter, channel)
+    concurrency = _concurrency(os.environ.get("SNAKEPIT_CONCURRENCY"))
+    worker = Worker(adapter, channel) if concurrency == 1 else ConcurrentWorker(adapter, channel, concurrency)
     shm_fd = os.environ.pop("SNAKEPIT_SHM_FD", None)
     shm.configure(int(shm_fd) if shm_fd else None, int(os.environ.get("SNAKEPIT_SHM_THRESHOLD") or 0))
     control_fd = os.environ.pop("SNAKEPIT_CONTROL_FD", None)
@@ -430,7 +543,7 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
         fd = int(control_fd)
         os.set_inheritable(fd, False)
         control = Channel(fd, out_fd, max_frame)
-        ControlThread(control, channel, worker.cancellation, worker.credits).start()
+        ControlThread(control, channel, worker.state).start()
     worker.handshake(adapter_path)
     try:
         worker.run()

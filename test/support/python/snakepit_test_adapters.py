@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
 
@@ -77,6 +78,32 @@ class TestAdapter(BaseAdapter):
             open(started, "w").close()
         time.sleep(ms / 1000)
         return ms
+
+    @tool
+    def nap(self, seconds: float) -> Dict[str, Any]:
+        """Sleeps in a thread; when it started and ended (this process's
+        monotonic clock), and its thread, so a test can see overlaps."""
+        start = time.monotonic()
+        time.sleep(seconds)
+        return {"start": start, "end": time.monotonic(), "pid": os.getpid(), "thread": threading.get_ident()}
+
+    @tool
+    async def async_nap(self, seconds: float) -> Dict[str, Any]:
+        """Awaits asyncio.sleep; as nap, with the thread of the event loop."""
+        start = time.monotonic()
+        await asyncio.sleep(seconds)
+        return {"start": start, "end": time.monotonic(), "pid": os.getpid(), "thread": threading.get_ident()}
+
+    @tool
+    def session_append(self, ctx: Context, item: Any, seconds: float = 0.0) -> List[Any]:
+        """Appends `item` to the session's list after `seconds`: with calls of
+        one session run at once, items would be lost or reordered."""
+        session = _session(ctx, "session_append")
+        items = list(session.state.get("items", []))
+        time.sleep(seconds)
+        items.append(item)
+        session.state["items"] = items
+        return items
 
     @tool
     def block_until(self, path: str, timeout_ms: int = 10_000) -> str:
@@ -164,9 +191,11 @@ class TestAdapter(BaseAdapter):
         `except Exception` must not swallow CallCancelled. Logs when it
         starts; creates the file `finished`, if given, in its `finally`."""
         log = logging.getLogger("snakepit_test")
-        log.info("spin started")
         n = 0
         try:
+            # In the try: a cancel that comes as soon as the line is out may
+            # be raised before log.info returns.
+            log.info("spin started")
             while True:
                 try:
                     n += 1

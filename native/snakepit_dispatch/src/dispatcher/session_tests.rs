@@ -1,7 +1,9 @@
 //! Sessions and streams: routing by affinity, loss, ending and expiry,
 //! recycling around sessions, and stream credits.
 
-use super::tests::{add_ready, complete, config, frame, invariant, pool, submit, Caller, D};
+use super::tests::{
+    add_ready, callers, complete, config, frame, invariant, pool, submit, Caller, D,
+};
 use super::*;
 use crate::sessions::{Affinity, Refusal};
 
@@ -187,8 +189,8 @@ fn a_dead_workers_sessions_are_lost_and_their_waiting_calls_told() {
     submit(&mut d, 14);
     invariant(&d);
     let (gone, _) = d.worker_down(first, Exit::Died);
-    assert_eq!(gone.running, Some((0, 10)));
-    assert_eq!(gone.running_lost_session.as_deref(), Some(&b"s"[..]));
+    assert_eq!(callers(&gone.running), [(0, 10)]);
+    assert_eq!(gone.running[0].1.as_deref(), Some(&b"s"[..]));
     let lost: Vec<Caller> = gone.lost.into_iter().map(|(c, _)| c).collect();
     assert_eq!(lost, [(0, 11), (0, 12)], "in submission order");
     assert_eq!(d.stats().sessions_lost, 1);
@@ -212,7 +214,7 @@ fn a_lost_session_with_nothing_waiting_fails_its_next_strict_call_once() {
     let first = bound(&d, "s").unwrap();
     complete(&mut d, first, 10);
     let (gone, _) = d.worker_down(first, Exit::Recycled);
-    assert!(gone.running.is_none() && gone.lost.is_empty());
+    assert!(gone.running.is_empty() && gone.lost.is_empty());
     assert!(d.session(b"s", Instant::now()).unwrap().lost);
     assert_eq!(
         in_session(&mut d, 11, "s", Affinity::Strict).err(),
@@ -421,7 +423,7 @@ fn a_stream_queued_again_after_its_worker_died_starts_with_full_credits() {
     submit(&mut d, 10);
     stream(&mut d, 11, 1);
     let (gone, _) = d.worker_down(1, Exit::Died);
-    assert_eq!(gone.running, Some((0, 10)));
+    assert_eq!(callers(&gone.running), [(0, 10)]);
     add_ready(&mut d, 2);
     d.chunk(2, 11).unwrap();
     assert!(d.chunk(2, 11).is_err());

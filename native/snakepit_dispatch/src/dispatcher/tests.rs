@@ -40,6 +40,7 @@ pub(super) type D = Dispatcher<Caller, FakePipe>;
 
 pub(super) fn config(depth: usize, max_queue: usize) -> Config {
     Config {
+        concurrency: 1,
         pipeline_depth: depth,
         max_queue,
         recycle: Policy::default(),
@@ -47,6 +48,11 @@ pub(super) fn config(depth: usize, max_queue: usize) -> Config {
         session_ttl: None,
         breaker: None,
     }
+}
+
+/// The callers of the calls a dead worker was running.
+pub(super) fn callers(running: &[(Caller, Option<Key>)]) -> Vec<Caller> {
+    running.iter().map(|(c, _)| *c).collect()
 }
 
 pub(super) fn pool(depth: usize) -> D {
@@ -123,6 +129,27 @@ pub(super) fn invariant(d: &D) {
         );
     }
     assert!(live.is_empty(), "requests of unknown sessions: {live:?}");
+    // With concurrency, a Strict or FailFast call never runs beside an
+    // earlier call of its session on the same worker.
+    for slot in d.slots.values() {
+        if d.config.concurrency == 1 || slot.concurrent_sessions {
+            continue;
+        }
+        for (i, req) in slot.in_flight.iter().enumerate() {
+            if let Some((key, affinity)) = &req.session {
+                assert!(
+                    *affinity == Affinity::Hint
+                        || !slot
+                            .in_flight
+                            .iter()
+                            .take(i)
+                            .any(|r| r.session.as_ref().is_some_and(|(k, _)| k == key)),
+                    "request {} of session {key:?} was written behind another of its session",
+                    req.id
+                );
+            }
+        }
+    }
     for (&id, slot) in &d.slots {
         let bound = rows.iter().filter(|r| r.worker == Some(id)).count();
         assert_eq!(slot.sessions, bound, "worker {id} counts its sessions");
@@ -613,7 +640,7 @@ fn a_dead_workers_running_call_is_answered_and_the_rest_queued_again_in_order() 
     }
     assert_eq!(w1.written(), [10, 11, 12]);
     let (gone, writes) = d.worker_down(1, Exit::Died);
-    assert_eq!(gone.running, Some((0, 10)));
+    assert_eq!(callers(&gone.running), [(0, 10)]);
     assert!(gone.stopped.is_empty());
     assert!(writes.is_empty());
     assert_eq!(d.gauges().queued, 3);
@@ -635,7 +662,7 @@ fn a_worker_that_broke_the_protocol_gives_a_transport_error() {
     add_ready(&mut d, 1);
     submit(&mut d, 10);
     let (gone, _) = d.worker_down(1, Exit::BrokeProtocol);
-    assert_eq!(gone.running, Some((0, 10)));
+    assert_eq!(callers(&gone.running), [(0, 10)]);
     assert_eq!(
         (d.stats().transport_errors, d.stats().worker_errors),
         (1, 0)
@@ -651,7 +678,7 @@ fn a_given_up_call_is_not_answered_again_when_its_worker_dies() {
     assert!(matches!(d.cancel(10), Cancel::Running { .. }));
     assert!(matches!(d.cancel(11), Cancel::Running { .. }));
     let (gone, _) = d.worker_down(1, Exit::Died);
-    assert_eq!(gone.running, None);
+    assert!(gone.running.is_empty());
     assert_eq!(
         d.gauges().queued,
         0,
@@ -679,7 +706,7 @@ fn a_worker_gone_twice_or_unknown_changes_nothing() {
     add_ready(&mut d, 1);
     d.worker_down(1, Exit::Died);
     let (gone, writes) = d.worker_down(1, Exit::Died);
-    assert!(gone.running.is_none() && writes.is_empty());
+    assert!(gone.running.is_empty() && writes.is_empty());
     assert_eq!(d.stats().restarts, 1);
 }
 
@@ -704,7 +731,7 @@ fn after_close_a_dead_workers_pipelined_calls_are_stopped_not_queued() {
     }
     d.close();
     let (gone, _) = d.worker_down(1, Exit::Died);
-    assert_eq!(gone.running, Some((0, 10)));
+    assert_eq!(callers(&gone.running), [(0, 10)]);
     assert_eq!(gone.stopped, [(0, 11), (0, 12)]);
     assert_eq!(d.stats().stopped, 2);
     assert_eq!(d.gauges().queued, 0);
@@ -1151,7 +1178,9 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
     for seed in 1..=200u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let depth = 1 + rng.below(3) as usize;
+        let concurrency = 1 + rng.below(3) as usize;
         let mut d: D = Dispatcher::new(Config {
+            concurrency,
             recycle: Policy::from_limits(rng.below(4), 0, 0),
             max_sessions: rng.below(4) as usize,
             session_ttl: Some(Duration::from_secs(1)),
@@ -1218,13 +1247,16 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                         .find(|r| r.id == id && r.in_flight > 0)
                         .map(|_| ());
                     if running.is_some() {
-                        let front = d.slots[&id].in_flight.front().unwrap().id;
+                        // Any of its running calls may end first.
+                        let slot = &d.slots[&id];
+                        let pos = rng.below(slot.in_flight.len().min(concurrency) as u64) as usize;
+                        let front = slot.in_flight[pos].id;
                         let outcome = [
                             Outcome::Completed,
                             Outcome::PythonError,
                             Outcome::Validation,
                         ][rng.below(3) as usize];
-                        let req = d.slots[&id].in_flight.front().unwrap();
+                        let req = &d.slots[&id].in_flight[pos];
                         let terminal = match (req.stream.is_some(), outcome) {
                             (true, Outcome::Completed) => Terminal::Done,
                             (false, Outcome::Completed) => Terminal::Result,
@@ -1252,7 +1284,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     let (gone, _) = d.worker_down(id, exit);
                     gone.running
                         .into_iter()
-                        .for_each(|c| leave(c, "worker down", &mut left));
+                        .for_each(|(c, _)| leave(c, "worker down", &mut left));
                     gone.stopped
                         .into_iter()
                         .for_each(|c| leave(c, "stopped", &mut left));
@@ -1331,7 +1363,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                                 // Answered already: the host refuses it.
                                 None => assert!(d.reclaimed(id, req).is_err(), "seed {seed}"),
                                 // The worker started it: it answers instead.
-                                Some(0) if rng.below(2) == 0 => {}
+                                Some(p) if p < concurrency && rng.below(2) == 0 => {}
                                 Some(_) => {
                                     let given = d.reclaimed(id, req).unwrap_or_else(|v| {
                                         panic!("seed {seed}: {req} of {pending:?}: {v:?}")
@@ -1370,8 +1402,9 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
                     let written: Vec<u64> =
                         w.written().into_iter().filter(|&f| f != u64::MAX).collect();
                     let pending: Vec<u64> = slot.in_flight.iter().map(|r| r.id).collect();
-                    // A worker that gave calls back skips them in its pipe.
-                    let fits = if gave_back.contains(id) {
+                    // A worker that gave calls back skips them in its pipe;
+                    // one that runs several answers them in any order.
+                    let fits = if gave_back.contains(id) || concurrency > 1 {
                         is_subsequence(&pending, &written)
                     } else {
                         written.ends_with(&pending)
@@ -1393,7 +1426,7 @@ fn every_caller_leaves_exactly_once_whatever_happens() {
             assert!(gone.lost.is_empty(), "a closed pool stops, never loses");
             gone.running
                 .into_iter()
-                .for_each(|c| leave(c, "worker down", &mut left));
+                .for_each(|(c, _)| leave(c, "worker down", &mut left));
             gone.stopped
                 .into_iter()
                 .for_each(|c| leave(c, "stopped", &mut left));
