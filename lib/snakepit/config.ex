@@ -394,12 +394,26 @@ defmodule Snakepit.Config do
   worker's process group, and SIGKILL a second later. Each worker's shepherd
   then kills anything the worker started, however deeply nested.
 
+  ### Concurrency
+
+  A worker runs `:concurrency` calls at once (1 by default): with more, the
+  Python bridge runs plain tools on that many threads and `async def` tools
+  on one asyncio event loop, and answers calls as they end. Use it for
+  tools that mostly wait (HTTP, databases, LLM APIs), where a process per
+  call wastes memory; keep 1 for CPU-bound Python, which holds the GIL
+  (see "Many calls in one worker" in `docs/python.md`). Every guarantee
+  holds per call: a timeout cancels that call only, a session's calls still
+  run one after another (unless the adapter sets `concurrent_sessions =
+  True`), and a worker that dies fails each call it was running with a
+  `:worker` error. `Snakepit.list_workers/1` shows each worker's `:running`
+  calls.
+
   ### Pipelining
 
-  Up to `:pipeline_depth` calls (4 by default) are written to a worker at
-  once: the first runs, the others wait in its pipe, so a worker that
-  finishes a call finds the next one there instead of waiting a round trip
-  (tens of µs) for it. For many short calls that raises throughput and
+  Up to `:concurrency + :pipeline_depth - 1` calls (4 by default) are
+  written to a worker at once: the first `:concurrency` run, the others
+  wait in its pipe, so a worker that finishes a call finds the next one
+  there instead of waiting a round trip (tens of µs) for it. For many short calls that raises throughput and
   lowers the CPU each call costs (see `bench/roundtrip.exs`). Calls still
   go in FIFO order, to an idle worker first; those written behind a call
   whose worker dies are queued again, not failed (they never started).
@@ -407,7 +421,8 @@ defmodule Snakepit.Config do
 
   The price of pipelining is head-of-line blocking: a call written behind a
   slow one waits for it. `:reclaim_after` bounds that wait. Once a call has
-  run `:reclaim_after` ms (50 by default), nothing more is written behind
+  run `:reclaim_after` ms (50 by default; with `:concurrency` > 1, once each
+  running call has), nothing more is written behind
   it, and the calls waiting behind it are taken back (the worker gives back
   those it has not started; see "Reclaim" in `docs/protocol.md`) and served
   by other workers, in their original order. The pool looks for such calls

@@ -22,7 +22,16 @@ defmodule Snakepit.ChaosTest do
 
   @tag timeout: 120_000
   test "random worker kills under load: one right answer per call, a healthy pool after" do
-    pool = start_pool(size: 4, pipeline_depth: 2, cancel_grace: 200)
+    chaos(size: 4, pipeline_depth: 2, cancel_grace: 200)
+  end
+
+  @tag timeout: 120_000
+  test "the same with workers that run 4 calls at once" do
+    chaos(size: 2, concurrency: 4, pipeline_depth: 2, cancel_grace: 200)
+  end
+
+  defp chaos(pool_opts) do
+    pool = start_pool(pool_opts)
     test = self()
 
     {{results, kills}, offenders} =
@@ -102,7 +111,7 @@ defmodule Snakepit.ChaosTest do
 
     :ok = Snakepit.await_ready(pool, 30_000)
     stats = Snakepit.get_stats(pool)
-    assert stats.workers == 4 and stats.queued == 0 and stats.in_flight == 0
+    assert stats.workers == pool_opts[:size] and stats.queued == 0 and stats.in_flight == 0
     # A kill can hit a worker already on its way out.
     assert stats.restarts >= div(kills, 2)
     # Every call was counted once, under the outcome its caller saw.

@@ -1,6 +1,7 @@
-"""The adapter of bench/stream.exs and bench/sessions.exs: generator tools
-that stream as fast as they can, ``echo``, and ``sleep`` (to hold a worker
-while sessions are bound).
+"""The adapter of bench/stream.exs, bench/sessions.exs and
+bench/concurrency.exs: generator tools that stream as fast as they can,
+``echo``, ``sleep`` (to hold a worker while sessions are bound, or to stand
+for an I/O-bound call) and ``async_sleep``.
 
 Each chunk is the same prebuilt ``bytes`` object, so the figures measure
 moving chunks, not making them. ``chunks`` is shared with
@@ -10,6 +11,7 @@ generator.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Iterator
 
@@ -49,4 +51,10 @@ class StreamBenchAdapter(BaseAdapter):
     def sleep(self, ms: int) -> int:
         """Sleeps ``ms`` milliseconds; returns ``ms``."""
         time.sleep(ms / 1000)
+        return ms
+
+    @tool
+    async def async_sleep(self, ms: int) -> int:
+        """Awaits ``asyncio.sleep`` for ``ms`` milliseconds; returns ``ms``."""
+        await asyncio.sleep(ms / 1000)
         return ms

@@ -1,7 +1,9 @@
-"""The control pipe: cancellation of the running call, and stream credits.
+"""The control pipe: cancellation of running calls, and stream credits.
 
-Calls run one at a time on the main thread, which reads them from stdin.
-Frames that must be acted on *while* a call runs come on a second pipe,
+Calls run on the main thread, which reads them from stdin, one at a time
+(:class:`Cancellation`), or with ``concurrency`` > 1 several at once on
+threads of their own, each with its :class:`CallScope` (:class:`Calls`).
+Frames that must be acted on *while* calls run come on a second pipe,
 the control pipe (fd 3, named by ``SNAKEPIT_CONTROL_FD``), served by a
 daemon thread:
 
@@ -16,7 +18,7 @@ daemon thread:
   as well, and a stream waiting for credits stops at once. If it has not
   started yet, it is skipped. A tool stuck in native code, which neither
   can reach, is killed with its worker after the pool's ``cancel_grace``.
-- ``ack``: the host's consumer took ``n`` chunks of the running stream,
+- ``ack``: the host's consumer took ``n`` chunks of a running stream,
   which may send ``n`` more (see :class:`Credits`).
 - ``reclaim``: the host takes back a call written behind a long-running one,
   to run it on another worker. If it has not started, the thread answers
