@@ -161,6 +161,24 @@ defmodule Snakepit.ConcurrencyTest do
     for items <- Task.await_many(tasks, 10_000), do: assert(items == Enum.to_list(0..19))
   end
 
+  test "a worker busy with all its slots still answers heartbeats" do
+    pool = start_pool(size: 1, concurrency: 4, heartbeat_interval: 20, heartbeat_misses: 5)
+    results = at_once(pool, 4, "nap", %{seconds: 0.4})
+    assert_overlap(results)
+    assert Snakepit.get_stats(pool).restarts == 0
+  end
+
+  test ":max_requests recycles a concurrent worker once its running calls are answered" do
+    pool = start_pool(size: 1, concurrency: 4, max_requests: 3)
+    [first] = os_pids(pool)
+    results = at_once(pool, 12, "nap", %{seconds: 0.05})
+    assert length(results) == 12
+    wait_until(fn -> Snakepit.get_stats(pool).recycles >= 1 end)
+    stats = Snakepit.get_stats(pool)
+    assert stats.restarts == 0 and stats.completed == 12
+    refute first in os_pids(pool)
+  end
+
   test "counters partition the calls of a concurrent worker" do
     pool = start_pool(size: 2, concurrency: 4)
 
