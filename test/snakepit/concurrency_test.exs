@@ -148,6 +148,19 @@ defmodule Snakepit.ConcurrencyTest do
     refute_stray_answers()
   end
 
+  @tag :capture_log
+  test "a tool that raises SystemExit ends its worker, as with concurrency 1" do
+    for concurrency <- [1, 4] do
+      pool = start_pool(size: 1, concurrency: concurrency)
+
+      assert {:error, %Error{category: :worker} = e} =
+               Snakepit.execute("sys_exit", %{code: 9}, pool: pool)
+
+      assert e.details.status == 9, inspect(e)
+      assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000)
+    end
+  end
+
   test "streams run at once, each within its credits" do
     pool = start_pool(size: 1, concurrency: 4, stream_window: 2)
 

@@ -410,8 +410,14 @@ class ConcurrentWorker(Worker):
         token = current_scope.set(scope)
         try:
             self.call(request_id, body, scope)
-        except BaseException:  # noqa: BLE001 - a call must never take its slot with it
-            _log.exception("call %s failed in the bridge", request_id)
+        except BaseException as exc:  # noqa: BLE001
+            # A tool raised SystemExit (or another BaseException the bridge
+            # does not answer): on the main thread of a Worker it would end
+            # the process, so it does here too. The host fails every call
+            # the worker was running with a :worker error.
+            _log.critical("call %s raised %r: the worker exits", request_id, exc)
+            code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+            os._exit(code)
         finally:
             self.calls.end(request_id)
             current_scope.reset(token)

@@ -180,6 +180,11 @@ class TestAdapter(BaseAdapter):
         os._exit(code)
 
     @tool
+    def sys_exit(self, code: int = 9) -> None:
+        """Raises SystemExit, which the bridge does not answer: the worker exits."""
+        sys.exit(code)
+
+    @tool
     def kill_self(self, sig: str = "SIGKILL", after_ms: int = 0) -> None:
         time.sleep(after_ms / 1000)
         os.kill(os.getpid(), getattr(signal, sig))
