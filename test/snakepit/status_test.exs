@@ -9,8 +9,8 @@ defmodule Snakepit.StatusTest do
 
   @root Path.expand("../..", __DIR__)
 
-  # A worker row: id, os pid, state, in flight, requests, age, rss, sessions.
-  @row ~r/^\s+(\d+)\s+(\d+)\s+(idle|busy|starting|stopping)\s+(\d+)\s+(\d+)\s+(.+?)\s+([\d.]+ [KMG]iB|-)\s+(\d+)$/m
+  # A worker row: id, os pid, state, running, in flight, requests, age, rss, sessions.
+  @row ~r/^\s+(\d+)\s+(\d+)\s+(idle|busy|starting|stopping)\s+(\d+)\s+(\d+)\s+(\d+)\s+(.+?)\s+([\d.]+ [KMG]iB|-)\s+(\d+)$/m
 
   test "without --node, starts the demo pool, prints its workers, and stops it" do
     output = capture_io(fn -> Mix.Task.rerun("snakepit.status", []) end)
@@ -20,7 +20,8 @@ defmodule Snakepit.StatusTest do
     assert output =~
              ~r/^pool :demo: (\d+) workers? \(\1 idle, 0 busy, 0 starting, 0 stopping\), 0 queued/m
 
-    assert output =~ ~r/^  worker  os pid  state  in flight  requests  age +rss +sessions$/m
+    assert output =~
+             ~r/^  worker  os pid  state  running  in flight  requests  age +rss +sessions$/m
 
     rows = Regex.scan(@row, output)
     assert length(rows) == System.schedulers_online()
@@ -60,7 +61,7 @@ defmodule Snakepit.StatusTest do
     assert text =~ "pool #{inspect(pool)}: 2 workers (2 idle, 0 busy"
     rows = Regex.scan(@row, text)
     assert length(rows) == 2
-    requests = rows |> Enum.map(&String.to_integer(Enum.at(&1, 5))) |> Enum.sum()
+    requests = rows |> Enum.map(&String.to_integer(Enum.at(&1, 6))) |> Enum.sum()
     # The unknown tool was refused by a worker: it counts as served.
     assert requests == 7
 

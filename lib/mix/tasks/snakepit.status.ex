@@ -46,9 +46,9 @@ defmodule Mix.Tasks.Snakepit.Status do
       Node demo@myhost: 1 pool
 
       pool :default: 2 workers (2 idle, 0 busy, 0 starting, 0 stopping), 0 queued, 0 in flight
-        worker  os pid  state  in flight  requests  age      rss       sessions
-             1  104931  idle           0       513  12m 04s  24.1 MiB         1
-             2  104939  idle           0       498  12m 04s  23.9 MiB         0
+        worker  os pid  state  running  in flight  requests  age      rss       sessions
+             1  104931  idle         0          0       513  12m 04s  24.1 MiB         1
+             2  104939  idle         0          0       498  12m 04s  23.9 MiB         0
         requests 1011: completed 1003, python errors 5, validation errors 1, worker errors 0,
           transport errors 0, timeouts 2, queue timeouts 0, cancelled 0, rejected 0, stopped 0
         restarts 0, recycles 0, requeued 0, sessions 1 (expired 0, lost 0), chunks 40,
@@ -349,6 +349,7 @@ defmodule Mix.Tasks.Snakepit.Status do
           w[:worker_id],
           w[:os_pid],
           w[:state],
+          Map.get(w, :running, "-"),
           w[:in_flight],
           w[:requests],
           age(w[:age_ms]),
@@ -362,9 +363,19 @@ defmodule Mix.Tasks.Snakepit.Status do
         do: ["  no workers"],
         else:
           table(
-            ["worker", "os pid", "state", "in flight", "requests", "age", "rss", "sessions"],
+            [
+              "worker",
+              "os pid",
+              "state",
+              "running",
+              "in flight",
+              "requests",
+              "age",
+              "rss",
+              "sessions"
+            ],
             rows,
-            [:right, :right, :left, :right, :right, :left, :left, :right]
+            [:right, :right, :left, :right, :right, :right, :left, :left, :right]
           )
 
     [first_outcome | outcomes] =
