@@ -762,12 +762,19 @@ impl Events for PoolCore {
                 envelope.kind.as_str()
             )),
             Kind::Shm => Err("sent an shm frame with id 0".into()),
-            Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd | Kind::Reclaim => {
-                Err(format!(
-                    "sent a {} frame, which only the host sends",
-                    envelope.kind.as_str()
-                ))
-            }
+            Kind::ElixirCall | Kind::ElixirCancel => Err(format!(
+                "sent an {} frame, which this host does not serve yet",
+                envelope.kind.as_str()
+            )),
+            Kind::Call
+            | Kind::Cancel
+            | Kind::Ack
+            | Kind::SessionEnd
+            | Kind::Reclaim
+            | Kind::ElixirReply => Err(format!(
+                "sent a {} frame, which only the host sends",
+                envelope.kind.as_str()
+            )),
         }
     }
 
