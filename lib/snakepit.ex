@@ -500,6 +500,39 @@ defmodule Snakepit do
   end
 
   @doc """
+  Registers an Elixir function that the pool's Python tools may call by
+  `name` with `ctx.call_elixir(name, **kwargs)` (see
+  `Snakepit.ElixirTools`): `{module, function}`, called with the map of
+  keyword arguments, or a 1-arity function. It replaces a function of the
+  same name, and lasts as long as the pool's process (the pool option
+  `:elixir_tools` registers functions from its start).
+
+      iex> Snakepit.register_tool(:default, "double", fn %{"x" => x} -> {:ok, 2 * x} end)
+      :ok
+      iex> Snakepit.unregister_tool(:default, "double")
+      :ok
+  """
+  @spec register_tool(atom(), String.t() | atom(), Snakepit.ElixirTools.fun_spec()) ::
+          :ok | {:error, Error.t()}
+  def register_tool(pool \\ :default, name, fun) do
+    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool) do
+      Snakepit.ElixirTools.register(tools, name, fun)
+    end
+  end
+
+  @doc """
+  Removes the Elixir function registered under `name` for the pool's tools,
+  if any (see `register_tool/3`). Later calls of it from Python raise an
+  `ElixirError` of category `"validation"`.
+  """
+  @spec unregister_tool(atom(), String.t() | atom()) :: :ok | {:error, Error.t()}
+  def unregister_tool(pool \\ :default, name) do
+    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool) do
+      Snakepit.ElixirTools.unregister(tools, name)
+    end
+  end
+
+  @doc """
   Runs `fun` with Snakepit's configured pools started and ready, then stops
   them (and every worker process) before returning `fun`'s result. For
   scripts and `mix run`; see `Snakepit.Script` for the options and errors.

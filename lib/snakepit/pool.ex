@@ -116,9 +116,13 @@ defmodule Snakepit.Pool do
     end
   end
 
-  @typedoc "What callers need of a running pool: its native handle and call defaults."
+  @typedoc """
+  What callers need of a running pool: its native handle, call defaults,
+  and its `Snakepit.ElixirTools` process.
+  """
   @type entry :: %{
           handle: reference(),
+          elixir_tools: pid(),
           queue_timeout: timeout(),
           timeout: timeout(),
           affinity: :strict | :hint | :fail_fast,
@@ -200,12 +204,28 @@ defmodule Snakepit.Pool do
   def init(config) do
     Process.flag(:trap_exit, true)
 
-    handle =
-      Native.pool_new(self(), Map.put(Config.native_options(config), :shepherd, Native.shepherd()))
+    # The functions workers may call (ctx.call_elixir) run under their own
+    # process, linked to this one, which the native side sends those calls.
+    {:ok, tools} =
+      Snakepit.ElixirTools.start_link(
+        pool: config.name,
+        tools: config.elixir_tools,
+        timeout: config.elixir_tool_timeout
+      )
+
+    native =
+      Map.merge(Config.native_options(config), %{
+        shepherd: Native.shepherd(),
+        elixir_handler: tools
+      })
+
+    handle = Native.pool_new(self(), native)
+    :ok = Snakepit.ElixirTools.attach(tools, handle)
 
     state = %{
       config: config,
       handle: handle,
+      elixir_tools: tools,
       phase: :starting,
       next_id: 1,
       # worker id => %{slot, os_pid, status, stderr_tail, startup_error}
@@ -225,6 +245,7 @@ defmodule Snakepit.Pool do
       {:ok, state} ->
         :persistent_term.put({__MODULE__, config.name}, %{
           handle: handle,
+          elixir_tools: tools,
           queue_timeout: config.queue_timeout,
           timeout: config.timeout,
           affinity: config.affinity,
@@ -453,6 +474,7 @@ defmodule Snakepit.Pool do
       [
         {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
         {"SNAKEPIT_SHM_THRESHOLD", shm_threshold(config.shm_threshold)},
+        {"SNAKEPIT_ELIXIR_TIMEOUT_MS", Integer.to_string(config.elixir_tool_timeout)},
         {"SNAKEPIT_POOL", to_string(config.name)},
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
       ] ++ worker_env(config)

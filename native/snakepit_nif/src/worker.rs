@@ -13,11 +13,11 @@
 //! - the stderr reader: forwards what the worker prints to the pool's owner.
 //!
 //! A fourth pipe, the *control* pipe (the worker's fd 3), carries `cancel`,
-//! `heartbeat`, `ack` and `reclaim` frames, so the worker can act on them
-//! while a call runs. It is written like stdin, through a [`Writer`] with
-//! its own thread, so that a frame of any size can be queued whole and
-//! finished by that thread if the pipe fills, never written on a scheduler
-//! beyond what the pipe takes at once.
+//! `heartbeat`, `ack`, `reclaim` and `elixir_reply` frames, so the worker
+//! can act on them while a call runs. It is written like stdin, through a
+//! [`Writer`] with its own thread: a reply of any size is queued whole and
+//! finished by that thread if the pipe fills, never dropped and never
+//! written on a scheduler beyond what the pipe takes at once.
 //!
 //! This module knows nothing of pools: a worker's threads report what
 //! happens through the [`Events`] its owner passes to [`Launched::serve`].
@@ -93,6 +93,8 @@ pub struct Worker {
     lifeline: UnixStream,
     /// The worker's control pipe (its fd 3); closed once it is gone.
     control: Arc<Writer>,
+    /// Its `elixir_call`s waiting for their reply (see `elixir.rs`).
+    pub elixir: crate::elixir::Pending,
     retire: Mutex<Option<Retire>>,
     /// How much of its stderr and log output goes on to Elixir.
     output: Mutex<Budget>,
@@ -193,6 +195,20 @@ impl Worker {
         {
             self.control.flush();
         }
+    }
+
+    /// Writes an `elixir_reply` frame on the control pipe if `call_id` still
+    /// waits for one (see [`crate::elixir::Pending::claim`]), and returns
+    /// whether it did. Never dropped: the control pipe's writer thread
+    /// finishes what a full pipe does not take at once.
+    pub fn elixir_reply(&self, call_id: u64, frame: OutFrame) -> bool {
+        if !self.elixir.claim(call_id) {
+            return false;
+        }
+        if self.control.enqueue(frame).is_ok() {
+            self.control.flush();
+        }
+        true
     }
 }
 
@@ -364,6 +380,7 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
         writer,
         lifeline,
         control,
+        elixir: crate::elixir::Pending::default(),
         retire: Mutex::new(None),
         output: Mutex::new(Budget::new(Instant::now())),
         shm: crate::shm::Port::new(shm_socket, spec.outbox),

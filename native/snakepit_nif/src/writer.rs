@@ -1,6 +1,6 @@
 //! The write end of a worker's stdin (and of its control pipe, which is
-//! written the same way, so that a large frame is never cut short by a full
-//! pipe nor interleaved with a heartbeat).
+//! written the same way, so that a large `elixir_reply` is never cut short
+//! by a full pipe nor interleaved with a heartbeat).
 //!
 //! Frames are first *enqueued*, in order, by the pool under its lock (no
 //! syscall there), then *flushed* by whoever enqueued them once the lock is
