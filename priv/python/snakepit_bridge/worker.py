@@ -30,7 +30,7 @@ from itertools import repeat
 from types import CoroutineType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import codec, shm, tensor
+from . import codec, elixir, shm, tensor
 from .adapter import BaseAdapter, load_adapter
 from .aio import EventLoop
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
@@ -423,6 +423,7 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
     if root.level == logging.WARNING:  # untouched default
         root.setLevel(logging.INFO)
     worker = Worker(adapter, channel)
+    elixir.calls.configure(channel)  # ctx.call_elixir writes on stdout
     shm_fd = os.environ.pop("SNAKEPIT_SHM_FD", None)
     shm.configure(int(shm_fd) if shm_fd else None, int(os.environ.get("SNAKEPIT_SHM_THRESHOLD") or 0))
     control_fd = os.environ.pop("SNAKEPIT_CONTROL_FD", None)
