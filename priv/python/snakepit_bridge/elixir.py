@@ -42,6 +42,7 @@ import asyncio
 import itertools
 import math
 import os
+import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -100,6 +101,37 @@ class ElixirError(ToolError):
 _CANCELLED: Any = object()
 
 
+class _Sender:
+    """Writes ``elixir_call`` and ``elixir_cancel`` frames from a thread of
+    its own, in the order they are queued.
+
+    Not from the tool's thread: a cancel raises CallCancelled in that thread
+    at any bytecode, and a large frame takes several writes, so a frame cut
+    there would break the protocol. Queueing (a C call) cannot be cut; the
+    thread then writes whole frames, under the channel's lock."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[Tuple[Channel, Any]]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Starts the thread (once; before any tool runs)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="snakepit-elixir", daemon=True)
+            self._thread.start()
+
+    def send(self, channel: "Channel", payload: Any) -> None:
+        self._queue.put((channel, payload))
+
+    def _run(self) -> None:
+        while True:
+            channel, payload = self._queue.get()
+            try:
+                channel.write_encoded(payload)
+            except OSError:  # the host is gone; the worker ends at stdin's EOF
+                pass
+
+
 class _Waiter:
     """One call waiting for its reply: a thread blocked on ``lock`` (held
     from the start, released once), or a future of ``loop``."""
@@ -131,6 +163,7 @@ class ElixirCalls:
         self._ids = itertools.count(1)
         self._channel: Optional["Channel"] = None
         self._default_ms: Optional[int] = None
+        self._sender = _Sender()
 
     def configure(self, channel: "Channel", default_timeout_ms: Optional[int] = None) -> None:
         """Calls go out on ``channel`` (the worker's stdout). Without a
@@ -142,6 +175,7 @@ class ElixirCalls:
             default_timeout_ms = int(text) if text.isdigit() and int(text) > 0 else None
         self._channel = channel
         self._default_ms = default_timeout_ms
+        self._sender.start()
 
     def pending(self) -> int:
         """How many calls wait for their reply."""
@@ -247,7 +281,7 @@ class ElixirCalls:
         except Exception as exc:  # nothing was sent
             msg = f"the arguments of Elixir function {name!r} cannot be sent: {exc}"
             raise ElixirError(name, "validation", msg) from exc
-        channel.write_encoded(payload)
+        self._sender.send(channel, payload)
 
     def _finish(self, call_id: int, sent: bool) -> None:
         """The waiter of ``call_id`` is done. If its call was sent and no
@@ -257,10 +291,7 @@ class ElixirCalls:
             abandoned = self._waiters.pop(call_id, None) is not None
         channel = self._channel
         if sent and abandoned and channel is not None:
-            try:
-                channel.write("elixir_cancel", call_id, None)
-            except OSError:  # the host is gone
-                pass
+            self._sender.send(channel, channel.encode("elixir_cancel", call_id, None))
 
     # --- the control thread's side ---
 
