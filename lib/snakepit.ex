@@ -111,6 +111,15 @@ defmodule Snakepit do
   all its items, which must fit in the pool's `:max_frame_bytes`, so an
   infinite generator called that way only ends at its `:timeout`.
 
+  ## Python calls Elixir
+
+  A Python tool may call back: `ctx.call_elixir("name", **kwargs)` runs an
+  Elixir function registered for the pool (the pool option
+  `:elixir_tools`, or `register_tool/3`) in a process of its own, with a
+  timeout, and gets its value, or a `snakepit_bridge.ElixirError` with the
+  fields of a `Snakepit.Error`. The function may call the pool again. See
+  `Snakepit.ElixirTools`.
+
   ## Errors, correlation and telemetry
 
   Every error is a `Snakepit.Error` with a category, a message, details,

@@ -27,6 +27,8 @@ defmodule Snakepit.Pool do
   dies with it: the native side monitors this process and kills the workers
   if it goes away), starts workers, restarts them with backoff when they
   exit, forwards what they print to `Logger`, and answers `await_ready/2`.
+  It starts the pool's `Snakepit.ElixirTools` process too, which runs the
+  Elixir functions that tools call (`ctx.call_elixir`).
   The native side reports to it with messages
   `{:snakepit_worker, worker_id, event, data}`.
 
