@@ -52,8 +52,9 @@ defmodule Snakepit.ElixirTools do
   ## Where and how long it runs
 
   Each call runs in a process of its own, spawned (and linked) by this
-  module's process of the pool, never on the pool's native threads, with
-  the call's timeout: `ctx.call_elixir(name, _timeout=seconds)`, else the
+  module's process of the pool, never on the pool's native threads (its
+  `Logger` metadata has `:snakepit_pool` and `:snakepit_worker`, the id of
+  the worker whose tool called), with the call's timeout: `ctx.call_elixir(name, _timeout=seconds)`, else the
   pool's `:elixir_tool_timeout` (5 s by default). Past it the process is
   killed and Python gets an `ElixirError` of category `"timeout"`. When the
   Python side stops waiting (the tool's call was cancelled) or its worker
@@ -133,10 +134,6 @@ defmodule Snakepit.ElixirTools do
   def unregister(server, name) do
     with {:ok, name} <- check_name(name), do: call(server, {:unregister, name})
   end
-
-  @doc "The names registered, sorted."
-  @spec names(pid()) :: [String.t()] | {:error, Error.t()}
-  def names(server), do: call(server, :names)
 
   defp call(server, request) do
     GenServer.call(server, request)
@@ -230,9 +227,6 @@ defmodule Snakepit.ElixirTools do
 
   def handle_call({:unregister, name}, _from, state),
     do: {:reply, :ok, %{state | tools: Map.delete(state.tools, name)}}
-
-  def handle_call(:names, _from, state),
-    do: {:reply, state.tools |> Map.keys() |> Enum.sort(), state}
 
   @impl true
   def handle_info(
@@ -346,6 +340,10 @@ defmodule Snakepit.ElixirTools do
     Enum.each(gone, &stop_runner/1)
     {:noreply, Enum.reduce(gone, state, &forget(&2, &1))}
   end
+
+  # Anything else (a stray message): this process must not crash, as its
+  # pool would stop with it.
+  def handle_info(_other, state), do: {:noreply, state}
 
   defp stop_runner(pid) do
     Process.unlink(pid)
