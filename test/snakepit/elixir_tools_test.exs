@@ -338,6 +338,25 @@ defmodule Snakepit.ElixirToolsTest do
     end
   end
 
+  describe "a worker that breaks the protocol" do
+    @tag :capture_log
+    test "a malformed elixir_call: its call gets a :transport error, the pool goes on" do
+      for tool <- ~w(elixir_call_body_nil elixir_call_no_name elixir_call_args_list
+                     elixir_call_timeout_zero elixir_call_id_0) do
+        opts = TestPools.hostile_opts()
+        start_supervised!({Snakepit.Pool, opts}, id: tool)
+        :ok = Snakepit.await_ready(opts[:name], 10_000)
+
+        assert {:error, %Error{category: :transport, message: message}} =
+                 Snakepit.execute(tool, %{}, pool: opts[:name])
+
+        assert message =~ "elixir_call", "#{tool}: #{message}"
+        :ok = Snakepit.await_ready(opts[:name], 10_000)
+        assert Snakepit.execute("echo", %{value: 1}, pool: opts[:name]) == {:ok, 1}
+      end
+    end
+  end
+
   describe "options" do
     test ":elixir_tools and register_tool/3 refuse what cannot be called" do
       for bad <- [%{"f" => :not_a_fun}, %{"f" => fn -> :ok end}, %{"" => {M, :f}}, [:x], :x] do
