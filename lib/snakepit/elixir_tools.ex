@@ -37,8 +37,8 @@ defmodule Snakepit.ElixirTools do
     `snakepit_bridge.ElixirError` with its `category`, `message` and
     `details`;
   - `{:error, reason}`: `ElixirError` with category `"elixir_error"`, the
-    reason as the message (a string as is, an exception's message, else
-    inspected);
+    reason as the message (a string as is, an atom's name, an exception's
+    message, else inspected) and in `details["reason"]`;
   - anything else: that value, as with `{:ok, value}`.
 
   A raise, an exit or a throw in the function is an `ElixirError` too, of
