@@ -111,6 +111,15 @@ defmodule Snakepit do
   all its items, which must fit in the pool's `:max_frame_bytes`, so an
   infinite generator called that way only ends at its `:timeout`.
 
+  ## Python calls Elixir
+
+  A Python tool may call back: `ctx.call_elixir("name", **kwargs)` runs an
+  Elixir function registered for the pool (the pool option
+  `:elixir_tools`, or `register_tool/3`) in a process of its own, with a
+  timeout, and gets its value, or a `snakepit_bridge.ElixirError` with the
+  fields of a `Snakepit.Error`. The function may call the pool again. See
+  `Snakepit.ElixirTools`.
+
   ## Errors, correlation and telemetry
 
   Every error is a `Snakepit.Error` with a category, a message, details,
@@ -498,6 +507,39 @@ defmodule Snakepit do
   def list_workers(pool \\ :default) do
     with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
       Native.pool_workers(handle)
+    end
+  end
+
+  @doc """
+  Registers an Elixir function that the pool's Python tools may call by
+  `name` with `ctx.call_elixir(name, **kwargs)` (see
+  `Snakepit.ElixirTools`): `{module, function}`, called with the map of
+  keyword arguments, or a 1-arity function. It replaces a function of the
+  same name, and lasts as long as the pool's process (the pool option
+  `:elixir_tools` registers functions from its start).
+
+      iex> Snakepit.register_tool(:default, "double", fn %{"x" => x} -> {:ok, 2 * x} end)
+      :ok
+      iex> Snakepit.unregister_tool(:default, "double")
+      :ok
+  """
+  @spec register_tool(atom(), String.t() | atom(), Snakepit.ElixirTools.fun_spec()) ::
+          :ok | {:error, Error.t()}
+  def register_tool(pool \\ :default, name, fun) do
+    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool) do
+      Snakepit.ElixirTools.register(tools, name, fun)
+    end
+  end
+
+  @doc """
+  Removes the Elixir function registered under `name` for the pool's tools,
+  if any (see `register_tool/3`). Later calls of it from Python raise an
+  `ElixirError` of category `"validation"`.
+  """
+  @spec unregister_tool(atom(), String.t() | atom()) :: :ok | {:error, Error.t()}
+  def unregister_tool(pool \\ :default, name) do
+    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool) do
+      Snakepit.ElixirTools.unregister(tools, name)
     end
   end
 

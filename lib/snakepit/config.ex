@@ -37,7 +37,10 @@ defmodule Snakepit.Config do
       {quote(do: false | keyword()),
        "false, or [threshold: n, window: ms, cooldown: ms] (defaults 5, 10_000, 5_000)"},
     retry: {quote(do: false | keyword()), "false, or options of `Snakepit.Retry.run/2`"},
-    window: {quote(do: 1..65_536), "an integer from 1 to 65_536"}
+    window: {quote(do: 1..65_536), "an integer from 1 to 65_536"},
+    elixir_tools:
+      {quote(do: %{optional(String.t()) => Snakepit.ElixirTools.fun_spec()}),
+       "a map of names (strings or atoms) to {module, function} or 1-arity functions"}
   }
 
   # THE table of pool options: everything else (the struct, its type,
@@ -239,6 +242,19 @@ defmodule Snakepit.Config do
       shape: :retry,
       default: false,
       doc: "retry calls that never started, with backoff (per call too)"
+    },
+    %{
+      name: :elixir_tools,
+      shape: :elixir_tools,
+      default: %{},
+      doc:
+        "Elixir functions the tools may call with `ctx.call_elixir` (see `Snakepit.ElixirTools`; more with `Snakepit.register_tool/3`)"
+    },
+    %{
+      name: :elixir_tool_timeout,
+      shape: :pos_ms,
+      default: 5_000,
+      doc: "ms such a function may run when `ctx.call_elixir` gives no `_timeout`"
     },
     %{
       name: :startup_batch_size,
@@ -489,6 +505,8 @@ defmodule Snakepit.Config do
   | `SNAKEPIT_CONTROL_FD`                 | the worker's end of the control pipe                     |
   | `SNAKEPIT_SHM_FD`                     | the worker's end of its segment socket (shared memory)   |
   | `SNAKEPIT_SHM_THRESHOLD`              | the pool's `:shm_threshold`, `0` for `:infinity`         |
+  | `SNAKEPIT_ELIXIR_TIMEOUT_MS`          | the pool's `:elixir_tool_timeout`; it also tells the     |
+  |                                       | bridge that the host serves `ctx.call_elixir`            |
   | `SNAKEPIT_OWNER`                      | this BEAM, for `Snakepit.Orphans`                        |
 
   `:env` may not name any of the `SNAKEPIT_` variables above: the pool and
@@ -864,13 +882,22 @@ defmodule Snakepit.Config do
   end
 
   defp accept(:window, v) when is_integer(v) and v in 1..65_536, do: {:ok, v}
+
+  defp accept(:elixir_tools, v) do
+    case Snakepit.ElixirTools.check_tools(v) do
+      {:ok, tools} -> {:ok, tools}
+      :error -> :error
+    end
+  end
+
   defp accept(_shape, _value), do: :error
 
   # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the
   # native side (native/snakepit_nif/src/worker.rs) set for every worker:
   # :env may not replace them. Keep in step with those two.
-  @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_CONCURRENCY SNAKEPIT_POOL SNAKEPIT_WORKER_ID SNAKEPIT_CONTROL_FD
-               SNAKEPIT_OWNER SNAKEPIT_SHM_FD SNAKEPIT_SHM_THRESHOLD)
+  @pool_env ~w(SNAKEPIT_MAX_FRAME_BYTES SNAKEPIT_CONCURRENCY SNAKEPIT_POOL SNAKEPIT_WORKER_ID
+               SNAKEPIT_CONTROL_FD SNAKEPIT_OWNER SNAKEPIT_SHM_FD SNAKEPIT_SHM_THRESHOLD
+               SNAKEPIT_ELIXIR_TIMEOUT_MS)
 
   # The :env as string pairs, or what is wrong with it, never quoting a
   # value. Names are checked against what the pool sets itself.

@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 12
+  @abi_version 13
   @status_key {__MODULE__, :load_status}
 
   @doc false
@@ -102,6 +102,8 @@ defmodule Snakepit.Native do
   def reap_orphans, do: :erlang.nif_error(why())
   def marked_processes(_mark), do: :erlang.nif_error(why())
   def owner_mark, do: :erlang.nif_error(why())
+  def elixir_reply(_pool, _worker_id, _call_id, _reply), do: :erlang.nif_error(why())
+  def elixir_reply_dirty(_pool, _worker_id, _call_id, _reply), do: :erlang.nif_error(why())
   def codec_roundtrip(_term), do: :erlang.nif_error(why())
   def decode(_binary, _offset), do: :erlang.nif_error(why())
   def decode_dirty(_binary, _offset), do: :erlang.nif_error(why())

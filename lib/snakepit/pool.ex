@@ -27,6 +27,8 @@ defmodule Snakepit.Pool do
   dies with it: the native side monitors this process and kills the workers
   if it goes away), starts workers, restarts them with backoff when they
   exit, forwards what they print to `Logger`, and answers `await_ready/2`.
+  It starts the pool's `Snakepit.ElixirTools` process too, which runs the
+  Elixir functions that tools call (`ctx.call_elixir`).
   The native side reports to it with messages
   `{:snakepit_worker, worker_id, event, data}`.
 
@@ -116,9 +118,13 @@ defmodule Snakepit.Pool do
     end
   end
 
-  @typedoc "What callers need of a running pool: its native handle and call defaults."
+  @typedoc """
+  What callers need of a running pool: its native handle, call defaults,
+  and its `Snakepit.ElixirTools` process.
+  """
   @type entry :: %{
           handle: reference(),
+          elixir_tools: pid(),
           queue_timeout: timeout(),
           timeout: timeout(),
           affinity: :strict | :hint | :fail_fast,
@@ -200,12 +206,28 @@ defmodule Snakepit.Pool do
   def init(config) do
     Process.flag(:trap_exit, true)
 
-    handle =
-      Native.pool_new(self(), Map.put(Config.native_options(config), :shepherd, Native.shepherd()))
+    # The functions workers may call (ctx.call_elixir) run under their own
+    # process, linked to this one, which the native side sends those calls.
+    {:ok, tools} =
+      Snakepit.ElixirTools.start_link(
+        pool: config.name,
+        tools: config.elixir_tools,
+        timeout: config.elixir_tool_timeout
+      )
+
+    native =
+      Map.merge(Config.native_options(config), %{
+        shepherd: Native.shepherd(),
+        elixir_handler: tools
+      })
+
+    handle = Native.pool_new(self(), native)
+    :ok = Snakepit.ElixirTools.attach(tools, handle)
 
     state = %{
       config: config,
       handle: handle,
+      elixir_tools: tools,
       phase: :starting,
       next_id: 1,
       # worker id => %{slot, os_pid, status, stderr_tail, startup_error}
@@ -225,6 +247,7 @@ defmodule Snakepit.Pool do
       {:ok, state} ->
         :persistent_term.put({__MODULE__, config.name}, %{
           handle: handle,
+          elixir_tools: tools,
           queue_timeout: config.queue_timeout,
           timeout: config.timeout,
           affinity: config.affinity,
@@ -454,6 +477,7 @@ defmodule Snakepit.Pool do
         {"SNAKEPIT_MAX_FRAME_BYTES", Integer.to_string(config.max_frame_bytes)},
         {"SNAKEPIT_SHM_THRESHOLD", shm_threshold(config.shm_threshold)},
         {"SNAKEPIT_CONCURRENCY", Integer.to_string(config.concurrency)},
+        {"SNAKEPIT_ELIXIR_TIMEOUT_MS", Integer.to_string(config.elixir_tool_timeout)},
         {"SNAKEPIT_POOL", to_string(config.name)},
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
       ] ++ worker_env(config)

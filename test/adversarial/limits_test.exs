@@ -18,7 +18,9 @@ defmodule Snakepit.Adversarial.LimitsTest do
     test "an unknown tool of 1 MB: the worker's message stays short", %{pool: pool} do
       assert {:error, %Error{category: :validation} = e} = Snakepit.execute(@huge, %{}, pool: pool)
 
-      assert byte_size(e.message) < 1024
+      # The list of tools after the quoted name grows with the test adapter.
+      [quoted | _] = String.split(e.message, "; this adapter has: ")
+      assert byte_size(quoted) < 512
       assert e.message =~ "unknown tool 'xxxx"
       assert e.message =~ "(1000000 bytes)"
       assert byte_size(e.details.tool) < 1024

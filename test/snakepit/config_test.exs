@@ -47,6 +47,9 @@ defmodule Snakepit.ConfigTest do
        [threshold: 1, window: 5, cooldown: 9]
      ], [true, [threshold: 0], [cooldown: -1], [foo: 1], [threshold: :x]]},
     {:retry, false, [false, [], [max_attempts: 2]], [true, [timeout: 5], "x", [1]]},
+    {:elixir_tools, %{}, [%{}, %{"f" => {M, :f}}],
+     [%{"f" => :x}, %{"f" => {M, :f, []}}, %{"" => {M, :f}}, [:x], "f", nil]},
+    {:elixir_tool_timeout, 5_000, [1, @max_ms], [0, -1, :infinity, @max_ms + 1]},
     {:startup_batch_size, 8, [1, 100], [0, :infinity]},
     {:max_start_failures, 5, [1, 100], [0, 1.5]},
     {:shutdown_timeout, 5_000, [0, 100, @max_ms], [-1, :infinity, @max_ms + 1]}

@@ -158,6 +158,14 @@ ERROR_BODIES = {
     "send_error_body_int": 42,
 }
 
+ELIXIR_CALLS = {  # tool: (id, body) of an elixir_call the host must refuse
+    "elixir_call_body_nil": (5, None),
+    "elixir_call_no_name": (5, {"args": {}}),
+    "elixir_call_args_list": (5, {"name": "f", "args": [1]}),
+    "elixir_call_timeout_zero": (5, {"name": "f", "timeout_ms": 0}),
+    "elixir_call_id_0": (0, {"name": "f"}),
+}
+
 
 BEFORE_READY = {  # mode: the frame sent instead of, or before, the `ready`
     "error_body_list": ("error", ["adapter_load", "boom"]),
@@ -185,7 +193,7 @@ def main():
         mode = mode if os.path.exists(once) else ""
         if mode:
             os.remove(once)
-    tools = ["echo", "getenv", "exit", "send_log_undecodable", *LOG_BODIES, *ERROR_BODIES]
+    tools = ["echo", "getenv", "exit", "send_log_undecodable", *LOG_BODIES, *ERROR_BODIES, *ELIXIR_CALLS]
     protocol = int(os.environ.get("HOSTILE_PROTOCOL", "3"))
     if not mode or before_ready(mode):
         send(
@@ -226,6 +234,10 @@ def main():
             send("result", request_id, "sent")
         elif tool in ERROR_BODIES:
             send("error", request_id, ERROR_BODIES[tool])
+        elif tool in ELIXIR_CALLS:
+            call_id, call_body = ELIXIR_CALLS[tool]
+            send("elixir_call", call_id, call_body)
+            send("result", request_id, "sent")
         else:
             message = f"unknown tool ({len(tool)} bytes)"
             send(

@@ -46,6 +46,12 @@
 //! answered by it as usual. A worker may ignore the request. Calls of a
 //! session bound to the worker (`Strict`, `FailFast`) stay.
 //!
+//! **Hold.** A running call that waits for an Elixir function (which may
+//! call the pool in turn) stalls its worker at once ([`Dispatcher::hold`]):
+//! a call written behind it could be the one it waits for. (With
+//! `concurrency` > 1 the worker's free slots still take calls; only the
+//! pipe behind its running calls is closed, and emptied.)
+//!
 //! **Worker death.** A worker starts its calls in the order they were
 //! written, and frees a slot only after it has answered the slot's call, so
 //! its running calls are always the first `concurrency` of those written to
@@ -939,6 +945,52 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             }
         }
         asks
+    }
+
+    /// One of worker `worker_id`'s running calls waits for something that
+    /// may need the pool itself (an Elixir function it called, which may
+    /// call the pool in turn): the worker is marked stalled at once, so
+    /// nothing more is written behind its running calls until one ends
+    /// (its free slots, if it has `concurrency` > 1, still take calls: they
+    /// start at once), and the calls already waiting behind them are
+    /// returned, to be asked back (as
+    /// [`Self::reclaim_due`] does, with the same exceptions: calls of a
+    /// session bound to the worker, calls whose caller gave up, calls asked
+    /// for already), whether or not another worker takes requests now. A
+    /// call written behind the waiting one could otherwise be the very call
+    /// it waits for. Nothing if the worker is unknown or runs nothing.
+    pub fn hold(&mut self, worker_id: u64) -> Asks<W> {
+        let Some(slot) = self.slots.get_mut(&worker_id) else {
+            return Vec::new();
+        };
+        if slot.in_flight.is_empty() {
+            return Vec::new();
+        }
+        slot.stalled = true;
+        let ids: Vec<(u64, u64)> = slot
+            .in_flight
+            .iter_mut()
+            .skip(self.config.concurrency)
+            .filter(|r| {
+                !r.reclaiming
+                    && r.caller.is_some()
+                    && r.session.as_ref().is_none_or(|(_, a)| *a == Affinity::Hint)
+            })
+            .map(|r| {
+                r.reclaiming = true;
+                (r.id, r.offset)
+            })
+            .collect();
+        if ids.is_empty() {
+            Vec::new()
+        } else {
+            vec![(Arc::clone(&slot.worker), ids)]
+        }
+    }
+
+    /// Worker `id`, if the pool has it.
+    pub fn worker(&self, id: u64) -> Option<Arc<W>> {
+        self.slots.get(&id).map(|s| Arc::clone(&s.worker))
     }
 
     /// The worker gave back `request_id`, which it was asked for and will

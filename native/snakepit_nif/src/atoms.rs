@@ -58,6 +58,11 @@ rustler::atoms! {
     stderr,
     log,
     dropped_output,
+    // Python calls Elixir (see elixir.rs)
+    snakepit_elixir_call,
+    snakepit_elixir_cancel,
+    snakepit_elixir_down,
+    stale,
     // worker states
     starting,
     idle,

@@ -9,6 +9,7 @@
 //!   writer thread that finishes writes a full pipe left;
 //! - `spawn.rs`: starting a process from inside the BEAM with `posix_spawn`;
 //! - `reply.rs`: how a call's answer, and a stream's chunks, reach its caller;
+//! - `elixir.rs`: Python calls Elixir (`elixir_call` frames, `elixir_reply/4`);
 //! - `codec/`: terms <-> MessagePack, with large binaries sent as blobs
 //!   (`encode.rs`, `decode.rs`, `keys.rs` for map keys, `kept.rs` for the
 //!   binaries blobs point into); `codec/tensor.rs`: `%Snakepit.Tensor{}` on
@@ -38,6 +39,7 @@
 
 mod atoms;
 mod codec;
+mod elixir;
 mod orphans;
 mod pool;
 mod reply;
@@ -61,7 +63,7 @@ use std::time::Duration;
 use terms::{Details, Failure, PathDetails, PoolStats, SizeDetails, WorkerInfo};
 
 /// Must equal `@abi_version` in `lib/snakepit/native.ex`.
-const ABI_VERSION: u32 = 12;
+const ABI_VERSION: u32 = 13;
 
 /// Most bytes an encoding on a normal scheduler copies or scans; past it,
 /// the request is encoded again on a dirty CPU scheduler (`:dirty` tells
@@ -98,6 +100,8 @@ struct PoolOptions {
     /// Milliseconds.
     circuit_cooldown: u64,
     shepherd: String,
+    /// The pool's `Snakepit.ElixirTools` process, or nil.
+    elixir_handler: Option<LocalPid>,
 }
 
 #[rustler::nif]
@@ -120,6 +124,7 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
             opts.shm_max_bytes,
         ),
         shepherd: opts.shepherd,
+        elixir_handler: opts.elixir_handler,
         dispatch: dispatcher::Config {
             concurrency: opts.concurrency,
             pipeline_depth: opts.pipeline_depth,
@@ -498,6 +503,42 @@ fn pool_session(pool: ResourceArc<PoolHandle>, session_id: Binary) -> Option<ter
 #[rustler::nif]
 fn dequeue(env: Env, pool: ResourceArc<PoolHandle>, request_id: u64) -> rustler::Atom {
     pool.core.dequeue(env, request_id)
+}
+
+/// Replies to a worker's `elixir_call`: `{:ok, value}` or `{:error,
+/// %{"category" => _, "message" => _, "details" => _}}`, encoded with the
+/// codec of calls and written on the worker's control pipe. Returns `:ok`,
+/// `:stale` (no such call waits: the worker gave up on it or is gone),
+/// `:dirty` (retry with `elixir_reply_dirty/4`) or `{:error, message}` (the
+/// value cannot be sent). See `elixir.rs`.
+#[rustler::nif]
+fn elixir_reply<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolHandle>,
+    worker_id: u64,
+    call_id: u64,
+    reply: Term<'a>,
+) -> NifResult<Term<'a>> {
+    elixir::reply(
+        env,
+        &pool,
+        worker_id,
+        call_id,
+        reply,
+        SCHEDULER_ENCODE_BUDGET,
+    )
+}
+
+/// `elixir_reply/4` for a value too large to encode on a normal scheduler.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn elixir_reply_dirty<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolHandle>,
+    worker_id: u64,
+    call_id: u64,
+    reply: Term<'a>,
+) -> NifResult<Term<'a>> {
+    elixir::reply(env, &pool, worker_id, call_id, reply, usize::MAX)
 }
 
 /// Encodes a term as a worker would receive it and decodes it back, without

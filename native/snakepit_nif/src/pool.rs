@@ -83,6 +83,8 @@ pub struct PoolConfig {
     pub shm: Arc<crate::shm::Budget>,
     /// Path of the `snakepit_shepherd` executable.
     pub shepherd: String,
+    /// The process that runs the pool's Elixir functions (see `elixir.rs`).
+    pub elixir_handler: Option<LocalPid>,
     pub dispatch: dispatcher::Config,
 }
 
@@ -94,6 +96,8 @@ pub struct PoolCore {
     pub shm: Arc<crate::shm::Budget>,
     /// Segments of calls not answered yet (Elixir → Python).
     pub outbox: Arc<crate::shm::Outbox>,
+    /// Gets the workers' `elixir_call`s (see `elixir.rs`).
+    pub elixir_handler: Option<LocalPid>,
     shepherd: String,
     next_request: AtomicU64,
     dispatch: Mutex<Dispatcher<Reply, Worker>>,
@@ -116,6 +120,7 @@ impl PoolCore {
             max_frame: config.max_frame,
             shm: config.shm,
             outbox: Arc::default(),
+            elixir_handler: config.elixir_handler,
             shepherd: config.shepherd,
             next_request: AtomicU64::new(1),
             dispatch: Mutex::new(Dispatcher::new(config.dispatch)),
@@ -385,6 +390,17 @@ impl PoolCore {
             drop(reply);
             self.tell_cancel(Some(env), &worker, request_id);
         }
+    }
+
+    /// Holds worker `id` for an `elixir_call` of its running call (see
+    /// `Dispatcher::hold`): the calls to ask back.
+    pub fn hold(&self, id: u64) -> dispatcher::Asks<Worker> {
+        self.dispatch.lock().hold(id)
+    }
+
+    /// Worker `id`, if the pool has it.
+    pub fn worker(&self, id: u64) -> Option<Arc<Worker>> {
+        self.dispatch.lock().worker(id)
     }
 
     /// Tells a worker to cancel a call, and the owner, which kills the worker
@@ -770,12 +786,26 @@ impl Events for PoolCore {
                 envelope.kind.as_str()
             )),
             Kind::Shm => Err("sent an shm frame with id 0".into()),
-            Kind::Call | Kind::Cancel | Kind::Ack | Kind::SessionEnd | Kind::Reclaim => {
-                Err(format!(
-                    "sent a {} frame, which only the host sends",
-                    envelope.kind.as_str()
-                ))
+            Kind::ElixirCall if envelope.id != 0 => {
+                crate::elixir::on_call(self, worker, envelope, frame.frame)
             }
+            Kind::ElixirCancel if envelope.id != 0 => {
+                crate::elixir::on_cancel(self, worker, envelope.id);
+                Ok(false)
+            }
+            Kind::ElixirCall | Kind::ElixirCancel => Err(format!(
+                "sent an {} frame with id 0",
+                envelope.kind.as_str()
+            )),
+            Kind::Call
+            | Kind::Cancel
+            | Kind::Ack
+            | Kind::SessionEnd
+            | Kind::Reclaim
+            | Kind::ElixirReply => Err(format!(
+                "sent a {} frame, which only the host sends",
+                envelope.kind.as_str()
+            )),
         }
     }
 
@@ -817,6 +847,7 @@ impl Events for PoolCore {
         }
         let (gone, writes) = self.with_dispatch(None, |d| d.worker_down(worker.id, how));
         flush(writes);
+        crate::elixir::on_exit(self, worker);
         let details = exit.details(worker);
         let category = match how {
             Exit::BrokeProtocol => atoms::transport(),

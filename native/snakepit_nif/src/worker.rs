@@ -12,15 +12,19 @@
 //! - the writer (see `writer.rs`): finishes writes too large to do inline;
 //! - the stderr reader: forwards what the worker prints to the pool's owner.
 //!
-//! A fourth pipe, the *control* pipe (the worker's fd 3), carries `cancel`
-//! and `heartbeat` frames, so the worker can act on them while a call runs.
+//! A fourth pipe, the *control* pipe (the worker's fd 3), carries `cancel`,
+//! `heartbeat`, `ack`, `reclaim` and `elixir_reply` frames, so the worker
+//! can act on them while a call runs. It is written like stdin, through a
+//! [`Writer`] with its own thread: a reply of any size is queued whole and
+//! finished by that thread if the pipe fills, never dropped and never
+//! written on a scheduler beyond what the pipe takes at once.
 //!
 //! This module knows nothing of pools: a worker's threads report what
 //! happens through the [`Events`] its owner passes to [`Launched::serve`].
 
 use crate::spawn;
 use crate::terms::ExitDetails;
-use crate::writer::{set_nonblocking, OutFrame, Writer};
+use crate::writer::{OutFrame, Writer};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rustler::OwnedBinary;
@@ -87,8 +91,10 @@ pub struct Worker {
     writer: Arc<Writer>,
     /// To the shepherd: `T`/`K` requests go out, the exit line comes back.
     lifeline: UnixStream,
-    /// The worker's control pipe (its fd 3); `None` once it is gone.
-    control: Mutex<Option<OwnedFd>>,
+    /// The worker's control pipe (its fd 3); closed once it is gone.
+    control: Arc<Writer>,
+    /// Its `elixir_call`s waiting for their reply (see `elixir.rs`).
+    pub elixir: crate::elixir::Pending,
     retire: Mutex<Option<Retire>>,
     /// How much of its stderr and log output goes on to Elixir.
     output: Mutex<Budget>,
@@ -150,6 +156,7 @@ impl Worker {
     /// worker is killed.
     pub fn abandon(&self) {
         self.writer.close_now();
+        self.control.close_now();
         self.kill("it could not be started");
     }
 
@@ -162,8 +169,9 @@ impl Worker {
     }
 
     /// Sends a control frame (`cancel`, `heartbeat`, `ack`) without blocking. A
-    /// full control pipe means the worker is not reading it: the frame is
-    /// dropped, and a missed heartbeat will tell.
+    /// control pipe with [`CONTROL_BACKLOG`] frames waiting means the worker
+    /// is not reading it: the frame is dropped, and a missed heartbeat will
+    /// tell.
     pub fn control(&self, kind: Kind, request_id: u64) {
         self.send_control(&protocol::control_frame(kind, request_id));
     }
@@ -181,13 +189,33 @@ impl Worker {
     }
 
     fn send_control(&self, frame: &[u8]) {
-        let control = self.control.lock();
-        if let Some(fd) = control.as_ref() {
-            // SAFETY: writing a borrowed buffer to an fd we own.
-            let _ = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if self
+            .control
+            .enqueue_droppable(OutFrame::from(frame.to_vec()), CONTROL_BACKLOG)
+        {
+            self.control.flush();
         }
     }
+
+    /// Writes an `elixir_reply` frame on the control pipe if `call_id` still
+    /// waits for one (see [`crate::elixir::Pending::claim`]), and returns
+    /// whether it did. Never dropped: the control pipe's writer thread
+    /// finishes what a full pipe does not take at once.
+    pub fn elixir_reply(&self, call_id: u64, frame: OutFrame) -> bool {
+        if !self.elixir.claim(call_id) {
+            return false;
+        }
+        if self.control.enqueue(frame).is_ok() {
+            self.control.flush();
+        }
+        true
+    }
 }
+
+/// Droppable control frames (heartbeats, cancels, acks, reclaims) that may
+/// wait to be written before more are dropped: far more than a worker that
+/// reads its control pipe ever leaves unread.
+const CONTROL_BACKLOG: usize = 256;
 
 impl Pipe for Worker {
     fn enqueue(&self, frame: OutFrame) -> Result<u64, OutFrame> {
@@ -279,6 +307,7 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
     let (stdout, stdout_out) = pipe()?;
     widen(&stdin);
     widen(&stdout);
+    widen(&control);
     let (stderr, stderr_out) = pipe()?;
     let (shm_socket, shm_in) = crate::shm::socketpair()?;
     // The child's ends, numbered above the fds they become (0 to 5).
@@ -337,14 +366,21 @@ pub fn launch(spec: WorkerSpec) -> io::Result<Launched> {
         }
         _ => return Err(bad_shepherd("no pid")),
     };
-    set_nonblocking(control.as_raw_fd())?;
     let writer = Writer::spawn(stdin, format!("snakepit-w{}", spec.id))?;
+    let control = match Writer::spawn(control, format!("snakepit-c{}", spec.id)) {
+        Ok(control) => control,
+        Err(e) => {
+            writer.close_now();
+            return Err(e);
+        }
+    };
     let worker = Arc::new(Worker {
         id: spec.id,
         os_pid,
         writer,
         lifeline,
-        control: Mutex::new(Some(control)),
+        control,
+        elixir: crate::elixir::Pending::default(),
         retire: Mutex::new(None),
         output: Mutex::new(Budget::new(Instant::now())),
         shm: crate::shm::Port::new(shm_socket, spec.outbox),
@@ -538,7 +574,7 @@ fn reap(worker: &Worker, mut protocol_error: Option<String>) -> ExitInfo {
         worker.signal(b'K');
     }
     worker.writer.close_now();
-    *worker.control.lock() = None;
+    worker.control.close_now();
     let _ = worker.lifeline.set_read_timeout(Some(LINGER));
     let line = read_line(&worker.lifeline).or_else(|e| {
         let lingering = matches!(

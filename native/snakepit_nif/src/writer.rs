@@ -1,4 +1,6 @@
-//! The write end of a worker's stdin.
+//! The write end of a worker's stdin (and of its control pipe, which is
+//! written the same way, so that a large `elixir_reply` is never cut short
+//! by a full pipe nor interleaved with a heartbeat).
 //!
 //! Frames are first *enqueued*, in order, by the pool under its lock (no
 //! syscall there), then *flushed* by whoever enqueued them once the lock is
@@ -84,6 +86,20 @@ impl Writer {
         state.enqueued += frame.len() as u64;
         state.pending.push_back(frame);
         Ok(offset)
+    }
+
+    /// [`Self::enqueue`] for a frame that may be lost (a heartbeat, a
+    /// cancel): refused, and `false` returned, while `max_pending` frames
+    /// already wait (a peer that does not read its pipe), so such frames
+    /// never pile up without bound. The offset is of no use for these.
+    pub fn enqueue_droppable(&self, frame: OutFrame, max_pending: usize) -> bool {
+        let mut state = self.state.lock();
+        if state.fd.is_none() || state.close_when_drained || state.pending.len() >= max_pending {
+            return false;
+        }
+        state.enqueued += frame.len() as u64;
+        state.pending.push_back(frame);
+        true
     }
 
     /// Writes queued frames without blocking, many per `writev(2)`; hands

@@ -22,8 +22,9 @@
 //! tokens lie inside the input; `skip` agrees with a depth-bounded recursive
 //! decode (the NIF's, limit 256); parsing allocates nothing but (the start
 //! of) the name of an unknown kind; `check_ready` and `error_kind` find the
-//! keys a walk over the map's pairs finds; unmutated frames parse back to
-//! their kind and id.
+//! keys a walk over the map's pairs finds; `elixir_call` accepts only a
+//! UTF-8 name and a map of args; unmutated frames parse back to their kind
+//! and id.
 //!
 //! "Frames of a few MiB" are 1 input in 5000: at 10^7 inputs, about 2000.
 //! Release builds do not check arithmetic overflow; for that, run it with
@@ -878,6 +879,15 @@ fn check_frame(f: &[u8], rng: &mut Rng, stats: &mut Stats) -> Option<(Kind, u64)
                 )
             });
             assert_eq!(largest, 0, "reading a body allocated");
+            if let Ok(call) = protocol::elixir_call(f, env.body) {
+                assert!(std::str::from_utf8(&f[call.name]).is_ok());
+                if let Some(args) = call.args {
+                    assert!(matches!(
+                        Reader::at(f, args).next_token(),
+                        Ok(Token::Map(_))
+                    ));
+                }
+            }
             stats.ready_ok += ready.is_ok() as u64;
             check_body_keys(f, env.body, &ready, error_kind);
             Some((env.kind, env.id))
@@ -901,6 +911,7 @@ fn check_frame(f: &[u8], rng: &mut Rng, stats: &mut Stats) -> Option<(Kind, u64)
     let _ = protocol::body_is_map(f, offset);
     let _ = protocol::check_ready(f, offset);
     let _ = protocol::error_kind(f, offset);
+    let _ = protocol::elixir_call(f, offset);
     parsed
 }
 

@@ -44,10 +44,17 @@ pub enum Kind {
     Reclaim,
     /// worker → host: this call was given back; it will never run here.
     Reclaimed,
+    /// worker → host: run a function the Elixir side registered (a tool's
+    /// `ctx.call_elixir`); the id is the worker's own, not a request's.
+    ElixirCall,
+    /// host → worker (control pipe): the outcome of an `elixir_call`.
+    ElixirReply,
+    /// worker → host: the worker stopped waiting for an `elixir_call`.
+    ElixirCancel,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Ready,
         Kind::Call,
         Kind::Result,
@@ -62,6 +69,9 @@ impl Kind {
         Kind::Shm,
         Kind::Reclaim,
         Kind::Reclaimed,
+        Kind::ElixirCall,
+        Kind::ElixirReply,
+        Kind::ElixirCancel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +90,9 @@ impl Kind {
             Kind::Shm => "shm",
             Kind::Reclaim => "reclaim",
             Kind::Reclaimed => "reclaimed",
+            Kind::ElixirCall => "elixir_call",
+            Kind::ElixirReply => "elixir_reply",
+            Kind::ElixirCancel => "elixir_cancel",
         }
     }
 
@@ -289,6 +302,113 @@ pub fn control_frame(kind: Kind, id: u64) -> Vec<u8> {
     rmp::encode::write_nil(&mut buf).expect("Vec write");
     frame::finish(&mut buf, frame::DEFAULT_MAX_FRAME).expect("tiny frame");
     buf
+}
+
+/// The longest function name an `elixir_call` may carry, in bytes.
+pub const MAX_ELIXIR_NAME: usize = 255;
+
+/// The most milliseconds an `elixir_call` may ask for: what the VM can wait
+/// for in `receive ... after` (2^32 - 1).
+pub const MAX_ELIXIR_TIMEOUT_MS: u64 = 0xFFFF_FFFF;
+
+/// What the host needs of an `elixir_call` body before anything is decoded:
+/// `{"name": str, "args": map | nil, "timeout_ms": int | nil,
+/// "request_id": int | nil}` (other keys are ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElixirCall {
+    /// Where the function's name is in the frame (UTF-8 is checked).
+    pub name: std::ops::Range<usize>,
+    /// Where the args map starts in the frame; `None`: no args (nil or absent).
+    pub args: Option<usize>,
+    /// 1 to [`MAX_ELIXIR_TIMEOUT_MS`]; `None`: the pool's default.
+    pub timeout_ms: Option<u64>,
+    /// The call the worker was running when it called, as it says.
+    pub request_id: Option<u64>,
+}
+
+/// Reads an `elixir_call` body (at `body` in `frame`), or says why it does
+/// not follow the protocol. Only the envelope of the args is looked at:
+/// they are decoded later, by the process that runs the function.
+pub fn elixir_call(frame: &[u8], body: usize) -> Result<ElixirCall, String> {
+    let malformed = |e: DecodeError| format!("sent a malformed elixir_call body: {e}");
+    let mut r = Reader::at(frame, body);
+    let Token::Map(n) = r.next_token().map_err(malformed)? else {
+        return Err("sent an elixir_call whose body is not a map".into());
+    };
+    let mut call = ElixirCall {
+        name: 0..0,
+        args: None,
+        timeout_ms: None,
+        request_id: None,
+    };
+    let mut named = false;
+    for _ in 0..n {
+        let key_at = r.position();
+        let key = match r.next_token().map_err(malformed)? {
+            Token::Str(k) => Some(r.slice(k)),
+            Token::Array(_) | Token::Map(_) => {
+                // A container key: skip all of it (see `map_value`).
+                r = Reader::at(frame, key_at);
+                r.skip().map_err(malformed)?;
+                None
+            }
+            _ => None,
+        };
+        let value_at = r.position();
+        let value = match key {
+            Some(b"name" | b"args" | b"timeout_ms" | b"request_id") => {
+                Some(r.next_token().map_err(malformed)?)
+            }
+            _ => None,
+        };
+        match (key, value) {
+            (Some(b"name"), Some(Token::Str(name))) => {
+                let text = r.slice(name.clone());
+                if text.is_empty()
+                    || text.len() > MAX_ELIXIR_NAME
+                    || std::str::from_utf8(text).is_err()
+                {
+                    return Err(format!(
+                        "sent an elixir_call whose name is not UTF-8 text of 1 to {MAX_ELIXIR_NAME} bytes"
+                    ));
+                }
+                call.name = name;
+                named = true;
+            }
+            (Some(b"args"), Some(Token::Map(_))) => {
+                call.args = Some(value_at);
+                r = Reader::at(frame, value_at);
+                r.skip().map_err(malformed)?;
+            }
+            (Some(b"args"), Some(Token::Nil)) => call.args = None,
+            (Some(b"timeout_ms"), Some(Token::Nil)) => call.timeout_ms = None,
+            (Some(b"timeout_ms"), Some(Token::Int(ms)))
+                if (1..=MAX_ELIXIR_TIMEOUT_MS as i64).contains(&ms) =>
+            {
+                call.timeout_ms = Some(ms as u64)
+            }
+            (Some(b"request_id"), Some(Token::Nil)) => call.request_id = None,
+            (Some(b"request_id"), Some(Token::Int(id))) if id >= 0 => {
+                call.request_id = Some(id as u64)
+            }
+            (Some(b"request_id"), Some(Token::UInt(id))) => call.request_id = Some(id),
+            (Some(key), Some(_)) => {
+                let key = String::from_utf8_lossy(key);
+                let expected = match &*key {
+                    "name" => "a string",
+                    "args" => "a map or nil",
+                    "timeout_ms" => "nil or an integer from 1 to 4294967295",
+                    _ => "nil or an unsigned integer",
+                };
+                return Err(format!("sent an elixir_call whose {key} is not {expected}"));
+            }
+            _ => r.skip().map_err(malformed)?,
+        }
+    }
+    if !named {
+        return Err("sent an elixir_call without a name".into());
+    }
+    Ok(call)
 }
 
 /// The value of the string key `key` in the map at `body`, as the reader
@@ -666,6 +786,109 @@ mod tests {
             parse_envelope(&buf),
             Err(ProtocolError::UnknownKind("x".repeat(KIND_SHOWN)))
         );
+    }
+
+    /// Writes a value into a frame being built.
+    type Writes = dyn Fn(&mut Vec<u8>);
+
+    fn elixir_call_body(build: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, usize) {
+        let mut f = begin_frame(Kind::ElixirCall, 1, 16)[HEADER_LEN..].to_vec();
+        let body = f.len();
+        build(&mut f);
+        (f, body)
+    }
+
+    #[test]
+    fn an_elixir_call_body_names_its_function_args_and_timeout() {
+        let (f, body) = elixir_call_body(|b| {
+            rmp::encode::write_map_len(b, 5).unwrap();
+            write_str(b, b"extra");
+            rmp::encode::write_array_len(b, 1).unwrap();
+            rmp::encode::write_nil(b).unwrap();
+            write_str(b, b"name");
+            write_str(b, b"lookup");
+            write_str(b, b"args");
+            rmp::encode::write_map_len(b, 1).unwrap();
+            write_str(b, b"name");
+            write_str(b, b"not the function's");
+            write_str(b, b"timeout_ms");
+            rmp::encode::write_uint(b, 1500).unwrap();
+            write_str(b, b"request_id");
+            rmp::encode::write_uint(b, u64::MAX).unwrap();
+        });
+        let call = elixir_call(&f, body).unwrap();
+        assert_eq!(&f[call.name.clone()], b"lookup");
+        assert_eq!(call.timeout_ms, Some(1500));
+        assert_eq!(call.request_id, Some(u64::MAX));
+        let mut args = Reader::at(&f, call.args.unwrap());
+        assert_eq!(args.next_token().unwrap(), Token::Map(1));
+        // No args, no timeout: both optional.
+        let (f, body) = elixir_call_body(|b| {
+            rmp::encode::write_map_len(b, 2).unwrap();
+            write_str(b, b"name");
+            write_str(b, b"f");
+            write_str(b, b"args");
+            rmp::encode::write_nil(b).unwrap();
+        });
+        let call = elixir_call(&f, body).unwrap();
+        assert_eq!(
+            (call.args, call.timeout_ms, call.request_id),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn a_malformed_elixir_call_body_is_refused() {
+        let refused = |build: &Writes| {
+            let (f, body) = elixir_call_body(build);
+            elixir_call(&f, body).unwrap_err()
+        };
+        assert!(refused(&|b| rmp::encode::write_nil(b).unwrap()).contains("not a map"));
+        assert!(refused(&|b| {
+            rmp::encode::write_map_len(b, 0).unwrap();
+        })
+        .contains("without a name"));
+        let with = |key: &'static [u8], value: &'static Writes| {
+            move |b: &mut Vec<u8>| {
+                rmp::encode::write_map_len(b, 2).unwrap();
+                write_str(b, b"name");
+                write_str(b, b"f");
+                write_str(b, key);
+                value(b);
+            }
+        };
+        let bad: [(&[u8], &Writes, &str); 6] = [
+            (b"name", &|b| write_str(b, b""), "name"),
+            (b"name", &|b| write_str(b, &[0xff]), "name"),
+            (b"name", &|b| rmp::encode::write_nil(b).unwrap(), "name"),
+            (
+                b"args",
+                &|b| rmp::encode::write_array_len(b, 0).map(drop).unwrap(),
+                "args",
+            ),
+            (
+                b"timeout_ms",
+                &|b| rmp::encode::write_uint(b, 0).map(drop).unwrap(),
+                "timeout_ms",
+            ),
+            (b"request_id", &|b| write_str(b, b"1"), "request_id"),
+        ];
+        for (key, value, named) in bad {
+            let text = refused(&with(key, value));
+            assert!(text.contains(named), "{text}");
+        }
+        let (f, body) = elixir_call_body(with(b"timeout_ms", &|b| {
+            rmp::encode::write_uint(b, MAX_ELIXIR_TIMEOUT_MS + 1)
+                .map(drop)
+                .unwrap()
+        }));
+        assert!(elixir_call(&f, body).is_err());
+        let (f, body) = elixir_call_body(|b| {
+            rmp::encode::write_map_len(b, 1).unwrap();
+            write_str(b, b"name");
+        });
+        assert!(elixir_call(&f, body).unwrap_err().contains("malformed"));
+        assert!(elixir_call(&f, usize::MAX).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from . import elixir
 from .control import CallScope, _state
 
 __all__ = ["Context", "Session", "Sessions"]
@@ -55,7 +56,10 @@ class Context:
     - ``correlation_id``: the call's correlation id (see
       :mod:`snakepit_bridge.correlation`), or None;
     - ``cancelled()``: True once the host has cancelled the call, as
-      :func:`snakepit_bridge.cancelled`.
+      :func:`snakepit_bridge.cancelled`;
+    - ``call_elixir(name, **kwargs)`` and ``await call_elixir_async(name,
+      **kwargs)``: run an Elixir function the pool registered (see
+      :mod:`snakepit_bridge.elixir`).
     """
 
     __slots__ = ("session", "request_id", "streaming", "correlation_id", "_cancellation")
@@ -77,6 +81,23 @@ class Context:
     def cancelled(self) -> bool:
         """True once the host has cancelled this call."""
         return self._cancellation.is_set()
+
+    def call_elixir(self, name: str, /, *, _timeout: Optional[float] = None, **kwargs: Any) -> Any:
+        """Runs the Elixir function the pool registered as ``name`` with
+        ``kwargs`` (a map with string keys in Elixir) and returns its value.
+        ``_timeout`` is in seconds (default: the pool's
+        ``elixir_tool_timeout``). Raises
+        :class:`~snakepit_bridge.ElixirError` when the function fails, is
+        unknown or runs out of time, and
+        :class:`~snakepit_bridge.CallCancelled` when this call is cancelled
+        meanwhile. Blocks this thread; see :mod:`snakepit_bridge.elixir`."""
+        return elixir.calls.call(self.request_id, self._cancellation, name, kwargs, _timeout)
+
+    async def call_elixir_async(self, name: str, /, *, _timeout: Optional[float] = None, **kwargs: Any) -> Any:
+        """:meth:`call_elixir` for an ``async`` tool: awaits the reply
+        without blocking the event loop. A cancel of this call cancels the
+        await."""
+        return await elixir.calls.call_async(self.request_id, self._cancellation, name, kwargs, _timeout)
 
     def __repr__(self) -> str:
         session = self.session.id if self.session is not None else None

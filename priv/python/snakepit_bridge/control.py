@@ -24,6 +24,9 @@ daemon thread:
   to run it on another worker. If it has not started, the thread answers
   ``reclaimed`` at once and the call is skipped, unanswered, when the main
   thread reaches it; if it has, the ``reclaim`` is ignored.
+- ``elixir_reply``: the outcome of an Elixir function a tool called with
+  ``ctx.call_elixir``, handed to the tool waiting for it (see
+  :mod:`snakepit_bridge.elixir`); a ``cancel`` wakes such a tool too.
 """
 
 from __future__ import annotations
@@ -385,24 +388,27 @@ class ControlThread(threading.Thread):
         self.state = state
 
     def run(self) -> None:
-        from . import codec
+        from . import elixir
 
         try:
             while True:
                 raw = self.control.read_raw()
                 if raw is None:
                     return
-                kind, request_id, body = codec.unpackb(raw)
+                kind, request_id, body = elixir.decode_control_frame(raw, self.control.take_blobs())
                 if kind == "heartbeat":
                     self.replies.write("heartbeat", request_id, None)
                 elif kind == "cancel":
                     self.state.cancel(request_id)
                     self.state.wake()
+                    elixir.calls.cancelled(request_id)
                 elif kind == "reclaim":
                     tell = functools.partial(self.replies.write, "reclaimed", request_id, None)
                     self.state.reclaim(request_id, tell, self._unread(body))
                 elif kind == "ack":
                     self._ack(request_id, body)
+                elif kind == "elixir_reply":
+                    elixir.calls.reply(request_id, body)
         except Exception:  # a broken control pipe shows as missed heartbeats
             return
 

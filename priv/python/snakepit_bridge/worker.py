@@ -39,7 +39,7 @@ from itertools import repeat
 from types import CoroutineType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import codec, shm, tensor
+from . import codec, elixir, shm, tensor
 from .adapter import BaseAdapter, load_adapter
 from .aio import EventLoop, Loop, LoopThread
 from .channel import DEFAULT_MAX_FRAME, Channel, ProtocolError
@@ -542,6 +542,7 @@ def serve(adapter_path: str, in_fd: int, out_fd: int) -> int:
         root.setLevel(logging.INFO)
     concurrency = _concurrency(os.environ.get("SNAKEPIT_CONCURRENCY"))
     worker = Worker(adapter, channel) if concurrency == 1 else ConcurrentWorker(adapter, channel, concurrency)
+    elixir.calls.configure(channel)  # ctx.call_elixir writes on stdout
     shm_fd = os.environ.pop("SNAKEPIT_SHM_FD", None)
     shm.configure(int(shm_fd) if shm_fd else None, int(os.environ.get("SNAKEPIT_SHM_THRESHOLD") or 0))
     control_fd = os.environ.pop("SNAKEPIT_CONTROL_FD", None)

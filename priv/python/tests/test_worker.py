@@ -68,13 +68,15 @@ def test_unknown_tool_quotes_a_huge_name_cut_short(worker):
     name = "x" * 1_000_000
     kind, _, body = worker.call(1, name)
     assert kind == "error" and body["kind"] == "unknown_tool"
-    assert len(body["message"]) < 1024
-    assert "'xxxx" in body["message"] and "(1000000 bytes)" in body["message"]
+    # The list of tools after the quoted name grows with the test adapter.
+    quoted = body["message"].partition("; this adapter has: ")[0]
+    assert len(quoted) < 512
+    assert "'xxxx" in quoted and "(1000000 bytes)" in quoted
     assert "echo" in body["message"]
     assert len(body["tool"]) < 1024 and "(1000000 bytes)" in body["tool"]
     # A name that is not a string is quoted cut short too.
     _, _, body = worker.call(2, list(range(100_000)))
-    assert body["kind"] == "unknown_tool" and len(body["message"]) < 1024
+    assert body["kind"] == "unknown_tool" and len(body["message"].partition("; this adapter has: ")[0]) < 512
 
 
 def test_missing_and_extra_arguments_are_bad_arguments(worker):

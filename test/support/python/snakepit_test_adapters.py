@@ -24,6 +24,10 @@ def _session(ctx: Context, tool_name: str) -> Session:
     return ctx.session
 
 
+def _elixir_error(e: "snakepit_bridge.ElixirError") -> Dict[str, Any]:
+    return {"name": e.name, "category": e.category, "message": e.message, "details": e.details, "code": e.code}
+
+
 def _plain(value: Any) -> Any:
     """Complex numbers as [real, imag] (MessagePack has no complex)."""
     if isinstance(value, complex):
@@ -233,6 +237,94 @@ class TestAdapter(BaseAdapter):
             yield 2
         finally:
             log.info("async_stuck finally")
+
+    # Python calls Elixir (see test/snakepit/elixir_tools_test.exs).
+
+    @tool
+    def elixir(
+        self,
+        ctx: Context,
+        name: str,
+        args: Optional[Dict[str, Any]] = None,
+        timeout: Optional[float] = None,
+        wait_for: Optional[str] = None,
+    ) -> Any:
+        """ctx.call_elixir(name, **args): its value; an ElixirError's fields
+        as {"error": {...}} (caught, as a tool that handles it does). With
+        `wait_for`, waits until that file exists first."""
+        while wait_for is not None and not os.path.exists(wait_for):
+            time.sleep(0.002)
+        try:
+            return ctx.call_elixir(name, _timeout=timeout, **(args or {}))
+        except snakepit_bridge.ElixirError as e:
+            return {"error": _elixir_error(e)}
+
+    @tool
+    async def elixir_async(
+        self, ctx: Context, name: str, args: Optional[Dict[str, Any]] = None, timeout: Optional[float] = None
+    ) -> Any:
+        """elixir, awaiting ctx.call_elixir_async."""
+        try:
+            return await ctx.call_elixir_async(name, _timeout=timeout, **(args or {}))
+        except snakepit_bridge.ElixirError as e:
+            return {"error": _elixir_error(e)}
+
+    @tool
+    def elixir_uncaught(self, ctx: Context, name: str, args: Optional[Dict[str, Any]] = None) -> Any:
+        """ctx.call_elixir(name, **args), letting an ElixirError fail the call."""
+        return ctx.call_elixir(name, **(args or {}))
+
+    @tool
+    def elixir_cancellable(self, ctx: Context, name: str, marker: str) -> str:
+        """Waits in ctx.call_elixir(name) and writes to the file `marker` what
+        ended the wait: "cancelled" (CallCancelled), else "returned"."""
+        outcome = "raised"
+        try:
+            ctx.call_elixir(name)
+            outcome = "returned"
+        except snakepit_bridge.CallCancelled:
+            outcome = "cancelled"
+            raise
+        finally:
+            with open(marker, "w") as f:
+                f.write(outcome)
+        return outcome
+
+    @tool
+    async def elixir_cancellable_async(self, ctx: Context, name: str, marker: str) -> str:
+        """elixir_cancellable with call_elixir_async: "cancelled" is the
+        task's CancelledError."""
+        outcome = "raised"
+        try:
+            await ctx.call_elixir_async(name)
+            outcome = "returned"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            with open(marker, "w") as f:
+                f.write(outcome)
+        return outcome
+
+    @tool
+    def elixir_tensor(self, ctx: Context, name: str, n: int) -> Dict[str, Any]:
+        """Sends a float32 arange(n) and bytes(range(256)) to `name`; returns
+        what came back, described (type, dtype, shape, sum) and as it is."""
+        import numpy as np
+
+        back = ctx.call_elixir(name, t=np.arange(n, dtype=np.float32), b=bytes(range(256)))
+        out: Dict[str, Any] = {"returned": back}
+        for key, value in (back.items() if isinstance(back, dict) else []):
+            if isinstance(value, np.ndarray):
+                out[key] = {
+                    "type": "ndarray",
+                    "dtype": str(value.dtype),
+                    "shape": list(value.shape),
+                    "sum": value.sum().item(),
+                }
+            else:
+                out[key] = {"type": type(value).__name__}
+        return out
 
     @tool
     def until_cancelled(self, timeout_ms: int = 10_000) -> str:

@@ -574,6 +574,83 @@ fn a_worker_that_dies_with_asked_calls_queues_them_again() {
     invariant(&d);
 }
 
+// --- hold (a running call waits for an Elixir function) ---
+
+#[test]
+fn a_held_worker_gets_nothing_behind_its_call_and_gives_back_what_waits() {
+    let mut d = pool(4);
+    let w1 = add_ready(&mut d, 1);
+    for id in 10..13 {
+        submit(&mut d, id);
+    }
+    assert_eq!(w1.written(), [10, 11, 12]);
+    // No other worker yet: asked back all the same (reclaim_due would not).
+    let asks = d.hold(1);
+    assert_eq!(asks.len(), 1);
+    assert!(Arc::ptr_eq(&asks[0].0, &w1));
+    assert_eq!(asked(&asks), [11, 12], "the running call stays");
+    assert_eq!(
+        asks[0]
+            .1
+            .iter()
+            .map(|&(_, offset)| offset)
+            .collect::<Vec<_>>(),
+        [8, 16],
+        "each named by where it starts in stdin"
+    );
+    assert!(d.hold(1).is_empty(), "each call is asked for once");
+    assert!(
+        d.reclaim_due(Duration::ZERO, later()).is_empty(),
+        "nor asked again by a reclaim pass"
+    );
+    // The nested call (13) and the given-back ones go to another worker.
+    submit(&mut d, 13);
+    assert_eq!(w1.written(), [10, 11, 12], "nothing behind the held call");
+    assert_eq!(d.gauges().queued, 1);
+    invariant(&d);
+    let w2 = add_ready(&mut d, 2);
+    assert_eq!(w2.written(), [13]);
+    d.reclaimed(1, 11).unwrap();
+    d.reclaimed(1, 12).unwrap();
+    assert_eq!(w2.written(), [13, 11, 12]);
+    assert_eq!(complete(&mut d, 2, 13).caller, Some((0, 13)));
+    invariant(&d);
+    // The held call ends: the worker takes calls behind its next one again.
+    assert_eq!(complete(&mut d, 1, 10).caller, Some((0, 10)));
+    submit(&mut d, 14);
+    submit(&mut d, 15);
+    assert_eq!(w1.written(), [10, 11, 12, 14, 15]);
+    invariant(&d);
+}
+
+#[test]
+fn holding_keeps_bound_session_calls_and_ignores_idle_or_unknown_workers() {
+    let mut d = pool(3);
+    let w1 = add_ready(&mut d, 1);
+    assert!(d.hold(1).is_empty(), "idle: nothing to hold");
+    assert!(d.hold(9).is_empty(), "unknown");
+    submit(&mut d, 9);
+    assert_eq!(w1.written(), [9], "an idle worker was not marked");
+    complete(&mut d, 1, 9);
+    let session = |affinity| Call {
+        session: Some((b"s".to_vec(), affinity)),
+        stream: None,
+    };
+    for (id, call) in [
+        (10, session(Affinity::Strict)),
+        (11, session(Affinity::Strict)),
+        (12, session(Affinity::Hint)),
+    ] {
+        d.submit_call(id, frame(id), (0, id), call, Instant::now())
+            .ok()
+            .unwrap();
+    }
+    assert_eq!(asked(&d.hold(1)), [12]);
+    assert!(d.worker(1).is_some_and(|w| Arc::ptr_eq(&w, &w1)));
+    assert!(d.worker(2).is_none());
+    invariant(&d);
+}
+
 // --- answers ---
 
 #[test]

@@ -10,8 +10,9 @@ use proptest::sample::Index;
 use snakepit_wire::frame::{self, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
 use snakepit_wire::msgpack::{Reader, Token};
 use snakepit_wire::protocol::{
-    ack_frame, begin_call, begin_frame, body_is_map, check_ready, control_frame, error_kind,
-    parse_envelope, session_end_frame, ErrorKind, HandshakeError, Kind, PROTOCOL_VERSION,
+    ack_frame, begin_call, begin_frame, body_is_map, check_ready, control_frame, elixir_call,
+    error_kind, parse_envelope, session_end_frame, ErrorKind, HandshakeError, Kind,
+    PROTOCOL_VERSION,
 };
 
 fn kind() -> impl Strategy<Value = Kind> {
@@ -247,12 +248,14 @@ proptest! {
             let is_map = matches!(Reader::at(&f, env.body).next_token(), Ok(Token::Map(_)));
             prop_assert_eq!(body_is_map(&f, env.body), is_map);
             let _ = (check_ready(&f, env.body), error_kind(&f, env.body));
+            let _ = elixir_call(&f, env.body);
         }
         for offset in [at.index(f.len() + 2), usize::MAX] {
             let _ = (
                 body_is_map(&f, offset),
                 check_ready(&f, offset),
                 error_kind(&f, offset),
+                elixir_call(&f, offset),
             );
         }
     }
