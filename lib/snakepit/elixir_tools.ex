@@ -74,7 +74,10 @@ defmodule Snakepit.ElixirTools do
   So a chain Python → Elixir → Python … of depth `d` (`d` tools waiting in
   `call_elixir` at once, each for a function that calls the pool) needs
   `d` workers busy plus one free for the innermost call; concurrent chains
-  add up. When none is free, the nested call waits in the queue; it
+  add up. With `:concurrency` > 1, count slots instead of workers: a
+  waiting tool holds one slot, and the nested call may start in a free
+  slot of the same worker (a chain of depth `d` runs on one worker with
+  `d + 1` slots). When none is free, the nested call waits in the queue; it
   never runs behind its caller's own worker. Nothing hangs silently: the
   function's timeout (or the outer call's, whichever comes first) ends the
   wait with a `"timeout"` `ElixirError` in Python (or a `:timeout` error in
