@@ -133,9 +133,11 @@ defmodule Snakepit.RetryTest do
 
       assert {:error, _} = Retry.run(fun, timeout: 1_000, base_backoff: 0, max_attempts: 3)
       assert [first, second, third] = budgets()
+      # Each attempt slept 20 ms: at least that much less is left for the
+      # next. (No lower bound: a starved test process may wake late.)
       assert first == 1_000
-      assert second <= 980 and second > 900
-      assert third <= 960 and third < second
+      assert second <= 980 and second > 0
+      assert third <= second - 20 and third > 0
     end
 
     test "the total never exceeds the timeout: it stops when no time is left" do
