@@ -161,7 +161,7 @@ defmodule Snakepit do
   `Snakepit.Pool` for the design and `Snakepit.Config` for the options.
   """
 
-  alias Snakepit.{Call, CallOptions, Error, Native, Pool}
+  alias Snakepit.{Call, CallOptions, Error, Pool}
 
   @default_timeout 30_000
 
@@ -259,7 +259,7 @@ defmodule Snakepit do
 
     with {:ok, entry} <- Pool.fetch(pool),
          {:ok, {id, _}} <- CallOptions.session_route([session_id: session_id], entry) do
-      if Native.end_session(entry.handle, id) do
+      if Snakepit.Call.backend(entry.handle).end_session(entry.handle, id) do
         Snakepit.Telemetry.emit(
           [:snakepit, :session, :cleanup],
           %{system_time: System.system_time()},
@@ -288,7 +288,7 @@ defmodule Snakepit do
   @spec list_sessions(atom()) :: [map()] | {:error, Error.t()}
   def list_sessions(pool \\ :default) do
     with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
-      Native.pool_sessions(handle)
+      Snakepit.Call.backend(handle).pool_sessions(handle)
     end
   end
 
@@ -304,7 +304,7 @@ defmodule Snakepit do
 
     with {:ok, entry} <- Pool.fetch(pool),
          {:ok, {id, _}} <- CallOptions.session_route([session_id: session_id], entry) do
-      case Native.pool_session(entry.handle, id) do
+      case Snakepit.Call.backend(entry.handle).pool_session(entry.handle, id) do
         nil ->
           {:error,
            Error.validation("pool #{inspect(pool)} has no session #{Error.excerpt(id)}", %{
@@ -473,7 +473,7 @@ defmodule Snakepit do
   @spec get_stats(atom()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ :default) do
     with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
-      stats = Native.pool_stats(handle)
+      stats = Snakepit.Call.backend(handle).pool_stats(handle)
 
       errors = %{
         python_error: stats.python_errors,
@@ -506,7 +506,7 @@ defmodule Snakepit do
   @spec list_workers(atom()) :: [map()] | {:error, Error.t()}
   def list_workers(pool \\ :default) do
     with {:ok, %{handle: handle}} <- Pool.fetch(pool) do
-      Native.pool_workers(handle)
+      Snakepit.Call.backend(handle).pool_workers(handle)
     end
   end
 
@@ -526,7 +526,8 @@ defmodule Snakepit do
   @spec register_tool(atom(), String.t() | atom(), Snakepit.ElixirTools.fun_spec()) ::
           :ok | {:error, Error.t()}
   def register_tool(pool \\ :default, name, fun) do
-    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool) do
+    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool),
+         :ok <- python_pool(tools, pool) do
       Snakepit.ElixirTools.register(tools, name, fun)
     end
   end
@@ -538,10 +539,19 @@ defmodule Snakepit do
   """
   @spec unregister_tool(atom(), String.t() | atom()) :: :ok | {:error, Error.t()}
   def unregister_tool(pool \\ :default, name) do
-    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool) do
+    with {:ok, %{elixir_tools: tools}} <- Pool.fetch(pool),
+         :ok <- python_pool(tools, pool) do
       Snakepit.ElixirTools.unregister(tools, name)
     end
   end
+
+  # A pool of an Elixir adapter has no Python tools to call Elixir.
+  defp python_pool(nil, pool),
+    do:
+      {:error,
+       Error.validation("pool #{inspect(pool)} runs an Elixir adapter: it has no Python tools")}
+
+  defp python_pool(_tools, _pool), do: :ok
 
   @doc """
   Runs `fun` with Snakepit's configured pools started and ready, then stops

@@ -202,7 +202,7 @@ defmodule Snakepit.Call do
     %{handle: handle, tool: tool, args: args, session: session} = c
 
     submitted =
-      case Native.submit(handle, tag, tool, args, session, c.window, c.correlation_id) do
+      case backend(handle).submit(handle, tag, tool, args, session, c.window, c.correlation_id) do
         :dirty -> Native.submit_dirty(handle, tag, tool, args, session, c.window, c.correlation_id)
         other -> other
       end
@@ -246,7 +246,7 @@ defmodule Snakepit.Call do
   """
   @spec dequeue(t(), pos_integer(), timeout()) :: :continue | {:error, Error.t()}
   def dequeue(%__MODULE__{} = c, request_id, queue_timeout) do
-    case Native.dequeue(c.handle, request_id) do
+    case backend(c.handle).dequeue(c.handle, request_id) do
       :dequeued -> queue_timeout_error(c, queue_timeout)
       _pending_or_started -> :continue
     end
@@ -275,8 +275,8 @@ defmodule Snakepit.Call do
   def cancel(%__MODULE__{handle: handle}, tag, request_id, how) do
     given_up =
       case how do
-        :timeout -> Native.cancel(handle, request_id)
-        :halt -> Native.stream_cancel(handle, request_id)
+        :timeout -> backend(handle).cancel(handle, request_id)
+        :halt -> backend(handle).stream_cancel(handle, request_id)
       end
 
     case given_up do
@@ -302,7 +302,12 @@ defmodule Snakepit.Call do
   are values; `:python_error` (the tool failed) and `:validation_error`
   (the worker refused the call) become the worker's `Snakepit.Error`.
   """
-  @spec decode(atom(), binary(), non_neg_integer()) :: result()
+  @spec decode(atom(), binary() | {:value, term()} | {:error, Error.t()}, non_neg_integer()) ::
+          result()
+  # A pool of an Elixir adapter (Snakepit.BeamPool) answers with values.
+  def decode(_status, {:value, value}, _offset), do: {:ok, value}
+  def decode(_status, {:error, %Error{} = error}, _offset), do: {:error, error}
+
   def decode(status, frame, offset) do
     case {status, Native.decode_frame(frame, offset)} do
       {:python_error, {:ok, body}} ->
@@ -322,6 +327,15 @@ defmodule Snakepit.Call do
         {:error, Error.transport("the worker's answer could not be decoded: #{why}")}
     end
   end
+
+  @doc """
+  The module that serves a pool's `handle`: `Snakepit.Native` for Python
+  (and `:command`) pools, `Snakepit.BeamPool` for a pool of an Elixir
+  adapter. Both take the handle first, with the same arguments.
+  """
+  @spec backend(reference() | Snakepit.BeamPool.handle()) :: module()
+  def backend({:beam, _}), do: Snakepit.BeamPool
+  def backend(_handle), do: Native
 
   ## Telemetry
 

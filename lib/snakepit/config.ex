@@ -15,7 +15,9 @@ defmodule Snakepit.Config do
   # the table of the moduledoc). Each shape has an accept/2 clause below.
   @shapes %{
     pool_name: {quote(do: atom()), "an atom"},
-    python_class: {quote(do: String.t()), ~s(a dotted Python path like "my_pkg.module.ClassName")},
+    python_class:
+      {quote(do: String.t() | module()),
+       ~s(a dotted Python path like "my_pkg.module.ClassName", or a module implementing Snakepit.Adapter)},
     pos_integer: {quote(do: pos_integer()), "a positive integer"},
     pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds) up to 4_294_967_295"},
     non_neg_ms:
@@ -65,7 +67,8 @@ defmodule Snakepit.Config do
       name: :adapter,
       shape: :python_class,
       default: :required,
-      doc: "the Python class (a `snakepit_bridge.BaseAdapter`) workers run"
+      doc:
+        "the Python class (a `snakepit_bridge.BaseAdapter`) workers run, or an Elixir module implementing `Snakepit.Adapter` (workers are then BEAM processes)"
     },
     %{
       name: :size,
@@ -834,6 +837,10 @@ defmodule Snakepit.Config do
 
   defp accept(:python_class, v) when is_binary(v) do
     if String.match?(v, ~r/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$/), do: {:ok, v}, else: :error
+  end
+
+  defp accept(:python_class, v) when is_atom(v) and v not in [nil, true, false] do
+    if Snakepit.Adapter.adapter?(v), do: {:ok, v}, else: :error
   end
 
   defp accept(:pos_integer, v) when is_integer(v) and v > 0, do: {:ok, v}

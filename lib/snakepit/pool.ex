@@ -111,7 +111,17 @@ defmodule Snakepit.Pool do
   """
   @spec start_link(keyword()) :: GenServer.on_start() | {:error, Error.t()}
   def start_link(opts) do
-    with {:ok, config} <- Config.validate(opts),
+    case Config.validate(opts) do
+      {:ok, %Config{adapter: adapter} = config} when is_atom(adapter) ->
+        Snakepit.BeamPool.start_link(config)
+
+      validated ->
+        start_python(validated)
+    end
+  end
+
+  defp start_python(validated) do
+    with {:ok, config} <- validated,
          :ok <- native_ready(),
          {:ok, python} <- find_python(config.python) do
       GenServer.start_link(__MODULE__, %{config | python: python}, name: via(config.name))
@@ -123,8 +133,8 @@ defmodule Snakepit.Pool do
   and its `Snakepit.ElixirTools` process.
   """
   @type entry :: %{
-          handle: reference(),
-          elixir_tools: pid(),
+          handle: reference() | Snakepit.BeamPool.handle(),
+          elixir_tools: pid() | nil,
           queue_timeout: timeout(),
           timeout: timeout(),
           affinity: :strict | :hint | :fail_fast,

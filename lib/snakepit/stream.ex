@@ -30,7 +30,7 @@ defmodule Snakepit.Stream do
   cannot be taken back.
   """
 
-  alias Snakepit.{Call, Error, Native}
+  alias Snakepit.{Call, Error}
 
   @enforce_keys [
     :call,
@@ -234,7 +234,7 @@ defmodule Snakepit.Stream do
   # A chunk arrived: the call has started (no queue timeout any more), and
   # every `ack_every` chunks taken go back to the worker as credits.
   defp taken(%__MODULE__{taken: taken, ack_every: every} = s) when taken + 1 >= every do
-    :ok = Native.stream_ack(s.call.handle, s.request_id, taken + 1)
+    :ok = Call.backend(s.call.handle).stream_ack(s.call.handle, s.request_id, taken + 1)
     %{s | taken: 0, chunks: s.chunks + 1, queue_deadline: :infinity}
   end
 

@@ -70,6 +70,22 @@ class TestAdapter(BaseAdapter):
     def boom(self, message: str = "boom") -> None:
         raise ValueError(message)
 
+    # The commands of Snakepit.Test.MockAdapter, so one test module checks
+    # that a mock pool answers as a Python pool does (adapter_contract_test).
+
+    @tool
+    def error(self, message: str = "simulated error") -> None:
+        raise RuntimeError(message)
+
+    @tool
+    def slow(self, ms: int = 1000) -> int:
+        time.sleep(ms / 1000)
+        return ms
+
+    @tool
+    def stream(self, n: int = 3) -> Iterator[int]:
+        yield from range(n)
+
     @tool
     def inner_type_error(self) -> None:
         return len(5)  # type: ignore[arg-type]
