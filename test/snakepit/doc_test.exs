@@ -11,4 +11,5 @@ defmodule Snakepit.DocTest do
   doctest Snakepit.SessionHelpers
   doctest Snakepit.CallOptions
   doctest Snakepit.Pool, only: [fetch: 1]
+  doctest Snakepit.Adapter
 end
