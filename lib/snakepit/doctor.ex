@@ -737,6 +737,9 @@ defmodule Snakepit.Doctor do
     end
   end
 
+  # An Elixir adapter (Snakepit.Adapter) has no Python class.
+  defp split_class(adapter) when is_atom(adapter), do: nil
+
   defp split_class(adapter) do
     case String.split(adapter, ".") |> Enum.reverse() do
       [class | module] -> [module |> Enum.reverse() |> Enum.join("."), class]
