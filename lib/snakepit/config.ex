@@ -15,7 +15,12 @@ defmodule Snakepit.Config do
   # the table of the moduledoc). Each shape has an accept/2 clause below.
   @shapes %{
     pool_name: {quote(do: atom()), "an atom"},
-    python_class: {quote(do: String.t()), ~s(a dotted Python path like "my_pkg.module.ClassName")},
+    # nil only in a pool that runs a :command.
+    python_class:
+      {quote(do: String.t() | nil), ~s(a dotted Python path like "my_pkg.module.ClassName")},
+    command:
+      {quote(do: [String.t(), ...] | nil),
+       "nil, or a non-empty list of non-empty strings without NUL bytes: a program, then its arguments"},
     pos_integer: {quote(do: pos_integer()), "a positive integer"},
     pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds) up to 4_294_967_295"},
     non_neg_ms:
@@ -65,6 +70,7 @@ defmodule Snakepit.Config do
       name: :adapter,
       shape: :python_class,
       default: :required,
+      note: "unless `:command` is given",
       doc: "the Python class (a `snakepit_bridge.BaseAdapter`) workers run"
     },
     %{
@@ -84,6 +90,14 @@ defmodule Snakepit.Config do
       shape: :dir_list,
       default: [],
       doc: "directories prepended to `PYTHONPATH`"
+    },
+    %{
+      name: :command,
+      shape: :command,
+      default: nil,
+      note: "the Python bridge",
+      doc:
+        "a program and its arguments (no shell) run as each worker instead of the Python bridge: any program that speaks `docs/protocol.md`; excludes `:adapter`, `:python`, `:python_path` (see \"Other languages\")"
     },
     %{name: :env, shape: :env, default: [], doc: "extra environment of the workers"},
     %{
@@ -304,7 +318,8 @@ defmodule Snakepit.Config do
     for %{name: name, shape: shape, default: default, note: note, doc: doc} <- @options do
       default_text =
         case default do
-          :required -> "required"
+          :required when is_nil(note) -> "required"
+          :required -> "required #{note}"
           {:computed, {m, f, a}} -> "`#{Exception.format_mfa(m, f, a)}`, when validated"
           value when is_nil(note) -> "`#{show.(value)}`"
           value -> "`#{show.(value)}` (#{note})"
@@ -633,6 +648,39 @@ defmodule Snakepit.Config do
   end
 
   @doc """
+  The program of a `:command` (its first element), found as the workers of
+  a pool whose `:cwd` is `cwd` (`nil`: the BEAM's) will run it: a name
+  without `/` is looked up on the BEAM's `PATH`, a path is taken relative
+  to `cwd`. Returns its absolute path; `{:error, :not_on_path}` for a name
+  not found there, `{:error, :not_found}` for a path that does not exist,
+  `{:error, :not_executable}` for a directory or a file without execute
+  permission.
+
+      iex> {:ok, path} = Snakepit.Config.find_command("sh", nil)
+      iex> Path.basename(path)
+      "sh"
+      iex> Snakepit.Config.find_command("bin/no-such-worker", "/tmp")
+      {:error, :not_found}
+      iex> Snakepit.Config.find_command("/tmp", nil)
+      {:error, :not_executable}
+  """
+  @spec find_command(String.t(), String.t() | nil) ::
+          {:ok, String.t()} | {:error, :not_on_path | :not_found | :not_executable}
+  def find_command(program, cwd) do
+    found =
+      if String.contains?(program, "/"),
+        do: Path.expand(program, cwd || File.cwd!()),
+        else: System.find_executable(program)
+
+    case found && File.stat(found) do
+      nil -> {:error, :not_on_path}
+      {:ok, %{type: :regular, mode: mode}} when Bitwise.band(mode, 0o111) != 0 -> {:ok, found}
+      {:ok, _} -> {:error, :not_executable}
+      {:error, _} -> {:error, :not_found}
+    end
+  end
+
+  @doc """
   The option names a pool accepts, in the order of the table above.
 
       iex> Enum.take(Snakepit.Config.known_options(), 3)
@@ -659,6 +707,7 @@ defmodule Snakepit.Config do
   def validate(opts) when is_list(opts) do
     if Keyword.keyword?(opts) do
       with :ok <- check_unknown(opts),
+           :ok <- check_command_excludes(opts),
            {:ok, required} <- fetch_required(opts) do
         computed = for {name, {m, f, a}} <- @computed, do: {name, apply(m, f, a)}
         defaults = struct!(__MODULE__, required ++ computed)
@@ -776,8 +825,33 @@ defmodule Snakepit.Config do
     end
   end
 
+  # A pool that runs a :command has no :adapter (nil), and takes none of
+  # the options of the Python bridge: they would be silently ignored.
+  @python_only [:adapter, :python, :python_path]
+
+  defp command?(opts), do: Keyword.get(opts, :command) != nil
+
+  defp check_command_excludes(opts) do
+    case if(command?(opts), do: Enum.filter(@python_only, &Keyword.has_key?(opts, &1)), else: []) do
+      [] ->
+        :ok
+
+      given ->
+        {:error,
+         Error.validation(
+           "invalid pool options: :command excludes #{Enum.map_join(given, ", ", &inspect/1)} " <>
+             "(a :command pool runs its own program, not the Python bridge: give that " <>
+             "program's settings in :command, :env and :cwd)",
+           %{option: :command, excludes: given}
+         )}
+    end
+  end
+
   defp fetch_required(opts) do
-    Enum.reduce_while(@required, {:ok, []}, fn key, {:ok, acc} ->
+    {required, given} =
+      if command?(opts), do: {@required -- [:adapter], [adapter: nil]}, else: {@required, []}
+
+    Enum.reduce_while(required, {:ok, given}, fn key, {:ok, acc} ->
       case Keyword.fetch(opts, key) do
         {:ok, value} ->
           {:cont, {:ok, [{key, value} | acc]}}
@@ -836,6 +910,9 @@ defmodule Snakepit.Config do
     if String.match?(v, ~r/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$/), do: {:ok, v}, else: :error
   end
 
+  defp accept(:command, nil), do: {:ok, nil}
+  defp accept(:command, [_ | _] = v), do: if(argv?(v), do: {:ok, v}, else: :error)
+
   defp accept(:pos_integer, v) when is_integer(v) and v > 0, do: {:ok, v}
   defp accept(:pos_ms, v) when is_integer(v) and v > 0 and v <= @max_ms, do: {:ok, v}
   defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0 and v <= @max_ms, do: {:ok, v}
@@ -891,6 +968,13 @@ defmodule Snakepit.Config do
   end
 
   defp accept(_shape, _value), do: :error
+
+  defp argv?([]), do: true
+
+  defp argv?([arg | rest]) when is_binary(arg) and arg != "",
+    do: not String.contains?(arg, <<0>>) and argv?(rest)
+
+  defp argv?(_), do: false
 
   # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the
   # native side (native/snakepit_nif/src/worker.rs) set for every worker:
