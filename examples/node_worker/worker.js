@@ -109,9 +109,10 @@ const TOOLS = {
     const timer = setTimeout(resolve, ms, ms);
     call.cancel = () => { clearTimeout(timer); reject(Object.assign(new Error('cancelled'), { kind: 'cancelled' })); };
   }),
+  spin: ({ ms }) => { for (const end = Date.now() + ms; Date.now() < end;); return ms; }, // deaf to cancel and heartbeats
   crash: ({ status }) => process.exit(status || 1),
+  env: ({ name }) => process.env[name] ?? null,
 };
-
 const running = new Map(), cancelledEarly = new Set(), reclaimed = new Set();
 let eof = false; // stdin closed: exit once the calls read are answered
 async function run(id, { tool, args, stream }) {
@@ -140,9 +141,8 @@ process.stdin.on('end', () => { eof = true; readOn(); });
 frames(new net.Socket({ fd: env('SNAKEPIT_CONTROL_FD', 3), readable: true, writable: false }), (bytes) => {
   const [kind, id, offset] = decode(bytes);
   if (kind === 'heartbeat') send('heartbeat', id, null);
-  else if (kind === 'cancel' && running.has(id)) (running.get(id).cancel || (() => {}))();
+  else if (kind === 'cancel' && running.has(id)) running.get(id).cancel?.();
   else if (kind === 'cancel' && cancelledEarly.add(id).size > 256) cancelledEarly.delete(cancelledEarly.values().next().value);
   else if (kind === 'reclaim' && consumed() <= offset && !reclaimed.has(id)) { reclaimed.add(id); send('reclaimed', id, null); }
 });
-
 send('ready', 0, { protocol: 3, pid: process.pid, adapter: 'examples/node_worker', tools: Object.keys(TOOLS), codec: 'worker.js', python: `node ${process.version}` });
