@@ -228,4 +228,41 @@ defmodule Snakepit.CommandTest do
 
     assert log =~ "no config here"
   end
+
+  describe "mix snakepit.doctor" do
+    alias Snakepit.Doctor
+
+    defp check(checks, name), do: Enum.find(checks, &(&1.name == name))
+
+    test "checks a :command pool's program and handshake, and no Python" do
+      pools = [js: [command: ["node", @worker], shm_threshold: :infinity]]
+      checks = Doctor.run(pools: pools, python: "/nonexistent/python3")
+
+      refute Doctor.failed?(checks), inspect(Enum.filter(checks, &(&1.status == :error)))
+      assert %{status: :ok, detail: "node is " <> _} = check(checks, "command")
+      assert %{status: :ok, detail: detail} = check(checks, "handshake")
+      assert detail =~ "pool :js: node #{@worker} runs and finishes its handshake"
+      # --python concerns Python pools only.
+      assert check(checks, "python") == nil
+      assert check(checks, "adapter") == nil
+    end
+
+    test "a missing program fails with a fix; one that dies before its handshake too" do
+      checks = Doctor.run(pools: [gone: [command: ["no-such-program-xyz", "w.js"]]])
+      assert %{status: :error, detail: detail, hint: hint} = check(checks, "command")
+      assert detail =~ "no-such-program-xyz was not found on the PATH"
+      assert hint =~ "fix the :command of pool :gone"
+      assert %{status: :skipped} = check(checks, "handshake")
+
+      {checks, _log} =
+        with_log(fn ->
+          Doctor.run(pools: [dies: [command: ["node", "-e", "process.exit(3)"]]])
+        end)
+
+      assert %{status: :ok} = check(checks, "command")
+      assert %{status: :error, detail: detail, hint: hint} = check(checks, "handshake")
+      assert detail =~ "pool :dies could not start: worker exited with status 3"
+      assert hint =~ "run it by hand"
+    end
+  end
 end
