@@ -503,6 +503,20 @@ defmodule Snakepit.Config do
   when a worker, a caller or the whole BEAM dies, the kernel frees its
   segments with its file descriptors and mappings.
 
+  ### Other languages
+
+  With `:command`, each worker is that program instead of the Python
+  bridge: any program, in any language, that speaks `docs/protocol.md`
+  (`command: ["node", "/srv/app/worker.js"]`; no shell runs it). Such a
+  pool has no `:adapter`, and refuses `:adapter`, `:python` and
+  `:python_path`. Its program is found when the pool starts, as `:python`
+  is (on the BEAM's `PATH`, or a path relative to `:cwd`), and must be
+  executable. Every other option and every rule of this page (timeouts,
+  cancellation, heartbeats, restarts, recycling) applies unchanged. What
+  the program must do, and which variables below it must honour:
+  `docs/other_languages.md`; `examples/node_worker/worker.js` is one, in
+  JavaScript.
+
   ### Worker environment
 
   Workers inherit the BEAM's environment; `:env` adds variables to it or
@@ -531,6 +545,9 @@ defmodule Snakepit.Config do
   (after `:python_path` and `priv/python`, see `docs/python.md`); a
   `PYTHONUNBUFFERED` in `:env` replaces the pool's; other `SNAKEPIT_` names
   are free (Snakepit's own tests use `SNAKEPIT_TEST_*`).
+
+  The workers of a `:command` pool get the `SNAKEPIT_` variables and
+  `:env`, but no `PYTHONPATH` or `PYTHONUNBUFFERED`.
 
   `:env` may also be a function of no arguments returning it.
 
