@@ -15,9 +15,13 @@ defmodule Snakepit.Config do
   # the table of the moduledoc). Each shape has an accept/2 clause below.
   @shapes %{
     pool_name: {quote(do: atom()), "an atom"},
+    # nil only in a pool that runs a :command.
     python_class:
-      {quote(do: String.t() | module()),
+      {quote(do: String.t() | module() | nil),
        ~s(a dotted Python path like "my_pkg.module.ClassName", or a module implementing Snakepit.Adapter)},
+    command:
+      {quote(do: [String.t(), ...] | nil),
+       "nil, or a non-empty list of non-empty strings without NUL bytes: a program, then its arguments"},
     pos_integer: {quote(do: pos_integer()), "a positive integer"},
     pos_ms: {quote(do: pos_integer()), "a positive integer (milliseconds) up to 4_294_967_295"},
     non_neg_ms:
@@ -67,6 +71,7 @@ defmodule Snakepit.Config do
       name: :adapter,
       shape: :python_class,
       default: :required,
+      note: "unless `:command` is given",
       doc:
         "the Python class (a `snakepit_bridge.BaseAdapter`) workers run, or an Elixir module implementing `Snakepit.Adapter` (workers are then BEAM processes)"
     },
@@ -87,6 +92,14 @@ defmodule Snakepit.Config do
       shape: :dir_list,
       default: [],
       doc: "directories prepended to `PYTHONPATH`"
+    },
+    %{
+      name: :command,
+      shape: :command,
+      default: nil,
+      note: "the Python bridge",
+      doc:
+        "a program and its arguments (no shell) run as each worker instead of the Python bridge: any program that speaks `docs/protocol.md`; excludes `:adapter`, `:python`, `:python_path` (see \"Other languages\")"
     },
     %{name: :env, shape: :env, default: [], doc: "extra environment of the workers"},
     %{
@@ -307,7 +320,8 @@ defmodule Snakepit.Config do
     for %{name: name, shape: shape, default: default, note: note, doc: doc} <- @options do
       default_text =
         case default do
-          :required -> "required"
+          :required when is_nil(note) -> "required"
+          :required -> "required #{note}"
           {:computed, {m, f, a}} -> "`#{Exception.format_mfa(m, f, a)}`, when validated"
           value when is_nil(note) -> "`#{show.(value)}`"
           value -> "`#{show.(value)}` (#{note})"
@@ -491,6 +505,20 @@ defmodule Snakepit.Config do
   when a worker, a caller or the whole BEAM dies, the kernel frees its
   segments with its file descriptors and mappings.
 
+  ### Other languages
+
+  With `:command`, each worker is that program instead of the Python
+  bridge: any program, in any language, that speaks `docs/protocol.md`
+  (`command: ["node", "/srv/app/worker.js"]`; no shell runs it). Such a
+  pool has no `:adapter`, and refuses `:adapter`, `:python` and
+  `:python_path`. Its program is found when the pool starts, as `:python`
+  is (on the BEAM's `PATH`, or a path relative to `:cwd`), and must be
+  executable. Every other option and every rule of this page (timeouts,
+  cancellation, heartbeats, restarts, recycling) applies unchanged. What
+  the program must do, and which variables below it must honour:
+  `docs/other_languages.md`; `examples/node_worker/worker.js` is one, in
+  JavaScript.
+
   ### Worker environment
 
   Workers inherit the BEAM's environment; `:env` adds variables to it or
@@ -519,6 +547,9 @@ defmodule Snakepit.Config do
   (after `:python_path` and `priv/python`, see `docs/python.md`); a
   `PYTHONUNBUFFERED` in `:env` replaces the pool's; other `SNAKEPIT_` names
   are free (Snakepit's own tests use `SNAKEPIT_TEST_*`).
+
+  The workers of a `:command` pool get the `SNAKEPIT_` variables and
+  `:env`, but no `PYTHONPATH` or `PYTHONUNBUFFERED`.
 
   `:env` may also be a function of no arguments returning it.
 
@@ -636,6 +667,39 @@ defmodule Snakepit.Config do
   end
 
   @doc """
+  The program of a `:command` (its first element), found as the workers of
+  a pool whose `:cwd` is `cwd` (`nil`: the BEAM's) will run it: a name
+  without `/` is looked up on the BEAM's `PATH`, a path is taken relative
+  to `cwd`. Returns its absolute path; `{:error, :not_on_path}` for a name
+  not found there, `{:error, :not_found}` for a path that does not exist,
+  `{:error, :not_executable}` for a directory or a file without execute
+  permission.
+
+      iex> {:ok, path} = Snakepit.Config.find_command("sh", nil)
+      iex> Path.basename(path)
+      "sh"
+      iex> Snakepit.Config.find_command("bin/no-such-worker", "/tmp")
+      {:error, :not_found}
+      iex> Snakepit.Config.find_command("/tmp", nil)
+      {:error, :not_executable}
+  """
+  @spec find_command(String.t(), String.t() | nil) ::
+          {:ok, String.t()} | {:error, :not_on_path | :not_found | :not_executable}
+  def find_command(program, cwd) do
+    found =
+      if String.contains?(program, "/"),
+        do: Path.expand(program, cwd || File.cwd!()),
+        else: System.find_executable(program)
+
+    case found && File.stat(found) do
+      nil -> {:error, :not_on_path}
+      {:ok, %{type: :regular, mode: mode}} when Bitwise.band(mode, 0o111) != 0 -> {:ok, found}
+      {:ok, _} -> {:error, :not_executable}
+      {:error, _} -> {:error, :not_found}
+    end
+  end
+
+  @doc """
   The option names a pool accepts, in the order of the table above.
 
       iex> Enum.take(Snakepit.Config.known_options(), 3)
@@ -662,6 +726,7 @@ defmodule Snakepit.Config do
   def validate(opts) when is_list(opts) do
     if Keyword.keyword?(opts) do
       with :ok <- check_unknown(opts),
+           :ok <- check_command_excludes(opts),
            {:ok, required} <- fetch_required(opts) do
         computed = for {name, {m, f, a}} <- @computed, do: {name, apply(m, f, a)}
         defaults = struct!(__MODULE__, required ++ computed)
@@ -779,8 +844,33 @@ defmodule Snakepit.Config do
     end
   end
 
+  # A pool that runs a :command has no :adapter (nil), and takes none of
+  # the options of the Python bridge: they would be silently ignored.
+  @python_only [:adapter, :python, :python_path]
+
+  defp command?(opts), do: Keyword.get(opts, :command) != nil
+
+  defp check_command_excludes(opts) do
+    case if(command?(opts), do: Enum.filter(@python_only, &Keyword.has_key?(opts, &1)), else: []) do
+      [] ->
+        :ok
+
+      given ->
+        {:error,
+         Error.validation(
+           "invalid pool options: :command excludes #{Enum.map_join(given, ", ", &inspect/1)} " <>
+             "(a :command pool runs its own program, not the Python bridge: give that " <>
+             "program's settings in :command, :env and :cwd)",
+           %{option: :command, excludes: given}
+         )}
+    end
+  end
+
   defp fetch_required(opts) do
-    Enum.reduce_while(@required, {:ok, []}, fn key, {:ok, acc} ->
+    {required, given} =
+      if command?(opts), do: {@required -- [:adapter], [adapter: nil]}, else: {@required, []}
+
+    Enum.reduce_while(required, {:ok, given}, fn key, {:ok, acc} ->
       case Keyword.fetch(opts, key) do
         {:ok, value} ->
           {:cont, {:ok, [{key, value} | acc]}}
@@ -843,6 +933,9 @@ defmodule Snakepit.Config do
     if Snakepit.Adapter.adapter?(v), do: {:ok, v}, else: :error
   end
 
+  defp accept(:command, nil), do: {:ok, nil}
+  defp accept(:command, [_ | _] = v), do: if(argv?(v), do: {:ok, v}, else: :error)
+
   defp accept(:pos_integer, v) when is_integer(v) and v > 0, do: {:ok, v}
   defp accept(:pos_ms, v) when is_integer(v) and v > 0 and v <= @max_ms, do: {:ok, v}
   defp accept(:non_neg_ms, v) when is_integer(v) and v >= 0 and v <= @max_ms, do: {:ok, v}
@@ -898,6 +991,13 @@ defmodule Snakepit.Config do
   end
 
   defp accept(_shape, _value), do: :error
+
+  defp argv?([]), do: true
+
+  defp argv?([arg | rest]) when is_binary(arg) and arg != "",
+    do: not String.contains?(arg, <<0>>) and argv?(rest)
+
+  defp argv?(_), do: false
 
   # The SNAKEPIT_ variables the pool (Snakepit.Pool.start_worker/2) and the
   # native side (native/snakepit_nif/src/worker.rs) set for every worker:

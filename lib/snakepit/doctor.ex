@@ -26,6 +26,11 @@ defmodule Snakepit.Doctor do
     imports and is constructed, and that the handshake works), called with
     the built-in `ping` and `describe` tools, and stopped.
 
+  A pool that runs a `:command` (a program in any language) has no Python
+  to check: its program is found as the pool finds it (check `command`),
+  then started in a throwaway pool, which proves that it runs and finishes
+  its handshake (check `handshake`; no tool is called).
+
   Only what is checked is started: not the application, nor the configured
   pools. A failing check carries a `:hint` that says how to fix it. Checks
   that cannot run because an earlier one failed are `:skipped`.
@@ -116,14 +121,24 @@ defmodule Snakepit.Doctor do
         |> Enum.sort_by(fn {_key, group} -> Enum.find_index(pools, &(&1 == hd(group))) end)
         |> Enum.map_reduce(%{}, fn {key, group}, usable ->
           if multiple?,
-            do: on_note.("Python of #{plural_word(length(group), "pool")} #{pool_names(group)}:")
+            do:
+              on_note.(
+                "#{if match?({:command, _, _, _}, key), do: "Command", else: "Python"} of " <>
+                  "#{plural_word(length(group), "pool")} #{pool_names(group)}:"
+              )
 
           {checks, ok?} =
-            python_checks(elem(hd(group), 1),
-              emit: emit,
-              pools: pool_names(group),
-              source: source
-            )
+            case key do
+              {:command, _, _, _} ->
+                command_checks(elem(hd(group), 1), emit: emit, pools: pool_names(group))
+
+              _ ->
+                python_checks(elem(hd(group), 1),
+                  emit: emit,
+                  pools: pool_names(group),
+                  source: source
+                )
+            end
 
           {checks, Map.put(usable, key, ok?)}
         end)
@@ -135,6 +150,9 @@ defmodule Snakepit.Doctor do
           cond do
             not native_ok? ->
               emit.(skipped("adapter", name, "the native library is not usable"))
+
+            not Map.fetch!(usable, python_env_key(pool)) and command?(pool_opts) ->
+              emit.(skipped("handshake", name, "its command is not usable"))
 
             not Map.fetch!(usable, python_env_key(pool)) ->
               emit.(skipped("adapter", name, "its Python is not usable"))
@@ -223,8 +241,12 @@ defmodule Snakepit.Doctor do
   defp override_python(pools, nil), do: pools
 
   defp override_python(pools, python) do
-    for {name, opts} <- pools, do: {name, Keyword.put(opts, :python, python)}
+    for {name, opts} <- pools,
+        do: {name, if(command?(opts), do: opts, else: Keyword.put(opts, :python, python))}
   end
+
+  # A pool that runs a :command, not the Python bridge.
+  defp command?(pool_opts), do: Keyword.get(pool_opts, :command) != nil
 
   ## Native library
 
@@ -288,6 +310,7 @@ defmodule Snakepit.Doctor do
   # Pools whose workers would see the same interpreter and modules.
   defp python_env_key({_name, opts}) do
     case Config.validate(opts) do
+      {:ok, %{command: [_ | _]} = config} -> {:command, config.command, config.env, config.cwd}
       {:ok, config} -> {config.python, config.python_path, config.env, config.cwd}
       {:error, _} -> {:invalid, opts}
     end
@@ -345,6 +368,50 @@ defmodule Snakepit.Doctor do
             {[found | Enum.map(checks, emit)], ok?}
         end
     end
+  end
+
+  @doc """
+  The check of a `:command` pool's program, found as the pool finds it
+  (`Snakepit.Config.find_command/2`). Returns `{[check], usable?}`.
+  Options: `:emit` is called with the check; `:pools` names the pools
+  concerned (for the hint).
+  """
+  @spec command_checks(keyword(), keyword()) :: {[Check.t()], boolean()}
+  def command_checks(pool_opts, opts \\ []) do
+    emit = Keyword.get(opts, :emit, & &1)
+    pools = Keyword.get(opts, :pools, ":default")
+
+    check =
+      with {:ok, %{command: [program | _]} = config} <- Config.validate(pool_opts),
+           {:ok, path} <- Config.find_command(program, config.cwd) do
+        detail = if path == program, do: path, else: "#{program} is #{path}"
+        %Check{name: "command", status: :ok, detail: detail}
+      else
+        {:error, %Error{} = error} ->
+          %Check{name: "command", status: :error, detail: error.message}
+
+        {:error, why} ->
+          program = hd(pool_opts[:command])
+
+          problem =
+            case why do
+              :not_on_path -> "was not found on the PATH (#{System.get_env("PATH", "")})"
+              :not_found -> "does not exist"
+              :not_executable -> "is not an executable file"
+            end
+
+          %Check{
+            name: "command",
+            status: :error,
+            detail: "#{program} #{problem}",
+            hint:
+              "install it, or fix the :command of pool #{pools}: a name is looked up on the " <>
+                "PATH, a path is taken from the pool's :cwd, and a script is run with its " <>
+                ~s(interpreter, e.g. command: ["node", "worker.js"])
+          }
+      end
+
+    {[emit.(check)], check.status == :ok}
   end
 
   # As Snakepit.Pool finds it (Snakepit.Config.find_python/1).
@@ -657,16 +724,30 @@ defmodule Snakepit.Doctor do
         fn name ->
           ready_ms = System.monotonic_time(:millisecond) - started
 
-          with {:ok, "pong"} <- Snakepit.execute("ping", %{}, pool: name, timeout: 10_000),
+          # A program of any language has no built-in tools to call.
+          with false <- command?(pool_opts),
+               {:ok, "pong"} <- Snakepit.execute("ping", %{}, pool: name, timeout: 10_000),
                {:ok, %{"tools" => tools}} when is_map(tools) <-
                  Snakepit.execute("describe", %{}, pool: name, timeout: 10_000) do
             {:ok, ready_ms, map_size(tools)}
+          else
+            true -> {:ok, ready_ms, :command}
+            other -> other
           end
         end,
         opts
       )
 
     case result do
+      {:ok, ready_ms, :command} ->
+        %Check{
+          name: "handshake",
+          status: :ok,
+          detail:
+            "pool #{inspect(pool)}: #{Enum.join(pool_opts[:command], " ")} runs and finishes " <>
+              "its handshake in a throwaway worker (ready in #{ready_ms} ms)"
+        }
+
       {:ok, ready_ms, tools} ->
         %Check{
           name: "adapter",
@@ -681,14 +762,18 @@ defmodule Snakepit.Doctor do
         error = %{error | message: String.replace(error.message, inspect(throwaway), inspect(pool))}
 
         %Check{
-          name: "adapter",
+          name: if(command?(pool_opts), do: "handshake", else: "adapter"),
           status: :error,
           detail:
             if(String.starts_with?(error.message, "pool #{inspect(pool)} "),
               do: error.message,
               else: "pool #{inspect(pool)}: #{error.message}"
             ),
-          hint: adapter_hint(error, pool, pool_opts),
+          hint:
+            if(command?(pool_opts),
+              do: command_hint(pool, pool_opts),
+              else: adapter_hint(error, pool, pool_opts)
+            ),
           details: error.python_traceback
         }
 
@@ -735,6 +820,14 @@ defmodule Snakepit.Doctor do
     else
       _ -> "fix the error above"
     end
+  end
+
+  defp command_hint(pool, opts) do
+    cd = if opts[:cwd], do: "cd #{opts[:cwd]} && ", else: ""
+
+    "the program must write a ready frame first (see docs/other_languages.md); run it by " <>
+      "hand to see what it prints: #{cd}#{Enum.join(opts[:command], " ")} 3</dev/null " <>
+      "(pool #{inspect(pool)})"
   end
 
   # An Elixir adapter (Snakepit.Adapter) has no Python class.

@@ -112,7 +112,7 @@ defmodule Snakepit.Pool do
   @spec start_link(keyword()) :: GenServer.on_start() | {:error, Error.t()}
   def start_link(opts) do
     case Config.validate(opts) do
-      {:ok, %Config{adapter: adapter} = config} when is_atom(adapter) ->
+      {:ok, %Config{adapter: adapter} = config} when is_atom(adapter) and adapter != nil ->
         Snakepit.BeamPool.start_link(config)
 
       validated ->
@@ -123,8 +123,8 @@ defmodule Snakepit.Pool do
   defp start_python(validated) do
     with {:ok, config} <- validated,
          :ok <- native_ready(),
-         {:ok, python} <- find_python(config.python) do
-      GenServer.start_link(__MODULE__, %{config | python: python}, name: via(config.name))
+         {:ok, config} <- find_program(config) do
+      GenServer.start_link(__MODULE__, config, name: via(config.name))
     end
   end
 
@@ -197,6 +197,38 @@ defmodule Snakepit.Pool do
       {:error, message} ->
         {:error, Error.pool(message)}
     end
+  end
+
+  # The program workers run, as an absolute path: the :command's, else :python.
+  defp find_program(%Config{command: [program | args]} = config) do
+    case Config.find_command(program, config.cwd) do
+      {:ok, path} ->
+        {:ok, %{config | command: [path | args]}}
+
+      {:error, why} ->
+        problem =
+          case why do
+            :not_on_path ->
+              "was not found on the PATH"
+
+            :not_found ->
+              "does not exist (a relative path is taken from :cwd, else the BEAM's " <>
+                "working directory, #{config.cwd || File.cwd!()})"
+
+            :not_executable ->
+              "is not an executable file (run a script with its interpreter, " <>
+                "e.g. [\"node\", #{inspect(program)}])"
+          end
+
+        {:error,
+         Error.validation("invalid pool option :command: #{inspect(program)} " <> problem, %{
+           option: :command
+         })}
+    end
+  end
+
+  defp find_program(config) do
+    with {:ok, python} <- find_python(config.python), do: {:ok, %{config | python: python}}
   end
 
   defp find_python(python) do
@@ -492,14 +524,22 @@ defmodule Snakepit.Pool do
         {"SNAKEPIT_WORKER_ID", Integer.to_string(id)}
       ] ++ worker_env(config)
 
-    # A script run by absolute path, not `-m snakepit_bridge`: `-m` puts the
-    # worker's cwd first on sys.path, where a `snakepit_bridge` or a
-    # `msgpack.py` would shadow ours (docs/python.md).
-    launcher = Path.join([priv_python, "launcher", "snakepit_worker.py"])
-    argv = [launcher, "--adapter", config.adapter]
+    {program, argv} =
+      case config.command do
+        nil ->
+          # A script run by absolute path, not `-m snakepit_bridge`: `-m` puts the
+          # worker's cwd first on sys.path, where a `snakepit_bridge` or a
+          # `msgpack.py` would shadow ours (docs/python.md).
+          launcher = Path.join([priv_python, "launcher", "snakepit_worker.py"])
+          {config.python, [launcher, "--adapter", config.adapter]}
+
+        [program | args] ->
+          {program, args}
+      end
+
     state = %{state | next_id: id + 1}
 
-    case Native.pool_start_worker(state.handle, id, config.python, argv, env, config.cwd) do
+    case Native.pool_start_worker(state.handle, id, program, argv, env, config.cwd) do
       {:ok, os_pid} ->
         worker = %{
           slot: slot,
@@ -512,7 +552,7 @@ defmodule Snakepit.Pool do
         %{state | workers: Map.put(state.workers, id, worker)}
 
       {:error, reason} ->
-        message = "could not spawn #{config.python} for pool #{inspect(config.name)}: #{reason}"
+        message = "could not spawn #{program} for pool #{inspect(config.name)}: #{reason}"
         Logger.error("[snakepit] " <> message)
 
         if state.phase == :starting do
@@ -532,10 +572,13 @@ defmodule Snakepit.Pool do
   @doc """
   The environment a worker of `config` gets besides the BEAM's and the
   per-worker `SNAKEPIT_` variables: `PYTHONPATH` (see below),
-  `PYTHONUNBUFFERED=1`, and the pool's `:env`. `mix snakepit.doctor` runs
+  `PYTHONUNBUFFERED=1`, and the pool's `:env`; only the `:env` in a pool
+  that runs a `:command`. `mix snakepit.doctor` runs
   Python with it, to see what the workers will see.
   """
   @spec worker_env(Config.t()) :: [{String.t(), String.t()}]
+  def worker_env(%Config{command: [_ | _]} = config), do: config.env
+
   def worker_env(config) do
     [
       {"PYTHONPATH", worker_pythonpath(config, priv_python())},
@@ -734,6 +777,9 @@ defmodule Snakepit.Pool do
   defp log_level("warning"), do: :warning
   defp log_level(_), do: :error
 
+  defp what_runs(%Config{command: nil, adapter: adapter}), do: "adapter #{inspect(adapter)}"
+  defp what_runs(%Config{command: command}), do: "command #{inspect(command)}"
+
   # A refused handshake (e.g. another protocol version), found natively.
   defp startup_error(state, {category, message, details}) when is_atom(category) do
     error = Error.from_native({category, message, details})
@@ -753,7 +799,7 @@ defmodule Snakepit.Pool do
       | category: :pool,
         message:
           "pool #{inspect(state.config.name)} could not start its workers: " <>
-            "adapter #{inspect(state.config.adapter)} failed to load: #{error.message}",
+            "#{what_runs(state.config)} failed to load: #{error.message}",
         details: Map.put(error.details, :pool, state.config.name)
     }
   end

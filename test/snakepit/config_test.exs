@@ -18,6 +18,8 @@ defmodule Snakepit.ConfigTest do
     {:size, {:computed, &System.schedulers_online/0}, [1, 64], [0, -1, 1.5, :infinity, "2"]},
     {:python, "python3", ["python3", "/usr/bin/python3"], ["", nil, :python3]},
     {:python_path, [], [[], ["/a", "b"]], ["/a", [:a], [~c"/a"], nil]},
+    {:command, nil, [["node", "worker.js"], ["/srv/bin/worker"], ["w", "-v", "--x=1"]],
+     ["node", [], [""], ["node", ""], ["node", :x], ["a\0b"], [~c"node"], ["node" | "x"], [nil]]},
     {:env, [], [[], [{"A", "1"}]], [[{"A", 1}], [{"A", 1.5}], ["A=1"], "A=1", [{1, "a"}]]},
     {:cwd, nil, [nil, "/tmp"], [:tmp, ~c"/tmp", 1]},
     {:max_frame_bytes, 67_108_864, [1, 0x7FFF_FFFF], [0, 0x7FFF_FFFF + 1, 2 ** 40, :infinity]},
@@ -248,6 +250,68 @@ defmodule Snakepit.ConfigTest do
     end
   end
 
+  describe ":command" do
+    test "a :command pool needs no :adapter: it has none" do
+      assert {:ok, config} = Config.validate(command: ["node", "w.js"])
+      assert config.command == ["node", "w.js"]
+      assert config.adapter == nil
+
+      # nil is the default: no command, so the adapter is required again.
+      assert {:ok, %{command: nil, adapter: "m.A"}} = Config.validate(command: nil, adapter: "m.A")
+      assert {:error, %Error{} = e} = Config.validate(command: nil)
+      assert e.message == "missing required pool option :adapter"
+    end
+
+    test "it excludes the options of the Python bridge, naming those given" do
+      for given <- [[:adapter], [:python], [:python_path], [:adapter, :python, :python_path]] do
+        opts = Keyword.take([adapter: "m.A", python: "python3", python_path: ["/a"]], given)
+
+        assert {:error, %Error{category: :validation} = e} =
+                 Config.validate([command: ["node", "w.js"]] ++ opts)
+
+        assert e.details == %{option: :command, excludes: given}
+
+        assert e.message =~
+                 "invalid pool options: :command excludes " <>
+                   Enum.map_join(given, ", ", &inspect/1) <> " ("
+      end
+
+      # Even a bad :command: the pool was meant to run it, not the bridge.
+      assert {:error, %Error{details: %{excludes: [:adapter]}}} =
+               Config.validate(command: "node w.js", adapter: "m.A")
+    end
+
+    test "the moduledoc says :adapter is required unless :command is given" do
+      assert ["required unless `:command` is given", _, _] = doc_row(:adapter)
+      assert ["`nil` (the Python bridge)", accepts, _] = doc_row(:command)
+      assert accepts =~ "non-empty list of non-empty strings"
+    end
+  end
+
+  describe "find_command/2" do
+    test "a name is found on the PATH; a path is taken relative to the cwd given" do
+      assert {:ok, sh} = Config.find_command("sh", nil)
+      assert Path.type(sh) == :absolute
+      assert {:error, :not_on_path} = Config.find_command("no-such-program-#{__MODULE__}", nil)
+
+      dir =
+        Path.join(System.tmp_dir!(), "snakepit_find_command_#{System.unique_integer([:positive])}")
+
+      File.mkdir_p!(Path.join(dir, "bin"))
+      on_exit(fn -> File.rm_rf!(dir) end)
+      worker = Path.join(dir, "bin/worker")
+      File.write!(worker, "#!/bin/sh\n")
+
+      assert {:error, :not_executable} = Config.find_command("bin/worker", dir)
+      File.chmod!(worker, 0o755)
+      assert {:ok, ^worker} = Config.find_command("bin/worker", dir)
+      assert {:ok, ^worker} = Config.find_command("./bin/../bin/worker", dir)
+      assert {:ok, ^worker} = Config.find_command(worker, "/")
+      assert {:error, :not_found} = Config.find_command("bin/worker", "/")
+      assert {:error, :not_executable} = Config.find_command("./bin", dir)
+    end
+  end
+
   describe "redact/1" do
     test "replaces the values of every :env, keeps its names and everything else" do
       {:ok, config} = Config.validate(adapter: "m.A", env: %{"TOKEN" => "s", "USER" => "u"})
@@ -293,7 +357,7 @@ defmodule Snakepit.ConfigTest do
 
         case default do
           :required ->
-            assert default_cell == "required"
+            assert default_cell =~ ~r/^required/
 
           {:computed, _} ->
             assert default_cell =~ "`System.schedulers_online()`"
@@ -597,5 +661,6 @@ defmodule Snakepit.ConfigTest do
 
   # The required options, unless `option` is the one under test.
   defp base_opts(:adapter), do: []
+  defp base_opts(:command), do: []
   defp base_opts(_option), do: [adapter: "m.A"]
 end

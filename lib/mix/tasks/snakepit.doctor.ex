@@ -28,7 +28,10 @@ defmodule Mix.Tasks.Snakepit.Doctor do
   - each pool's adapter, in a throwaway pool of one worker (the pool's
     options, `size: 1`, a unique name): started, which proves the adapter
     imports and the handshake works, then called with `ping` and
-    `describe`, then stopped. A failure shows the Python error.
+    `describe`, then stopped. A failure shows the Python error;
+  - for a pool that runs a `:command` instead of Python: its program is
+    found (`command`) and finishes its handshake in a throwaway pool
+    (`handshake`); no Python is checked for it.
 
   Each failure comes with a `fix:` line. The task exits with status 1 if a
   required check failed (`✗`); warnings (`!`) do not fail it.
@@ -36,6 +39,7 @@ defmodule Mix.Tasks.Snakepit.Doctor do
   ## Options
 
     * `--python PATH` - check this interpreter instead of the pools' `:python`
+      (`:command` pools keep their program)
     * `--verbose` - show the Python traceback of a failed adapter, and the
       throwaway pools' log messages (hidden by default)
 
