@@ -175,8 +175,11 @@ defmodule Snakepit.ConcurrencyTest do
   end
 
   test "a worker busy with all its slots still answers heartbeats" do
-    pool = start_pool(size: 1, concurrency: 4, heartbeat_interval: 20, heartbeat_misses: 5)
-    results = at_once(pool, 4, "nap", %{seconds: 0.4})
+    # 1 s is 20 heartbeats; a worker that answered none while busy would be
+    # killed after 5 (250 ms). The slack is for a loaded 2-vCPU machine: 20 ms
+    # heartbeats with 5 misses once failed here while the whole suite ran.
+    pool = start_pool(size: 1, concurrency: 4, heartbeat_interval: 50, heartbeat_misses: 5)
+    results = at_once(pool, 4, "nap", %{seconds: 1.0})
     assert_overlap(results)
     assert Snakepit.get_stats(pool).restarts == 0
   end
