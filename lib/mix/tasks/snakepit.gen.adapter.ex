@@ -102,20 +102,18 @@ defmodule Mix.Tasks.Snakepit.Gen.Adapter do
     assigns = assigns(name, dir)
     targets = Enum.map(@files, &{&1, Path.join(package, &1)})
 
-    force? = Keyword.get(opts, :force, false)
+    existing = for {_file, path} <- targets, File.exists?(path), do: path
 
-    case Enum.filter(targets, fn {_file, path} -> File.exists?(path) end) do
-      [_ | _] = existing when not force? ->
-        Mix.raise(
-          "snakepit.gen.adapter: not overwriting " <>
-            Enum.map_join(existing, ", ", &elem(&1, 1)) <> " (use --force to overwrite)"
-        )
-
-      _ ->
-        for {file, path} <- targets do
-          Mix.Generator.create_file(path, render(file, assigns), force: true)
-        end
+    if existing != [] and not Keyword.get(opts, :force, false) do
+      Mix.raise(
+        "snakepit.gen.adapter: not overwriting " <>
+          Enum.join(existing, ", ") <> " (use --force to overwrite)"
+      )
     end
+
+    Enum.each(targets, fn {file, path} ->
+      true = Mix.Generator.create_file(path, render(file, assigns), force: true)
+    end)
 
     Mix.shell().info(next_steps(assigns))
   end
