@@ -85,7 +85,8 @@ defmodule Snakepit.Config do
       name: :python,
       shape: :string,
       default: "python3",
-      doc: "interpreter: a path, or a name on the `PATH`"
+      doc:
+        "interpreter: a path, a name on the `PATH`, or a virtualenv's directory (runs its `bin/python`; see `Snakepit.Venv`)"
     },
     %{
       name: :python_path,
@@ -646,21 +647,28 @@ defmodule Snakepit.Config do
 
   @doc """
   The interpreter the `:python` option names: a path is used as is, a name
-  is looked up on the BEAM's `PATH`. `{:error, :not_on_path}` for a name
-  not found there, `{:error, :not_found}` for a path that does not exist.
+  is looked up on the BEAM's `PATH`, and a directory is a virtualenv whose
+  interpreter is used (see `Snakepit.Venv.interpreter/1`).
+  `{:error, :not_on_path}` for a name not found there, `{:error, :not_found}`
+  for a path that does not exist, a `t:Snakepit.Venv.problem/0` for a
+  directory that has no interpreter.
 
       iex> {:ok, path} = Snakepit.Config.find_python("sh")
       iex> Path.basename(path)
       "sh"
       iex> Snakepit.Config.find_python("/no/such/python3")
       {:error, :not_found}
+      iex> Snakepit.Config.find_python("/proc")
+      {:error, :no_interpreter}
   """
-  @spec find_python(String.t()) :: {:ok, String.t()} | {:error, :not_on_path | :not_found}
+  @spec find_python(String.t()) ::
+          {:ok, String.t()} | {:error, :not_on_path | :not_found | Snakepit.Venv.problem()}
   def find_python(python) do
     found = if String.contains?(python, "/"), do: python, else: System.find_executable(python)
 
     cond do
       found == nil -> {:error, :not_on_path}
+      File.dir?(found) -> Snakepit.Venv.interpreter(found)
       File.exists?(found) -> {:ok, found}
       true -> {:error, :not_found}
     end

@@ -14,6 +14,11 @@ defmodule Snakepit.Doctor do
     instead;
   - the NIF is loaded (`priv/native/libsnakepit_nif.so`) and the worker
     shepherd (`priv/native/snakepit_shepherd`) is executable;
+  - when a pool's `:python` is a virtualenv (its directory, or an
+    interpreter in one; see `Snakepit.Venv`): that the directory exists
+    and has an interpreter (`venv`), whose `fix:` says how to make or
+    recreate it; the codec checks below then say which `pip` installs
+    into it;
   - for each pool's Python (deduplicated: pools with the same `:python`,
     `:python_path`, `:env` and `:cwd` share these checks): the interpreter
     is found as the pool finds it, its version is at least 3.9, and with
@@ -36,7 +41,7 @@ defmodule Snakepit.Doctor do
   that cannot run because an earlier one failed are `:skipped`.
   """
 
-  alias Snakepit.{Config, Error, Native}
+  alias Snakepit.{Config, Error, Native, Venv}
 
   @demo_adapter "snakepit_bridge.examples.demo.DemoAdapter"
   @min_python {3, 9}
@@ -341,31 +346,14 @@ defmodule Snakepit.Doctor do
         {[emit.(%Check{name: "python", status: :error, detail: error.message})], false}
 
       {:ok, config} ->
-        case find_python(config.python) do
-          {:error, detail} ->
-            check = %Check{
-              name: "python",
-              status: :error,
-              detail: detail,
-              hint: python_hint(config.python, pools)
-            }
-
+        case venv_check(config.python, pools) do
+          {%Check{status: :error} = check, _venv} ->
             {[emit.(check)], false}
 
-          {:ok, path} ->
-            found = %Check{
-              name: "python",
-              status: :ok,
-              detail:
-                if(path == config.python,
-                  do: path,
-                  else: "#{config.python} is #{path}"
-                )
-            }
-
-            found = emit.(found)
-            {checks, ok?} = probe_checks(config, path, pools)
-            {[found | Enum.map(checks, emit)], ok?}
+          {venv, dir} ->
+            venv = if venv, do: [emit.(venv)], else: []
+            {checks, ok?} = interpreter_checks(config, Map.put(pools, :venv, dir), emit)
+            {venv ++ checks, ok?}
         end
     end
   end
@@ -414,6 +402,121 @@ defmodule Snakepit.Doctor do
     {[emit.(check)], check.status == :ok}
   end
 
+  defp interpreter_checks(config, pools, emit) do
+    case find_python(config.python) do
+      {:error, detail} ->
+        check = %Check{
+          name: "python",
+          status: :error,
+          detail: detail,
+          hint: python_hint(config.python, pools)
+        }
+
+        {[emit.(check)], false}
+
+      {:ok, path} ->
+        found = %Check{
+          name: "python",
+          status: :ok,
+          detail:
+            if(path == config.python,
+              do: path,
+              else: "#{config.python} is #{path}"
+            )
+        }
+
+        found = emit.(found)
+        {checks, ok?} = probe_checks(config, path, pools)
+        {[found | Enum.map(checks, emit)], ok?}
+    end
+  end
+
+  # The "venv" check, when `python` is a virtualenv's directory, an
+  # interpreter inside one, or a path meant as one that does not exist:
+  # {check or nil, the venv's directory or nil}.
+  defp venv_check(python, pools) do
+    found = Config.find_python(python)
+
+    venv =
+      Venv.of(python) ||
+        case found do
+          {:ok, path} -> Venv.of(path)
+          {:error, _} -> nil
+        end
+
+    case {venv, found} do
+      {nil, {:error, :not_found}} ->
+        if Path.basename(python) =~ ~r/^python/,
+          do: {nil, nil},
+          else: {venv_missing(python, pools), python}
+
+      {nil, _} ->
+        {nil, nil}
+
+      {dir, {:ok, path}} ->
+        {%Check{name: "venv", status: :ok, detail: venv_detail(dir, path)}, dir}
+
+      {dir, {:error, problem}} ->
+        {%Check{
+           name: "venv",
+           status: :error,
+           detail: Venv.describe(dir, problem),
+           hint: venv_hint(dir, problem, pools)
+         }, dir}
+    end
+  end
+
+  defp venv_missing(dir, pools) do
+    %Check{
+      name: "venv",
+      status: :error,
+      detail: "#{dir} does not exist (expected an interpreter, or a virtualenv directory)",
+      hint:
+        "create the virtualenv: python3 -m venv #{dir} && #{dir}/bin/pip install msgpack; " <>
+          "or #{set_python(pools)} an existing interpreter or virtualenv"
+    }
+  end
+
+  defp venv_hint(dir, :no_interpreter, pools) do
+    "make it a virtualenv: python3 -m venv #{dir} && #{dir}/bin/pip install msgpack; " <>
+      "or #{set_python(pools)} an interpreter"
+  end
+
+  defp venv_hint(dir, _broken_or_does_not_run, _pools) do
+    "recreate it with an installed Python: python3 -m venv --clear #{dir} && " <>
+      "#{dir}/bin/pip install msgpack (and your adapter's requirements)"
+  end
+
+  defp set_python(%{source: :flag}), do: "pass --python"
+  defp set_python(%{names: names}), do: "set the :python option of pool #{names} to"
+
+  # What pyvenv.cfg says: the version, and whether the system's packages
+  # are visible (which is where a codec may come from).
+  defp venv_detail(dir, interpreter) do
+    cfg =
+      case File.read(Path.join(dir, "pyvenv.cfg")) do
+        {:ok, text} ->
+          for line <- String.split(text, "\n"),
+              [key, value] <- [String.split(line, "=", parts: 2)],
+              into: %{},
+              do: {String.trim(key), String.trim(value)}
+
+        {:error, _} ->
+          %{}
+      end
+
+    made =
+      case cfg["version"] || cfg["version_info"] do
+        nil -> "no pyvenv.cfg"
+        version -> "Python #{version}"
+      end
+
+    system =
+      if cfg["include-system-site-packages"] == "true", do: ", system site-packages", else: ""
+
+    "#{short_path(dir)}: a virtualenv (#{made}#{system}), runs #{Path.relative_to(interpreter, dir)}"
+  end
+
   # As Snakepit.Pool finds it (Snakepit.Config.find_python/1).
   defp find_python(python) do
     case Snakepit.Config.find_python(python) do
@@ -425,6 +528,9 @@ defmodule Snakepit.Doctor do
 
       {:error, :not_found} ->
         {:error, "#{python} does not exist"}
+
+      {:error, problem} ->
+        {:error, Venv.describe(python, problem)}
     end
   end
 
@@ -486,7 +592,11 @@ defmodule Snakepit.Doctor do
              name: "python version",
              status: :error,
              detail: "could not run #{python}: #{detail}",
-             hint: python_hint(config.python, pools)
+             hint:
+               if(pools[:venv],
+                 do: venv_hint(pools.venv, :does_not_run, pools),
+                 else: python_hint(config.python, pools)
+               )
            }
          ], false}
     end
@@ -508,7 +618,7 @@ defmodule Snakepit.Doctor do
         detail: "#{version} (>= #{min_python()} required)#{runs}"
       }
 
-      {modules, ok?} = module_checks(found, python)
+      {modules, ok?} = module_checks(found, python, pools[:venv])
       {[check | modules], ok?}
     else
       {[
@@ -522,10 +632,22 @@ defmodule Snakepit.Doctor do
     end
   end
 
-  defp module_checks(found, python) do
-    pip = "#{python} -m pip install"
+  defp module_checks(found, python, venv) do
+    pip =
+      if venv,
+        do: String.trim_trailing(Venv.pip_install(venv, "")),
+        else: "#{python} -m pip install"
+
     requirements = Path.join(:code.priv_dir(:snakepit), "python/requirements.txt")
     priv_python = priv_python()
+
+    # In a virtualenv: its pip, and the bridge package (which brings msgpack).
+    install_codec =
+      if venv,
+        do:
+          "#{pip} msgpack (or the bridge, which depends on it, for your " <>
+            "IDE and tests too: #{pip} #{local_path(real_path(priv_python))})",
+        else: "#{pip} -r #{requirements}"
 
     bridge =
       case found["snakepit_bridge.codec"] do
@@ -560,7 +682,7 @@ defmodule Snakepit.Doctor do
             detail: "cannot be imported: #{error}",
             hint:
               if(codec_missing?,
-                do: "install a MessagePack codec for this Python: #{pip} -r #{requirements}",
+                do: "install a MessagePack codec for this Python: #{install_codec}",
                 else:
                   "Snakepit's #{priv_python} should hold it; reinstall Snakepit " <>
                     "(`mix deps.get`) or check the pool's :python_path and :env"
@@ -588,7 +710,7 @@ defmodule Snakepit.Doctor do
             name: "msgpack",
             status: :error,
             detail: "not installed (#{error}), nor ormsgpack: workers need one of them",
-            hint: "#{pip} -r #{requirements}"
+            hint: install_codec
           }
       end
 
@@ -699,6 +821,16 @@ defmodule Snakepit.Doctor do
       _ ->
         Path.expand(path)
     end
+  end
+
+  # `path` with every symbolic link in it resolved (a dependency's priv/
+  # in _build links to deps/NAME/priv: the path a user knows).
+  defp real_path(path) do
+    parent = Path.dirname(path)
+
+    if parent == path,
+      do: path,
+      else: resolve_links(Path.join(real_path(parent), Path.basename(path)))
   end
 
   defp priv_python, do: Path.expand(Path.join(:code.priv_dir(:snakepit), "python"))
@@ -941,6 +1073,14 @@ defmodule Snakepit.Doctor do
 
   defp plural_word(1, word), do: word
   defp plural_word(_n, word), do: word <> "s"
+
+  # A directory for pip: relative to the current one when under it, as ./dir.
+  defp local_path(path) do
+    case short_path(path) do
+      ^path -> path
+      relative -> "./" <> relative
+    end
+  end
 
   # A path under the current directory, shown relative to it.
   defp short_path(path) do

@@ -233,12 +233,14 @@ defmodule Snakepit.Pool do
 
   defp find_python(python) do
     with {:error, why} <- Config.find_python(python) do
-      where = if why == :not_on_path, do: " on the PATH", else: ""
+      problem =
+        case why do
+          :not_on_path -> "#{inspect(python)} was not found on the PATH"
+          :not_found -> "#{inspect(python)} was not found"
+          venv_problem -> Snakepit.Venv.describe(python, venv_problem)
+        end
 
-      {:error,
-       Error.validation("invalid pool option :python: #{inspect(python)} was not found" <> where, %{
-         option: :python
-       })}
+      {:error, Error.validation("invalid pool option :python: " <> problem, %{option: :python})}
     end
   end
 

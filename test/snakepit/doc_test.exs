@@ -4,6 +4,7 @@ defmodule Snakepit.DocTest do
   doctest Snakepit
   doctest Snakepit.Error
   doctest Snakepit.Config
+  doctest Snakepit.Venv
   doctest Snakepit.Config.AppEnv
   doctest Snakepit.Orphans
   doctest Snakepit.Correlation

@@ -13,6 +13,7 @@ defmodule Snakepit.DoctorTest do
   @root Path.expand("../..", __DIR__)
 
   defp check(checks, name), do: Enum.find(checks, &(&1.name == name))
+  defp checks_from(checks, name), do: Enum.drop_while(checks, &(&1.name != name))
 
   test "on this machine every required check passes, for the demo adapter" do
     notes = collect_notes()
@@ -154,6 +155,89 @@ defmodule Snakepit.DoctorTest do
 
     assert adapter.hint =~
              "put the directory that holds snakepit_test_adapters on pool :nopath's :python_path"
+  end
+
+  describe "a virtualenv as :python" do
+    test "with msgpack visible: the venv is checked, then its interpreter, and the adapter runs" do
+      {dir, _site} = TestPools.venv("snakepit_doctor_venv", system_site_packages: true)
+      checks = Doctor.run(pools: [ml: [adapter: Doctor.demo_adapter(), python: dir]])
+
+      refute Doctor.failed?(checks), inspect(Enum.filter(checks, &(&1.status == :error)))
+
+      assert [%Check{name: "venv", status: :ok} = venv, %Check{name: "python"} | _] =
+               checks_from(checks, "venv")
+
+      assert venv.detail =~
+               ~r"^#{dir}: a virtualenv \(Python 3\.\d+\.\d+, system site-packages\), runs bin/python$"
+
+      assert check(checks, "python").detail == "#{dir} is #{dir}/bin/python"
+      assert %Check{status: :ok} = check(checks, "msgpack")
+      assert %Check{status: :ok} = check(checks, "adapter")
+    end
+
+    test "an interpreter inside a venv is checked as that venv" do
+      {dir, _site} = TestPools.venv("snakepit_doctor_venv_bin", system_site_packages: true)
+      checks = Doctor.run(python: Path.join(dir, "bin/python3"))
+
+      assert %Check{status: :ok, detail: detail} = check(checks, "venv")
+      assert detail =~ "#{dir}: a virtualenv"
+      refute Doctor.failed?(checks)
+    end
+
+    test "without msgpack: the codec checks fail with the venv's own pip" do
+      {dir, _site} = TestPools.venv("snakepit_doctor_venv_bare")
+      checks = Doctor.run(python: dir)
+
+      assert %Check{status: :ok} = check(checks, "venv")
+      assert %Check{status: :error, detail: detail, hint: hint} = check(checks, "snakepit_bridge")
+      assert detail =~ "No module named 'msgpack' (nor 'ormsgpack')"
+      # TestPools.venv makes it --without-pip: pip is run as a module.
+      assert hint =~
+               "install a MessagePack codec for this Python: #{dir}/bin/python -m pip install msgpack"
+
+      assert hint =~ "#{dir}/bin/python -m pip install "
+      assert hint =~ "priv/python)"
+      assert check(checks, "msgpack").status == :error
+      assert check(checks, "msgpack").hint =~ "#{dir}/bin/python -m pip install msgpack"
+      assert check(checks, "adapter").status == :skipped
+
+      # With a bin/pip, that is what the fix runs.
+      File.write!(Path.join(dir, "bin/pip"), "")
+      checks = Doctor.run(python: dir)
+      assert check(checks, "msgpack").hint =~ ~r"^#{dir}/bin/pip install msgpack \(or the bridge"
+    end
+
+    test "a directory that does not exist, or has no interpreter, fails with how to make one" do
+      missing = Path.join(TestPools.tmp_dir("snakepit_doctor_no_venv"), ".venv")
+      env = [pools: [ml: [adapter: "m.A", python: missing]]]
+      checks = Doctor.run(app_env: env)
+
+      assert %Check{status: :error, detail: detail, hint: hint} = check(checks, "venv")
+
+      assert detail ==
+               "#{missing} does not exist (expected an interpreter, or a virtualenv directory)"
+
+      assert hint =~
+               "create the virtualenv: python3 -m venv #{missing} && #{missing}/bin/pip install msgpack"
+
+      assert hint =~ "set the :python option of pool :ml to"
+      assert check(checks, "python") == nil
+      assert check(checks, "adapter").status == :skipped
+
+      File.mkdir_p!(missing)
+      checks = Doctor.run(python: missing)
+      assert %Check{status: :error, detail: detail, hint: hint} = check(checks, "venv")
+      assert detail =~ "#{missing} is a directory without bin/python or bin/python3"
+      assert hint =~ "make it a virtualenv: python3 -m venv #{missing}"
+      assert hint =~ "pass --python"
+
+      File.mkdir_p!(Path.join(missing, "bin"))
+      File.ln_s!("/no/such/python3", Path.join(missing, "bin/python"))
+      checks = Doctor.run(python: missing)
+      assert %Check{status: :error, detail: detail, hint: hint} = check(checks, "venv")
+      assert detail =~ "links to /no/such/python3, which does not exist"
+      assert hint =~ "python3 -m venv --clear #{missing}"
+    end
   end
 
   test "a refused config :snakepit fails, and the demo adapter is checked instead" do

@@ -91,7 +91,7 @@ defmodule Snakepit.PackagingTest do
     top = ~w(mix.exs .formatter.exs README.md LICENSE CHANGELOG.md Cargo.toml Cargo.lock)
 
     not build_output?(path) and
-      (path in top or String.starts_with?(path, ~w(lib/ docs/ native/ priv/python/))) and
+      (path in top or String.starts_with?(path, ~w(lib/ docs/ native/ priv/python/ priv/templates/))) and
       not String.starts_with?(path, "priv/python/tests/")
   end
 

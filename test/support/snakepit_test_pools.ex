@@ -152,6 +152,25 @@ defmodule Snakepit.TestPools do
   end
 
   @doc """
+  A fresh virtualenv (`python3 -m venv --without-pip`), removed when the
+  test ends. `system_site_packages: true` lets it see the system's
+  packages (msgpack among them). Returns `{dir, its site-packages}`.
+  """
+  def venv(name, opts \\ []) do
+    dir = tmp_dir(name)
+    system = if opts[:system_site_packages], do: ["--system-site-packages"], else: []
+
+    {out, status} =
+      System.cmd("python3", ["-m", "venv", "--without-pip"] ++ system ++ [dir],
+        stderr_to_stdout: true
+      )
+
+    if status != 0, do: ExUnit.Assertions.flunk("python3 -m venv failed: #{out}")
+    [site] = Path.wildcard(Path.join(dir, "lib/python3*/site-packages"))
+    {dir, site}
+  end
+
+  @doc """
   Snakepit's compiled code (test support included) laid out as an app in a
   temp dir, for a separate `elixir -pa ebin`: its priv/ is a link to the real
   one, or empty. Returns `{lib_dir, ebin}`.

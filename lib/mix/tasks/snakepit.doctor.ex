@@ -19,6 +19,9 @@ defmodule Mix.Tasks.Snakepit.Doctor do
     checked instead, and the output says so;
   - the NIF (`priv/native/libsnakepit_nif.so`) loads and the worker
     shepherd (`priv/native/snakepit_shepherd`) is executable;
+  - a pool whose `:python` is a virtualenv (its directory or an
+    interpreter in it): the directory exists and has an interpreter, and
+    each fix installs with its own `pip` (`<venv>/bin/pip install msgpack`);
   - each pool's Python: found (its `:python`, default `python3` on the
     PATH), version >= 3.9, and, run with the environment, `PYTHONPATH` and
     working directory its workers get, that it imports `snakepit_bridge`

@@ -18,6 +18,7 @@ array viewing it (no copy).
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
 
@@ -154,7 +155,17 @@ try:
 
     NAME = "ormsgpack"
 except ImportError:  # pragma: no cover - exercised when ormsgpack is absent
-    import msgpack  # type: ignore[import-untyped]
+    try:
+        import msgpack  # type: ignore[import-untyped]
+    except ImportError as missing:
+        # The last line of a worker's failed start, what its pool's error
+        # shows: say what to install, and into which interpreter (a venv's).
+        raise ModuleNotFoundError(
+            f"No module named 'msgpack' (nor 'ormsgpack'): snakepit_bridge needs a MessagePack "
+            f"codec in the interpreter that runs it, {sys.executable}. Install one: "
+            f"{sys.executable} -m pip install msgpack",
+            name="msgpack",
+        ) from missing
 
     def _msgpack_default(obj: Any) -> Any:
         return _encode_extra(obj, msgpack.ExtType)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, List
 
 import pytest
@@ -159,6 +160,18 @@ def test_undecodable_call_is_answered_whichever_codec_is_missing(spawn, blocked)
     assert (kind, request_id) == ("error", 2**40)
     assert body["kind"] == "bad_request" and "undecodable call" in body["message"]
     assert w.recv() == ("result", 2, "pong")
+
+
+def test_without_any_codec_the_worker_says_what_to_install(spawn):
+    """A venv without msgpack: the last line of the worker's stderr (what its
+    pool's error shows) names the interpreter and the pip command."""
+    w = spawn("snakepit_test_adapters.TestAdapter", blocked=["msgpack", "ormsgpack"])
+    assert w.recv() is None
+    code, stderr = w.close()
+    last = stderr.decode().strip().splitlines()[-1]
+    assert code != 0
+    assert last.startswith("ModuleNotFoundError: No module named 'msgpack' (nor 'ormsgpack')")
+    assert last.endswith(f"{sys.executable} -m pip install msgpack")
 
 
 @pytest.mark.parametrize(
