@@ -79,6 +79,7 @@ defmodule Snakepit.Config do
       name: :size,
       shape: :pos_integer,
       default: {:computed, {System, :schedulers_online, []}},
+      native: true,
       doc: "number of worker processes"
     },
     %{
@@ -790,9 +791,9 @@ defmodule Snakepit.Config do
   The options of a validated pool that the native pool takes: #{Enum.map_join(@native, ", ", &"`#{inspect(&1)}`")},
   as integers, with `:infinity` passed as `0` ("no limit").
 
-      iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", max_requests: 500)
+      iex> {:ok, config} = Snakepit.Config.validate(adapter: "m.A", size: 2, max_requests: 500)
       iex> Snakepit.Config.native_options(config)
-      %{max_frame_bytes: 67108864, shm_threshold: 4194304, shm_max_bytes: 4294967296,
+      %{max_frame_bytes: 67108864, shm_threshold: 4194304, shm_max_bytes: 4294967296, size: 2,
         concurrency: 1, pipeline_depth: 4, max_queue: 10000, max_requests: 500, max_age: 0, max_memory_mb: 0, max_sessions: 10000,
         session_ttl: 1800000, circuit_threshold: 0, circuit_window: 0, circuit_cooldown: 0}
   """

@@ -58,6 +58,7 @@ defmodule Snakepit.ConfigTest do
   ]
 
   @native_keys [
+    :size,
     :max_frame_bytes,
     :shm_threshold,
     :shm_max_bytes,
@@ -403,6 +404,7 @@ defmodule Snakepit.ConfigTest do
                max_frame_bytes: 67_108_864,
                shm_threshold: 4_194_304,
                shm_max_bytes: 4_294_967_296,
+               size: System.schedulers_online(),
                concurrency: 1,
                pipeline_depth: 4,
                max_queue: 10_000,
@@ -437,6 +439,7 @@ defmodule Snakepit.ConfigTest do
                max_frame_bytes: 1024,
                shm_threshold: 0,
                shm_max_bytes: 10,
+               size: System.schedulers_online(),
                concurrency: 1,
                pipeline_depth: 4,
                max_queue: 7,

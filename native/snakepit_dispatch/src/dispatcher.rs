@@ -83,6 +83,9 @@ pub trait Pipe {
 /// Settings fixed when the pool is made.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
+    /// Workers the pool keeps (0: not known). Age and memory recycling wait
+    /// while fewer are registered (see [`crate::recycle::Policy::due`]).
+    pub size: usize,
     /// Calls one worker runs at once (its *running* calls; 1: one at a time).
     pub concurrency: usize,
     /// How many calls a worker may have written to it per free slot: up to

@@ -84,6 +84,7 @@ struct PoolOptions {
     /// Bytes; 0: shared memory is never used.
     shm_threshold: u64,
     shm_max_bytes: u64,
+    size: usize,
     concurrency: usize,
     pipeline_depth: usize,
     max_queue: usize,
@@ -126,6 +127,7 @@ fn pool_new(env: Env, owner: LocalPid, opts: PoolOptions) -> NifResult<Term> {
         shepherd: opts.shepherd,
         elixir_handler: opts.elixir_handler,
         dispatch: dispatcher::Config {
+            size: opts.size,
             concurrency: opts.concurrency,
             pipeline_depth: opts.pipeline_depth,
             max_queue: opts.max_queue,

@@ -477,15 +477,19 @@ impl PoolCore {
     }
 
     fn retire_due(&self) -> Option<(u64, Reason)> {
-        let (policy, rows) = {
+        let (policy, size, rows) = {
             let d = self.dispatch.lock();
-            (d.config().recycle, d.workers(Instant::now()))
+            (
+                d.config().recycle,
+                d.config().size,
+                d.workers(Instant::now()),
+            )
         };
         if !policy.watches_vitals() {
             return None;
         }
         let vitals = Dispatcher::<Reply, Worker>::vitals(&rows, |w| worker::rss_bytes(w.os_pid));
-        let (id, reason) = policy.due(&vitals)?;
+        let (id, reason) = policy.due(&vitals, size)?;
         let worker = self.dispatch.lock().retire(id)?;
         worker.recycle(reason);
         Some((id, reason))

@@ -40,6 +40,7 @@ pub(super) type D = Dispatcher<Caller, FakePipe>;
 
 pub(super) fn config(depth: usize, max_queue: usize) -> Config {
     Config {
+        size: 0,
         concurrency: 1,
         pipeline_depth: depth,
         max_queue,
@@ -1048,11 +1049,11 @@ fn vitals_hold_recycling_back_while_a_worker_starts() {
     );
     assert_eq!(vitals[0].rss_bytes, Some(7));
     let policy = Policy::from_limits(0, 1, 0);
-    assert_eq!(policy.due(&vitals), None);
+    assert_eq!(policy.due(&vitals, 0), None);
     d.worker_down(2, Exit::Died);
     let later = Instant::now() + Duration::from_millis(5);
     let vitals = D::vitals(&d.workers(later), |_| None);
-    assert_eq!(policy.due(&vitals), Some((1, Reason::MaxAge)));
+    assert_eq!(policy.due(&vitals, 0), Some((1, Reason::MaxAge)));
 }
 
 #[test]
@@ -1066,11 +1067,11 @@ fn a_worker_draining_its_calls_holds_recycling_back_too() {
     assert_eq!(rows[1].state, State::Busy, "it still runs its call");
     let policy = Policy::from_limits(0, 0, 1);
     let vitals = D::vitals(&rows, |_| Some(1 << 30));
-    assert_eq!(policy.due(&vitals), None, "one worker at a time");
+    assert_eq!(policy.due(&vitals, 0), None, "one worker at a time");
     complete(&mut d, 2, 10);
     d.worker_down(2, Exit::Recycled);
     let vitals = D::vitals(&d.workers(Instant::now()), |_| Some(1 << 30));
-    assert_eq!(policy.due(&vitals), Some((1, Reason::MaxMemory)));
+    assert_eq!(policy.due(&vitals, 0), Some((1, Reason::MaxMemory)));
 }
 
 // --- heartbeats ---
