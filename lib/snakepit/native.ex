@@ -8,7 +8,7 @@ defmodule Snakepit.Native do
   # :nif_not_loaded.
 
   @on_load :load
-  @abi_version 13
+  @abi_version 14
   @status_key {__MODULE__, :load_status}
 
   @doc false
