@@ -444,6 +444,26 @@ impl<C, W> Slot<C, W> {
         self.stalled = false;
     }
 
+    /// Marks the calls waiting behind its running ones to be asked back
+    /// (see [`Dispatcher::reclaim_due`]) and returns them (id, offset):
+    /// not those asked for already, given up by their caller, or of a
+    /// session bound to this worker (`Strict`, `FailFast`).
+    fn ask_back(&mut self, concurrency: usize) -> Vec<(u64, u64)> {
+        self.in_flight
+            .iter_mut()
+            .skip(concurrency)
+            .filter(|r| {
+                !r.reclaiming
+                    && r.caller.is_some()
+                    && r.session.as_ref().is_none_or(|(_, a)| *a == Affinity::Hint)
+            })
+            .map(|r| {
+                r.reclaiming = true;
+                (r.id, r.offset)
+            })
+            .collect()
+    }
+
     /// Whether `key` has a call here that a call of the same session may
     /// not overtake: with `concurrency` > 1 the worker would run both at once.
     fn runs_session(&self, key: &Key, concurrency: usize) -> bool {
@@ -929,20 +949,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
         }
         let mut asks = Vec::new();
         for slot in self.slots.values_mut().filter(|s| s.stalled) {
-            let ids: Vec<(u64, u64)> = slot
-                .in_flight
-                .iter_mut()
-                .skip(concurrency)
-                .filter(|r| {
-                    !r.reclaiming
-                        && r.caller.is_some()
-                        && r.session.as_ref().is_none_or(|(_, a)| *a == Affinity::Hint)
-                })
-                .map(|r| {
-                    r.reclaiming = true;
-                    (r.id, r.offset)
-                })
-                .collect();
+            let ids = slot.ask_back(concurrency);
             if !ids.is_empty() {
                 asks.push((Arc::clone(&slot.worker), ids));
             }
@@ -970,20 +977,7 @@ impl<C, W: Pipe> Dispatcher<C, W> {
             return Vec::new();
         }
         slot.stalled = true;
-        let ids: Vec<(u64, u64)> = slot
-            .in_flight
-            .iter_mut()
-            .skip(self.config.concurrency)
-            .filter(|r| {
-                !r.reclaiming
-                    && r.caller.is_some()
-                    && r.session.as_ref().is_none_or(|(_, a)| *a == Affinity::Hint)
-            })
-            .map(|r| {
-                r.reclaiming = true;
-                (r.id, r.offset)
-            })
-            .collect();
+        let ids = slot.ask_back(self.config.concurrency);
         if ids.is_empty() {
             Vec::new()
         } else {
